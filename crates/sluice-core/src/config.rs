@@ -1,0 +1,594 @@
+//! The declarative configuration: one TOML file for warehouse, Kafka, models, destinations and
+//! syncs.
+//!
+//! Guarantees:
+//! - Everything is validated before anything connects: unknown keys, wrong types, dangling
+//!   references, duplicate names, missing secrets. Every error names the file, the line and the
+//!   fix ([`ConfigError`]).
+//! - Secrets are never written inline: a secret field takes `{ env = "VAR" }` or
+//!   `{ file = "/path" }` and is resolved at load time, so a missing variable fails up front and
+//!   the file itself can be committed.
+//! - Precedence: environment over file, for the few settings an operator overrides per
+//!   deployment (`SLUICE_KAFKA_BOOTSTRAP_SERVERS`, `SLUICE_KAFKA_TOPIC_PREFIX`).
+//!
+//! Every destination kind is a sub-table named after the kind (`[destinations.webhook]`), which
+//! keeps `deny_unknown_fields` working (serde cannot combine it with flattened enums) and reads
+//! naturally.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A configuration error, pointing at the offending place and saying how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line, when the error has a place in the file.
+    pub line: Option<usize>,
+    pub message: String,
+    pub fix: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file.display(), line, self.message)?,
+            None => write!(f, "{}: {}", self.file.display(), self.message)?,
+        }
+        if !self.fix.is_empty() {
+            write!(f, "\n  fix: {}", self.fix)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub warehouse: WarehouseConfig,
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+    #[serde(default)]
+    pub destinations: Vec<DestinationConfig>,
+    #[serde(default)]
+    pub syncs: Vec<SyncConfig>,
+}
+
+/// How to reach Kafka and how to name and create topics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list. Overridden by `SLUICE_KAFKA_BOOTSTRAP_SERVERS`.
+    pub bootstrap_servers: String,
+    /// First segment of every topic and group name (`<prefix>.changes.<model>`). Lets several
+    /// sluice deployments, or test runs, share a cluster. Overridden by
+    /// `SLUICE_KAFKA_TOPIC_PREFIX`.
+    #[serde(default = "defaults::topic_prefix")]
+    pub topic_prefix: String,
+    /// Partitions of topics sluice creates. More partitions = more sink parallelism.
+    #[serde(default = "defaults::partitions")]
+    pub partitions: i32,
+    /// Replication factor of topics sluice creates (1 for a single local broker, 3 in production).
+    #[serde(default = "defaults::replication_factor")]
+    pub replication_factor: i32,
+    /// Extra librdkafka properties applied to every client (e.g. security settings).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// The warehouse models are read from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarehouseConfig {
+    /// Name recorded in every event's `source.warehouse`.
+    #[serde(default = "defaults::warehouse_name")]
+    pub name: String,
+    pub kind: WarehouseKind,
+    /// Connection string, by reference (it usually holds a password).
+    pub url: Secret,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WarehouseKind {
+    Postgres,
+}
+
+/// A table, view or SQL query with a declared primary key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Names the topic (`<prefix>.changes.<name>`); letters, digits, `_` and `-` only.
+    pub name: Spanned<String>,
+    /// A table or view (`schema.table`); exactly one of `table` and `query`.
+    pub table: Option<String>,
+    /// A SQL query; exactly one of `table` and `query`.
+    pub query: Option<String>,
+    /// Primary-key columns, in key order (composite keys allowed).
+    pub primary_key: Vec<String>,
+    /// The columns that are read and emitted, in order. Explicit so a new warehouse column
+    /// never leaks into Kafka unannounced.
+    pub columns: Vec<String>,
+    /// How changes are detected.
+    pub detection: Detection,
+    /// Time between runs.
+    #[serde(default = "defaults::poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// Rows fetched per query page and committed per Kafka transaction.
+    #[serde(default = "defaults::batch_rows")]
+    pub batch_rows: usize,
+}
+
+impl ModelConfig {
+    /// The SQL relation to select from: the table, or the query as a subquery.
+    pub fn relation_sql(&self) -> String {
+        match (&self.table, &self.query) {
+            (Some(table), _) => table.clone(),
+            (None, Some(query)) => format!("({query}) AS sluice_model"),
+            (None, None) => unreachable!("validated: a model has a table or a query"),
+        }
+    }
+}
+
+/// Change-detection mode of a model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Detection {
+    /// Tuple cursor over (`cursor_column`, primary key). Sees inserts and updates; cannot see
+    /// hard deletes.
+    Cursor {
+        /// A column that grows whenever a row changes (`updated_at`, a sequence).
+        cursor_column: String,
+        /// Optional creation-time column: rows created after the previous run's cursor are
+        /// emitted as `c`, others as `u`. Without it every change after the first snapshot is `u`.
+        #[serde(default)]
+        created_column: Option<String>,
+    },
+}
+
+/// A destination: where one sink service delivers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// Names the service instance, its consumer group and its dead-letter topic.
+    pub name: Spanned<String>,
+    /// Records per request, at most.
+    #[serde(default = "defaults::batch_max_records")]
+    pub batch_max_records: usize,
+    /// How long a partial batch waits for more records before it is sent.
+    #[serde(default = "defaults::batch_linger_ms")]
+    pub batch_linger_ms: u64,
+    /// Retries of retryable failures.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Generic HTTP destination receiving JSON batches.
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// Retry policy for retryable failures: exponential backoff with full jitter, bounded.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Attempts in all (the first one included) before a retryable failure of a single record
+    /// is dead-lettered as exhausted.
+    pub max_attempts: usize,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig { initial_backoff_ms: 200, max_backoff_ms: 30_000, max_attempts: 10 }
+    }
+}
+
+/// The generic webhook destination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// Extra request headers; values may be secrets (`{ env = "TOKEN" }`) or plain text.
+    #[serde(default)]
+    pub headers: BTreeMap<String, HeaderValue>,
+    /// Per-request timeout; a timeout is retryable.
+    #[serde(default = "defaults::request_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// A header value: plain text, or a secret by reference.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum HeaderValue {
+    Plain(String),
+    Secret(Secret),
+}
+
+impl HeaderValue {
+    pub fn expose(&self) -> &str {
+        match self {
+            HeaderValue::Plain(s) => s,
+            HeaderValue::Secret(secret) => secret.expose(),
+        }
+    }
+}
+
+/// What a sync does at its destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Update the record, or create it when missing. Deletes are not propagated.
+    #[default]
+    Upsert,
+    /// Like upsert, and deletes propagate.
+    Mirror,
+    /// Every change is sent as an event, deletes included.
+    Append,
+}
+
+/// One model flowing into one destination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    pub model: Spanned<String>,
+    pub destination: Spanned<String>,
+    #[serde(default)]
+    pub mode: SyncMode,
+    /// `destination_field = "source_column"`. Only mapped fields ever leave.
+    pub fields: Spanned<BTreeMap<String, String>>,
+}
+
+/// A secret, given by reference and resolved at load time. Its value is never printed.
+#[derive(Clone)]
+pub struct Secret {
+    reference: String,
+    value: String,
+}
+
+impl Secret {
+    /// The secret's value; keep it out of logs.
+    pub fn expose(&self) -> &str {
+        &self.value
+    }
+
+    /// A secret with a literal value, for tests and generated configs.
+    pub fn literal(value: impl Into<String>) -> Secret {
+        Secret { reference: "literal".into(), value: value.into() }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({}, redacted)", self.reference)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Reference {
+            env: Option<String>,
+            file: Option<String>,
+        }
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a secret reference: { env = \"VAR\" } or { file = \"/path\" }")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Secret, E> {
+                Err(E::custom(
+                    "secrets are never written inline; reference one: { env = \"VAR\" } or { file = \"/path\" }",
+                ))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Secret, A::Error> {
+                let reference = Reference::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                match (reference.env, reference.file) {
+                    (Some(var), None) => match std::env::var(&var) {
+                        Ok(value) => Ok(Secret { reference: format!("env:{var}"), value }),
+                        Err(_) => Err(de::Error::custom(format!(
+                            "environment variable {var} is not set; export it before starting"
+                        ))),
+                    },
+                    (None, Some(path)) => match std::fs::read_to_string(&path) {
+                        Ok(value) => Ok(Secret {
+                            reference: format!("file:{path}"),
+                            value: value.trim_end_matches(['\n', '\r']).to_string(),
+                        }),
+                        Err(e) => Err(de::Error::custom(format!("cannot read secret file {path}: {e}"))),
+                    },
+                    _ => Err(de::Error::custom("a secret takes exactly one of `env` or `file`")),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+mod defaults {
+    pub fn topic_prefix() -> String {
+        "sluice".into()
+    }
+    pub fn partitions() -> i32 {
+        3
+    }
+    pub fn replication_factor() -> i32 {
+        1
+    }
+    pub fn warehouse_name() -> String {
+        "warehouse".into()
+    }
+    pub fn poll_interval_ms() -> u64 {
+        1_000
+    }
+    pub fn batch_rows() -> usize {
+        10_000
+    }
+    pub fn batch_max_records() -> usize {
+        500
+    }
+    pub fn batch_linger_ms() -> u64 {
+        100
+    }
+    pub fn request_timeout_ms() -> u64 {
+        10_000
+    }
+}
+
+impl Config {
+    /// Read, parse, apply environment overrides and validate a config file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            message: format!("cannot read the config file: {e}"),
+            fix: "pass an existing file with --config or SLUICE_CONFIG".into(),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parse and validate config text; `path` is only used in error messages.
+    pub fn parse(path: impl AsRef<Path>, text: &str) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: e.span().map(|span| line_of(text, span.start)),
+            message: e.message().to_string(),
+            fix: fix_for_parse_error(e.message()),
+        })?;
+        if let Ok(servers) = std::env::var("SLUICE_KAFKA_BOOTSTRAP_SERVERS") {
+            config.kafka.bootstrap_servers = servers;
+        }
+        if let Ok(prefix) = std::env::var("SLUICE_KAFKA_TOPIC_PREFIX") {
+            config.kafka.topic_prefix = prefix;
+        }
+        config.validate(path, text)?;
+        Ok(config)
+    }
+
+    /// The model of that name.
+    pub fn model(&self, name: &str) -> Option<&ModelConfig> {
+        self.models.iter().find(|m| m.name.get_ref() == name)
+    }
+
+    /// The destination of that name.
+    pub fn destination(&self, name: &str) -> Option<&DestinationConfig> {
+        self.destinations.iter().find(|d| d.name.get_ref() == name)
+    }
+
+    /// The syncs delivering into one destination.
+    pub fn syncs_to<'a>(&'a self, destination: &'a str) -> impl Iterator<Item = &'a SyncConfig> + 'a {
+        self.syncs.iter().filter(move |s| s.destination.get_ref() == destination)
+    }
+
+    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let err = |span: std::ops::Range<usize>, message: String, fix: &str| ConfigError {
+            file: path.to_path_buf(),
+            line: Some(line_of(text, span.start)),
+            message,
+            fix: fix.to_string(),
+        };
+        let whole = |message: String, fix: &str| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            message,
+            fix: fix.to_string(),
+        };
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return Err(whole("kafka.bootstrap_servers is empty".into(), "set it, e.g. \"127.0.0.1:9092\""));
+        }
+        if !is_identifier(&self.kafka.topic_prefix) {
+            return Err(whole(
+                format!("kafka.topic_prefix {:?} is not a valid topic segment", self.kafka.topic_prefix),
+                "use letters, digits, '_' and '-' only",
+            ));
+        }
+        let mut names = HashSet::new();
+        for model in &self.models {
+            let name = model.name.get_ref();
+            if !is_identifier(name) {
+                return Err(err(model.name.span(), format!("model name {name:?} cannot name a topic"), "use letters, digits, '_' and '-' only"));
+            }
+            if !names.insert(name.clone()) {
+                return Err(err(model.name.span(), format!("model {name:?} is defined twice"), "give each model a unique name"));
+            }
+            if model.table.is_some() == model.query.is_some() {
+                return Err(err(model.name.span(), format!("model {name:?} needs exactly one of `table` and `query`"), "set `table = \"schema.table\"` or `query = \"select ...\"`"));
+            }
+            if model.primary_key.is_empty() {
+                return Err(err(model.name.span(), format!("model {name:?} has no primary key"), "list its key columns: primary_key = [\"id\"]"));
+            }
+            for key in &model.primary_key {
+                if !model.columns.contains(key) {
+                    return Err(err(model.name.span(), format!("model {name:?}: primary-key column {key:?} is not in `columns`"), "add it to `columns`"));
+                }
+            }
+            let Detection::Cursor { cursor_column, created_column } = &model.detection;
+            for column in std::iter::once(cursor_column).chain(created_column.iter()) {
+                if !model.columns.contains(column) {
+                    return Err(err(model.name.span(), format!("model {name:?}: detection column {column:?} is not in `columns`"), "add it to `columns`"));
+                }
+            }
+            if model.batch_rows == 0 || model.poll_interval_ms == 0 {
+                return Err(err(model.name.span(), format!("model {name:?}: batch_rows and poll_interval_ms must be positive"), "use e.g. batch_rows = 10000, poll_interval_ms = 1000"));
+            }
+        }
+        let mut names = HashSet::new();
+        for destination in &self.destinations {
+            let name = destination.name.get_ref();
+            if !is_identifier(name) {
+                return Err(err(destination.name.span(), format!("destination name {name:?} cannot name a topic"), "use letters, digits, '_' and '-' only"));
+            }
+            if !names.insert(name.clone()) {
+                return Err(err(destination.name.span(), format!("destination {name:?} is defined twice"), "give each destination a unique name"));
+            }
+            if destination.webhook.is_none() {
+                return Err(err(destination.name.span(), format!("destination {name:?} has no kind"), "add a [destinations.webhook] table"));
+            }
+            if destination.batch_max_records == 0 || destination.retry.max_attempts == 0 {
+                return Err(err(destination.name.span(), format!("destination {name:?}: batch_max_records and retry.max_attempts must be positive"), "use e.g. batch_max_records = 500"));
+            }
+        }
+        for sync in &self.syncs {
+            let Some(model) = self.model(sync.model.get_ref()) else {
+                return Err(err(sync.model.span(), format!("sync names unknown model {:?}", sync.model.get_ref()), "define it under [[models]] or fix the name"));
+            };
+            if self.destination(sync.destination.get_ref()).is_none() {
+                return Err(err(sync.destination.span(), format!("sync names unknown destination {:?}", sync.destination.get_ref()), "define it under [[destinations]] or fix the name"));
+            }
+            if sync.fields.get_ref().is_empty() {
+                return Err(err(sync.fields.span(), "sync maps no fields, so nothing would leave".into(), "map at least one: fields = { email = \"email\" }"));
+            }
+            for (field, column) in sync.fields.get_ref() {
+                if !model.columns.contains(column) {
+                    return Err(err(sync.fields.span(), format!("field {field:?} maps column {column:?}, which model {:?} does not have", model.name.get_ref()), "map one of the model's `columns`"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Letters, digits, `_` and `-`: safe inside topic, group and transactional-id names.
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// 1-based line number of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+fn fix_for_parse_error(message: &str) -> String {
+    if message.contains("unknown field") {
+        "remove the key or correct its spelling (the message lists the expected keys)".into()
+    } else if message.contains("missing field") {
+        "add the missing key".into()
+    } else if message.contains("environment variable") {
+        "export the variable in the service's environment".into()
+    } else {
+        "see docs/configuration.md for the expected shape".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+
+[warehouse]
+kind = "postgres"
+url = { env = "SLUICE_TEST_WAREHOUSE_URL" }
+
+[[models]]
+name = "customers"
+table = "public.customers"
+primary_key = ["id"]
+columns = ["id", "email", "updated_at"]
+detection = { mode = "cursor", cursor_column = "updated_at" }
+
+[[destinations]]
+name = "crm"
+[destinations.webhook]
+url = "http://127.0.0.1:1/hook"
+
+[[syncs]]
+model = "customers"
+destination = "crm"
+fields = { email = "email" }
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        std::env::set_var("SLUICE_TEST_WAREHOUSE_URL", "postgres://u:p@h/db");
+        Config::parse("sluice.toml", text)
+    }
+
+    #[test]
+    fn a_valid_config_loads() {
+        let config = parse(GOOD).expect("valid");
+        assert_eq!(config.kafka.topic_prefix, "sluice");
+        assert_eq!(config.warehouse.url.expose(), "postgres://u:p@h/db");
+        assert_eq!(config.syncs_to("crm").count(), 1);
+        assert!(!format!("{:?}", config.warehouse.url).contains("u:p"), "secrets never print");
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_fix() {
+        let text = GOOD.replace("primary_key = [\"id\"]", "primary_key = [\"id\"]\nprimary_keys = 1");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.line, Some(13), "{e}");
+        assert!(e.message.contains("unknown field `primary_keys`"), "{e}");
+        assert!(e.to_string().starts_with("sluice.toml:13: "), "{e}");
+        assert!(e.fix.contains("spelling"), "{e}");
+    }
+
+    #[test]
+    fn inline_secret_is_refused() {
+        let text = GOOD.replace("{ env = \"SLUICE_TEST_WAREHOUSE_URL\" }", "\"postgres://u:p@h/db\"");
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("never written inline"), "{e}");
+        assert_eq!(e.line, Some(7), "{e}");
+    }
+
+    #[test]
+    fn missing_secret_variable_is_named() {
+        let text = GOOD.replace("SLUICE_TEST_WAREHOUSE_URL", "SLUICE_TEST_UNSET_VARIABLE");
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("SLUICE_TEST_UNSET_VARIABLE is not set"), "{e}");
+    }
+
+    #[test]
+    fn dangling_sync_reference_names_line() {
+        let text = GOOD.replace("model = \"customers\"", "model = \"customer\"");
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("unknown model \"customer\""), "{e}");
+        assert_eq!(e.line, Some(22), "{e}");
+    }
+
+    #[test]
+    fn unmapped_column_is_refused() {
+        let text = GOOD.replace("fields = { email = \"email\" }", "fields = { email = \"mail\" }");
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("column \"mail\""), "{e}");
+    }
+
+    #[test]
+    fn key_column_must_be_listed() {
+        let text = GOOD.replace("primary_key = [\"id\"]", "primary_key = [\"uid\"]");
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("\"uid\" is not in `columns`"), "{e}");
+        assert_eq!(e.line, Some(10), "{e}");
+    }
+}

@@ -1,0 +1,99 @@
+//! HTTP response classification shared by every HTTP destination.
+//!
+//! The status policy, in one table:
+//!
+//! | status                          | class       | why |
+//! |---------------------------------|-------------|-----|
+//! | 2xx                             | success     | |
+//! | 408, 425, 429                   | retryable   | timeout / too early / throttled; honour `Retry-After` |
+//! | 5xx                             | retryable   | the vendor's problem, usually passing |
+//! | 401, 403                        | fatal       | credentials: every record would fail the same way |
+//! | 404, 405, 410                   | fatal       | wrong or removed endpoint: a config problem |
+//! | other 4xx (400, 413, 422, ...)  | permanent   | this request's records were refused |
+//!
+//! Vendor destinations override it where the vendor signals differently (Meta throttles with
+//! 400, Salesforce with 403).
+
+use std::time::Duration;
+
+use sluice_core::ErrorClass;
+
+/// Class of an HTTP status under the default policy; `None` for success.
+pub fn classify_status(status: u16, retry_after: Option<Duration>) -> Option<ErrorClass> {
+    match status {
+        200..=299 => None,
+        408 | 425 | 429 | 500..=599 => Some(ErrorClass::Retryable { retry_after }),
+        401 | 403 | 404 | 405 | 410 => Some(ErrorClass::Fatal),
+        _ => Some(ErrorClass::Permanent),
+    }
+}
+
+/// Parse `Retry-After`: delay-seconds or an HTTP-date (relative to `now`). Bounded to one hour
+/// so a bogus header cannot park a destination for days.
+pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    const MAX: Duration = Duration::from_secs(3600);
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds).min(MAX));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let delta = when.with_timezone(&chrono::Utc) - now;
+    Some(delta.to_std().unwrap_or(Duration::ZERO).min(MAX))
+}
+
+/// At most `max` bytes of a body, cut on a character boundary.
+pub fn excerpt(body: &str, max: usize) -> String {
+    if body.len() <= max {
+        return body.to_string();
+    }
+    let mut end = max;
+    while !body.is_char_boundary(end) {
+        end -= 1;
+    }
+    body[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_policy_table() {
+        let ra = Some(Duration::from_secs(3));
+        let cases = [
+            (200, None),
+            (204, None),
+            (207, None),
+            (408, Some(ErrorClass::Retryable { retry_after: ra })),
+            (429, Some(ErrorClass::Retryable { retry_after: ra })),
+            (500, Some(ErrorClass::Retryable { retry_after: ra })),
+            (503, Some(ErrorClass::Retryable { retry_after: ra })),
+            (401, Some(ErrorClass::Fatal)),
+            (403, Some(ErrorClass::Fatal)),
+            (404, Some(ErrorClass::Fatal)),
+            (410, Some(ErrorClass::Fatal)),
+            (400, Some(ErrorClass::Permanent)),
+            (413, Some(ErrorClass::Permanent)),
+            (422, Some(ErrorClass::Permanent)),
+        ];
+        for (status, expected) in cases {
+            assert_eq!(classify_status(status, ra), expected, "status {status}");
+        }
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = chrono::DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z").unwrap().with_timezone(&chrono::Utc);
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now), Some(Duration::from_secs(30)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("999999", now), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn excerpt_cuts_on_char_boundary() {
+        assert_eq!(excerpt("ééé", 3), "é");
+        assert_eq!(excerpt("abc", 10), "abc");
+    }
+}

@@ -1,0 +1,76 @@
+//! Reading a (compacted) topic from the beginning to its end, without a consumer group: how the
+//! poller recovers its state and how sinks find writer schemas.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_core::config::KafkaConfig;
+
+use crate::{client_config, KafkaError};
+
+/// One record read back: key and payload bytes (`None` payload = tombstone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// Every committed record of `topic`, in offset order per partition, up to the end offsets seen
+/// at the start. `read_committed`, so aborted transactions are never seen. Blocking: call from
+/// `spawn_blocking`. Gives up (retryable) after `deadline`, e.g. while another producer holds a
+/// transaction open on the topic.
+pub fn read_to_end(kafka: &KafkaConfig, topic: &str, deadline: Duration) -> Result<Vec<StoredRecord>, KafkaError> {
+    let consumer: BaseConsumer = client_config(kafka)
+        .set("group.id", format!("sluice-reader-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .map_err(|e| KafkaError::classify("create reader", e))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| KafkaError::classify("fetch metadata", e))?;
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+            .map_err(|e| KafkaError::classify("fetch watermarks", e))?;
+        if high > low {
+            assignment.add_partition_offset(topic, partition.id(), Offset::Beginning).expect("new partition");
+            ends.push((partition.id(), high));
+        }
+    }
+    let mut records = Vec::new();
+    if ends.is_empty() {
+        return Ok(records);
+    }
+    consumer.assign(&assignment).map_err(|e| KafkaError::classify("assign", e))?;
+    let started = Instant::now();
+    loop {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let message = message.map_err(|e| KafkaError::classify("read", e))?;
+            records.push(StoredRecord {
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec),
+            });
+        }
+        // Positions, not message offsets: they also move past transaction markers, which
+        // occupy offsets but are never delivered.
+        let positions = consumer.position().map_err(|e| KafkaError::classify("position", e))?;
+        let done = ends.iter().all(|&(partition, end)| {
+            matches!(positions.find_partition(topic, partition).map(|p| p.offset()), Some(Offset::Offset(o)) if o >= end)
+        });
+        if done {
+            return Ok(records);
+        }
+        if started.elapsed() > deadline {
+            return Err(KafkaError::Retryable {
+                operation: "read topic to end",
+                source: rdkafka::error::KafkaError::MessageConsumption(rdkafka::types::RDKafkaErrorCode::OperationTimedOut),
+            });
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Kafka plumbing shared by the poller, the sinks and the CLI: client configuration, topic
+//! creation, headers, the transactional producer, the dead-letter writer and compacted-topic
+//! readers.
+//!
+//! Guarantees this crate provides to its callers:
+//! - [`producer::TransactionalProducer`]: a batch of records and the progress record that
+//!   covers it become visible to `read_committed` consumers together or not at all; a second
+//!   producer with the same transactional id fences the first.
+//! - [`dead_letter::DeadLetterWriter::write`] returns only after the broker acknowledged the
+//!   record with `acks=all` (idempotent producer), so callers can move offsets past it.
+//! - [`compacted::read_to_end`] returns every committed record of a topic up to the high
+//!   watermarks observed when it started.
+
+pub mod admin;
+pub mod compacted;
+pub mod dead_letter;
+pub mod headers;
+pub mod producer;
+
+use rdkafka::ClientConfig;
+use sluice_core::config::KafkaConfig;
+
+/// Kafka failures, classified by what the caller must do.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    /// Transient (broker unavailable, timeouts, a transaction that must be aborted and retried).
+    #[error("kafka operation {operation} failed (retryable): {source}")]
+    Retryable { operation: &'static str, source: rdkafka::error::KafkaError },
+    /// The producer was fenced, misconfigured or hit a fatal error: stop.
+    #[error("kafka operation {operation} failed (fatal): {source}")]
+    Fatal { operation: &'static str, source: rdkafka::error::KafkaError },
+}
+
+impl KafkaError {
+    pub(crate) fn classify(operation: &'static str, source: rdkafka::error::KafkaError) -> KafkaError {
+        use rdkafka::error::RDKafkaErrorCode as Code;
+        let fatal = match &source {
+            // Abortable transaction errors are retried by aborting and redoing the batch.
+            rdkafka::error::KafkaError::Transaction(e) => e.is_fatal(),
+            other => matches!(
+                other.rdkafka_error_code(),
+                Some(Code::Fenced | Code::ProducerFenced | Code::InvalidProducerEpoch | Code::TopicAuthorizationFailed
+                    | Code::ClusterAuthorizationFailed | Code::TransactionalIdAuthorizationFailed | Code::UnknownTopicOrPartition
+                    | Code::InvalidConfig | Code::Fatal)
+            ),
+        };
+        if fatal {
+            KafkaError::Fatal { operation, source }
+        } else {
+            KafkaError::Retryable { operation, source }
+        }
+    }
+}
+
+/// Base client configuration: bootstrap servers plus the user's extra properties.
+pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.bootstrap_servers);
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+    config
+}

@@ -1,0 +1,83 @@
+//! Telemetry every sluice service plugs into: logs, traces, metrics, health.
+//!
+//! - [`setup_telemetry`]: one call per process. `tracing` to stderr (JSON when asked), a
+//!   W3C trace-context propagator, and an OpenTelemetry tracer whose OTLP exporter is switched on
+//!   by the standard `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
+//!   variables (and off by `OTEL_SDK_DISABLED=true`). Spans get real trace ids even without an
+//!   exporter, so trace context still travels from the poller to the sinks.
+//! - [`propagation`]: trace context in and out of string headers (Kafka headers).
+//! - [`ops`]: the `/healthz`, `/readyz` and Prometheus `/metrics` endpoints and the readiness
+//!   state behind them.
+//!
+//! Log-message style for the whole project: lowercase, no trailing period, the error in an
+//! `error` field; never secrets or raw personal data (values of rows), only keys' counts, names
+//! of models, destinations, topics and offsets.
+
+pub mod ops;
+pub mod propagation;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+/// Keeps the tracer provider alive; flushes pending spans when dropped.
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Err(error) = self.provider.shutdown() {
+            eprintln!("telemetry shutdown failed: {error}");
+        }
+    }
+}
+
+fn otlp_requested() -> bool {
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    let endpoint = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
+    endpoint && !disabled
+}
+
+/// Install logging, tracing and the propagator for this process. `service` becomes the
+/// OpenTelemetry `service.name` (unless `OTEL_SERVICE_NAME` overrides it). Log filter from
+/// `RUST_LOG` (default `info`). Safe to call more than once (tests): later calls only return a
+/// guard.
+pub fn setup_telemetry(service: &str, json_logs: bool) -> TelemetryGuard {
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    let service_name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_string());
+    let resource = Resource::builder()
+        .with_service_name(service_name)
+        .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    let mut exporter_error = None;
+    if otlp_requested() {
+        match opentelemetry_otlp::SpanExporter::builder().with_http().build() {
+            Ok(exporter) => builder = builder.with_batch_exporter(exporter),
+            Err(error) => exporter_error = Some(error.to_string()),
+        }
+    }
+    let provider = builder.build();
+    let tracer = provider.tracer("sluice");
+    opentelemetry::global::set_tracer_provider(provider.clone());
+
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let installed = if json_logs {
+        registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).try_init()
+    } else {
+        registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init()
+    };
+    if installed.is_ok() {
+        if let Some(error) = exporter_error {
+            tracing::warn!(%error, "otlp exporter not started; spans are not exported");
+        }
+    }
+    TelemetryGuard { provider }
+}

@@ -1,0 +1,98 @@
+//! The operations endpoints every service serves, and the readiness state behind them.
+//!
+//! - `/healthz`: 200 while the process runs (liveness; a restart will not fix anything else).
+//! - `/readyz`: 200 once the service is doing its job, 503 with the reason otherwise (not yet
+//!   connected, or stopped on a fatal error such as a rejected credential). Orchestrators take
+//!   a not-ready sink out of rotation and alert on it.
+//! - `/metrics`: Prometheus text format of every `metrics` counter, gauge and histogram.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+/// Readiness of a service, shared between its work loop and the `/readyz` endpoint.
+#[derive(Debug)]
+pub struct Health {
+    /// `None` when ready, else why not.
+    not_ready: Mutex<Option<String>>,
+}
+
+impl Health {
+    /// A service starts not ready until it says otherwise.
+    pub fn new() -> Arc<Health> {
+        Arc::new(Health { not_ready: Mutex::new(Some("starting".into())) })
+    }
+
+    pub fn set_ready(&self) {
+        *self.not_ready.lock().expect("health lock") = None;
+    }
+
+    pub fn set_not_ready(&self, reason: impl Into<String>) {
+        *self.not_ready.lock().expect("health lock") = Some(reason.into());
+    }
+
+    /// `None` when ready, else the reason.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        self.not_ready.lock().expect("health lock").clone()
+    }
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new().install_recorder().expect("no other metrics recorder is installed")
+    })
+}
+
+async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, String) {
+    match health.not_ready_reason() {
+        None => (StatusCode::OK, "ready\n".into()),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+    }
+}
+
+/// Serve the ops endpoints on `addr` until `shutdown`; returns the bound address (port 0 picks
+/// a free one).
+pub async fn serve(addr: SocketAddr, health: Arc<Health>, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
+    let handle = prometheus();
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(move || async move { handle.render() }))
+        .with_state(health);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        if let Err(error) = served {
+            tracing::error!(%error, "ops endpoint stopped");
+        }
+    });
+    tracing::info!(addr = %bound, "serving /healthz, /readyz and /metrics");
+    Ok(bound)
+}
+
+/// Cancel `token` on SIGTERM or SIGINT, so services drain and commit before exiting.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("sigterm received, shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("sigint received, shutting down"),
+        }
+        token.cancel();
+    });
+}

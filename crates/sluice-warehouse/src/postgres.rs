@@ -1,0 +1,254 @@
+//! PostgreSQL as a warehouse.
+//!
+//! Type mapping (anything else is refused by name): bool → Boolean; int2, int4 → Int; int8 →
+//! Long; float4, float8 → Double; text, varchar, bpchar, name → String; bytea → Bytes;
+//! timestamptz → TimestampMicros(utc); timestamp → TimestampMicros(local); date → Date;
+//! json, jsonb → Json; uuid → Uuid; numeric → DecimalText (read as `::text`, so exact).
+//!
+//! Cursor parameters are bound as text and cast back to the column's own type in SQL, so a
+//! stored cursor compares exactly as the column does (no float or time-zone drift).
+
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use sluice_core::config::ModelConfig;
+use sluice_core::{Column, ColumnType, Row, RowSchema, Value};
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, NoTls};
+
+use crate::{cursor_indexes, orderable, Warehouse, WarehouseError};
+
+/// A connected PostgreSQL warehouse.
+pub struct Postgres {
+    client: Client,
+}
+
+fn unavailable(e: tokio_postgres::Error) -> WarehouseError {
+    WarehouseError::Unavailable(e.to_string())
+}
+
+/// Quote an identifier for SQL.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl Postgres {
+    /// Connect; the connection task runs until the client is dropped.
+    pub async fn connect(url: &str) -> Result<Postgres, WarehouseError> {
+        let (client, connection) = tokio::time::timeout(Duration::from_secs(15), tokio_postgres::connect(url, NoTls))
+            .await
+            .map_err(|_| WarehouseError::Unavailable("connecting to PostgreSQL timed out after 15 s".into()))?
+            .map_err(unavailable)?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::warn!(%error, "warehouse connection closed");
+            }
+        });
+        Ok(Postgres { client })
+    }
+
+    /// The underlying client, for tools that need plain SQL (CLI, tests).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+fn column_type(model: &str, column: &str, ty: &Type) -> Result<ColumnType, WarehouseError> {
+    Ok(match *ty {
+        Type::BOOL => ColumnType::Boolean,
+        Type::INT2 | Type::INT4 => ColumnType::Int,
+        Type::INT8 => ColumnType::Long,
+        Type::FLOAT4 | Type::FLOAT8 => ColumnType::Double,
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => ColumnType::String,
+        Type::BYTEA => ColumnType::Bytes,
+        Type::TIMESTAMPTZ => ColumnType::TimestampMicros { utc: true },
+        Type::TIMESTAMP => ColumnType::TimestampMicros { utc: false },
+        Type::DATE => ColumnType::Date,
+        Type::JSON | Type::JSONB => ColumnType::Json,
+        Type::UUID => ColumnType::Uuid,
+        Type::NUMERIC => ColumnType::DecimalText,
+        ref other => {
+            return Err(WarehouseError::Model {
+                model: model.to_string(),
+                message: format!(
+                    "column {column:?} has PostgreSQL type {other}, which sluice does not map; cast it in a `query` model (e.g. {column}::text)"
+                ),
+            })
+        }
+    })
+}
+
+/// The SQL expression that reads a column: numeric is read as text to stay exact.
+fn select_expr(column: &Column) -> String {
+    match column.ty {
+        ColumnType::DecimalText => format!("{}::text", ident(&column.name)),
+        _ => ident(&column.name),
+    }
+}
+
+fn micros_since_epoch(t: NaiveDateTime) -> i64 {
+    t.and_utc().timestamp_micros()
+}
+
+fn read_value(row: &tokio_postgres::Row, i: usize, column: &Column) -> Result<Value, tokio_postgres::Error> {
+    let pg_type = row.columns()[i].type_().clone();
+    macro_rules! get {
+        ($t:ty) => {
+            row.try_get::<_, Option<$t>>(i)?
+        };
+    }
+    Ok(match column.ty {
+        ColumnType::Boolean => get!(bool).map(Value::Boolean),
+        ColumnType::Int if pg_type == Type::INT2 => get!(i16).map(|v| Value::Int(i32::from(v))),
+        ColumnType::Int => get!(i32).map(Value::Int),
+        ColumnType::Long => get!(i64).map(Value::Long),
+        ColumnType::Double if pg_type == Type::FLOAT4 => get!(f32).map(|v| Value::Double(f64::from(v))),
+        ColumnType::Double => get!(f64).map(Value::Double),
+        ColumnType::String => get!(String).map(Value::String),
+        ColumnType::Bytes => get!(Vec<u8>).map(Value::Bytes),
+        ColumnType::TimestampMicros { utc: true } => get!(DateTime<Utc>).map(|t| Value::TimestampMicros(t.timestamp_micros())),
+        ColumnType::TimestampMicros { utc: false } => get!(NaiveDateTime).map(|t| Value::TimestampMicros(micros_since_epoch(t))),
+        ColumnType::Date => get!(NaiveDate).map(|d| {
+            let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
+            Value::Date(i32::try_from((d - epoch).num_days()).unwrap_or(i32::MAX))
+        }),
+        ColumnType::Json => get!(serde_json::Value).map(|j| Value::Json(j.to_string())),
+        ColumnType::Uuid => get!(uuid::Uuid).map(|u| Value::Uuid(u.to_string())),
+        ColumnType::DecimalText => get!(String).map(Value::DecimalText),
+    }
+    .unwrap_or(Value::Null))
+}
+
+/// Text form of a cursor value, cast back to its column type in SQL.
+fn cursor_text(value: &Value) -> Option<String> {
+    Some(match value {
+        Value::Null => return None,
+        Value::Boolean(b) => b.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::Long(i) => i.to_string(),
+        Value::Double(d) => format!("{d:?}"),
+        Value::String(s) | Value::Uuid(s) | Value::DecimalText(s) | Value::Json(s) => s.clone(),
+        Value::Bytes(_) => return None,
+        Value::TimestampMicros(us) => DateTime::from_timestamp_micros(*us)?.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+        Value::Date(days) => {
+            let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
+            epoch.checked_add_signed(chrono::Duration::days(i64::from(*days)))?.to_string()
+        }
+    })
+}
+
+/// PostgreSQL type name to cast a text cursor parameter to.
+fn cast_name(ty: ColumnType) -> &'static str {
+    match ty {
+        ColumnType::Boolean => "boolean",
+        ColumnType::Int => "integer",
+        ColumnType::Long => "bigint",
+        ColumnType::Double => "double precision",
+        ColumnType::String | ColumnType::Json => "text",
+        ColumnType::Bytes => "bytea",
+        // Zoned values are rendered in UTC; say so explicitly so the session time zone cannot
+        // shift them.
+        ColumnType::TimestampMicros { utc: true } => "timestamp) AT TIME ZONE 'UTC'",
+        ColumnType::TimestampMicros { utc: false } => "timestamp",
+        ColumnType::Date => "date",
+        ColumnType::Uuid => "uuid",
+        ColumnType::DecimalText => "numeric",
+    }
+}
+
+fn cursor_param(position: usize, ty: ColumnType) -> String {
+    match ty {
+        ColumnType::TimestampMicros { utc: true } => format!("(${position}::text::{}", cast_name(ty)),
+        _ => format!("${position}::text::{}", cast_name(ty)),
+    }
+}
+
+impl Warehouse for Postgres {
+    async fn describe(&self, model: &ModelConfig) -> Result<RowSchema, WarehouseError> {
+        let name = model.name.get_ref();
+        let list: Vec<String> = model.columns.iter().map(|c| ident(c)).collect();
+        let sql = format!("SELECT {} FROM {} LIMIT 0", list.join(", "), model.relation_sql());
+        let statement = self.client.prepare(&sql).await.map_err(|e| match e.as_db_error() {
+            Some(db) => WarehouseError::Model { model: name.clone(), message: format!("cannot read the model: {}", db.message()) },
+            None => unavailable(e),
+        })?;
+        let mut columns = Vec::with_capacity(model.columns.len());
+        for (column, described) in model.columns.iter().zip(statement.columns()) {
+            let ty = column_type(name, column, described.type_())?;
+            let is_key = model.primary_key.contains(column);
+            if is_key && !orderable(ty) {
+                return Err(WarehouseError::Model { model: name.clone(), message: format!("key column {column:?} has a type that cannot be ordered") });
+            }
+            // Key columns must never be NULL (checked on every row); other columns may be.
+            columns.push(Column { name: column.clone(), ty, nullable: !is_key });
+        }
+        let primary_key = model
+            .primary_key
+            .iter()
+            .map(|k| model.columns.iter().position(|c| c == k).expect("validated: key columns are model columns"))
+            .collect();
+        let schema = RowSchema { columns, primary_key };
+        let cursor = cursor_indexes(model, &schema)[0];
+        if !orderable(schema.columns[cursor].ty) {
+            return Err(WarehouseError::Model { model: name.clone(), message: format!("cursor column {:?} has a type that cannot be ordered", schema.columns[cursor].name) });
+        }
+        Ok(schema)
+    }
+
+    async fn fetch_after(
+        &self,
+        model: &ModelConfig,
+        schema: &RowSchema,
+        after: Option<&[Value]>,
+        limit: usize,
+    ) -> Result<Vec<Row>, WarehouseError> {
+        let name = model.name.get_ref();
+        let indexes = cursor_indexes(model, schema);
+        let select: Vec<String> = schema.columns.iter().map(select_expr).collect();
+        let order: Vec<String> = indexes.iter().map(|&i| ident(&schema.columns[i].name)).collect();
+        let mut params: Vec<Option<String>> = Vec::new();
+        let predicate = match after {
+            None => String::new(),
+            Some(tuple) => {
+                let placeholders: Vec<String> =
+                    indexes.iter().enumerate().map(|(p, &i)| cursor_param(p + 1, schema.columns[i].ty)).collect();
+                params = tuple.iter().map(cursor_text).collect();
+                format!("WHERE ({}) > ({})", order.join(", "), placeholders.join(", "))
+            }
+        };
+        let sql = format!(
+            "SELECT {} FROM {} {} ORDER BY {} LIMIT {}",
+            select.join(", "),
+            model.relation_sql(),
+            predicate,
+            order.join(", "),
+            limit
+        );
+        let param_refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+        let rows = self.client.query(&sql, &param_refs).await.map_err(|e| match e.as_db_error() {
+            Some(db) if !db.code().code().starts_with("08") && !db.code().code().starts_with("40") => {
+                WarehouseError::Model { model: name.clone(), message: db.message().to_string() }
+            }
+            _ => unavailable(e),
+        })?;
+        rows.iter()
+            .map(|row| {
+                let values: Row = schema
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, column)| read_value(row, i, column))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| WarehouseError::Model { model: name.clone(), message: format!("cannot read a row: {e}") })?;
+                if let Some(&k) = schema.primary_key.iter().find(|&&k| values[k].is_null()) {
+                    return Err(WarehouseError::Model {
+                        model: name.clone(),
+                        message: format!("a row has NULL in key column {:?}; nothing of this page was emitted", schema.columns[k].name),
+                    });
+                }
+                Ok(values)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# Drop-in for Kafka's bin/kafka-console-consumer.sh; see ops/kafka-tool.sh.
+exec "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../kafka-tool.sh" console-consumer "$@"

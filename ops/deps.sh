@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install everything sluice's build and tests need on a fresh Debian 12 machine
+# (CI starts from a clean clone on such a machine, as root). Idempotent: on a
+# machine that already has everything it touches neither apt nor the network.
+set -euo pipefail
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
+
+# cmake/build-essential/pkg-config/libssl-dev/zlib1g-dev: native builds of Rust
+# crates such as rdkafka's bundled librdkafka and openssl-sys.
+apt_install \
+    postgresql redis-server redis-tools \
+    cmake build-essential pkg-config libssl-dev zlib1g-dev \
+    curl ca-certificates unzip
+
+# Toolchains can't be fetched from outside the package registries here, so we
+# only check for them and say clearly what is missing.
+if ! command -v java >/dev/null; then
+    die "java not found: need a JDK/JRE 17+ (apt-get install openjdk-17-jre-headless)"
+fi
+java_major="$(java -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p' | head -n 1)"
+java_major="${java_major#1.}"   # Java 8 reports 1.8
+if [ -z "$java_major" ] || [ "$java_major" -lt 17 ]; then
+    die "java ${java_major:-?} found at $(command -v java); Kafka 4.x needs 17+"
+fi
+log "java $java_major: ok ($(command -v java))"
+
+command -v mvn >/dev/null || die "mvn not found: needed to fetch Kafka jars (apt-get install maven)"
+log "mvn: ok ($(command -v mvn))"
+
+if ! command -v cargo >/dev/null && [ -x "${HOME:-/root}/.cargo/bin/cargo" ]; then
+    export PATH="${HOME:-/root}/.cargo/bin:$PATH"
+fi
+command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (rustup) and put ~/.cargo/bin on PATH"
+log "cargo: ok ($(cargo --version 2>/dev/null || command -v cargo))"
+
+"$OPS_DIR/kafka.sh" fetch
+log "deps: all present"

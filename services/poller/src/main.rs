@@ -1,0 +1,56 @@
+//! `sluice-poller`: reads config and environment, sets up telemetry and the ops endpoints, and
+//! runs the poller until SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Parser;
+use sluice_telemetry::ops::{self, Health};
+use tokio_util::sync::CancellationToken;
+
+/// Emit row-level changes of warehouse models to Kafka.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Config file.
+    #[arg(long, env = "SLUICE_CONFIG", default_value = "sluice.toml")]
+    config: PathBuf,
+    /// Poll only these models (repeatable); default: all models in the config.
+    #[arg(long = "model")]
+    models: Vec<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "SLUICE_OPS_LISTEN", default_value = "127.0.0.1:9464")]
+    ops_listen: SocketAddr,
+    /// JSON logs (for log shippers).
+    #[arg(long, env = "SLUICE_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let _telemetry = sluice_telemetry::setup_telemetry("sluice-poller", args.log_json);
+    let config = match sluice_core::config::Config::load(&args.config) {
+        Ok(config) => Arc::new(config),
+        Err(error) => {
+            eprintln!("error: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let shutdown = CancellationToken::new();
+    ops::cancel_on_signals(shutdown.clone());
+    let health = Health::new();
+    if let Err(error) = ops::serve(args.ops_listen, Arc::clone(&health), shutdown.clone()).await {
+        tracing::error!(%error, addr = %args.ops_listen, "cannot serve ops endpoints");
+        return std::process::ExitCode::FAILURE;
+    }
+    let only = (!args.models.is_empty()).then_some(args.models);
+    match sluice_poller::run(config, only, health, shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "poller failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! `sluice-sink --destination NAME`: one process per destination. Reads config and environment,
+//! sets up telemetry and the ops endpoints, and delivers until SIGTERM (drains and commits) or a
+//! fatal destination error (stays up, not ready, until stopped, so an orchestrator alerts rather
+//! than restart-looping against a vendor that refuses our credentials).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Parser;
+use sluice_telemetry::ops::{self, Health};
+use tokio_util::sync::CancellationToken;
+
+/// Deliver change topics to one destination.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Config file.
+    #[arg(long, env = "SLUICE_CONFIG", default_value = "sluice.toml")]
+    config: PathBuf,
+    /// The destination this process serves (a `[[destinations]]` name).
+    #[arg(long, env = "SLUICE_DESTINATION")]
+    destination: String,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "SLUICE_OPS_LISTEN", default_value = "127.0.0.1:9465")]
+    ops_listen: SocketAddr,
+    /// JSON logs (for log shippers).
+    #[arg(long, env = "SLUICE_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let _telemetry = sluice_telemetry::setup_telemetry(&format!("sluice-sink-{}", args.destination), args.log_json);
+    let config = match sluice_core::config::Config::load(&args.config) {
+        Ok(config) => Arc::new(config),
+        Err(error) => {
+            eprintln!("error: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let shutdown = CancellationToken::new();
+    ops::cancel_on_signals(shutdown.clone());
+    let health = Health::new();
+    if let Err(error) = ops::serve(args.ops_listen, Arc::clone(&health), shutdown.clone()).await {
+        tracing::error!(%error, addr = %args.ops_listen, "cannot serve ops endpoints");
+        return std::process::ExitCode::FAILURE;
+    }
+    match sluice_sink::run(config, &args.destination, health, shutdown.clone()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(_) => {
+            // Already logged and marked not ready by `run`; stay observable until stopped.
+            shutdown.cancelled().await;
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
