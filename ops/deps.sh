@@ -5,11 +5,12 @@
 set -euo pipefail
 . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
 
-# cmake/build-essential/pkg-config/libssl-dev/zlib1g-dev: native builds of Rust
-# crates such as rdkafka's bundled librdkafka and openssl-sys.
+# cmake/build-essential/pkg-config/zlib1g-dev: the build of rdkafka's bundled
+# librdkafka. libcurl4-openssl-dev: librdkafka 2.12's rdkafka_conf.c includes
+# <curl/curl.h> even when built WITH_CURL=0, so the header must exist.
 apt_install \
     postgresql redis-server redis-tools \
-    cmake build-essential pkg-config libssl-dev zlib1g-dev \
+    cmake build-essential pkg-config libssl-dev zlib1g-dev libcurl4-openssl-dev \
     curl ca-certificates unzip
 
 # Toolchains can't be fetched from outside the package registries here, so we

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: install what the build and tests
+# need, start Kafka, PostgreSQL and Redis, then run every test of the workspace
+# against them. Extra arguments go to `cargo test` (e.g. `ops/test.sh -p sluice-core`).
+#
+# CARGO_TARGET_DIR defaults to a folder outside the clone so that every clone on
+# this machine (yours, CI's) shares one build.
+set -euo pipefail
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
+
+"$OPS_DIR/deps.sh"
+"$OPS_DIR/services.sh" up
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$SLUICE_CACHE_DIR/target}"
+if ! command -v cargo >/dev/null; then export PATH="${HOME:-/root}/.cargo/bin:$PATH"; fi
+log "cargo test (target dir $CARGO_TARGET_DIR)"
+cd "$REPO"
+started=$(date +%s)
+cargo test --workspace --locked "$@"
+log "test suite passed in $(( $(date +%s) - started )) s"
