@@ -241,3 +241,40 @@ async fn expired_credentials_stop_the_sink_without_dead_lettering() {
     poller_stop.cancel();
     poller.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_message_is_dead_lettered_and_the_stream_goes_on() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let (url, received) = receiver::start().await;
+    let f = fixture(&url).await;
+    insert(&f, 1..=3, |id| format!("c{id}@example.com")).await;
+    let (poller_stop, poller) = start_poller(&f.config);
+    let (sink_stop, sink) = start_sink(&f.config, Health::new());
+    eventually("first rows delivered", WAIT, || names_by_id(&received).len() == 3).await;
+
+    // Someone writes garbage to the change topic; later rows must still arrive.
+    let change_topic = naming::change_topic(&f.prefix, "customers");
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", sluice_integration_tests::kafka_bootstrap())
+        .create()
+        .unwrap();
+    producer
+        .send(FutureRecord::to(&change_topic).key("poison").payload("{\"not\": \"avro\"}"), Duration::from_secs(10))
+        .await
+        .expect("poison produced");
+    insert(&f, 4..=6, |id| format!("c{id}@example.com")).await;
+    eventually("rows after the poison message delivered", WAIT, || names_by_id(&received).len() == 6).await;
+    eventually("poison message dead-lettered", WAIT, || !read_topic(&naming::dead_letter_topic(&f.prefix, "crm")).is_empty()).await;
+
+    let dlq = read_topic(&naming::dead_letter_topic(&f.prefix, "crm"));
+    assert_eq!(dlq.len(), 1, "exactly the poison message");
+    assert_eq!(dlq[0].header("sluice.error.class"), Some("decode"));
+    assert!(dlq[0].header("sluice.error.message").unwrap().contains("not Avro single-object encoded"), "{:?}", dlq[0].headers);
+    assert_eq!(dlq[0].payload.as_deref(), Some(&b"{\"not\": \"avro\"}"[..]), "bytes untouched");
+    assert_eq!(dlq[0].key.as_deref(), Some(&b"poison"[..]));
+    assert_eq!(received.records().len(), 6, "each row exactly once");
+    poller_stop.cancel();
+    sink_stop.cancel();
+    poller.await.unwrap().unwrap();
+    sink.await.unwrap().unwrap();
+}

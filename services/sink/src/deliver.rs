@@ -30,6 +30,7 @@ pub enum SinkError {
 }
 
 /// A delivery attempt sequence that did not succeed.
+#[derive(Clone)]
 struct Failure {
     error: DeliveryError,
     attempts: usize,
@@ -92,7 +93,7 @@ impl Deliverer<'_> {
                     return Err(SinkError::Fatal { message: failure.error.message, status: failure.error.status });
                 }
                 for (i, _) in &to_send {
-                    self.handle_failure(&messages[*i], Failure { ..clone_failure(&failure) }).await?;
+                    self.handle_failure(&messages[*i], failure.clone()).await?;
                 }
             }
         }
@@ -210,15 +211,6 @@ impl Deliverer<'_> {
         if n > 0 {
             metrics::counter!("sluice_sink_records_total", "destination" => self.destination.to_string(), "outcome" => outcome).increment(n);
         }
-    }
-}
-
-fn clone_failure(failure: &Failure) -> Failure {
-    Failure {
-        error: failure.error.clone(),
-        attempts: failure.attempts,
-        first_failure_ms: failure.first_failure_ms,
-        last_failure_ms: failure.last_failure_ms,
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use sluice_avro::{EventDecoder, KeyDecoder};
 use sluice_core::config::KafkaConfig;
 use sluice_kafka::compacted::read_to_end;
+use sluice_kafka::KafkaError;
 
 pub(crate) struct SchemaCache {
     kafka: KafkaConfig,
@@ -23,7 +24,7 @@ impl SchemaCache {
     }
 
     /// The schema text of `fingerprint`, reading the schema topic again if it is not known yet.
-    async fn schema_json(&mut self, fingerprint: &str) -> Result<Option<String>, sluice_kafka::KafkaError> {
+    async fn schema_json(&mut self, fingerprint: &str) -> Result<Option<String>, KafkaError> {
         if !self.json.contains_key(fingerprint) {
             let (kafka, topic) = (self.kafka.clone(), self.topic.clone());
             let records = tokio::task::spawn_blocking(move || read_to_end(&kafka, &topic, Duration::from_secs(90)))
@@ -41,35 +42,28 @@ impl SchemaCache {
         Ok(self.json.get(fingerprint).cloned())
     }
 
-    /// Decoder for change events of this fingerprint; `Ok(None)` when no such schema exists.
-    pub(crate) async fn event_decoder(&mut self, fingerprint: &str) -> Result<Option<Result<Arc<EventDecoder>, String>>, sluice_kafka::KafkaError> {
-        if let Some(decoder) = self.events.get(fingerprint) {
-            return Ok(Some(Ok(Arc::clone(decoder))));
+    /// Decoder for change events of this fingerprint; `Ok(None)` when no such schema exists,
+    /// `Ok(Some(Err))` when it exists but cannot be used.
+    pub(crate) async fn event_decoder(&mut self, fingerprint: &str) -> Result<Option<Result<Arc<EventDecoder>, String>>, KafkaError> {
+        if !self.events.contains_key(fingerprint) {
+            let Some(json) = self.schema_json(fingerprint).await? else { return Ok(None) };
+            match EventDecoder::new(&json) {
+                Ok(decoder) => self.events.insert(fingerprint.to_string(), Arc::new(decoder)),
+                Err(error) => return Ok(Some(Err(error.to_string()))),
+            };
         }
-        let Some(json) = self.schema_json(fingerprint).await? else { return Ok(None) };
-        Ok(Some(match EventDecoder::new(&json) {
-            Ok(decoder) => {
-                let decoder = Arc::new(decoder);
-                self.events.insert(fingerprint.to_string(), Arc::clone(&decoder));
-                Ok(decoder)
-            }
-            Err(error) => Err(error.to_string()),
-        }))
+        Ok(self.events.get(fingerprint).cloned().map(Ok))
     }
 
-    /// Decoder for keys of this fingerprint; `Ok(None)` when no such schema exists.
-    pub(crate) async fn key_decoder(&mut self, fingerprint: &str) -> Result<Option<Result<Arc<KeyDecoder>, String>>, sluice_kafka::KafkaError> {
-        if let Some(decoder) = self.keys.get(fingerprint) {
-            return Ok(Some(Ok(Arc::clone(decoder))));
+    /// Decoder for keys of this fingerprint; same contract as [`Self::event_decoder`].
+    pub(crate) async fn key_decoder(&mut self, fingerprint: &str) -> Result<Option<Result<Arc<KeyDecoder>, String>>, KafkaError> {
+        if !self.keys.contains_key(fingerprint) {
+            let Some(json) = self.schema_json(fingerprint).await? else { return Ok(None) };
+            match KeyDecoder::new(&json) {
+                Ok(decoder) => self.keys.insert(fingerprint.to_string(), Arc::new(decoder)),
+                Err(error) => return Ok(Some(Err(error.to_string()))),
+            };
         }
-        let Some(json) = self.schema_json(fingerprint).await? else { return Ok(None) };
-        Ok(Some(match KeyDecoder::new(&json) {
-            Ok(decoder) => {
-                let decoder = Arc::new(decoder);
-                self.keys.insert(fingerprint.to_string(), Arc::clone(&decoder));
-                Ok(decoder)
-            }
-            Err(error) => Err(error.to_string()),
-        }))
+        Ok(self.keys.get(fingerprint).cloned().map(Ok))
     }
 }
