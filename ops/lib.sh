@@ -143,3 +143,13 @@ kafka_pom_sum() { sha256sum "$KAFKA_POM" | cut -d' ' -f1; }
 kafka_jars_ready() {
     [ -f "$KAFKA_LIBS_MARKER" ] && [ "$(cat "$KAFKA_LIBS_MARKER")" = "$(kafka_pom_sum)" ]
 }
+
+# Everything a cargo build here needs: installed packages, Kafka/PostgreSQL/Redis
+# running, cargo on PATH, and one shared target dir outside the clone (so every
+# clone on this machine, CI's included, reuses one build).
+prepare_build_env() {
+    "$OPS_DIR/deps.sh"
+    "$OPS_DIR/services.sh" up
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$SLUICE_CACHE_DIR/target}"
+    if ! command -v cargo >/dev/null; then export PATH="${HOME:-/root}/.cargo/bin:$PATH"; fi
+}

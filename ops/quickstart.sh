@@ -6,11 +6,7 @@
 set -euo pipefail
 . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
 
-"$OPS_DIR/deps.sh"
-"$OPS_DIR/services.sh" up
-
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$SLUICE_CACHE_DIR/target}"
-if ! command -v cargo >/dev/null; then export PATH="${HOME:-/root}/.cargo/bin:$PATH"; fi
+prepare_build_env
 log "building sluice (target dir $CARGO_TARGET_DIR)"
 (cd "$REPO" && cargo build --locked -p sluice-poller -p sluice-sink -p sluice-cli)
 bin="$CARGO_TARGET_DIR/debug"

@@ -19,7 +19,7 @@ mod ser;
 use std::sync::Arc;
 
 use apache_avro::{GenericSingleObjectReader, Schema};
-use sluice_core::{ChangeEvent, Op, Row, RowSchema, SourceInfo, Value};
+use sluice_core::{ChangeEvent, Row, RowSchema, Value};
 
 pub use model_schema::{avro_name, envelope_schema_json, key_schema_json};
 pub use poller_state::{decode_state, encode_state, PollerState};
@@ -247,15 +247,6 @@ pub fn decoder_for(codec: &ModelCodec) -> EventDecoder {
     EventDecoder::new(&codec.value.json).expect("our own schema parses")
 }
 
-#[doc(hidden)]
-pub fn op_of(code: &str) -> Option<Op> {
-    Op::from_code(code)
-}
-
-#[doc(hidden)]
-pub fn source_for_tests(model: &str) -> SourceInfo {
-    SourceInfo { model: model.into(), warehouse: "wh".into(), run_id: "run-1".into(), position: None }
-}
 
 #[cfg(test)]
 mod tests;

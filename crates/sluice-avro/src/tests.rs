@@ -2,6 +2,10 @@ use sluice_core::{ChangeEvent, Column, ColumnType, Op, RowSchema, Value};
 
 use super::*;
 
+fn source_for_tests(model: &str) -> sluice_core::SourceInfo {
+    sluice_core::SourceInfo { model: model.into(), warehouse: "wh".into(), run_id: "run-1".into(), position: None }
+}
+
 fn schema() -> RowSchema {
     let col = |name: &str, ty, nullable| Column { name: name.into(), ty, nullable };
     RowSchema {
