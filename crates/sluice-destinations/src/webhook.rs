@@ -14,7 +14,7 @@ use sluice_core::config::WebhookConfig;
 use sluice_core::ErrorClass;
 
 use crate::http::{classify_status, excerpt, parse_retry_after};
-use crate::{Destination, DeliveryError, OutboundRecord};
+use crate::{DeliveryError, Destination, OutboundRecord, RecordFailure};
 
 /// Bytes of a response body kept for dead-letter headers and logs.
 const EXCERPT_BYTES: usize = 1024;
@@ -52,7 +52,12 @@ impl Destination for Webhook {
         "webhook"
     }
 
-    async fn send(&self, batch: &[OutboundRecord]) -> Result<(), DeliveryError> {
+    /// A generic receiver states no limit; the destination's `batch_max_records` decides.
+    fn max_batch_records(&self) -> usize {
+        usize::MAX
+    }
+
+    async fn send(&self, batch: &[OutboundRecord]) -> Result<Vec<RecordFailure>, DeliveryError> {
         let response = self
             .client
             .post(&self.url)
@@ -66,7 +71,6 @@ impl Destination for Webhook {
                 status: None,
                 excerpt: String::new(),
                 message: format!("request failed: {}", without_url(&e)),
-                records: None,
             })?;
         let status = response.status().as_u16();
         let retry_after = response
@@ -75,7 +79,7 @@ impl Destination for Webhook {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
         let Some(class) = classify_status(status, retry_after) else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let body = response.text().await.unwrap_or_default();
         Err(DeliveryError {
@@ -83,7 +87,6 @@ impl Destination for Webhook {
             status: Some(status),
             excerpt: excerpt(&body, EXCERPT_BYTES),
             message: format!("webhook answered {status}"),
-            records: None,
         })
     }
 }

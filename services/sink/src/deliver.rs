@@ -6,8 +6,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use sluice_core::config::RetryConfig;
 use sluice_core::ErrorClass;
-use sluice_destinations::webhook::Webhook;
-use sluice_destinations::{Destination, DeliveryError, OutboundRecord};
+use sluice_destinations::{AnyDestination, DeliveryError, Destination, OutboundRecord};
 use sluice_kafka::dead_letter::{DeadLetter, DeadLetterWriter};
 use sluice_kafka::headers::dlq;
 use sluice_kafka::KafkaError;
@@ -41,7 +40,7 @@ struct Failure {
 pub(crate) struct Deliverer<'a> {
     pub destination: &'a str,
     pub retry: &'a RetryConfig,
-    pub target: &'a Webhook,
+    pub target: &'a AnyDestination,
     pub dead_letters: &'a DeadLetterWriter,
     pub shutdown: &'a CancellationToken,
 }
@@ -139,7 +138,12 @@ impl Deliverer<'_> {
             let result = self.target.send(records).await;
             metrics::histogram!("sluice_sink_request_seconds", "destination" => self.destination.to_string()).record(started.elapsed().as_secs_f64());
             let error = match result {
-                Ok(()) => {
+                Ok(failures) if !failures.is_empty() => {
+                    // Interim: per-record failures are treated as a refusal of the request.
+                    let first = &failures[0];
+                    DeliveryError { class: first.class.clone(), status: first.status, excerpt: first.excerpt.clone(), message: first.message.clone() }
+                }
+                Ok(_) => {
                     metrics::counter!("sluice_sink_requests_total", "destination" => self.destination.to_string(), "outcome" => "success").increment(1);
                     return Ok(Ok(()));
                 }

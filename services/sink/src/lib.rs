@@ -29,7 +29,6 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_core::config::{Config, SyncConfig};
 use sluice_core::naming;
-use sluice_destinations::webhook::Webhook;
 use sluice_kafka::admin::{ensure_topics, TopicRole};
 use sluice_kafka::dead_letter::DeadLetterWriter;
 use sluice_telemetry::ops::Health;
@@ -66,8 +65,7 @@ async fn run_inner(config: Arc<Config>, destination: &str, health: &Health, shut
     topics.push((naming::schema_topic(prefix), TopicRole::Compacted));
     ensure_topics(&config.kafka, &topics).await.map_err(SinkError::Kafka)?;
 
-    let webhook = dest.webhook.as_ref().expect("validated: a destination has a kind");
-    let target = Webhook::new(webhook).map_err(SinkError::Config)?;
+    let target = sluice_destinations::build(dest).map_err(SinkError::Config)?;
     let dead_letters = DeadLetterWriter::new(&config.kafka, dlq_topic).map_err(SinkError::Kafka)?;
     let consumer: StreamConsumer = sluice_kafka::client_config(&config.kafka)
         .set("group.id", naming::sink_group(prefix, destination))

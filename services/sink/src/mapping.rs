@@ -53,7 +53,7 @@ async fn prepare_one(message: &BorrowedMessage<'_>, sync: &SyncConfig, schemas: 
         Ok(d) => d,
         Err(error) => return Ok(Err(format!("value: {error}"))),
     };
-    let Some(action) = Action::for_change(sync.mode, decoded.event.op) else { return Ok(Ok(Prepared::Skip)) };
+    let Some(action) = Action::for_change(sync.mode, decoded.event.op, true) else { return Ok(Ok(Prepared::Skip)) };
     let Some(key_bytes) = message.key() else { return Ok(Err("message has no key".into())) };
     let key_fingerprint = match fingerprint_of(key_bytes) {
         Ok(f) => f,
@@ -84,6 +84,7 @@ async fn prepare_one(message: &BorrowedMessage<'_>, sync: &SyncConfig, schemas: 
         op: decoded.event.op.code().to_string(),
         key,
         fields,
+        previous: None,
         ts_ms: decoded.event.ts_ms,
     })))
 }

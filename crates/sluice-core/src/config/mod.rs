@@ -154,72 +154,6 @@ pub enum Detection {
     },
 }
 
-/// A destination: where one sink service delivers.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DestinationConfig {
-    /// Names the service instance, its consumer group and its dead-letter topic.
-    pub name: Spanned<String>,
-    /// Records per request, at most.
-    #[serde(default = "defaults::batch_max_records")]
-    pub batch_max_records: usize,
-    /// How long a partial batch waits for more records before it is sent.
-    #[serde(default = "defaults::batch_linger_ms")]
-    pub batch_linger_ms: u64,
-    /// Retries of retryable failures.
-    #[serde(default)]
-    pub retry: RetryConfig,
-    /// Generic HTTP destination receiving JSON batches.
-    pub webhook: Option<WebhookConfig>,
-}
-
-/// Retry policy for retryable failures: exponential backoff with full jitter, bounded.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetryConfig {
-    pub initial_backoff_ms: u64,
-    pub max_backoff_ms: u64,
-    /// Attempts in all (the first one included) before a retryable failure of a single record
-    /// is dead-lettered as exhausted.
-    pub max_attempts: usize,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        RetryConfig { initial_backoff_ms: 200, max_backoff_ms: 30_000, max_attempts: 10 }
-    }
-}
-
-/// The generic webhook destination.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    pub url: String,
-    /// Extra request headers; values may be secrets (`{ env = "TOKEN" }`) or plain text.
-    #[serde(default)]
-    pub headers: BTreeMap<String, HeaderValue>,
-    /// Per-request timeout; a timeout is retryable.
-    #[serde(default = "defaults::request_timeout_ms")]
-    pub timeout_ms: u64,
-}
-
-/// A header value: plain text, or a secret by reference.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum HeaderValue {
-    Plain(String),
-    Secret(Secret),
-}
-
-impl HeaderValue {
-    pub fn expose(&self) -> &str {
-        match self {
-            HeaderValue::Plain(s) => s,
-            HeaderValue::Secret(secret) => secret.expose(),
-        }
-    }
-}
-
 /// What a sync does at its destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -227,10 +161,17 @@ pub enum SyncMode {
     /// Update the record, or create it when missing. Deletes are not propagated.
     #[default]
     Upsert,
-    /// Like upsert, and deletes propagate.
+    /// Update records that exist; never create one.
+    Update,
+    /// Create records that do not exist yet; never change one.
+    Create,
+    /// Like upsert, and deletes propagate (the destination mirrors the model).
     Mirror,
     /// Every change is sent as an event, deletes included.
     Append,
+    /// Audience membership: a row in the model (that passes consent) is a member; it is added
+    /// when it enters and removed when it leaves (delete, or consent revoked).
+    Audience,
 }
 
 /// One model flowing into one destination.
@@ -313,7 +254,10 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
-mod defaults {
+pub mod destinations;
+pub use destinations::*;
+
+pub(crate) mod defaults {
     pub fn topic_prefix() -> String {
         "sluice".into()
     }
@@ -338,7 +282,7 @@ mod defaults {
     pub fn batch_linger_ms() -> u64 {
         100
     }
-    pub fn request_timeout_ms() -> u64 {
+    pub(crate) fn request_timeout_ms() -> u64 {
         10_000
     }
 }
@@ -451,8 +395,8 @@ impl Config {
             if !names.insert(name.clone()) {
                 return Err(err(destination.name.span(), format!("destination {name:?} is defined twice"), "give each destination a unique name"));
             }
-            if destination.webhook.is_none() {
-                return Err(err(destination.name.span(), format!("destination {name:?} has no kind"), "add a [destinations.webhook] table"));
+            if let Err(message) = destination.validate_kind() {
+                return Err(err(destination.name.span(), format!("destination {name:?}: {message}"), &format!("give it exactly one of: {}", DestinationConfig::KIND_NAMES.join(", "))));
             }
             if destination.batch_max_records == 0 || destination.retry.max_attempts == 0 {
                 return Err(err(destination.name.span(), format!("destination {name:?}: batch_max_records and retry.max_attempts must be positive"), "use e.g. batch_max_records = 500"));
