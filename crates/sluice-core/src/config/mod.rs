@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
-use toml::Spanned;
 
 /// A configuration error, pointing at the offending place and saying how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,90 +101,6 @@ pub enum WarehouseKind {
     Postgres,
 }
 
-/// A table, view or SQL query with a declared primary key.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    /// Names the topic (`<prefix>.changes.<name>`); letters, digits, `_` and `-` only.
-    pub name: Spanned<String>,
-    /// A table or view (`schema.table`); exactly one of `table` and `query`.
-    pub table: Option<String>,
-    /// A SQL query; exactly one of `table` and `query`.
-    pub query: Option<String>,
-    /// Primary-key columns, in key order (composite keys allowed).
-    pub primary_key: Vec<String>,
-    /// The columns that are read and emitted, in order. Explicit so a new warehouse column
-    /// never leaks into Kafka unannounced.
-    pub columns: Vec<String>,
-    /// How changes are detected.
-    pub detection: Detection,
-    /// Time between runs.
-    #[serde(default = "defaults::poll_interval_ms")]
-    pub poll_interval_ms: u64,
-    /// Rows fetched per query page and committed per Kafka transaction.
-    #[serde(default = "defaults::batch_rows")]
-    pub batch_rows: usize,
-}
-
-impl ModelConfig {
-    /// The SQL relation to select from: the table, or the query as a subquery.
-    pub fn relation_sql(&self) -> String {
-        match (&self.table, &self.query) {
-            (Some(table), _) => table.clone(),
-            (None, Some(query)) => format!("({query}) AS sluice_model"),
-            (None, None) => unreachable!("validated: a model has a table or a query"),
-        }
-    }
-}
-
-/// Change-detection mode of a model.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Detection {
-    /// Tuple cursor over (`cursor_column`, primary key). Sees inserts and updates; cannot see
-    /// hard deletes.
-    Cursor {
-        /// A column that grows whenever a row changes (`updated_at`, a sequence).
-        cursor_column: String,
-        /// Optional creation-time column: rows created after the previous run's cursor are
-        /// emitted as `c`, others as `u`. Without it every change after the first snapshot is `u`.
-        #[serde(default)]
-        created_column: Option<String>,
-    },
-}
-
-/// What a sync does at its destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncMode {
-    /// Update the record, or create it when missing. Deletes are not propagated.
-    #[default]
-    Upsert,
-    /// Update records that exist; never create one.
-    Update,
-    /// Create records that do not exist yet; never change one.
-    Create,
-    /// Like upsert, and deletes propagate (the destination mirrors the model).
-    Mirror,
-    /// Every change is sent as an event, deletes included.
-    Append,
-    /// Audience membership: a row in the model (that passes consent) is a member; it is added
-    /// when it enters and removed when it leaves (delete, or consent revoked).
-    Audience,
-}
-
-/// One model flowing into one destination.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SyncConfig {
-    pub model: Spanned<String>,
-    pub destination: Spanned<String>,
-    #[serde(default)]
-    pub mode: SyncMode,
-    /// `destination_field = "source_column"`. Only mapped fields ever leave.
-    pub fields: Spanned<BTreeMap<String, String>>,
-}
-
 /// A secret, given by reference and resolved at load time. Its value is never printed.
 #[derive(Clone)]
 pub struct Secret {
@@ -255,7 +170,11 @@ impl<'de> Deserialize<'de> for Secret {
 }
 
 pub mod destinations;
+pub mod models;
+pub mod syncs;
 pub use destinations::*;
+pub use models::*;
+pub use syncs::*;
 
 pub(crate) mod defaults {
     pub fn topic_prefix() -> String {

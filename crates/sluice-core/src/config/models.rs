@@ -1,0 +1,59 @@
+//! Models: what the poller reads, and how it detects changes.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::defaults;
+
+/// A table, view or SQL query with a declared primary key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Names the topic (`<prefix>.changes.<name>`); letters, digits, `_` and `-` only.
+    pub name: Spanned<String>,
+    /// A table or view (`schema.table`); exactly one of `table` and `query`.
+    pub table: Option<String>,
+    /// A SQL query; exactly one of `table` and `query`.
+    pub query: Option<String>,
+    /// Primary-key columns, in key order (composite keys allowed).
+    pub primary_key: Vec<String>,
+    /// The columns that are read and emitted, in order. Explicit so a new warehouse column
+    /// never leaks into Kafka unannounced.
+    pub columns: Vec<String>,
+    /// How changes are detected.
+    pub detection: Detection,
+    /// Time between runs.
+    #[serde(default = "defaults::poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// Rows fetched per query page and committed per Kafka transaction.
+    #[serde(default = "defaults::batch_rows")]
+    pub batch_rows: usize,
+}
+
+impl ModelConfig {
+    /// The SQL relation to select from: the table, or the query as a subquery.
+    pub fn relation_sql(&self) -> String {
+        match (&self.table, &self.query) {
+            (Some(table), _) => table.clone(),
+            (None, Some(query)) => format!("({query}) AS sluice_model"),
+            (None, None) => unreachable!("validated: a model has a table or a query"),
+        }
+    }
+}
+
+/// Change-detection mode of a model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Detection {
+    /// Tuple cursor over (`cursor_column`, primary key). Sees inserts and updates; cannot see
+    /// hard deletes.
+    Cursor {
+        /// A column that grows whenever a row changes (`updated_at`, a sequence).
+        cursor_column: String,
+        /// Optional creation-time column: rows created after the previous run's cursor are
+        /// emitted as `c`, others as `u`. Without it every change after the first snapshot is `u`.
+        #[serde(default)]
+        created_column: Option<String>,
+    },
+}
+
