@@ -11,6 +11,7 @@ use toml::Spanned;
 
 use serde::Deserialize;
 
+use super::delivery::{RateLimitConfig, RetryConfig};
 use super::{defaults, Secret};
 
 /// A destination: where one sink service delivers.
@@ -28,27 +29,22 @@ pub struct DestinationConfig {
     /// Retries of retryable failures.
     #[serde(default)]
     pub retry: RetryConfig,
+    /// JSON bytes per request, at most (a single larger record is still sent alone).
+    #[serde(default = "defaults::batch_max_bytes")]
+    pub batch_max_bytes: usize,
+    /// Requests in flight at most; adaptive concurrency (AIMD) moves between 1 and this.
+    #[serde(default = "defaults::max_concurrency")]
+    pub max_concurrency: usize,
+    /// Records consumed but not finished, at most; beyond it the sink pauses its partitions
+    /// (staying in its consumer group) instead of buffering without bound.
+    #[serde(default = "defaults::max_buffered_records")]
+    pub max_buffered_records: usize,
+    /// The destination's rate limits; never exceeded, used fully.
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
     /// Generic HTTP destination receiving JSON batches.
     pub webhook: Option<WebhookConfig>,
 }
-
-/// Retry policy for retryable failures: exponential backoff with full jitter, bounded.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetryConfig {
-    pub initial_backoff_ms: u64,
-    pub max_backoff_ms: u64,
-    /// Attempts in all (the first one included) before a retryable failure of a single record
-    /// is dead-lettered as exhausted.
-    pub max_attempts: usize,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        RetryConfig { initial_backoff_ms: 200, max_backoff_ms: 30_000, max_attempts: 10 }
-    }
-}
-
 
 impl DestinationConfig {
     /// Every kind's table name.

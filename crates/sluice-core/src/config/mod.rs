@@ -169,9 +169,11 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+pub mod delivery;
 pub mod destinations;
 pub mod models;
 pub mod syncs;
+pub use delivery::*;
 pub use destinations::*;
 pub use models::*;
 pub use syncs::*;
@@ -197,6 +199,15 @@ pub(crate) mod defaults {
     }
     pub fn batch_max_records() -> usize {
         500
+    }
+    pub fn batch_max_bytes() -> usize {
+        4 * 1024 * 1024
+    }
+    pub fn max_concurrency() -> usize {
+        8
+    }
+    pub fn max_buffered_records() -> usize {
+        10_000
     }
     pub fn batch_linger_ms() -> u64 {
         100
@@ -295,8 +306,11 @@ impl Config {
                     return Err(err(model.name.span(), format!("model {name:?}: primary-key column {key:?} is not in `columns`"), "add it to `columns`"));
                 }
             }
-            let Detection::Cursor { cursor_column, created_column } = &model.detection;
-            for column in std::iter::once(cursor_column).chain(created_column.iter()) {
+            let detection_columns: Vec<&String> = match &model.detection {
+                Detection::Cursor { cursor_column, created_column } => std::iter::once(cursor_column).chain(created_column.iter()).collect(),
+                Detection::Diff {} => Vec::new(),
+            };
+            for column in detection_columns {
                 if !model.columns.contains(column) {
                     return Err(err(model.name.span(), format!("model {name:?}: detection column {column:?} is not in `columns`"), "add it to `columns`"));
                 }
@@ -317,8 +331,15 @@ impl Config {
             if let Err(message) = destination.validate_kind() {
                 return Err(err(destination.name.span(), format!("destination {name:?}: {message}"), &format!("give it exactly one of: {}", DestinationConfig::KIND_NAMES.join(", "))));
             }
-            if destination.batch_max_records == 0 || destination.retry.max_attempts == 0 {
-                return Err(err(destination.name.span(), format!("destination {name:?}: batch_max_records and retry.max_attempts must be positive"), "use e.g. batch_max_records = 500"));
+            if destination.batch_max_records == 0 || destination.retry.max_attempts == 0 || destination.max_concurrency == 0 || destination.batch_max_bytes == 0 {
+                return Err(err(destination.name.span(), format!("destination {name:?}: batch_max_records, batch_max_bytes, max_concurrency and retry.max_attempts must be positive"), "use e.g. batch_max_records = 500, max_concurrency = 8"));
+            }
+            if destination.max_buffered_records < destination.batch_max_records {
+                return Err(err(destination.name.span(), format!("destination {name:?}: max_buffered_records is below batch_max_records, so no full batch could form"), "raise max_buffered_records (default 10000)"));
+            }
+            let limits = &destination.rate_limit;
+            if limits.requests_per_second.is_some_and(|r| !(r > 0.0)) || limits.records_per_second.is_some_and(|r| !(r >= 1.0)) {
+                return Err(err(destination.name.span(), format!("destination {name:?}: rate limits must be positive (records_per_second at least 1)"), "e.g. rate_limit = { requests_per_second = 10 }"));
             }
         }
         for sync in &self.syncs {
@@ -331,9 +352,16 @@ impl Config {
             if sync.fields.get_ref().is_empty() {
                 return Err(err(sync.fields.span(), "sync maps no fields, so nothing would leave".into(), "map at least one: fields = { email = \"email\" }"));
             }
-            for (field, column) in sync.fields.get_ref() {
-                if !model.columns.contains(column) {
-                    return Err(err(sync.fields.span(), format!("field {field:?} maps column {column:?}, which model {:?} does not have", model.name.get_ref()), "map one of the model's `columns`"));
+            for (field, source) in sync.fields.get_ref() {
+                for column in source.columns() {
+                    if !model.columns.contains(&column) {
+                        return Err(err(sync.fields.span(), format!("field {field:?} maps column {column:?}, which model {:?} does not have", model.name.get_ref()), "map one of the model's `columns`"));
+                    }
+                }
+            }
+            if let Some(consent) = &sync.consent {
+                if !model.columns.contains(&consent.column) {
+                    return Err(err(sync.model.span(), format!("consent column {:?} is not a column of model {:?}", consent.column, model.name.get_ref()), "add it to the model's `columns`"));
                 }
             }
         }
@@ -445,6 +473,20 @@ fields = { email = "email" }
         let text = GOOD.replace("fields = { email = \"email\" }", "fields = { email = \"mail\" }");
         let e = parse(&text).unwrap_err();
         assert!(e.message.contains("column \"mail\""), "{e}");
+    }
+
+    #[test]
+    fn field_sources_parse_and_typos_are_loud() {
+        let text = GOOD.replace(
+            "fields = { email = \"email\" }",
+            "fields = { email = { column = \"email\", transforms = [\"normalize_email\", \"sha256\"] }, kind = { value = \"customer\" }, label = { template = \"{id}: {email}\" } }",
+        );
+        let config = parse(&text).expect("valid");
+        let fields = config.syncs[0].fields.get_ref();
+        assert_eq!(fields["label"].columns(), ["id", "email"]);
+        let typo = GOOD.replace("fields = { email = \"email\" }", "fields = { email = { column = \"email\", transform = [\"sha256\"] } }");
+        let e = parse(&typo).unwrap_err();
+        assert!(e.message.contains("a column name, or a table"), "{e}");
     }
 
     #[test]

@@ -28,6 +28,26 @@ pub struct ModelConfig {
     /// Rows fetched per query page and committed per Kafka transaction.
     #[serde(default = "defaults::batch_rows")]
     pub batch_rows: usize,
+    /// Data-quality gates checked before a run emits anything (`diff` mode).
+    #[serde(default)]
+    pub gates: Gates,
+}
+
+/// Data-quality gates: a run that fails one emits nothing and the model stops with the reason,
+/// so a broken upstream job cannot pour a wrong picture of the world into every destination.
+/// Duplicate and NULL primary keys are always refused; these bounds are opt-in.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gates {
+    /// Refuse a run in which more than this percentage of the tracked rows would change
+    /// (inserts + updates + deletes, against the rows emitted so far). Guards against a
+    /// truncated or rewritten upstream table. The first snapshot is exempt. An operator lets
+    /// one such run through with `sluice-poller --confirm-large-change <model>`.
+    pub max_change_pct: Option<f64>,
+    /// Refuse a run whose model returns fewer rows than this (an empty or half-loaded table).
+    pub min_rows: Option<u64>,
+    /// Refuse a run whose model returns more rows than this (a fan-out join gone wrong).
+    pub max_rows: Option<u64>,
 }
 
 impl ModelConfig {
@@ -55,5 +75,19 @@ pub enum Detection {
         #[serde(default)]
         created_column: Option<String>,
     },
+    /// Full snapshot compared by primary key and row hash (xxh3) against the last emitted
+    /// state: inserts, updates (with `before` image and changed columns) and deletes. Works
+    /// for any query, so segments produce membership changes. Costs a full read per run.
+    Diff {},
+}
+
+impl Detection {
+    /// The mode's name as written in the config.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Detection::Cursor { .. } => "cursor",
+            Detection::Diff {} => "diff",
+        }
+    }
 }
 

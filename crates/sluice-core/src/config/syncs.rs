@@ -33,7 +33,127 @@ pub struct SyncConfig {
     pub destination: Spanned<String>,
     #[serde(default)]
     pub mode: SyncMode,
-    /// `destination_field = "source_column"`. Only mapped fields ever leave.
-    pub fields: Spanned<BTreeMap<String, String>>,
+    /// `destination_field = <source>`. Only mapped fields ever leave. A source is a column name
+    /// (`email = "email"`) or a table: `{ column = "email", transforms = ["normalize_email",
+    /// "sha256"], type = "string" }`, `{ value = 42 }` (a constant) or
+    /// `{ template = "{first_name} {last_name}" }`.
+    pub fields: Spanned<BTreeMap<String, FieldSource>>,
+    /// Consent/suppression condition. A row that fails it is treated as *leaving* the
+    /// destination (removed, unsubscribed) rather than skipped, so a revocation propagates on
+    /// the next change. Absent = every row consents.
+    #[serde(default)]
+    pub consent: Option<ConsentRule>,
+}
+
+impl SyncConfig {
+    /// Every column the sync reads (mapped fields, templates, consent).
+    pub fn columns(&self) -> Vec<String> {
+        let mut columns: Vec<String> = self.fields.get_ref().values().flat_map(FieldSource::columns).collect();
+        if let Some(consent) = &self.consent {
+            columns.push(consent.column.clone());
+        }
+        columns
+    }
+}
+
+/// Where a destination field's value comes from. (Untagged: serde tries the forms in order, so
+/// each table form is its own struct with `deny_unknown_fields` to keep typos loud.)
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged, expecting = "a column name, or a table with `column` (+ `transforms`, `type`), `value` or `template`")]
+pub enum FieldSource {
+    /// A column, as is.
+    Column(String),
+    /// A column, transformed and coerced.
+    Transformed(TransformedColumn),
+    /// A constant.
+    Value(ConstantValue),
+    /// Text with `{column}` placeholders.
+    Template(TemplateText),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformedColumn {
+    pub column: String,
+    #[serde(default)]
+    pub transforms: Vec<Transform>,
+    #[serde(rename = "type", default)]
+    pub coerce: Option<Coerce>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConstantValue {
+    pub value: toml::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateText {
+    pub template: String,
+}
+
+impl FieldSource {
+    /// The columns this source reads.
+    pub fn columns(&self) -> Vec<String> {
+        match self {
+            FieldSource::Column(column) | FieldSource::Transformed(TransformedColumn { column, .. }) => vec![column.clone()],
+            FieldSource::Value(_) => Vec::new(),
+            FieldSource::Template(TemplateText { template }) => template_columns(template),
+        }
+    }
+}
+
+/// The `{column}` placeholders of a template, in order.
+pub fn template_columns(template: &str) -> Vec<String> {
+    let mut columns = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let Some(end) = rest[start..].find('}') else { break };
+        columns.push(rest[start + 1..start + end].to_string());
+        rest = &rest[start + end + 1..];
+    }
+    columns
+}
+
+/// Value transforms, applied in order to text (non-text values are first rendered as text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transform {
+    Trim,
+    Lowercase,
+    Uppercase,
+    /// Keep only the digits (phone numbers).
+    DigitsOnly,
+    /// Trim and lowercase: the normal form ad platforms hash emails in.
+    NormalizeEmail,
+    /// Digits only, without leading zeros: E.164 without `+`, the form ad platforms hash
+    /// phone numbers in (the number must already carry its country code).
+    NormalizePhone,
+    /// Lowercase hex SHA-256 of the UTF-8 text. NULL stays NULL.
+    Sha256,
+}
+
+/// Type coercion of a mapped value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Coerce {
+    String,
+    Integer,
+    Float,
+    Boolean,
+}
+
+/// A row consents when `column` equals `equals` (default `true`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentRule {
+    pub column: String,
+    #[serde(default = "consent_default")]
+    pub equals: toml::Value,
+}
+
+fn consent_default() -> toml::Value {
+    toml::Value::Boolean(true)
 }
 
