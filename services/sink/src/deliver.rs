@@ -1,9 +1,11 @@
-//! Delivery of a prepared batch: retries, isolation of rejected records, dead-lettering.
+//! Delivery of one batch: rate limits, adaptive concurrency, retries honouring the vendor's
+//! `Retry-After`, per-record failures, isolation of refused records, dead-lettering.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 use sluice_core::config::RetryConfig;
 use sluice_core::ErrorClass;
 use sluice_destinations::{AnyDestination, DeliveryError, Destination, OutboundRecord};
@@ -12,7 +14,7 @@ use sluice_kafka::headers::dlq;
 use sluice_kafka::KafkaError;
 use tokio_util::sync::CancellationToken;
 
-use crate::mapping::Prepared;
+use crate::limits::{AdaptiveConcurrency, RateLimits};
 
 /// Why a sink stopped.
 #[derive(Debug, thiserror::Error)]
@@ -28,175 +30,228 @@ pub enum SinkError {
     Kafka(KafkaError),
 }
 
-/// A delivery attempt sequence that did not succeed.
+/// Why a batch was not finished.
+pub(crate) enum Stop {
+    /// The service must stop (fatal destination error, DLQ unwritable).
+    Failed(SinkError),
+    /// Shutdown interrupted a retry wait: the records stay unfinished and are delivered again
+    /// after restart.
+    Interrupted,
+}
+
+/// A record that will not be applied, and why.
 #[derive(Clone)]
 struct Failure {
-    error: DeliveryError,
+    class: ErrorClass,
+    message: String,
+    status: Option<u16>,
+    excerpt: String,
     attempts: usize,
     first_failure_ms: i64,
     last_failure_ms: i64,
 }
 
-pub(crate) struct Deliverer<'a> {
-    pub destination: &'a str,
-    pub retry: &'a RetryConfig,
-    pub target: &'a AnyDestination,
-    pub dead_letters: &'a DeadLetterWriter,
-    pub shutdown: &'a CancellationToken,
+/// One record of a batch: the source message (for dead-lettering) and what to send.
+pub(crate) struct Item {
+    pub message: Arc<OwnedMessage>,
+    pub record: OutboundRecord,
+    pub bytes: usize,
 }
 
-/// Returned when shutdown interrupts a retry wait: the batch is left uncommitted and is
-/// delivered again after restart.
-pub(crate) struct Interrupted;
+pub(crate) struct Deliverer {
+    pub destination: String,
+    pub retry: RetryConfig,
+    pub target: AnyDestination,
+    pub dead_letters: DeadLetterWriter,
+    pub limits: RateLimits,
+    pub concurrency: AdaptiveConcurrency,
+    pub shutdown: CancellationToken,
+}
 
-impl Deliverer<'_> {
-    /// Deliver a batch; returns once every record is applied, skipped or dead-lettered.
-    pub(crate) async fn deliver(&self, messages: &[BorrowedMessage<'_>], prepared: Vec<Prepared>) -> Result<Result<(), Interrupted>, SinkError> {
-        let mut to_send: Vec<(usize, OutboundRecord)> = Vec::new();
-        let mut skipped = 0u64;
-        for (i, item) in prepared.into_iter().enumerate() {
-            match item {
-                Prepared::Deliver(record) => to_send.push((i, record)),
-                Prepared::Skip => skipped += 1,
-                Prepared::Reject(reason) => {
-                    let now = now_ms();
-                    tracing::warn!(destination = %self.destination, topic = messages[i].topic(), partition = messages[i].partition(), offset = messages[i].offset(), %reason, "unreadable record dead-lettered");
-                    self.dead_letter(&messages[i], "decode", &reason, None, "", 0, now, now).await?;
-                }
-            }
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Deliverer {
+    /// Deliver `items`; returns once each is applied or dead-lettered (and the dead letter
+    /// acknowledged).
+    pub(crate) async fn deliver(&self, items: &[Item]) -> Result<(), Stop> {
+        let all: Vec<usize> = (0..items.len()).collect();
+        let dead = self.attempt(items, all).await?;
+        let applied = items.len() - dead.len();
+        self.count("delivered", applied as u64);
+        for (i, failure) in dead {
+            self.dead_letter_failure(&items[i].message, &failure).await.map_err(Stop::Failed)?;
         }
-        self.count("skipped", skipped);
-        if to_send.is_empty() {
-            return Ok(Ok(()));
-        }
-        let records: Vec<OutboundRecord> = to_send.iter().map(|(_, r)| r.clone()).collect();
-        match self.send_with_retries(&records).await {
-            Err(Interrupted) => return Ok(Err(Interrupted)),
-            Ok(Ok(())) => {
-                self.count("delivered", records.len() as u64);
-                return Ok(Ok(()));
-            }
-            Ok(Err(failure)) if failure.error.class == ErrorClass::Permanent && records.len() > 1 => {
-                // The request was refused as a whole: find the bad records by sending them one by one.
-                tracing::info!(destination = %self.destination, records = records.len(), status = ?failure.error.status, "batch refused, isolating records");
-                for (i, record) in &to_send {
-                    match self.send_with_retries(std::slice::from_ref(record)).await {
-                        Err(Interrupted) => return Ok(Err(Interrupted)),
-                        Ok(Ok(())) => self.count("delivered", 1),
-                        Ok(Err(failure)) => self.handle_failure(&messages[*i], failure).await?,
-                    }
-                }
-            }
-            Ok(Err(failure)) => {
-                if failure.error.class == ErrorClass::Fatal {
-                    return Err(SinkError::Fatal { message: failure.error.message, status: failure.error.status });
-                }
-                for (i, _) in &to_send {
-                    self.handle_failure(&messages[*i], failure.clone()).await?;
-                }
-            }
-        }
-        Ok(Ok(()))
+        Ok(())
     }
 
-    async fn handle_failure(&self, message: &BorrowedMessage<'_>, failure: Failure) -> Result<(), SinkError> {
-        if failure.error.class == ErrorClass::Fatal {
-            return Err(SinkError::Fatal { message: failure.error.message, status: failure.error.status });
-        }
-        tracing::warn!(
-            destination = %self.destination, topic = message.topic(), partition = message.partition(), offset = message.offset(),
-            class = failure.error.class.label(), status = ?failure.error.status, attempts = failure.attempts, error = %failure.error.message,
-            "record dead-lettered"
-        );
-        self.dead_letter(
-            message,
-            failure.error.class.label(),
-            &failure.error.message,
-            failure.error.status,
-            &failure.error.excerpt,
-            failure.attempts,
-            failure.first_failure_ms,
-            failure.last_failure_ms,
-        )
-        .await
-    }
-
-    /// Send with retries for retryable failures, honouring `Retry-After`. Returns the last
-    /// failure when it is not retryable or the retry budget is spent.
-    async fn send_with_retries(&self, records: &[OutboundRecord]) -> Result<Result<(), Failure>, Interrupted> {
+    /// Send the records at `indexes`, retrying what is retryable; returns the records that
+    /// failed for good.
+    async fn attempt(&self, items: &[Item], mut indexes: Vec<usize>) -> Result<Vec<(usize, Failure)>, Stop> {
         let mut backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(self.retry.initial_backoff_ms))
             .with_max_delay(Duration::from_millis(self.retry.max_backoff_ms))
             .with_jitter()
             .with_max_times(self.retry.max_attempts.saturating_sub(1))
             .build();
+        let mut dead = Vec::new();
         let mut attempts = 0;
         let mut first_failure_ms = None;
+        let mut last_error: (String, Option<u16>, String);
         loop {
             attempts += 1;
-            let started = std::time::Instant::now();
-            let result = self.target.send(records).await;
-            metrics::histogram!("sluice_sink_request_seconds", "destination" => self.destination.to_string()).record(started.elapsed().as_secs_f64());
-            let error = match result {
-                Ok(failures) if !failures.is_empty() => {
-                    // Interim: per-record failures are treated as a refusal of the request.
-                    let first = &failures[0];
-                    DeliveryError { class: first.class.clone(), status: first.status, excerpt: first.excerpt.clone(), message: first.message.clone() }
-                }
-                Ok(_) => {
-                    metrics::counter!("sluice_sink_requests_total", "destination" => self.destination.to_string(), "outcome" => "success").increment(1);
-                    return Ok(Ok(()));
-                }
-                Err(error) => error,
+            let batch: Vec<OutboundRecord> = indexes.iter().map(|&i| items[i].record.clone()).collect();
+            let result = {
+                let _slot = self.concurrency.acquire().await;
+                self.limits.acquire(batch.len()).await;
+                let started = std::time::Instant::now();
+                let result = self.target.send(&batch).await;
+                metrics::histogram!("sluice_sink_request_seconds", "destination" => self.destination.clone()).record(started.elapsed().as_secs_f64());
+                result
             };
-            metrics::counter!("sluice_sink_requests_total", "destination" => self.destination.to_string(), "outcome" => error.class.label()).increment(1);
             let now = now_ms();
             let first = *first_failure_ms.get_or_insert(now);
-            let failure = |error| Failure { error, attempts, first_failure_ms: first, last_failure_ms: now };
-            let ErrorClass::Retryable { retry_after } = error.class else {
-                return Ok(Err(failure(error)));
+            let failure = |class: ErrorClass, message: String, status: Option<u16>, excerpt: String| Failure {
+                class,
+                message,
+                status,
+                excerpt,
+                attempts,
+                first_failure_ms: first,
+                last_failure_ms: now,
             };
-            let Some(delay) = backoff.next() else {
-                return Ok(Err(failure(error)));
+            let retry_after = match result {
+                Ok(failures) => {
+                    self.concurrency.success();
+                    self.request("success");
+                    if failures.is_empty() {
+                        return Ok(dead);
+                    }
+                    let mut retry = Vec::new();
+                    let mut retry_after = None;
+                    for f in failures {
+                        let Some(&original) = indexes.get(f.index) else { continue };
+                        match self.effective_class(f.class, f.status) {
+                            ErrorClass::Retryable { retry_after: ra } => {
+                                retry.push(original);
+                                retry_after = retry_after.max(ra);
+                            }
+                            ErrorClass::Fatal => return Err(Stop::Failed(SinkError::Fatal { message: f.message, status: f.status })),
+                            ErrorClass::Permanent => dead.push((original, failure(ErrorClass::Permanent, f.message, f.status, f.excerpt))),
+                        }
+                    }
+                    if retry.is_empty() {
+                        return Ok(dead);
+                    }
+                    indexes = retry;
+                    last_error = ("records refused as retryable inside a successful request".to_string(), None, String::new());
+                    retry_after
+                }
+                Err(error) => {
+                    let class = self.effective_class(error.class.clone(), error.status);
+                    self.request(class.label());
+                    match class {
+                        ErrorClass::Fatal => return Err(Stop::Failed(SinkError::Fatal { message: error.message, status: error.status })),
+                        ErrorClass::Permanent if indexes.len() > 1 => {
+                            // Refused as a whole: find the bad records by sending them one by one.
+                            tracing::info!(destination = %self.destination, records = indexes.len(), status = ?error.status, "request refused, isolating its records");
+                            for i in indexes {
+                                dead.extend(Box::pin(self.attempt(items, vec![i])).await?);
+                            }
+                            return Ok(dead);
+                        }
+                        ErrorClass::Permanent => {
+                            dead.push((indexes[0], failure(ErrorClass::Permanent, error.message, error.status, error.excerpt)));
+                            return Ok(dead);
+                        }
+                        ErrorClass::Retryable { retry_after } => {
+                            self.concurrency.backoff();
+                            log_retry(&self.destination, attempts, &error);
+                            last_error = (error.message, error.status, error.excerpt);
+                            retry_after
+                        }
+                    }
+                }
+            };
+            // Every retry spends one step of the budget, whoever chose the delay.
+            let Some(backoff_delay) = backoff.next() else {
+                let (message, status, excerpt) = last_error;
+                let exhausted = failure(ErrorClass::Retryable { retry_after: None }, format!("retries exhausted: {message}"), status, excerpt);
+                dead.extend(indexes.iter().map(|&i| (i, exhausted.clone())));
+                return Ok(dead);
             };
             // The vendor's own instruction wins over our backoff.
-            let delay = retry_after.unwrap_or(delay);
-            metrics::counter!("sluice_sink_retries_total", "destination" => self.destination.to_string()).increment(1);
-            tracing::info!(destination = %self.destination, attempt = attempts, status = ?error.status, delay_ms = delay.as_millis() as u64, error = %error.message, "retrying request");
+            let delay = retry_after.unwrap_or(backoff_delay);
+            metrics::counter!("sluice_sink_retries_total", "destination" => self.destination.clone()).increment(1);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = self.shutdown.cancelled() => return Err(Interrupted),
+                _ = self.shutdown.cancelled() => return Err(Stop::Interrupted),
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn dead_letter(
-        &self,
-        message: &BorrowedMessage<'_>,
-        class: &str,
-        reason: &str,
-        status: Option<u16>,
-        excerpt: &str,
-        attempts: usize,
-        first_failure_ms: i64,
-        last_failure_ms: i64,
-    ) -> Result<(), SinkError> {
+    /// The destination's class, with the operator's extra retryable statuses applied.
+    fn effective_class(&self, class: ErrorClass, status: Option<u16>) -> ErrorClass {
+        match status {
+            Some(s) if self.retry.retry_on_statuses.contains(&s) && class == ErrorClass::Permanent => ErrorClass::Retryable { retry_after: None },
+            _ => class,
+        }
+    }
+
+    fn request(&self, outcome: &'static str) {
+        metrics::counter!("sluice_sink_requests_total", "destination" => self.destination.clone(), "outcome" => outcome).increment(1);
+        metrics::gauge!("sluice_sink_concurrency_limit", "destination" => self.destination.clone()).set(self.concurrency.limit() as f64);
+    }
+
+    fn count(&self, outcome: &'static str, n: u64) {
+        if n > 0 {
+            metrics::counter!("sluice_sink_records_total", "destination" => self.destination.clone(), "outcome" => outcome).increment(n);
+        }
+    }
+
+    async fn dead_letter_failure(&self, message: &OwnedMessage, failure: &Failure) -> Result<(), SinkError> {
+        tracing::warn!(
+            destination = %self.destination, topic = message.topic(), partition = message.partition(), offset = message.offset(),
+            class = failure.class.label(), status = ?failure.status, attempts = failure.attempts, error = %failure.message,
+            "record dead-lettered"
+        );
+        let context = DeadLetterContext {
+            class: failure.class.label(),
+            reason: &failure.message,
+            status: failure.status,
+            excerpt: &failure.excerpt,
+            attempts: failure.attempts,
+            first_failure_ms: failure.first_failure_ms,
+            last_failure_ms: failure.last_failure_ms,
+        };
+        self.dead_letter(message, context).await
+    }
+
+    /// An unreadable message: dead-letter it with class `decode`.
+    pub(crate) async fn dead_letter_unreadable(&self, message: &OwnedMessage, reason: &str) -> Result<(), SinkError> {
+        tracing::warn!(destination = %self.destination, topic = message.topic(), partition = message.partition(), offset = message.offset(), %reason, "unreadable record dead-lettered");
+        let now = now_ms();
+        let context = DeadLetterContext { class: "decode", reason, status: None, excerpt: "", attempts: 0, first_failure_ms: now, last_failure_ms: now };
+        self.dead_letter(message, context).await
+    }
+
+    async fn dead_letter(&self, message: &OwnedMessage, context: DeadLetterContext<'_>) -> Result<(), SinkError> {
         let mut headers: Vec<(String, Vec<u8>)> = message
             .headers()
             .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
             .unwrap_or_default();
         let mut add = |key: &str, value: String| headers.push((key.to_string(), value.into_bytes()));
-        add(dlq::ERROR_CLASS, class.to_string());
-        add(dlq::ERROR_MESSAGE, reason.to_string());
-        if let Some(status) = status {
+        add(dlq::ERROR_CLASS, context.class.to_string());
+        add(dlq::ERROR_MESSAGE, context.reason.to_string());
+        if let Some(status) = context.status {
             add(dlq::RESPONSE_STATUS, status.to_string());
         }
-        add(dlq::RESPONSE_EXCERPT, excerpt.to_string());
-        add(dlq::ATTEMPTS, attempts.to_string());
-        add(dlq::FIRST_FAILURE_MS, first_failure_ms.to_string());
-        add(dlq::LAST_FAILURE_MS, last_failure_ms.to_string());
-        add(dlq::DESTINATION, self.destination.to_string());
+        add(dlq::RESPONSE_EXCERPT, context.excerpt.to_string());
+        add(dlq::ATTEMPTS, context.attempts.to_string());
+        add(dlq::FIRST_FAILURE_MS, context.first_failure_ms.to_string());
+        add(dlq::LAST_FAILURE_MS, context.last_failure_ms.to_string());
+        add(dlq::DESTINATION, self.destination.clone());
         add(dlq::ORIGINAL_TOPIC, message.topic().to_string());
         add(dlq::ORIGINAL_PARTITION, message.partition().to_string());
         add(dlq::ORIGINAL_OFFSET, message.offset().to_string());
@@ -210,14 +265,18 @@ impl Deliverer<'_> {
         self.count("dead_lettered", 1);
         Ok(())
     }
-
-    fn count(&self, outcome: &'static str, n: u64) {
-        if n > 0 {
-            metrics::counter!("sluice_sink_records_total", "destination" => self.destination.to_string(), "outcome" => outcome).increment(n);
-        }
-    }
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+struct DeadLetterContext<'a> {
+    class: &'static str,
+    reason: &'a str,
+    status: Option<u16>,
+    excerpt: &'a str,
+    attempts: usize,
+    first_failure_ms: i64,
+    last_failure_ms: i64,
+}
+
+fn log_retry(destination: &str, attempt: usize, error: &DeliveryError) {
+    tracing::info!(%destination, attempt, status = ?error.status, error = %error.message, "retrying request");
 }

@@ -2,41 +2,105 @@
 //!
 //! One process (and one consumer group) per destination, so a slow or broken vendor never holds
 //! up another. Guarantees:
-//! - **At-least-once.** An offset is committed only after every record before it was confirmed
-//!   by the destination, deliberately skipped by its sync mode, or written to the dead-letter
-//!   topic *and acknowledged by the broker*. A crash replays the uncommitted tail; receivers
-//!   deduplicate by the stable record `id`.
-//! - **Per-key order.** Records are applied in partition order, one batch at a time; a key lives
-//!   in one partition.
+//! - **At-least-once.** An offset is committed only when every record before it in its partition
+//!   was confirmed by the destination, skipped by its sync mode, or written to the dead-letter
+//!   topic *and acknowledged by the broker* ([`offsets`]: the contiguous finished prefix). A crash
+//!   replays the uncommitted tail; receivers deduplicate by the stable record `id`.
+//! - **Per-key order.** All changes of a key go through one lane, one batch at a time
+//!   ([`lanes`]); different keys are delivered concurrently.
+//! - **Bounded memory.** Past `max_buffered_records` unfinished records the consumer pauses its
+//!   partitions (and keeps polling, so it stays in its group) until lanes catch up.
+//! - **Rebalance-safe.** On revocation the sink waits (bounded, well under the session timeout)
+//!   for in-flight work of the revoked partitions, commits what finished, and forgets them: no
+//!   commit for a partition it no longer owns, and unsent records of it are dropped, not sent.
 //! - **Failure classes stay apart** ([`sluice_core::ErrorClass`]): a rejected record is
 //!   dead-lettered and the stream goes on; a retryable failure is retried with jittered
-//!   exponential backoff honouring `Retry-After`, then dead-lettered when the retry budget is
+//!   exponential backoff honouring `Retry-After`, then dead-lettered once the retry budget is
 //!   spent; a fatal failure (credentials, endpoint) stops consumption, turns `/readyz` false and
 //!   dead-letters nothing.
-//! - A record the destination rejects inside a multi-record request is isolated by resending
-//!   the request's records one by one, so only the bad ones are dead-lettered.
+//! - **SIGTERM drains**: reading stops, lanes finish what they hold (bounded by
+//!   `DRAIN_TIMEOUT`), the finished prefix is committed synchronously.
 
 mod deliver;
+mod lanes;
+mod limits;
 mod mapping;
+mod offsets;
 mod schemas;
+mod transform;
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sluice_core::config::{Config, SyncConfig};
 use sluice_core::naming;
+use sluice_destinations::Destination;
 use sluice_kafka::admin::{ensure_topics, TopicRole};
 use sluice_kafka::dead_letter::DeadLetterWriter;
 use sluice_telemetry::ops::Health;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub use deliver::SinkError;
+
+use crate::deliver::{Deliverer, Item};
+use crate::lanes::{BatchLimits, Shared};
+use crate::mapping::Prepared;
+use crate::offsets::Partition;
+
+/// How long a revocation waits for in-flight records of the revoked partitions. Below the
+/// default session timeout (45 s) so the group never evicts us while we wait.
+const REVOKE_DRAIN: Duration = Duration::from_secs(15);
+/// How long SIGTERM waits for lanes to finish what they hold.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+const COMMIT_EVERY: Duration = Duration::from_millis(500);
+
+/// Commits finished offsets of partitions being revoked, inside librdkafka's rebalance callback.
+struct SinkContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for SinkContext {}
+
+impl ConsumerContext for SinkContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else { return };
+        let partitions: Vec<Partition> = revoked.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        // Runs on the thread polling the consumer; lanes run on other runtime threads and keep
+        // finishing records meanwhile.
+        let deadline = Instant::now() + REVOKE_DRAIN;
+        while self.shared.tracker.lock().expect("tracker lock").pending_in(&partitions) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut tracker = self.shared.tracker.lock().expect("tracker lock");
+        let offsets: Vec<(Partition, i64)> = tracker.committable().into_iter().filter(|(p, _)| partitions.contains(p)).collect();
+        if !offsets.is_empty() {
+            match consumer.commit(&offset_list(&offsets), CommitMode::Sync) {
+                Ok(()) => tracker.committed(&offsets),
+                Err(error) => tracing::warn!(%error, "commit on revocation failed; the new owner re-delivers those records"),
+            }
+        }
+        let unfinished = tracker.pending_in(&partitions);
+        tracker.revoke(&partitions);
+        tracing::info!(partitions = partitions.len(), unfinished, "partitions revoked");
+    }
+}
+
+fn offset_list(offsets: &[(Partition, i64)]) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), offset) in offsets {
+        list.add_partition_offset(topic, *partition, Offset::Offset(*offset)).expect("valid offset");
+    }
+    list
+}
 
 /// Run the sink of `destination` until `shutdown`, or until a fatal error (returned).
 pub async fn run(config: Arc<Config>, destination: &str, health: Arc<Health>, shutdown: CancellationToken) -> Result<(), SinkError> {
@@ -66,73 +130,162 @@ async fn run_inner(config: Arc<Config>, destination: &str, health: &Health, shut
     ensure_topics(&config.kafka, &topics).await.map_err(SinkError::Kafka)?;
 
     let target = sluice_destinations::build(dest).map_err(SinkError::Config)?;
-    let dead_letters = DeadLetterWriter::new(&config.kafka, dlq_topic).map_err(SinkError::Kafka)?;
-    let consumer: StreamConsumer = sluice_kafka::client_config(&config.kafka)
+    let batch_limits = BatchLimits {
+        max_records: dest.batch_max_records.min(target.max_batch_records()),
+        max_bytes: dest.batch_max_bytes,
+        linger: Duration::from_millis(dest.batch_linger_ms),
+    };
+    let lane_stop = CancellationToken::new();
+    let deliverer = Arc::new(Deliverer {
+        destination: destination.to_string(),
+        retry: dest.retry.clone(),
+        target,
+        dead_letters: DeadLetterWriter::new(&config.kafka, dlq_topic).map_err(SinkError::Kafka)?,
+        limits: limits::RateLimits::new(&dest.rate_limit),
+        concurrency: limits::AdaptiveConcurrency::new(dest.max_concurrency),
+        shutdown: lane_stop.clone(),
+    });
+    let shared = Arc::new(Shared::new());
+    let consumer: StreamConsumer<SinkContext> = sluice_kafka::client_config(&config.kafka)
         .set("group.id", naming::sink_group(prefix, destination))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "false")
-        // Retries hold the loop; allow them their whole budget before the group evicts us.
-        .set("max.poll.interval.ms", "900000")
-        .create()
+        .create_with_context(SinkContext { shared: Arc::clone(&shared) })
         .map_err(|e| SinkError::Kafka(sluice_kafka::KafkaError::Fatal { operation: "create consumer", source: e }))?;
     let topic_names: Vec<&str> = syncs.keys().map(String::as_str).collect();
     consumer
         .subscribe(&topic_names)
         .map_err(|e| SinkError::Kafka(sluice_kafka::KafkaError::Fatal { operation: "subscribe", source: e }))?;
+
+    let mut lanes = Vec::with_capacity(dest.max_concurrency);
+    let mut lane_tasks = tokio::task::JoinSet::new();
+    for _ in 0..dest.max_concurrency {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lanes.push(tx);
+        lane_tasks.spawn(lanes::run_lane(rx, batch_limits, Arc::clone(&deliverer), Arc::clone(&shared)));
+    }
     health.set_ready();
-    tracing::info!(%destination, topics = ?topic_names, "sink started");
+    tracing::info!(%destination, kind = deliverer.target.kind(), topics = ?topic_names, lanes = lanes.len(), rate_limited = deliverer.limits.is_limited(), "sink started");
 
     let mut schemas = schemas::SchemaCache::new(config.kafka.clone(), naming::schema_topic(prefix));
-    let deliverer =
-        deliver::Deliverer { destination, retry: &dest.retry, target: &target, dead_letters: &dead_letters, shutdown: &shutdown };
-    let linger = Duration::from_millis(dest.batch_linger_ms);
-    loop {
-        let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(dest.batch_max_records);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut last_commit = Instant::now();
+    let mut paused = false;
+    let result = loop {
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
-            message = consumer.recv() => batch.push(message.map_err(|e| SinkError::Kafka(sluice_kafka::KafkaError::Retryable { operation: "consume", source: e }))?),
-        }
-        let deadline = tokio::time::Instant::now() + linger;
-        while batch.len() < dest.batch_max_records {
-            match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(message),
-                Ok(Err(error)) => tracing::warn!(%error, "consume error"),
-                Err(_) => break,
+            _ = shutdown.cancelled() => break Ok(()),
+            _ = shared.failed.cancelled() => break Err(shared.fatal.lock().expect("fatal lock").take().unwrap_or(SinkError::Config("lane failed".into()))),
+            _ = tick.tick() => {
+                let buffered = shared.buffered.load(Ordering::SeqCst);
+                metrics::gauge!("sluice_sink_buffered_records", "destination" => destination.to_string()).set(buffered as f64);
+                if paused && buffered <= dest.max_buffered_records / 2 {
+                    set_paused(&consumer, false);
+                    paused = false;
+                }
+                if last_commit.elapsed() >= COMMIT_EVERY {
+                    commit(&consumer, &shared, CommitMode::Async);
+                    last_commit = Instant::now();
+                }
+            }
+            message = consumer.recv() => {
+                let message = match message {
+                    Ok(m) => m,
+                    Err(error) => {
+                        tracing::warn!(%error, "consume error");
+                        continue;
+                    }
+                };
+                let partition: Partition = (message.topic().to_string(), message.partition());
+                shared.tracker.lock().expect("tracker lock").register(&partition, message.offset());
+                let sync = syncs.get(message.topic()).expect("subscribed topics come from the syncs");
+                let span = tracing::debug_span!("sink.record", destination = %destination);
+                let pairs = sluice_kafka::headers::pairs(message.headers());
+                if let Err(error) = span.set_parent(sluice_telemetry::propagation::context_from(&pairs)) {
+                    tracing::trace!(?error, "trace context not attached");
+                }
+                match mapping::prepare(&message, sync, &mut schemas).instrument(span).await {
+                    Err(error) => break Err(error),
+                    Ok(Prepared::Skip) => {
+                        metrics::counter!("sluice_sink_records_total", "destination" => destination.to_string(), "outcome" => "skipped").increment(1);
+                        shared.tracker.lock().expect("tracker lock").finish(&partition, message.offset());
+                    }
+                    Ok(Prepared::Reject(reason)) => {
+                        if let Err(error) = deliverer.dead_letter_unreadable(&message.detach(), &reason).await {
+                            break Err(error);
+                        }
+                        shared.tracker.lock().expect("tracker lock").finish(&partition, message.offset());
+                    }
+                    Ok(Prepared::Deliver { record, bytes }) => {
+                        let lane = lane_of(message.topic(), message.key().unwrap_or_default(), lanes.len());
+                        shared.buffered.fetch_add(1, Ordering::SeqCst);
+                        let item = Item { message: Arc::new(message.detach()), record, bytes };
+                        if lanes[lane].send(item).is_err() {
+                            break Err(SinkError::Config("a delivery lane stopped".into()));
+                        }
+                        if !paused && shared.buffered.load(Ordering::SeqCst) >= dest.max_buffered_records {
+                            set_paused(&consumer, true);
+                            paused = true;
+                        }
+                    }
+                }
             }
         }
-        let span = tracing::info_span!("sink.batch", destination = %destination, records = batch.len());
-        if let Some(first) = batch.first() {
-            let pairs = sluice_kafka::headers::pairs(first.headers());
-            if let Err(error) = span.set_parent(sluice_telemetry::propagation::context_from(&pairs)) {
-                tracing::debug!(?error, "trace context not attached");
-            }
-        }
-        let prepared = mapping::prepare(&batch, &syncs, &mut schemas).instrument(span.clone()).await?;
-        if deliverer.deliver(&batch, prepared).instrument(span).await?.is_err() {
-            tracing::info!(%destination, "shutdown during retries; the batch is left uncommitted and will be delivered after restart");
-            break;
-        }
-        commit(&consumer, &batch)?;
+    };
+
+    // Drain: no more input; lanes finish what they hold (or stop at once after a failure).
+    drop(lanes);
+    if result.is_err() {
+        lane_stop.cancel();
     }
-    tracing::info!(%destination, "sink drained and stopped");
-    Ok(())
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while lane_tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(%destination, "lanes did not drain in time; unfinished records will be delivered after restart");
+        lane_stop.cancel();
+        while lane_tasks.join_next().await.is_some() {}
+    }
+    commit(&consumer, &shared, CommitMode::Sync);
+    let result = match (result, shared.fatal.lock().expect("fatal lock").take()) {
+        (Ok(()), Some(error)) => Err(error),
+        (result, _) => result,
+    };
+    if result.is_ok() {
+        tracing::info!(%destination, "sink drained and stopped");
+    }
+    result
 }
 
-/// Commit the offsets after a fully handled batch: for each partition, one past its last record.
-fn commit(consumer: &StreamConsumer, batch: &[BorrowedMessage<'_>]) -> Result<(), SinkError> {
-    let mut next: HashMap<(&str, i32), i64> = HashMap::new();
-    for message in batch {
-        let slot = next.entry((message.topic(), message.partition())).or_insert(0);
-        *slot = (*slot).max(message.offset() + 1);
+/// Route a record to a lane: one lane per key, so per-key order holds.
+fn lane_of(topic: &str, key: &[u8], lanes: usize) -> usize {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    topic.hash(&mut hasher);
+    key.hash(&mut hasher);
+    (hasher.finish() % lanes as u64) as usize
+}
+
+fn set_paused(consumer: &StreamConsumer<SinkContext>, pause: bool) {
+    let Ok(assignment) = consumer.assignment() else { return };
+    let result = if pause { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
+    match result {
+        Ok(()) => tracing::info!(partitions = assignment.count(), pause, "consumption paused or resumed for back-pressure"),
+        Err(error) => tracing::warn!(%error, pause, "pause/resume failed"),
     }
-    let mut offsets = TopicPartitionList::new();
-    for ((topic, partition), offset) in next {
-        offsets.add_partition_offset(topic, partition, Offset::Offset(offset)).expect("valid offset");
+}
+
+/// Commit the finished prefix of every owned partition.
+fn commit(consumer: &StreamConsumer<SinkContext>, shared: &Shared, mode: CommitMode) {
+    let mut tracker = shared.tracker.lock().expect("tracker lock");
+    let offsets = tracker.committable();
+    if offsets.is_empty() {
+        return;
     }
-    consumer
-        .commit(&offsets, CommitMode::Sync)
-        .map_err(|e| SinkError::Kafka(sluice_kafka::KafkaError::Retryable { operation: "commit offsets", source: e }))
+    match consumer.commit(&offset_list(&offsets), mode) {
+        Ok(()) => tracker.committed(&offsets),
+        Err(error) => tracing::warn!(%error, "offset commit failed; retried at the next commit"),
+    }
 }

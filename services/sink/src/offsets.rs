@@ -1,0 +1,128 @@
+//! Which offsets may be committed.
+//!
+//! Records of one partition finish out of order (different keys go to different lanes, and a
+//! lane may be retrying while another succeeds). The committable offset of a partition is the
+//! end of its *contiguous prefix* of finished records: one past the last record before the first
+//! unfinished one. Committing further would skip the unfinished record on restart.
+//!
+//! A partition that is revoked is forgotten: a late completion for it is ignored, so nothing is
+//! ever committed for a partition this instance no longer owns.
+
+use std::collections::{BTreeSet, HashMap};
+
+/// (topic, partition)
+pub(crate) type Partition = (String, i32);
+
+#[derive(Debug, Default)]
+struct PartitionState {
+    /// Offsets handed out and not finished yet.
+    pending: BTreeSet<i64>,
+    /// One past the highest offset registered so far.
+    next: Option<i64>,
+    /// Last offset committed (or `None` before the first commit by this instance).
+    committed: Option<i64>,
+}
+
+/// Offsets in flight per partition.
+#[derive(Debug, Default)]
+pub(crate) struct OffsetTracker {
+    partitions: HashMap<Partition, PartitionState>,
+}
+
+impl OffsetTracker {
+    /// A record was consumed and is now in flight.
+    pub(crate) fn register(&mut self, partition: &Partition, offset: i64) {
+        let state = self.partitions.entry(partition.clone()).or_default();
+        state.pending.insert(offset);
+        state.next = Some(state.next.map_or(offset + 1, |n| n.max(offset + 1)));
+    }
+
+    /// A record finished (applied, skipped, or dead-lettered and acknowledged). Ignored when
+    /// the partition was revoked meanwhile.
+    pub(crate) fn finish(&mut self, partition: &Partition, offset: i64) {
+        if let Some(state) = self.partitions.get_mut(partition) {
+            state.pending.remove(&offset);
+        }
+    }
+
+    /// Whether a record of this partition may still be worked on (not revoked).
+    pub(crate) fn owns(&self, partition: &Partition) -> bool {
+        self.partitions.contains_key(partition)
+    }
+
+    /// Records in flight for these partitions.
+    pub(crate) fn pending_in(&self, partitions: &[Partition]) -> usize {
+        partitions.iter().filter_map(|p| self.partitions.get(p)).map(|s| s.pending.len()).sum()
+    }
+
+    /// Offsets to commit now: per partition, the end of the finished prefix, when it moved
+    /// since the last commit. Call [`Self::committed`] once the commit succeeded.
+    pub(crate) fn committable(&self) -> Vec<(Partition, i64)> {
+        self.partitions
+            .iter()
+            .filter_map(|(partition, state)| {
+                let end = match state.pending.first() {
+                    Some(&first_unfinished) => first_unfinished,
+                    None => state.next?,
+                };
+                (state.committed != Some(end)).then(|| (partition.clone(), end))
+            })
+            .collect()
+    }
+
+    /// The broker accepted these offsets.
+    pub(crate) fn committed(&mut self, offsets: &[(Partition, i64)]) {
+        for (partition, offset) in offsets {
+            if let Some(state) = self.partitions.get_mut(partition) {
+                state.committed = Some(*offset);
+            }
+        }
+    }
+
+    /// Forget revoked partitions: late completions and commits for them are ignored.
+    pub(crate) fn revoke(&mut self, partitions: &[Partition]) {
+        for partition in partitions {
+            self.partitions.remove(partition);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(n: i32) -> Partition {
+        ("t".to_string(), n)
+    }
+
+    #[test]
+    fn commits_only_the_contiguous_finished_prefix() {
+        let mut tracker = OffsetTracker::default();
+        for offset in 10..15 {
+            tracker.register(&p(0), offset);
+        }
+        tracker.finish(&p(0), 10);
+        tracker.finish(&p(0), 12);
+        tracker.finish(&p(0), 13);
+        assert_eq!(tracker.committable(), vec![(p(0), 11)], "11 is unfinished, so 12 and 13 wait");
+        tracker.committed(&[(p(0), 11)]);
+        assert!(tracker.committable().is_empty(), "nothing new to commit");
+        tracker.finish(&p(0), 11);
+        assert_eq!(tracker.committable(), vec![(p(0), 14)]);
+        tracker.finish(&p(0), 14);
+        assert_eq!(tracker.committable(), vec![(p(0), 15)], "everything finished: one past the last");
+    }
+
+    #[test]
+    fn revoked_partitions_are_never_committed() {
+        let mut tracker = OffsetTracker::default();
+        tracker.register(&p(0), 1);
+        tracker.register(&p(1), 1);
+        tracker.revoke(&[p(1)]);
+        tracker.finish(&p(1), 1);
+        tracker.finish(&p(0), 1);
+        assert_eq!(tracker.committable(), vec![(p(0), 2)]);
+        assert!(!tracker.owns(&p(1)));
+        assert_eq!(tracker.pending_in(&[p(0), p(1)]), 0);
+    }
+}

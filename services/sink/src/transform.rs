@@ -1,0 +1,182 @@
+//! Field mapping: from a decoded row to the destination's fields, and the consent decision.
+//!
+//! Only mapped fields ever leave. Transforms run in the order written; NULL stays NULL through
+//! every transform (a missing identifier is not hashed into the hash of the empty string).
+
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+use sluice_avro::DecodedEvent;
+use sluice_core::config::{Coerce, ConsentRule, FieldSource, TemplateText, Transform, TransformedColumn};
+use sluice_core::Row;
+
+/// A row image with its column names, as mapping reads it.
+pub(crate) struct Image<'a> {
+    pub columns: &'a [String],
+    pub row: &'a Row,
+}
+
+impl Image<'_> {
+    fn get(&self, column: &str) -> Json {
+        self.columns.iter().position(|c| c == column).map_or(Json::Null, |i| self.row[i].to_json())
+    }
+}
+
+/// The current image (after, or before for deletes) of an event.
+pub(crate) fn current(decoded: &DecodedEvent) -> Option<Image<'_>> {
+    decoded.event.current_image().map(|row| Image { columns: &decoded.columns, row })
+}
+
+/// The before image, when the event carries one.
+pub(crate) fn before(decoded: &DecodedEvent) -> Option<Image<'_>> {
+    decoded.event.before.as_ref().map(|row| Image { columns: &decoded.columns, row })
+}
+
+/// The mapped fields of an image.
+pub(crate) fn map_fields<'a>(
+    fields: impl IntoIterator<Item = (&'a String, &'a FieldSource)>,
+    image: &Image<'_>,
+) -> serde_json::Map<String, Json> {
+    fields.into_iter().map(|(name, source)| (name.clone(), field_value(source, image))).collect()
+}
+
+fn field_value(source: &FieldSource, image: &Image<'_>) -> Json {
+    match source {
+        FieldSource::Column(column) => image.get(column),
+        FieldSource::Transformed(TransformedColumn { column, transforms, coerce }) => {
+            let value = transforms.iter().fold(image.get(column), |value, t| apply(*t, value));
+            coerce.map_or(value.clone(), |c| coerce_to(c, value))
+        }
+        FieldSource::Value(constant) => serde_json::to_value(&constant.value).unwrap_or(Json::Null),
+        FieldSource::Template(TemplateText { template }) => Json::String(render(template, image)),
+    }
+}
+
+fn render(template: &str, image: &Image<'_>) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let Some(len) = rest[start..].find('}') else { break };
+        out.push_str(&rest[..start]);
+        out.push_str(&text(&image.get(&rest[start + 1..start + len])).unwrap_or_default());
+        rest = &rest[start + len + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn text(value: &Json) -> Option<String> {
+    match value {
+        Json::Null => None,
+        Json::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// Apply one transform; NULL stays NULL.
+pub(crate) fn apply(transform: Transform, value: Json) -> Json {
+    let Some(s) = text(&value) else { return Json::Null };
+    Json::String(match transform {
+        Transform::Trim => s.trim().to_string(),
+        Transform::Lowercase => s.to_lowercase(),
+        Transform::Uppercase => s.to_uppercase(),
+        Transform::DigitsOnly => s.chars().filter(char::is_ascii_digit).collect(),
+        Transform::NormalizeEmail => s.trim().to_lowercase(),
+        Transform::NormalizePhone => {
+            let digits: String = s.chars().filter(char::is_ascii_digit).collect();
+            digits.trim_start_matches('0').to_string()
+        }
+        Transform::Sha256 => Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect(),
+    })
+}
+
+fn coerce_to(target: Coerce, value: Json) -> Json {
+    match (target, &value) {
+        (_, Json::Null) => Json::Null,
+        (Coerce::String, _) => text(&value).map_or(Json::Null, Json::String),
+        (Coerce::Integer, Json::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)).map_or(Json::Null, Json::from),
+        (Coerce::Integer, Json::String(s)) => s.trim().parse::<f64>().ok().map_or(Json::Null, |f| Json::from(f as i64)),
+        (Coerce::Float, Json::Number(n)) => n.as_f64().map_or(Json::Null, Json::from),
+        (Coerce::Float, Json::String(s)) => s.trim().parse::<f64>().ok().map_or(Json::Null, Json::from),
+        (Coerce::Boolean, Json::Bool(_)) => value,
+        (Coerce::Boolean, Json::Number(n)) => Json::Bool(n.as_f64() != Some(0.0)),
+        (Coerce::Boolean, Json::String(s)) => Json::Bool(matches!(s.trim().to_lowercase().as_str(), "true" | "t" | "yes" | "y" | "1")),
+        _ => Json::Null,
+    }
+}
+
+/// Whether an image passes a consent rule. A missing or NULL consent value is *no* consent.
+pub(crate) fn consents(rule: Option<&ConsentRule>, image: &Image<'_>) -> bool {
+    let Some(rule) = rule else { return true };
+    let expected = serde_json::to_value(&rule.equals).unwrap_or(Json::Null);
+    let actual = image.get(&rule.column);
+    actual == expected || text(&actual).is_some_and(|a| Some(a) == text(&expected))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use sluice_core::Value;
+
+    fn image_fields() -> (Vec<String>, Row) {
+        (
+            vec!["email".into(), "phone".into(), "first".into(), "ltv".into(), "opt_in".into()],
+            vec![
+                Value::String("  Ada@Example.COM ".into()),
+                Value::String("+44 (0)20 7946 0958".into()),
+                Value::Null,
+                Value::DecimalText("12.50".into()),
+                Value::Boolean(false),
+            ],
+        )
+    }
+
+    #[test]
+    fn transforms_apply_in_order_and_null_stays_null() {
+        let (columns, row) = image_fields();
+        let image = Image { columns: &columns, row: &row };
+        let source: FieldSource = toml::from_str::<toml::Table>("f = { column = \"email\", transforms = [\"normalize_email\", \"sha256\"] }")
+            .unwrap()["f"]
+            .clone()
+            .try_into()
+            .unwrap();
+        assert_eq!(field_value(&source, &image), json!(hex_sha256("ada@example.com")), "trimmed, lowercased, hashed");
+        assert_eq!(apply(Transform::Sha256, json!("ada@example.com")), json!(hex_sha256("ada@example.com")));
+        assert_eq!(apply(Transform::Sha256, Json::Null), Json::Null);
+        assert_eq!(apply(Transform::NormalizePhone, json!("0044 20 7946 0958")), json!("442079460958"));
+        assert_eq!(apply(Transform::NormalizeEmail, json!("  Ada@Example.COM ")), json!("ada@example.com"));
+    }
+
+    fn hex_sha256(s: &str) -> String {
+        Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn known_sha256_vector() {
+        assert_eq!(hex_sha256("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn templates_constants_and_coercion() {
+        let (columns, row) = image_fields();
+        let image = Image { columns: &columns, row: &row };
+        let template = FieldSource::Template(TemplateText { template: "{email}/{first}!".into() });
+        assert_eq!(field_value(&template, &image), json!("  Ada@Example.COM /!"));
+        let ltv = FieldSource::Transformed(TransformedColumn { column: "ltv".into(), transforms: vec![], coerce: Some(Coerce::Float) });
+        assert_eq!(field_value(&ltv, &image), json!(12.5));
+        assert_eq!(coerce_to(Coerce::Integer, json!("12.9")), json!(12));
+        assert_eq!(coerce_to(Coerce::Boolean, json!("yes")), json!(true));
+    }
+
+    #[test]
+    fn consent_is_explicit() {
+        let (columns, mut row) = image_fields();
+        let rule = ConsentRule { column: "opt_in".into(), equals: toml::Value::Boolean(true) };
+        assert!(!consents(Some(&rule), &Image { columns: &columns, row: &row }));
+        row[4] = Value::Boolean(true);
+        assert!(consents(Some(&rule), &Image { columns: &columns, row: &row }));
+        row[4] = Value::Null;
+        assert!(!consents(Some(&rule), &Image { columns: &columns, row: &row }), "NULL is not consent");
+        assert!(consents(None, &Image { columns: &columns, row: &row }));
+    }
+}
