@@ -6,7 +6,9 @@
 //!
 //! Response: classified by [`crate::http::classify_status`]. A 4xx other than auth/endpoint
 //! errors rejects the whole request; the sink then isolates the offending records by sending
-//! them one by one, so only they are dead-lettered.
+//! them one by one, so only they are dead-lettered. A `207 Multi-Status` answer may list
+//! per-record results, `{"errors": [{"index": 3, "message": "...", "retryable": false}]}`
+//! (indexes into the request's `records`); unlisted records were applied.
 
 use std::time::Duration;
 
@@ -43,7 +45,7 @@ impl Webhook {
 }
 
 #[derive(serde::Serialize)]
-struct Body<'a> {
+struct RequestBody<'a> {
     records: &'a [OutboundRecord],
 }
 
@@ -62,7 +64,7 @@ impl Destination for Webhook {
             .client
             .post(&self.url)
             .headers(self.headers.clone())
-            .json(&Body { records: batch })
+            .json(&RequestBody { records: batch })
             .send()
             .await
             .map_err(|e| DeliveryError {
@@ -79,7 +81,12 @@ impl Destination for Webhook {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
         let Some(class) = classify_status(status, retry_after) else {
-            return Ok(Vec::new());
+            // Only a 207 may carry per-record results; any other 2xx confirms the whole batch.
+            if status != 207 {
+                return Ok(Vec::new());
+            }
+            let body = response.text().await.unwrap_or_default();
+            return Ok(partial_failures(&body, batch.len()));
         };
         let body = response.text().await.unwrap_or_default();
         Err(DeliveryError {
@@ -89,6 +96,41 @@ impl Destination for Webhook {
             message: format!("webhook answered {status}"),
         })
     }
+}
+
+/// Per-record results of a `207 Multi-Status` answer: `{"errors": [{"index": 3, "message":
+/// "...", "retryable": false}]}`. Records not listed were applied. `retryable` defaults to false
+/// (a refusal); a body that does not parse refuses nothing, since the status said success.
+fn partial_failures(body: &str, batch_len: usize) -> Vec<RecordFailure> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(default)]
+        errors: Vec<ItemError>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ItemError {
+        index: usize,
+        #[serde(default)]
+        message: String,
+        #[serde(default)]
+        retryable: bool,
+    }
+    let Ok(parsed) = serde_json::from_str::<Body>(body) else {
+        tracing::warn!("207 answer without a readable `errors` list; treating the batch as applied");
+        return Vec::new();
+    };
+    parsed
+        .errors
+        .into_iter()
+        .filter(|e| e.index < batch_len)
+        .map(|e| RecordFailure {
+            index: e.index,
+            class: if e.retryable { ErrorClass::Retryable { retry_after: None } } else { ErrorClass::Permanent },
+            excerpt: excerpt(&e.message, EXCERPT_BYTES),
+            message: format!("webhook refused the record: {}", excerpt(&e.message, 200)),
+            status: Some(207),
+        })
+        .collect()
 }
 
 /// A reqwest error's text without its URL, which may carry credentials in query strings.
@@ -107,4 +149,18 @@ fn without_url(error: &reqwest::Error) -> String {
         source = s.source();
     }
     format!("{kind} error: {detail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_status_lists_refused_records() {
+        let failures = partial_failures(r#"{"errors":[{"index":1,"message":"bad email"},{"index":2,"retryable":true},{"index":9}]}"#, 3);
+        assert_eq!(failures.len(), 2, "out-of-range indexes are ignored");
+        assert_eq!((failures[0].index, failures[0].class.clone()), (1, ErrorClass::Permanent));
+        assert_eq!((failures[1].index, failures[1].class.clone()), (2, ErrorClass::Retryable { retry_after: None }));
+        assert!(partial_failures("not json", 3).is_empty());
+    }
 }
