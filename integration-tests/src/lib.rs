@@ -131,3 +131,126 @@ pub async fn eventually(what: &str, timeout: Duration, mut condition: impl FnMut
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A warehouse table and a config wiring it to one webhook destination `crm`, with a topic
+/// prefix of its own.
+pub struct Pipeline {
+    pub config: std::sync::Arc<sluice_core::config::Config>,
+    /// The config's TOML text (for services started as processes).
+    pub text: String,
+    pub table: String,
+    pub prefix: String,
+    pub db: tokio_postgres::Client,
+}
+
+/// What a test pipeline looks like; the `*_extra` fields are TOML lines added to the model, the
+/// destination and its `[destinations.webhook]` table.
+#[derive(Default)]
+pub struct Spec<'a> {
+    pub columns_sql: &'a str,
+    pub columns: &'a [&'a str],
+    pub model_extra: &'a str,
+    pub destination_extra: &'a str,
+    pub webhook_extra: &'a str,
+    /// The `[[syncs]]` body after `model` and `destination`.
+    pub sync: &'a str,
+}
+
+/// Create a table and a config for it; see [`Pipeline`].
+pub async fn pipeline(hook_url: &str, spec: Spec<'_>) -> Pipeline {
+    let Spec { columns_sql, columns, model_extra, destination_extra, webhook_extra, sync } = spec;
+    telemetry();
+    require_kafka();
+    let db = require_postgres().await;
+    let table = unique("it_customers");
+    let prefix = unique("it");
+    db.batch_execute(&format!("CREATE TABLE {table} ({columns_sql})")).await.expect("create test table");
+    std::env::set_var("SLUICE_IT_WAREHOUSE_URL", postgres_url());
+    let columns = columns.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ");
+    let text = format!(
+        r#"
+[kafka]
+bootstrap_servers = "{kafka}"
+topic_prefix = "{prefix}"
+
+[warehouse]
+kind = "postgres"
+url = {{ env = "SLUICE_IT_WAREHOUSE_URL" }}
+
+[[models]]
+name = "customers"
+table = "{table}"
+primary_key = ["id"]
+columns = [{columns}]
+detection = {{ mode = "cursor", cursor_column = "updated_at", created_column = "created_at" }}
+poll_interval_ms = 200
+{model_extra}
+
+[[destinations]]
+name = "crm"
+{destination_extra}
+[destinations.webhook]
+url = "{hook_url}"
+{webhook_extra}
+
+[[syncs]]
+model = "customers"
+destination = "crm"
+{sync}
+"#,
+        kafka = kafka_bootstrap(),
+    );
+    let config = std::sync::Arc::new(sluice_core::config::Config::parse("integration-test.toml", &text).expect("test config is valid"));
+    Pipeline { config, text, table, prefix, db }
+}
+
+/// Path of a workspace binary built next to the test executables (`cargo build --bins`, which
+/// `ops/test.sh` runs before the tests).
+pub fn binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target profile directory");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is not built; run `cargo build --workspace --bins` first (ops/test.sh does)", path.display());
+    path
+}
+
+/// Run the poller in-process until the returned token is cancelled.
+pub fn start_poller(config: &std::sync::Arc<sluice_core::config::Config>) -> (tokio_util::sync::CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let token = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(sluice_poller::run(std::sync::Arc::clone(config), None, sluice_telemetry::ops::Health::new(), token.clone()));
+    (token, handle)
+}
+
+/// Run the sink of destination `crm` in-process until the returned token is cancelled.
+pub fn start_sink(
+    config: &std::sync::Arc<sluice_core::config::Config>,
+    health: std::sync::Arc<sluice_telemetry::ops::Health>,
+) -> (tokio_util::sync::CancellationToken, tokio::task::JoinHandle<Result<(), sluice_sink::SinkError>>) {
+    let token = tokio_util::sync::CancellationToken::new();
+    let config = std::sync::Arc::clone(config);
+    let handle = tokio::spawn({
+        let token = token.clone();
+        async move { sluice_sink::run(config, "crm", health, token).await }
+    });
+    (token, handle)
+}
+
+/// Decode the change events in `records` (from [`read_topic`]) with the writer schemas of the
+/// pipeline's schema topic.
+pub fn decode_events(prefix: &str, records: &[ReadRecord]) -> Vec<sluice_avro::DecodedEvent> {
+    let schemas = read_topic(&sluice_core::naming::schema_topic(prefix));
+    records
+        .iter()
+        .filter_map(|r| r.payload.as_ref())
+        .map(|payload| {
+            let fingerprint = sluice_avro::fingerprint_of(payload).expect("single-object encoded");
+            let json = schemas
+                .iter()
+                .rev()
+                .find(|s| s.key.as_deref() == Some(fingerprint.as_bytes()))
+                .and_then(|s| s.payload.clone())
+                .expect("writer schema on the schema topic");
+            sluice_avro::EventDecoder::new(std::str::from_utf8(&json).unwrap()).unwrap().decode(payload).expect("decodes")
+        })
+        .collect()
+}
