@@ -12,5 +12,7 @@ prepare_build_env
 log "cargo test (target dir $CARGO_TARGET_DIR)"
 cd "$REPO"
 started=$(date +%s)
+# Crash tests run the service binaries as processes (SIGKILL), so build them first.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"
 log "test suite passed in $(( $(date +%s) - started )) s"

@@ -147,6 +147,8 @@ pub struct Pipeline {
 /// destination and its `[destinations.webhook]` table.
 #[derive(Default)]
 pub struct Spec<'a> {
+    /// TOML lines added to `[kafka]`.
+    pub kafka_extra: &'a str,
     pub columns_sql: &'a str,
     pub columns: &'a [&'a str],
     pub model_extra: &'a str,
@@ -158,7 +160,7 @@ pub struct Spec<'a> {
 
 /// Create a table and a config for it; see [`Pipeline`].
 pub async fn pipeline(hook_url: &str, spec: Spec<'_>) -> Pipeline {
-    let Spec { columns_sql, columns, model_extra, destination_extra, webhook_extra, sync } = spec;
+    let Spec { kafka_extra, columns_sql, columns, model_extra, destination_extra, webhook_extra, sync } = spec;
     telemetry();
     require_kafka();
     let db = require_postgres().await;
@@ -172,6 +174,7 @@ pub async fn pipeline(hook_url: &str, spec: Spec<'_>) -> Pipeline {
 [kafka]
 bootstrap_servers = "{kafka}"
 topic_prefix = "{prefix}"
+{kafka_extra}
 
 [warehouse]
 kind = "postgres"
