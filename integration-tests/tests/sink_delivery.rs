@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
@@ -48,13 +49,16 @@ fn chaos(seed: u64) -> Behaviour {
     let rng = Arc::new(std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)));
     Behaviour::Script(Arc::new(move |_, records| {
         let roll: f64 = rng.lock().unwrap().random();
+        let acceptable: Vec<usize> =
+            (0..records.len()).filter(|&i| !records[i]["fields"]["email"].as_str().is_some_and(|e| e.starts_with("reject"))).collect();
         match roll {
             r if r < 0.10 => Reply::error(429, Some("0")),
             r if r < 0.20 => Reply::error(429, None),
             r if r < 0.30 => Reply::error(503, None),
             r if r < 0.35 => Reply::error(500, None),
-            // Applied, but the answer comes after the client's timeout: the retry re-applies.
-            r if r < 0.40 => Reply { delay: Duration::from_millis(1500), ..Reply::ok(records.len()) },
+            // Applied (what is acceptable), but the answer comes after the client's timeout: the
+            // retry re-applies.
+            r if r < 0.40 => Reply { delay: Duration::from_millis(1500), apply: acceptable, ..Reply::ok(records.len()) },
             r => {
                 let rejected: Vec<usize> =
                     (0..records.len()).filter(|&i| records[i]["fields"]["email"].as_str().is_some_and(|e| e.starts_with("reject"))).collect();
@@ -311,4 +315,50 @@ async fn sink_killed_mid_batch_loses_nothing() {
     println!("{kills} kills, {duplicates} records re-applied after restarts");
     assert!(read_topic(&naming::dead_letter_topic(&p.prefix, "crm")).is_empty(), "nothing dead-lettered");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A failure without instructions spends the retry budget, then dead-letters (class
+/// `retryable`); a throttle with `Retry-After` is a pause and never dead-letters, however long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retry_budget_dead_letters_failures_but_throttling_only_pauses() {
+    let (url, received) = receiver::start().await;
+    let throttled = Arc::new(AtomicUsize::new(0));
+    let throttled_in_script = Arc::clone(&throttled);
+    received.set_behaviour(Behaviour::Script(Arc::new(move |_, records| {
+        if records.iter().any(|r| r["fields"]["email"].as_str().is_some_and(|e| e.starts_with("flaky"))) {
+            return Reply::error(503, None);
+        }
+        // The first 15 requests of the others are throttled.
+        if throttled_in_script.fetch_add(1, Ordering::SeqCst) < 15 {
+            return Reply::error(429, Some("0"));
+        }
+        Reply::ok(records.len())
+    })));
+    let p = pipeline(
+        &url,
+        spec(
+            "batch_max_records = 1\nbatch_linger_ms = 0\nmax_concurrency = 1\nretry = { initial_backoff_ms = 5, max_backoff_ms = 20, max_attempts = 3 }",
+            "",
+            "fields = { email = \"email\", v = \"v\" }",
+        ),
+    )
+    .await;
+    insert_rows(&p, 1..=10, |id| if id == 5 { "flaky@example.com".into() } else { format!("c{id}@example.com") }).await;
+    let (poller_stop, poller) = start_poller(&p.config);
+    let (sink_stop, sink) = start_sink(&p.config, Health::new());
+    let dlq_topic = naming::dead_letter_topic(&p.prefix, "crm");
+    eventually("nine rows applied and one dead-lettered", WAIT, || versions(&received).len() == 9 && !read_topic(&dlq_topic).is_empty()).await;
+    poller_stop.cancel();
+    sink_stop.cancel();
+    poller.await.unwrap().unwrap();
+    sink.await.unwrap().unwrap();
+    assert!(throttled.load(Ordering::SeqCst) > 15, "the throttle lasted 15 requests, five times the retry budget");
+    let dlq = read_topic(&dlq_topic);
+    assert_eq!(dlq.len(), 1, "only the failing row");
+    assert_eq!(dlq[0].header("sluice.error.class"), Some("retryable"));
+    assert_eq!(dlq[0].header("sluice.error.attempts"), Some("3"));
+    assert_eq!(dlq[0].header("sluice.error.response.status"), Some("503"));
+    assert!(dlq[0].header("sluice.error.message").unwrap().starts_with("retries exhausted"));
+    let dead = decode_events(&p.prefix, &dlq);
+    assert_eq!(dead[0].current("id"), Some(&sluice_core::Value::Long(5)));
 }

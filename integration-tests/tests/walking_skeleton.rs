@@ -5,90 +5,29 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::config::Config;
 use sluice_core::naming;
 use sluice_integration_tests::receiver::{self, Behaviour, Received};
-use sluice_integration_tests::{eventually, read_topic, require_kafka, require_postgres, unique};
+use sluice_integration_tests::{eventually, pipeline, read_topic, start_poller, start_sink, Pipeline, Spec};
 use sluice_telemetry::ops::Health;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-struct Fixture {
-    config: Arc<Config>,
-    table: String,
-    db: tokio_postgres::Client,
-    prefix: String,
-}
+type Fixture = Pipeline;
 
 async fn fixture(hook_url: &str) -> Fixture {
-    sluice_integration_tests::telemetry();
-    require_kafka();
-    let db = require_postgres().await;
-    let table = unique("it_customers");
-    let prefix = unique("it");
-    db.batch_execute(&format!(
-        "CREATE TABLE {table} (id bigint PRIMARY KEY, email text, name text, \
-         updated_at timestamptz NOT NULL, created_at timestamptz NOT NULL)"
-    ))
+    pipeline(
+        hook_url,
+        Spec {
+            columns_sql: "id bigint PRIMARY KEY, email text, name text, updated_at timestamptz NOT NULL, created_at timestamptz NOT NULL",
+            columns: &["id", "email", "name", "updated_at", "created_at"],
+            model_extra: "batch_rows = 7",
+            destination_extra: "batch_max_records = 5\nbatch_linger_ms = 50\nretry = { initial_backoff_ms = 20, max_backoff_ms = 200, max_attempts = 5 }",
+            webhook_extra: "timeout_ms = 5000",
+            sync: "mode = \"upsert\"\nfields = { email = \"email\", name = \"name\" }",
+            ..Spec::default()
+        },
+    )
     .await
-    .unwrap();
-    std::env::set_var("SLUICE_IT_WAREHOUSE_URL", sluice_integration_tests::postgres_url());
-    let text = format!(
-        r#"
-[kafka]
-bootstrap_servers = "{kafka}"
-topic_prefix = "{prefix}"
-
-[warehouse]
-kind = "postgres"
-url = {{ env = "SLUICE_IT_WAREHOUSE_URL" }}
-
-[[models]]
-name = "customers"
-table = "{table}"
-primary_key = ["id"]
-columns = ["id", "email", "name", "updated_at", "created_at"]
-detection = {{ mode = "cursor", cursor_column = "updated_at", created_column = "created_at" }}
-poll_interval_ms = 200
-batch_rows = 7
-
-[[destinations]]
-name = "crm"
-batch_max_records = 5
-batch_linger_ms = 50
-retry = {{ initial_backoff_ms = 20, max_backoff_ms = 200, max_attempts = 5 }}
-[destinations.webhook]
-url = "{hook_url}"
-timeout_ms = 5000
-
-[[syncs]]
-model = "customers"
-destination = "crm"
-mode = "upsert"
-fields = {{ email = "email", name = "name" }}
-"#,
-        kafka = sluice_integration_tests::kafka_bootstrap(),
-    );
-    let config = Arc::new(Config::parse("integration-test.toml", &text).expect("test config is valid"));
-    Fixture { config, table, db, prefix }
-}
-
-fn start_poller(config: &Arc<Config>) -> (CancellationToken, JoinHandle<anyhow::Result<()>>) {
-    let token = CancellationToken::new();
-    let handle = tokio::spawn(sluice_poller::run(Arc::clone(config), None, Health::new(), token.clone()));
-    (token, handle)
-}
-
-fn start_sink(config: &Arc<Config>, health: Arc<Health>) -> (CancellationToken, JoinHandle<Result<(), sluice_sink::SinkError>>) {
-    let token = CancellationToken::new();
-    let config = Arc::clone(config);
-    let handle = tokio::spawn({
-        let token = token.clone();
-        async move { sluice_sink::run(config, "crm", health, token).await }
-    });
-    (token, handle)
 }
 
 /// Insert rows `ids` (each in its own statement, so each gets its own timestamp order).

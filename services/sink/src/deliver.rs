@@ -104,7 +104,7 @@ impl Deliverer {
             let batch: Vec<OutboundRecord> = indexes.iter().map(|&i| items[i].record.clone()).collect();
             let result = {
                 let _slot = self.concurrency.acquire().await;
-                self.limits.acquire(batch.len()).await;
+                let _permit = self.limits.acquire(batch.len()).await;
                 let started = std::time::Instant::now();
                 let result = self.target.send(&batch).await;
                 metrics::histogram!("sluice_sink_request_seconds", "destination" => self.destination.clone()).record(started.elapsed().as_secs_f64());
@@ -174,15 +174,25 @@ impl Deliverer {
                     }
                 }
             };
-            // Every retry spends one step of the budget, whoever chose the delay.
-            let Some(backoff_delay) = backoff.next() else {
-                let (message, status, excerpt) = last_error;
-                let exhausted = failure(ErrorClass::Retryable { retry_after: None }, format!("retries exhausted: {message}"), status, excerpt);
-                dead.extend(indexes.iter().map(|&i| (i, exhausted.clone())));
-                return Ok(dead);
+            let delay = match retry_after {
+                // The vendor said when to come back (Retry-After, a reset time, a daily quota):
+                // that is throttling, not failure. Waiting it out does not spend the retry
+                // budget, so a daily limit pauses the destination instead of dead-lettering.
+                Some(delay) => {
+                    metrics::counter!("sluice_sink_throttled_seconds_total", "destination" => self.destination.clone()).increment(delay.as_secs());
+                    delay
+                }
+                None => match backoff.next() {
+                    Some(delay) => delay,
+                    None => {
+                        let (message, status, excerpt) = last_error;
+                        let exhausted =
+                            failure(ErrorClass::Retryable { retry_after: None }, format!("retries exhausted: {message}"), status, excerpt);
+                        dead.extend(indexes.iter().map(|&i| (i, exhausted.clone())));
+                        return Ok(dead);
+                    }
+                },
             };
-            // The vendor's own instruction wins over our backoff.
-            let delay = retry_after.unwrap_or(backoff_delay);
             metrics::counter!("sluice_sink_retries_total", "destination" => self.destination.clone()).increment(1);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
