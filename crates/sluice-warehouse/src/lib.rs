@@ -30,7 +30,12 @@ pub enum WarehouseError {
     Model { model: String, message: String },
 }
 
-/// A warehouse that can serve models in cursor mode.
+/// A warehouse that can serve models.
+///
+/// The engine (`sluice-poller`) only speaks through this trait, so another warehouse
+/// (DuckDB, Snowflake, BigQuery, Redshift) is one more implementation: map its types to
+/// [`ColumnType`] in `describe`, page by tuple comparison in `fetch_after`, stream a full read in
+/// `scan`. Nothing here assumes a server, a connection pool or Kafka.
 pub trait Warehouse: Send + Sync {
     /// The model's columns and types, in config order, with its primary key.
     fn describe(&self, model: &ModelConfig) -> impl Future<Output = Result<RowSchema, WarehouseError>> + Send;
@@ -44,13 +49,24 @@ pub trait Warehouse: Send + Sync {
         after: Option<&[Value]>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Row>, WarehouseError>> + Send;
+
+    /// Every row of the model, in no particular order, handed to `each` as it streams in (so
+    /// a full read never holds the whole result set). Rows are returned as read: NULL keys and
+    /// duplicates are the caller's to judge (its data-quality gates report them with samples).
+    /// Returns the number of rows read. An error from `each` stops the read and is returned.
+    fn scan<F>(&self, model: &ModelConfig, schema: &RowSchema, each: F) -> impl Future<Output = Result<u64, WarehouseError>> + Send
+    where
+        F: FnMut(Row) -> Result<(), WarehouseError> + Send;
 }
 
-/// Column indexes of the cursor tuple: the cursor column, then the primary key.
-pub fn cursor_indexes(model: &ModelConfig, schema: &RowSchema) -> Vec<usize> {
-    let sluice_core::config::Detection::Cursor { cursor_column, .. } = &model.detection;
+/// Column indexes of the cursor tuple: the cursor column, then the primary key. `None` for
+/// modes without a cursor.
+pub fn cursor_indexes(model: &ModelConfig, schema: &RowSchema) -> Option<Vec<usize>> {
+    let sluice_core::config::Detection::Cursor { cursor_column, .. } = &model.detection else {
+        return None;
+    };
     let cursor = schema.index_of(cursor_column).expect("validated: cursor column is a model column");
-    std::iter::once(cursor).chain(schema.primary_key.iter().copied()).collect()
+    Some(std::iter::once(cursor).chain(schema.primary_key.iter().copied()).collect())
 }
 
 /// The cursor tuple of a row.
