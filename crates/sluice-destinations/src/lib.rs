@@ -261,3 +261,50 @@ impl Destination for AnyDestination {
         each_kind!(self, d => d.send(batch).await)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(kind_table: &str) -> DestinationConfig {
+        std::env::set_var("SLUICE_TEST_DESTINATIONS_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        toml::from_str(&format!("name = \"d\"\n{kind_table}")).expect("valid destination table")
+    }
+
+    #[test]
+    fn build_picks_the_configured_kind_with_its_vendor_limit() {
+        let secret = "{ env = \"SLUICE_TEST_DESTINATIONS_SECRET\" }";
+        let cases = [
+            (format!("[webhook]\nurl = \"http://127.0.0.1:1/hook\"\nsigning_secret = {secret}"), "webhook", usize::MAX),
+            (format!("[redis]\nurl = {{ env = \"SLUICE_TEST_REDIS_URL_UNSET_OK\" }}"), "redis", usize::MAX),
+            (format!("[hubspot]\naccess_token = {secret}"), "hubspot", 100),
+            (format!("[braze]\nbase_url = \"http://127.0.0.1:1\"\napi_key = {secret}"), "braze", 75),
+            (format!("[meta]\naccess_token = {secret}\naudience_id = \"1\"\nidentifiers = {{ email = \"EMAIL\" }}"), "meta", 10_000),
+            (
+                format!("[salesforce]\ninstance_url = \"http://127.0.0.1:1\"\naccess_token = {secret}\nsobject = \"Contact\"\nexternal_id_field = \"W__c\""),
+                "salesforce",
+                200,
+            ),
+        ];
+        std::env::set_var("SLUICE_TEST_REDIS_URL_UNSET_OK", "redis://127.0.0.1:6379");
+        for (table, kind, max) in cases {
+            let destination = build(&config(&table)).unwrap_or_else(|e| panic!("{kind}: {e}"));
+            assert_eq!((destination.kind(), destination.max_batch_records()), (kind, max));
+        }
+    }
+
+    #[test]
+    fn build_refuses_what_validation_cannot_see() {
+        let secret = "{ env = \"SLUICE_TEST_DESTINATIONS_SECRET\" }";
+        let cases = [
+            (format!("[hubspot]\naccess_token = {secret}\nportal_time_zone = \"Mars/Olympus\""), "IANA"),
+            (format!("[meta]\naccess_token = {secret}\naudience_id = \"1\"\nidentifiers = {{ email = \"EMAIL_SHA256\" }}"), "EMAIL"),
+            ("[webhook]\nurl = \"http://x\"\nsigning_secret = { env = \"SLUICE_TEST_DESTINATIONS_SHORT\" }".to_string(), "24 to 64"),
+        ];
+        std::env::set_var("SLUICE_TEST_DESTINATIONS_SHORT", "whsec_c2hvcnQ=");
+        for (table, expected) in cases {
+            let error = build(&config(&table)).err().expect("refused");
+            assert!(error.contains(expected), "{table}: {error}");
+        }
+    }
+}
