@@ -422,11 +422,15 @@ const BAD: &str = "3ac772d4a33b2d83c03a803f9e9083b872ebe35dec87ab71dcdfbf1c318c6
 const PHONE: &str = "6069d14bf122fdfd931dc7beb58e5dfbba395b1faf05bdcd42d12358d63d8599"; // 16505551234
 
 fn meta(base_url: &str, token: &str, audience: &str, mode: AudienceMode) -> sluice_destinations::meta::Meta {
+    meta_with(base_url, token, audience, mode, TokenPlacement::Query)
+}
+
+fn meta_with(base_url: &str, token: &str, audience: &str, mode: AudienceMode, token_placement: TokenPlacement) -> sluice_destinations::meta::Meta {
     sluice_destinations::meta::Meta::new(&MetaConfig {
         base_url: base_url.into(),
         api_version: "v21.0".into(),
         access_token: Secret::literal(token),
-        token_placement: TokenPlacement::Query,
+        token_placement,
         audience_id: audience.into(),
         identifiers: BTreeMap::from([("email".to_string(), "EMAIL".to_string()), ("phone".to_string(), "PHONE".to_string())]),
         mode,
@@ -465,6 +469,41 @@ async fn meta_adds_removes_and_moves_hashed_members() {
     assert_eq!(server.member_count(), 2);
     let methods: Vec<String> = server.requests()[1..].iter().map(|r| r.method.clone()).collect();
     assert_eq!(methods, ["DELETE", "POST"], "one remove and one add request for the batch");
+}
+
+#[tokio::test]
+async fn meta_accepts_a_bearer_token_and_the_form_encoding() {
+    let (url, server) = contract::meta::start("EAAB-token", "1").await;
+    let destination = meta_with(&url, "EAAB-token", "1", AudienceMode::Audience, TokenPlacement::Bearer);
+    assert!(destination.send(&[record(1, Action::Upsert, serde_json::json!({"email": "jane@example.com"}))]).await.unwrap().is_empty());
+    assert!(server.has_member("EMAIL", JANE));
+    assert_eq!(server.requests()[0].authorization.as_deref(), Some("Bearer EAAB-token"));
+    assert!(server.requests()[0].query.is_none(), "the token is not in the URL");
+
+    // The reference's own example: form fields, payload as url-encoded JSON.
+    let payload = format!(r#"{{"schema":"EMAIL_SHA256","data":["{BOB}"]}}"#);
+    let answer: serde_json::Value = post_form(&format!("{url}/v21.0/1/users?access_token=EAAB-token"), &payload).await;
+    assert_eq!((answer["num_received"].as_u64(), answer["num_invalid_entries"].as_u64()), (Some(1), Some(0)));
+    assert!(server.has_member("EMAIL_SHA256", BOB));
+}
+
+/// POST `payload=<json>&session=<json>` form-encoded, as the reference's curl example does.
+async fn post_form(url: &str, payload: &str) -> serde_json::Value {
+    let encode = |s: &str| s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect::<String>();
+    let body = format!("payload={}&session={}", encode(payload), encode(r#"{"session_id":1,"batch_seq":1,"last_batch_flag":true}"#));
+    let client = tokio::net::TcpStream::connect(url.trim_start_matches("http://").split('/').next().unwrap()).await.unwrap();
+    let path = &url[url.find("/v21.0").unwrap()..];
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut client = client;
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    client.read_to_string(&mut response).await.unwrap();
+    let json_start = response.find("\r\n\r\n").unwrap() + 4;
+    serde_json::from_str(&response[json_start..]).unwrap_or_else(|e| panic!("{e}: {response}"))
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! Meta Marketing API Custom Audience users, as documented.
 //!
 //! Reproduces: `POST` (add) and `DELETE` (remove) `/<version>/<audience_id>/users` with a JSON
-//! body `{"payload":{"schema","data"},"session":{...}}`; the token as `?access_token=` or a
+//! body `{"payload":{"schema","data"},"session":{...}}` or the reference's form encoding
+//! (`payload=<url-encoded JSON>`); the token as `?access_token=` or a
 //! bearer header (the latter UNCONFIRMED), a wrong one answered with HTTP 400 and
 //! `OAuthException` code 190; an unknown audience answered with code 100 subcode 33; at most
 //! 10,000 rows (code 100); a missing session refused (code 100); rows whose hashed values are
@@ -71,6 +72,27 @@ pub async fn start(token: &str, audience_id: &str) -> (String, Arc<MetaState>) {
     (super::serve(router).await, state)
 }
 
+/// A JSON body, or the reference's form encoding (`payload=<url-encoded JSON>&session=...`).
+fn parse_body(headers: &HeaderMap, body: &str) -> serde_json::Value {
+    let form = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !form {
+        return serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    }
+    // The query extractor's decoder reads form encoding too.
+    let uri: axum::http::Uri = format!("/?{body}").parse().unwrap_or_default();
+    let Ok(axum::extract::Query(fields)) = axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(&uri) else {
+        return serde_json::Value::Null;
+    };
+    let mut out = serde_json::Map::new();
+    for (name, value) in fields {
+        out.insert(name, serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value)));
+    }
+    serde_json::Value::Object(out)
+}
+
 fn graph_error(status: u16, code: i64, subcode: Option<i64>, message: &str, headers: Vec<(&'static str, String)>) -> axum::response::Response {
     let mut error = serde_json::json!({"message": message, "type": "OAuthException", "code": code, "fbtrace_id": "AbCdEf123"});
     if let Some(subcode) = subcode {
@@ -87,7 +109,7 @@ async fn users(
     headers: HeaderMap,
     body: String,
 ) -> axum::response::Response {
-    let body: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+    let body = parse_body(&headers, &body);
     state.requests.lock().unwrap().push(Recorded {
         method: method.to_string(),
         path: format!("/{audience}/users"),
