@@ -59,6 +59,87 @@ pub trait Warehouse: Send + Sync {
         F: FnMut(Row) -> Result<(), WarehouseError> + Send;
 }
 
+/// One change found by an in-warehouse diff: `before` absent for inserts, `after` for deletes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotChange {
+    pub before: Option<Row>,
+    pub after: Option<Row>,
+}
+
+/// The outcome of building a pending snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PreparedSnapshot {
+    /// The pending snapshot and its change list exist; the counts are what a run would emit.
+    Ready { rows: u64, tracked: u64, inserts: u64, updates: u64, deletes: u64 },
+    /// Rows with a NULL key column: nothing was kept. Samples are key tuples.
+    NullKeys { count: u64, samples: Vec<Row> },
+    /// Duplicate keys: nothing was kept. Samples are key tuples.
+    DuplicateKeys { count: u64, samples: Vec<Row> },
+}
+
+/// A warehouse that can keep a model's previous snapshot itself and diff against it in SQL
+/// (`warehouse_diff` mode). The protocol, which makes the mode exactly once together with the
+/// poller's Kafka transactions:
+///
+/// 1. [`prepare_snapshot`](SnapshotStore::prepare_snapshot) stores the model's current rows as a
+///    *pending* snapshot tagged with a run id, and the ordered list of changes against the
+///    *current* snapshot — atomically (nothing is kept when a key gate fails).
+/// 2. The poller emits [`snapshot_changes`](SnapshotStore::snapshot_changes) page by page, each
+///    page in a Kafka transaction recording the run id and how many changes are emitted.
+/// 3. Only after the last transaction committed, [`commit_snapshot`](SnapshotStore::commit_snapshot)
+///    swaps the pending snapshot in.
+///
+/// After a crash, [`pending_snapshot`](SnapshotStore::pending_snapshot) returns the pending run
+/// id: if Kafka holds state for that run, the poller resumes (or finishes the swap); otherwise
+/// it calls [`discard_snapshot`](SnapshotStore::discard_snapshot). Default methods refuse, so a
+/// warehouse without this capability still serves `cursor` and `diff`.
+pub trait SnapshotStore: Send + Sync {
+    /// The run id of the pending snapshot, if one exists.
+    fn pending_snapshot(&self, model: &ModelConfig) -> impl Future<Output = Result<Option<String>, WarehouseError>> + Send {
+        async move { Err(unsupported(model)) }
+    }
+
+    /// Build the pending snapshot and change list for `run_id` (replacing any older pending one).
+    fn prepare_snapshot(
+        &self,
+        model: &ModelConfig,
+        schema: &RowSchema,
+        run_id: &str,
+    ) -> impl Future<Output = Result<PreparedSnapshot, WarehouseError>> + Send {
+        let _ = (schema, run_id);
+        async move { Err(unsupported(model)) }
+    }
+
+    /// Up to `limit` changes of the pending run, in key order, after the first `skip`.
+    fn snapshot_changes(
+        &self,
+        model: &ModelConfig,
+        schema: &RowSchema,
+        skip: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<SnapshotChange>, WarehouseError>> + Send {
+        let _ = (schema, skip, limit);
+        async move { Err(unsupported(model)) }
+    }
+
+    /// Make the pending snapshot the current one (after Kafka committed the whole run).
+    fn commit_snapshot(&self, model: &ModelConfig) -> impl Future<Output = Result<(), WarehouseError>> + Send {
+        async move { Err(unsupported(model)) }
+    }
+
+    /// Drop the pending snapshot (its run never reached Kafka, or a gate refused it).
+    fn discard_snapshot(&self, model: &ModelConfig) -> impl Future<Output = Result<(), WarehouseError>> + Send {
+        async move { Err(unsupported(model)) }
+    }
+}
+
+fn unsupported(model: &ModelConfig) -> WarehouseError {
+    WarehouseError::Model {
+        model: model.name.get_ref().clone(),
+        message: "this warehouse cannot keep snapshots (warehouse_diff mode); use mode = \"diff\"".into(),
+    }
+}
+
 /// Column indexes of the cursor tuple: the cursor column, then the primary key. `None` for
 /// modes without a cursor.
 pub fn cursor_indexes(model: &ModelConfig, schema: &RowSchema) -> Option<Vec<usize>> {

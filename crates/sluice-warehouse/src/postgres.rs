@@ -16,11 +16,16 @@ use sluice_core::{Column, ColumnType, Row, RowSchema, Value};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls};
 
+mod snapshot;
+
 use crate::{cursor_indexes, orderable, Warehouse, WarehouseError};
 
 /// A connected PostgreSQL warehouse.
 pub struct Postgres {
     client: Client,
+    /// Kept to open a private connection for multi-statement transactions (`warehouse_diff`):
+    /// `client` is shared by every model, so a BEGIN on it would swallow their queries.
+    url: String,
 }
 
 fn unavailable(e: tokio_postgres::Error) -> WarehouseError {
@@ -55,7 +60,7 @@ impl Postgres {
                 tracing::warn!(%error, "warehouse connection closed");
             }
         });
-        Ok(Postgres { client })
+        Ok(Postgres { client, url: url.to_string() })
     }
 
     /// The underlying client, for tools that need plain SQL (CLI, tests).

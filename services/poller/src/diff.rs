@@ -17,18 +17,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_avro::{decoder_for, encode_state, fingerprint_of, ModelCodec, PollerState};
+use sluice_avro::{decoder_for, fingerprint_of, ModelCodec, PollerState};
 use sluice_core::config::{Config, ModelConfig};
-use sluice_core::{naming, ChangeEvent, Op, Row, RowSchema, SourceInfo, Value};
-use sluice_kafka::headers;
+use sluice_core::{naming, Op, Row, RowSchema, Value};
 use sluice_kafka::producer::{OutRecord, TransactionalProducer};
 use sluice_warehouse::{Warehouse, WarehouseError};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::emit::{commit, count_events, ChangeWriter};
 use crate::gates::{check_volume, GateError, RunCounts, MAX_SAMPLES};
 use crate::model_loop::{now_ms, ModelError};
-use crate::tracked::{fetch_records, key_hash, KeyMap, Stored, Tracked, ROW_HASH_HEADER};
+use crate::tracked::{fetch_records, key_hash, KeyMap, Stored, Tracked};
 
 /// How long reading the change topic may take before the run is retried.
 const READ_DEADLINE: Duration = Duration::from_secs(300);
@@ -221,10 +221,6 @@ fn image_of(decoder: &sluice_avro::EventDecoder, codec: &ModelCodec, stored: Opt
     decoder.decode(payload).ok()?.event.after
 }
 
-/// Names of the columns whose value differs between two images.
-fn changed_columns(schema: &RowSchema, before: &Row, after: &Row) -> Vec<String> {
-    schema.columns.iter().zip(before.iter().zip(after)).filter(|(_, (b, a))| b != a).map(|(c, _)| c.name.clone()).collect()
-}
 
 /// Options of the diff loop.
 #[derive(Debug, Clone, Default)]
@@ -299,7 +295,7 @@ pub async fn poll_diff<W: Warehouse>(
     }
 }
 
-/// Turn a plan into events and commit them with the state record, `batch_rows` events per
+/// Turn a plan into events and commit them with the state record, `batch_rows` changes per
 /// transaction. Returns the number of events (tombstones not counted).
 #[allow(clippy::too_many_arguments)]
 async fn emit(
@@ -314,52 +310,22 @@ async fn emit(
     schemas_published: &mut bool,
 ) -> Result<u64, ModelError> {
     let name = model.name.get_ref().as_str();
-    let prefix = &config.kafka.topic_prefix;
-    let schema = Arc::clone(codec.row_schema());
     let mut wanted: Vec<u64> = plan.updates.iter().map(|(_, loc)| *loc).collect();
     wanted.extend_from_slice(&plan.deletes);
     let previous = previous_records(config, topic, wanted).await?;
     let decoder = decoder_for(codec);
-    let trace = sluice_telemetry::propagation::current_headers();
-    let fingerprint = codec.value_fingerprint().to_string();
-    let source =
-        SourceInfo { model: name.to_string(), warehouse: config.warehouse.name.clone(), run_id: run_id.to_string(), position: None };
+    let mut writer = ChangeWriter::new(config, name, codec, run_id);
     let insert_op = if state.snapshot_done { Op::Create } else { Op::Read };
-    let mut hash_buf = Vec::with_capacity(256);
+    let counts = [(insert_op, plan.inserts.len() as u64), (Op::Update, plan.updates.len() as u64), (Op::Delete, plan.deletes.len() as u64)];
 
     // Each change is 1 record (2 for a delete and its tombstone), kept in one transaction.
     let mut changes: Vec<Vec<OutRecord>> = Vec::with_capacity(plan.inserts.len() + plan.updates.len() + plan.deletes.len());
-    let mut counts = [0u64; 4];
-    let event_record = |event: &ChangeEvent, key: Vec<u8>, row_hash: Option<u64>| -> Result<OutRecord, ModelError> {
-        let mut value = Vec::with_capacity(256);
-        codec.encode_event(event, &mut value)?;
-        let hash_text = row_hash.map(|h| format!("{h:016x}"));
-        let mut pairs: Vec<(&str, &str)> = trace.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        pairs.push((headers::SCHEMA_FINGERPRINT, &fingerprint));
-        pairs.push((headers::RUN_ID, run_id));
-        pairs.push((headers::OP, event.op.code()));
-        if let Some(hash) = &hash_text {
-            pairs.push((ROW_HASH_HEADER, hash));
-        }
-        Ok(OutRecord { topic: topic.to_string(), key: Some(key), payload: Some(value), headers: headers::owned(pairs) })
-    };
     for row in plan.inserts {
-        let mut key = Vec::with_capacity(32);
-        codec.encode_key(&row, &mut key)?;
-        let hash = row_hash(&row, &mut hash_buf);
-        let event = ChangeEvent { op: insert_op, before: None, after: Some(row), source: source.clone(), ts_ms: now_ms(), changed: None };
-        changes.push(vec![event_record(&event, key, Some(hash))?]);
-        counts[if insert_op == Op::Read { 0 } else { 1 }] += 1;
+        changes.push(writer.change(insert_op, None, Some(row), None)?);
     }
     for (row, loc) in plan.updates {
-        let mut key = Vec::with_capacity(32);
-        codec.encode_key(&row, &mut key)?;
-        let hash = row_hash(&row, &mut hash_buf);
         let before = image_of(&decoder, codec, previous.get(&loc));
-        let changed = before.as_ref().map(|b| changed_columns(&schema, b, &row));
-        let event = ChangeEvent { op: Op::Update, before, after: Some(row), source: source.clone(), ts_ms: now_ms(), changed };
-        changes.push(vec![event_record(&event, key, Some(hash))?]);
-        counts[2] += 1;
+        changes.push(writer.change(Op::Update, before, Some(row), None)?);
     }
     for loc in plan.deletes {
         let Some(stored) = previous.get(&loc) else {
@@ -368,37 +334,17 @@ async fn emit(
             return Err(ModelError::State(format!("previous event at {loc:#x} of {topic} vanished during the run")));
         };
         let before = image_of(&decoder, codec, Some(stored));
-        let event = ChangeEvent { op: Op::Delete, before, after: None, source: source.clone(), ts_ms: now_ms(), changed: None };
-        let delete = event_record(&event, stored.key.clone(), None)?;
-        let tombstone = OutRecord {
-            topic: topic.to_string(),
-            key: Some(stored.key.clone()),
-            payload: None,
-            headers: headers::owned([(headers::RUN_ID, run_id), (headers::OP, "d")]),
-        };
-        changes.push(vec![delete, tombstone]);
-        counts[3] += 1;
+        changes.push(writer.change(Op::Delete, before, None, Some(stored.key.clone()))?);
     }
 
-    let total: u64 = counts.iter().sum();
+    let total = changes.len() as u64;
     if changes.is_empty() && state.snapshot_done {
         return Ok(0);
     }
     let batch = model.batch_rows.max(1);
     let mut pending = changes.into_iter().peekable();
-    let mut committed = 0u64;
     loop {
         let mut records = Vec::with_capacity(batch + 3);
-        if !*schemas_published {
-            for published in codec.schemas() {
-                records.push(OutRecord {
-                    topic: naming::schema_topic(prefix),
-                    key: Some(published.fingerprint.into_bytes()),
-                    payload: Some(published.json.into_bytes()),
-                    headers: headers::owned([]),
-                });
-            }
-        }
         let mut events = 0u64;
         while events < batch as u64 {
             let Some(change) = pending.next() else { break };
@@ -415,30 +361,13 @@ async fn emit(
             events_total: state.events_total + events as i64,
             committed_at_ms: now_ms(),
         };
-        records.push(OutRecord {
-            topic: naming::poller_state_topic(prefix),
-            key: Some(name.as_bytes().to_vec()),
-            payload: Some(encode_state(&new_state)?),
-            headers: headers::owned([(headers::RUN_ID, run_id)]),
-        });
-        let started = Instant::now();
-        producer.send_transaction(records).await?;
-        *schemas_published = true;
-        metrics::histogram!("sluice_poller_transaction_seconds", "model" => name.to_string()).record(started.elapsed().as_secs_f64());
-        metrics::gauge!("sluice_poller_last_commit_timestamp_seconds", "model" => name.to_string())
-            .set(new_state.committed_at_ms as f64 / 1000.0);
-        committed += events;
+        commit(config, codec, producer, schemas_published, records, &new_state).await?;
         *state = new_state;
         if last {
             break;
         }
     }
-    debug_assert_eq!(committed, total);
-    for (op, n) in [("r", counts[0]), ("c", counts[1]), ("u", counts[2]), ("d", counts[3])] {
-        if n > 0 {
-            metrics::counter!("sluice_poller_events_total", "model" => name.to_string(), "op" => op).increment(n);
-        }
-    }
+    count_events(name, &counts);
     Ok(total)
 }
 

@@ -18,9 +18,11 @@
 //! [`gates`] refuse a run before it emits anything.
 
 pub mod diff;
+mod emit;
 pub mod gates;
 mod model_loop;
 pub mod tracked;
+pub mod warehouse_diff;
 
 use std::sync::Arc;
 

@@ -11,7 +11,7 @@ use sluice_kafka::compacted::read_to_end;
 use sluice_kafka::headers;
 use sluice_kafka::producer::{OutRecord, TransactionalProducer};
 use sluice_kafka::KafkaError;
-use sluice_warehouse::{cursor_indexes, cursor_of, Warehouse, WarehouseError};
+use sluice_warehouse::{cursor_indexes, cursor_of, SnapshotStore, Warehouse, WarehouseError};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -69,7 +69,7 @@ async fn load_state(config: &Config, model: &str) -> Result<Option<PollerState>,
 }
 
 /// Poll one model until shutdown or a fatal error.
-pub(crate) async fn run_model<W: Warehouse>(
+pub(crate) async fn run_model<W: Warehouse + SnapshotStore>(
     config: &Config,
     warehouse: &W,
     name: &str,
@@ -109,7 +109,7 @@ pub(crate) async fn run_model<W: Warehouse>(
 /// One incarnation of the loop: fence, recover state, then poll. Any error returns; the caller
 /// decides whether to start over (which re-reads the committed state, so nothing is repeated
 /// or skipped).
-async fn poll_model<W: Warehouse>(
+async fn poll_model<W: Warehouse + SnapshotStore>(
     config: &Config,
     warehouse: &W,
     model: &ModelConfig,
@@ -136,6 +136,9 @@ async fn poll_model<W: Warehouse>(
             poll_cursor(config, warehouse, model, &codec, &producer, state, created_column.as_deref(), shutdown).await
         }
         Detection::Diff {} => crate::diff::poll_diff(config, warehouse, model, &codec, &producer, state, options, shutdown).await,
+        Detection::WarehouseDiff {} => {
+            crate::warehouse_diff::poll_warehouse_diff(config, warehouse, model, &codec, &producer, state, options, shutdown).await
+        }
     }
 }
 
