@@ -5,6 +5,7 @@
 //! Every test uses its own topic prefix and table names, so tests never see each other's data
 //! and can run in parallel against one broker.
 
+pub mod contract;
 pub mod receiver;
 
 use std::time::Duration;

@@ -18,6 +18,77 @@ use std::time::Duration;
 
 use sluice_core::ErrorClass;
 
+use crate::DeliveryError;
+
+/// Bytes of a response body kept for dead-letter headers and logs.
+pub const EXCERPT_BYTES: usize = 1024;
+
+/// An HTTP client with the destination's per-request timeout; TLS by rustls (no system
+/// OpenSSL), redirects not followed (a redirect from an API is a misconfiguration: Standard
+/// Webhooks says 3xx is a failure).
+pub fn client(timeout_ms: u64) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(timeout_ms))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| format!("http client: {e}"))
+}
+
+/// A request that got no answer (timeout, refused or reset connection): retryable, the
+/// destination may be back soon.
+pub fn transport_error(vendor: &str, error: &reqwest::Error) -> DeliveryError {
+    DeliveryError {
+        class: ErrorClass::Retryable { retry_after: None },
+        status: None,
+        excerpt: String::new(),
+        message: format!("{vendor} request failed: {}", without_url(error)),
+    }
+}
+
+/// A whole-request failure with the vendor's answer attached.
+pub fn answered(class: ErrorClass, status: u16, body: &str, message: String) -> DeliveryError {
+    DeliveryError { class, status: Some(status), excerpt: excerpt(body, EXCERPT_BYTES), message }
+}
+
+/// `Retry-After` of a response, if present and readable.
+pub fn retry_after_of(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, chrono::Utc::now()))
+}
+
+/// A header as text.
+pub fn header_text<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `Authorization: Bearer <token>`, marked sensitive so it never prints.
+pub fn bearer(token: &str, what: &str) -> Result<reqwest::header::HeaderValue, String> {
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+        .map_err(|_| format!("{what} contains characters not allowed in an HTTP header"))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// A reqwest error's text without its URL, which may carry credentials in query strings.
+pub fn without_url(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timeout"
+    } else if error.is_connect() {
+        "connect"
+    } else {
+        "transport"
+    };
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(error);
+    let mut detail = String::new();
+    while let Some(s) = source {
+        detail = s.to_string();
+        source = s.source();
+    }
+    format!("{kind} error: {detail}")
+}
+
 /// Class of an HTTP status under the default policy; `None` for success.
 pub fn classify_status(status: u16, retry_after: Option<Duration>) -> Option<ErrorClass> {
     match status {

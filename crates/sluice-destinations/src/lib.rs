@@ -14,8 +14,28 @@
 //! client built from its config (config structs live in `sluice_core::config::destinations`),
 //! the request it builds from a batch, `send`, and a response classifier with table tests.
 //! Read `webhook.rs` first; the others follow it.
+//!
+//! | module | vendor call | per request | throttle signal | partial failures |
+//! |---|---|---|---|---|
+//! | [`webhook`] | `POST <url>`, Standard Webhooks signature | config | 429/502/504 + `Retry-After` | none (whole request) |
+//! | [`redis`] | one pipelined round trip | config | none (connection errors retry) | per-command error replies |
+//! | [`hubspot`] | `POST /crm/v3/objects/<type>/batch/upsert` | 100 | 429 + `policyName` | 207 `errors` by `objectWriteTraceId` |
+//! | [`braze`] | `POST /users/track` | 75 | 429 + `X-RateLimit-Reset` | 2xx `errors[].index` |
+//! | [`meta`] | `POST`/`DELETE /<audience>/users` | 10,000 | 400 + codes 4/17/32/613/80000-80014 | `invalid_entry_samples` |
+//! | [`salesforce`] | `PATCH /composite/sobjects/<type>/<field>` | 200 | 403 `REQUEST_LIMIT_EXCEEDED` | per-record `success:false` |
+//!
+//! Identifiers: a destination keyed by a field reads it from the record's current image, else
+//! its `before` image ([`OutboundRecord::previous`], which is what a delete carries), else the
+//! primary key ([`OutboundRecord::text`]). No connector logs personal data: logs and metrics
+//! carry counts and classes only.
 
+pub mod braze;
 pub mod http;
+pub mod hubspot;
+pub mod identifiers;
+pub mod meta;
+pub mod redis;
+pub mod salesforce;
 pub mod webhook;
 
 use std::future::Future;
@@ -45,6 +65,49 @@ pub struct OutboundRecord {
     pub previous: Option<serde_json::Map<String, serde_json::Value>>,
     /// When the change was observed, ms since the epoch.
     pub ts_ms: i64,
+}
+
+impl OutboundRecord {
+    /// A field's value as text: from the current image, else the `before` image, else the
+    /// primary key. `None` when absent, null or empty.
+    pub fn text(&self, field: &str) -> Option<String> {
+        [Some(&self.fields), self.previous.as_ref(), Some(&self.key)]
+            .into_iter()
+            .flatten()
+            .find_map(|image| image.get(field).and_then(value_text))
+    }
+
+    /// A field's value in the `before` image only, when it differs from the current one: the
+    /// identifier to move away from.
+    pub fn changed_from(&self, field: &str) -> Option<String> {
+        let before = self.previous.as_ref()?.get(field).and_then(value_text)?;
+        let now = self.fields.get(field).and_then(value_text)?;
+        (before != now).then_some(before)
+    }
+}
+
+/// A JSON value as text: strings as they are, numbers and booleans printed; `None` for null,
+/// empty strings, arrays and objects.
+pub fn value_text(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// SHA-256 over a batch's first id, last id and length: the same for the same batch on every
+/// retry, different for any other batch of the stream (ids are `topic/partition/offset`).
+pub fn batch_digest(batch: &[OutboundRecord]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(batch.first().map_or("", |r| r.id.as_str()).as_bytes());
+    hasher.update(b"\n");
+    hasher.update(batch.last().map_or("", |r| r.id.as_str()).as_bytes());
+    hasher.update(b"\n");
+    hasher.update(batch.len().to_string().as_bytes());
+    hasher.finalize().into()
 }
 
 /// What the destination must do with a record.
@@ -94,6 +157,7 @@ fn consent_removal(consented: bool) -> Option<Action> {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{message}")]
 pub struct DeliveryError {
+    /// What the caller must do.
     pub class: ErrorClass,
     /// HTTP status, when the destination answered.
     pub status: Option<u16>,
@@ -107,10 +171,21 @@ pub struct DeliveryError {
 pub struct RecordFailure {
     /// Index into the batch that was sent.
     pub index: usize,
+    /// What the caller must do with this record.
     pub class: ErrorClass,
+    /// Why, in words (no personal data).
     pub message: String,
+    /// HTTP status of the request that carried it, when there was one.
     pub status: Option<u16>,
+    /// The vendor's words about this record (bounded).
     pub excerpt: String,
+}
+
+impl RecordFailure {
+    /// A record refused before or by the vendor: dead-letter it.
+    pub fn permanent(index: usize, message: impl Into<String>, status: Option<u16>, excerpt: impl Into<String>) -> RecordFailure {
+        RecordFailure { index, class: ErrorClass::Permanent, message: message.into(), status, excerpt: excerpt.into() }
+    }
 }
 
 /// A destination that applies batches of records.
@@ -129,32 +204,107 @@ pub trait Destination: Send + Sync {
 /// async methods make it unusable as a trait object, and the set of kinds is closed).
 pub enum AnyDestination {
     Webhook(webhook::Webhook),
+    Redis(redis::Redis),
+    HubSpot(hubspot::HubSpot),
+    Braze(braze::Braze),
+    Meta(meta::Meta),
+    Salesforce(salesforce::Salesforce),
 }
 
-/// Build the destination a config describes.
+/// Build the destination a config describes. Nothing connects here; errors are config errors
+/// (an unreadable secret, an unknown time zone).
 pub fn build(config: &DestinationConfig) -> Result<AnyDestination, String> {
-    if let Some(webhook) = &config.webhook {
-        return Ok(AnyDestination::Webhook(webhook::Webhook::new(webhook)?));
+    if let Some(c) = &config.webhook {
+        return Ok(AnyDestination::Webhook(webhook::Webhook::new(c)?));
+    }
+    if let Some(c) = &config.redis {
+        return Ok(AnyDestination::Redis(redis::Redis::new(c)?));
+    }
+    if let Some(c) = &config.hubspot {
+        return Ok(AnyDestination::HubSpot(hubspot::HubSpot::new(c)?));
+    }
+    if let Some(c) = &config.braze {
+        return Ok(AnyDestination::Braze(braze::Braze::new(c)?));
+    }
+    if let Some(c) = &config.meta {
+        return Ok(AnyDestination::Meta(meta::Meta::new(c)?));
+    }
+    if let Some(c) = &config.salesforce {
+        return Ok(AnyDestination::Salesforce(salesforce::Salesforce::new(c)?));
     }
     Err(format!("destination {:?} has no kind", config.name.get_ref()))
 }
 
+macro_rules! each_kind {
+    ($self:ident, $d:ident => $body:expr) => {
+        match $self {
+            AnyDestination::Webhook($d) => $body,
+            AnyDestination::Redis($d) => $body,
+            AnyDestination::HubSpot($d) => $body,
+            AnyDestination::Braze($d) => $body,
+            AnyDestination::Meta($d) => $body,
+            AnyDestination::Salesforce($d) => $body,
+        }
+    };
+}
+
 impl Destination for AnyDestination {
     fn kind(&self) -> &'static str {
-        match self {
-            AnyDestination::Webhook(d) => d.kind(),
-        }
+        each_kind!(self, d => d.kind())
     }
 
     fn max_batch_records(&self) -> usize {
-        match self {
-            AnyDestination::Webhook(d) => d.max_batch_records(),
-        }
+        each_kind!(self, d => d.max_batch_records())
     }
 
     async fn send(&self, batch: &[OutboundRecord]) -> Result<Vec<RecordFailure>, DeliveryError> {
-        match self {
-            AnyDestination::Webhook(d) => d.send(batch).await,
+        each_kind!(self, d => d.send(batch).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(kind_table: &str) -> DestinationConfig {
+        std::env::set_var("SLUICE_TEST_DESTINATIONS_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        toml::from_str(&format!("name = \"d\"\n{kind_table}")).expect("valid destination table")
+    }
+
+    #[test]
+    fn build_picks_the_configured_kind_with_its_vendor_limit() {
+        let secret = "{ env = \"SLUICE_TEST_DESTINATIONS_SECRET\" }";
+        let cases = [
+            (format!("[webhook]\nurl = \"http://127.0.0.1:1/hook\"\nsigning_secret = {secret}"), "webhook", usize::MAX),
+            (format!("[redis]\nurl = {{ env = \"SLUICE_TEST_REDIS_URL_UNSET_OK\" }}"), "redis", usize::MAX),
+            (format!("[hubspot]\naccess_token = {secret}"), "hubspot", 100),
+            (format!("[braze]\nbase_url = \"http://127.0.0.1:1\"\napi_key = {secret}"), "braze", 75),
+            (format!("[meta]\naccess_token = {secret}\naudience_id = \"1\"\nidentifiers = {{ email = \"EMAIL\" }}"), "meta", 10_000),
+            (
+                format!("[salesforce]\ninstance_url = \"http://127.0.0.1:1\"\naccess_token = {secret}\nsobject = \"Contact\"\nexternal_id_field = \"W__c\""),
+                "salesforce",
+                200,
+            ),
+        ];
+        std::env::set_var("SLUICE_TEST_REDIS_URL_UNSET_OK", "redis://127.0.0.1:6379");
+        for (table, kind, max) in cases {
+            let destination = build(&config(&table)).unwrap_or_else(|e| panic!("{kind}: {e}"));
+            assert_eq!((destination.kind(), destination.max_batch_records()), (kind, max));
+        }
+    }
+
+    #[test]
+    fn build_refuses_what_validation_cannot_see() {
+        let secret = "{ env = \"SLUICE_TEST_DESTINATIONS_SECRET\" }";
+        let cases = [
+            (format!("[hubspot]\naccess_token = {secret}\nportal_time_zone = \"Mars/Olympus\""), "IANA"),
+            (format!("[meta]\naccess_token = {secret}\naudience_id = \"1\"\nidentifiers = {{ email = \"EMAIL_SHA256\" }}"), "EMAIL"),
+            ("[webhook]\nurl = \"http://x\"\nsigning_secret = { env = \"SLUICE_TEST_DESTINATIONS_SHORT\" }".to_string(), "24 to 64"),
+        ];
+        std::env::set_var("SLUICE_TEST_DESTINATIONS_SHORT", "whsec_c2hvcnQ=");
+        for (table, expected) in cases {
+            let error = build(&config(&table)).err().expect("refused");
+            assert!(error.contains(expected), "{table}: {error}");
         }
     }
 }

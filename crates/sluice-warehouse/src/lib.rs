@@ -30,7 +30,12 @@ pub enum WarehouseError {
     Model { model: String, message: String },
 }
 
-/// A warehouse that can serve models in cursor mode.
+/// A warehouse that can serve models.
+///
+/// The engine (`sluice-poller`) only speaks through this trait, so another warehouse
+/// (DuckDB, Snowflake, BigQuery, Redshift) is one more implementation: map its types to
+/// [`ColumnType`] in `describe`, page by tuple comparison in `fetch_after`, stream a full read in
+/// `scan`. Nothing here assumes a server, a connection pool or Kafka.
 pub trait Warehouse: Send + Sync {
     /// The model's columns and types, in config order, with its primary key.
     fn describe(&self, model: &ModelConfig) -> impl Future<Output = Result<RowSchema, WarehouseError>> + Send;
@@ -44,13 +49,105 @@ pub trait Warehouse: Send + Sync {
         after: Option<&[Value]>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Row>, WarehouseError>> + Send;
+
+    /// Every row of the model, in no particular order, handed to `each` as it streams in (so
+    /// a full read never holds the whole result set). Rows are returned as read: NULL keys and
+    /// duplicates are the caller's to judge (its data-quality gates report them with samples).
+    /// Returns the number of rows read. An error from `each` stops the read and is returned.
+    fn scan<F>(&self, model: &ModelConfig, schema: &RowSchema, each: F) -> impl Future<Output = Result<u64, WarehouseError>> + Send
+    where
+        F: FnMut(Row) -> Result<(), WarehouseError> + Send;
 }
 
-/// Column indexes of the cursor tuple: the cursor column, then the primary key.
-pub fn cursor_indexes(model: &ModelConfig, schema: &RowSchema) -> Vec<usize> {
-    let sluice_core::config::Detection::Cursor { cursor_column, .. } = &model.detection;
+/// One change found by an in-warehouse diff: `before` absent for inserts, `after` for deletes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotChange {
+    pub before: Option<Row>,
+    pub after: Option<Row>,
+}
+
+/// The outcome of building a pending snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PreparedSnapshot {
+    /// The pending snapshot and its change list exist; the counts are what a run would emit.
+    Ready { rows: u64, tracked: u64, inserts: u64, updates: u64, deletes: u64 },
+    /// Rows with a NULL key column: nothing was kept. Samples are key tuples.
+    NullKeys { count: u64, samples: Vec<Row> },
+    /// Duplicate keys: nothing was kept. Samples are key tuples.
+    DuplicateKeys { count: u64, samples: Vec<Row> },
+}
+
+/// A warehouse that can keep a model's previous snapshot itself and diff against it in SQL
+/// (`warehouse_diff` mode). The protocol, which makes the mode exactly once together with the
+/// poller's Kafka transactions:
+///
+/// 1. [`prepare_snapshot`](SnapshotStore::prepare_snapshot) stores the model's current rows as a
+///    *pending* snapshot tagged with a run id, and the ordered list of changes against the
+///    *current* snapshot — atomically (nothing is kept when a key gate fails).
+/// 2. The poller emits [`snapshot_changes`](SnapshotStore::snapshot_changes) page by page, each
+///    page in a Kafka transaction recording the run id and how many changes are emitted.
+/// 3. Only after the last transaction committed, [`commit_snapshot`](SnapshotStore::commit_snapshot)
+///    swaps the pending snapshot in.
+///
+/// After a crash, [`pending_snapshot`](SnapshotStore::pending_snapshot) returns the pending run
+/// id: if Kafka holds state for that run, the poller resumes (or finishes the swap); otherwise
+/// it calls [`discard_snapshot`](SnapshotStore::discard_snapshot). Default methods refuse, so a
+/// warehouse without this capability still serves `cursor` and `diff`.
+pub trait SnapshotStore: Send + Sync {
+    /// The run id of the pending snapshot, if one exists.
+    fn pending_snapshot(&self, model: &ModelConfig) -> impl Future<Output = Result<Option<String>, WarehouseError>> + Send {
+        async move { Err(unsupported(model)) }
+    }
+
+    /// Build the pending snapshot and change list for `run_id` (replacing any older pending one).
+    fn prepare_snapshot(
+        &self,
+        model: &ModelConfig,
+        schema: &RowSchema,
+        run_id: &str,
+    ) -> impl Future<Output = Result<PreparedSnapshot, WarehouseError>> + Send {
+        let _ = (schema, run_id);
+        async move { Err(unsupported(model)) }
+    }
+
+    /// Up to `limit` changes of the pending run, in key order, after the first `skip`.
+    fn snapshot_changes(
+        &self,
+        model: &ModelConfig,
+        schema: &RowSchema,
+        skip: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<SnapshotChange>, WarehouseError>> + Send {
+        let _ = (schema, skip, limit);
+        async move { Err(unsupported(model)) }
+    }
+
+    /// Make the pending snapshot the current one (after Kafka committed the whole run).
+    fn commit_snapshot(&self, model: &ModelConfig) -> impl Future<Output = Result<(), WarehouseError>> + Send {
+        async move { Err(unsupported(model)) }
+    }
+
+    /// Drop the pending snapshot (its run never reached Kafka, or a gate refused it).
+    fn discard_snapshot(&self, model: &ModelConfig) -> impl Future<Output = Result<(), WarehouseError>> + Send {
+        async move { Err(unsupported(model)) }
+    }
+}
+
+fn unsupported(model: &ModelConfig) -> WarehouseError {
+    WarehouseError::Model {
+        model: model.name.get_ref().clone(),
+        message: "this warehouse cannot keep snapshots (warehouse_diff mode); use mode = \"diff\"".into(),
+    }
+}
+
+/// Column indexes of the cursor tuple: the cursor column, then the primary key. `None` for
+/// modes without a cursor.
+pub fn cursor_indexes(model: &ModelConfig, schema: &RowSchema) -> Option<Vec<usize>> {
+    let sluice_core::config::Detection::Cursor { cursor_column, .. } = &model.detection else {
+        return None;
+    };
     let cursor = schema.index_of(cursor_column).expect("validated: cursor column is a model column");
-    std::iter::once(cursor).chain(schema.primary_key.iter().copied()).collect()
+    Some(std::iter::once(cursor).chain(schema.primary_key.iter().copied()).collect())
 }
 
 /// The cursor tuple of a row.

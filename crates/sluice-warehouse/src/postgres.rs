@@ -16,15 +16,31 @@ use sluice_core::{Column, ColumnType, Row, RowSchema, Value};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls};
 
+mod snapshot;
+
 use crate::{cursor_indexes, orderable, Warehouse, WarehouseError};
 
 /// A connected PostgreSQL warehouse.
 pub struct Postgres {
     client: Client,
+    /// Kept to open a private connection for multi-statement transactions (`warehouse_diff`):
+    /// `client` is shared by every model, so a BEGIN on it would swallow their queries.
+    url: String,
 }
 
 fn unavailable(e: tokio_postgres::Error) -> WarehouseError {
     WarehouseError::Unavailable(e.to_string())
+}
+
+/// Connection (08xxx) and transaction-rollback (40xxx, e.g. serialization) failures are worth
+/// retrying; any other database error is the model's (bad SQL, missing column).
+fn classify(model: &str, e: tokio_postgres::Error) -> WarehouseError {
+    match e.as_db_error() {
+        Some(db) if !db.code().code().starts_with("08") && !db.code().code().starts_with("40") => {
+            WarehouseError::Model { model: model.to_string(), message: db.message().to_string() }
+        }
+        _ => unavailable(e),
+    }
 }
 
 /// Quote an identifier for SQL.
@@ -44,7 +60,7 @@ impl Postgres {
                 tracing::warn!(%error, "warehouse connection closed");
             }
         });
-        Ok(Postgres { client })
+        Ok(Postgres { client, url: url.to_string() })
     }
 
     /// The underlying client, for tools that need plain SQL (CLI, tests).
@@ -158,7 +174,9 @@ fn cast_name(ty: ColumnType) -> &'static str {
 
 fn cursor_param(position: usize, ty: ColumnType) -> String {
     match ty {
-        ColumnType::TimestampMicros { utc: true } => format!("(${position}::text::{}", cast_name(ty)),
+        ColumnType::TimestampMicros { utc: true } => {
+            format!("(${position}::text::{}", cast_name(ty))
+        }
         _ => format!("${position}::text::{}", cast_name(ty)),
     }
 }
@@ -177,7 +195,10 @@ impl Warehouse for Postgres {
             let ty = column_type(name, column, described.type_())?;
             let is_key = model.primary_key.contains(column);
             if is_key && !orderable(ty) {
-                return Err(WarehouseError::Model { model: name.clone(), message: format!("key column {column:?} has a type that cannot be ordered") });
+                return Err(WarehouseError::Model {
+                    model: name.clone(),
+                    message: format!("key column {column:?} has a type that cannot be ordered"),
+                });
             }
             // Key columns must never be NULL (checked on every row); other columns may be.
             columns.push(Column { name: column.clone(), ty, nullable: !is_key });
@@ -188,9 +209,14 @@ impl Warehouse for Postgres {
             .map(|k| model.columns.iter().position(|c| c == k).expect("validated: key columns are model columns"))
             .collect();
         let schema = RowSchema { columns, primary_key };
-        let cursor = cursor_indexes(model, &schema)[0];
-        if !orderable(schema.columns[cursor].ty) {
-            return Err(WarehouseError::Model { model: name.clone(), message: format!("cursor column {:?} has a type that cannot be ordered", schema.columns[cursor].name) });
+        if let Some(indexes) = cursor_indexes(model, &schema) {
+            let cursor = indexes[0];
+            if !orderable(schema.columns[cursor].ty) {
+                return Err(WarehouseError::Model {
+                    model: name.clone(),
+                    message: format!("cursor column {:?} has a type that cannot be ordered", schema.columns[cursor].name),
+                });
+            }
         }
         Ok(schema)
     }
@@ -203,7 +229,10 @@ impl Warehouse for Postgres {
         limit: usize,
     ) -> Result<Vec<Row>, WarehouseError> {
         let name = model.name.get_ref();
-        let indexes = cursor_indexes(model, schema);
+        let indexes = cursor_indexes(model, schema).ok_or_else(|| WarehouseError::Model {
+            model: name.clone(),
+            message: format!("fetch_after needs cursor mode, the model is in {} mode", model.detection.mode()),
+        })?;
         let select: Vec<String> = schema.columns.iter().map(select_expr).collect();
         let order: Vec<String> = indexes.iter().map(|&i| ident(&schema.columns[i].name)).collect();
         let mut params: Vec<Option<String>> = Vec::new();
@@ -226,12 +255,7 @@ impl Warehouse for Postgres {
         );
         let param_refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
-        let rows = self.client.query(&sql, &param_refs).await.map_err(|e| match e.as_db_error() {
-            Some(db) if !db.code().code().starts_with("08") && !db.code().code().starts_with("40") => {
-                WarehouseError::Model { model: name.clone(), message: db.message().to_string() }
-            }
-            _ => unavailable(e),
-        })?;
+        let rows = self.client.query(&sql, &param_refs).await.map_err(|e| classify(name, e))?;
         rows.iter()
             .map(|row| {
                 let values: Row = schema
@@ -250,5 +274,32 @@ impl Warehouse for Postgres {
                 Ok(values)
             })
             .collect()
+    }
+
+    async fn scan<F>(&self, model: &ModelConfig, schema: &RowSchema, mut each: F) -> Result<u64, WarehouseError>
+    where
+        F: FnMut(Row) -> Result<(), WarehouseError> + Send,
+    {
+        use futures::TryStreamExt as _;
+        let name = model.name.get_ref();
+        let select: Vec<String> = schema.columns.iter().map(select_expr).collect();
+        let sql = format!("SELECT {} FROM {}", select.join(", "), model.relation_sql());
+        // query_raw streams rows as the server sends them: memory stays flat however large the
+        // model is. One statement = one consistent snapshot of the model.
+        let stream = self.client.query_raw(&sql, std::iter::empty::<Option<String>>()).await.map_err(|e| classify(name, e))?;
+        futures::pin_mut!(stream);
+        let mut count = 0u64;
+        while let Some(row) = stream.try_next().await.map_err(|e| classify(name, e))? {
+            let values: Row = schema
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(i, column)| read_value(&row, i, column))
+                .collect::<Result<_, _>>()
+                .map_err(|e| WarehouseError::Model { model: name.clone(), message: format!("cannot read a row: {e}") })?;
+            each(values)?;
+            count += 1;
+        }
+        Ok(count)
     }
 }

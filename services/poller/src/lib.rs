@@ -13,9 +13,16 @@
 //!   events that use them, so a consumer can always decode what it reads.
 //!
 //! Cursor mode cannot see hard deletes or rows whose transaction commits after later cursor
-//! values were read; see `sluice_warehouse` for details.
+//! values were read; see `sluice_warehouse` for details. `diff` mode sees inserts, updates and
+//! deletes of any query by comparing full snapshots (see [`diff`]); data-quality
+//! [`gates`] refuse a run before it emits anything.
 
+pub mod diff;
+mod emit;
+pub mod gates;
 mod model_loop;
+pub mod tracked;
+pub mod warehouse_diff;
 
 use std::sync::Arc;
 
@@ -27,6 +34,7 @@ use sluice_telemetry::ops::Health;
 use sluice_warehouse::postgres::Postgres;
 use tokio_util::sync::CancellationToken;
 
+pub use diff::DiffOptions;
 pub use model_loop::ModelError;
 
 /// Run the poller for every model in `config` (or only `only`) until `shutdown` is cancelled.
@@ -34,6 +42,18 @@ pub use model_loop::ModelError;
 /// Returns an error when a model stops on a fatal error (bad model, fenced producer); other
 /// models keep running until shutdown, and readiness turns false with the reason.
 pub async fn run(config: Arc<Config>, only: Option<Vec<String>>, health: Arc<Health>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with(config, only, Vec::new(), health, shutdown).await
+}
+
+/// [`run`], letting the next run of each model in `confirm_large_change` through the
+/// change-volume guard once (an operator's confirmation after a refusal).
+pub async fn run_with(
+    config: Arc<Config>,
+    only: Option<Vec<String>>,
+    confirm_large_change: Vec<String>,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let models: Vec<String> = config
         .models
         .iter()
@@ -42,8 +62,7 @@ pub async fn run(config: Arc<Config>, only: Option<Vec<String>>, health: Arc<Hea
         .collect();
     anyhow::ensure!(!models.is_empty(), "no model to poll (check --model and the config's [[models]])");
     let prefix = &config.kafka.topic_prefix;
-    let mut topics: Vec<(String, TopicRole)> =
-        models.iter().map(|m| (naming::change_topic(prefix, m), TopicRole::Compacted)).collect();
+    let mut topics: Vec<(String, TopicRole)> = models.iter().map(|m| (naming::change_topic(prefix, m), TopicRole::Compacted)).collect();
     topics.push((naming::schema_topic(prefix), TopicRole::Compacted));
     topics.push((naming::poller_state_topic(prefix), TopicRole::Compacted));
     ensure_topics(&config.kafka, &topics).await.context("creating topics")?;
@@ -56,8 +75,9 @@ pub async fn run(config: Arc<Config>, only: Option<Vec<String>>, health: Arc<Hea
     let mut tasks = tokio::task::JoinSet::new();
     for model in models {
         let (config, warehouse, shutdown) = (Arc::clone(&config), Arc::clone(&warehouse), shutdown.clone());
+        let options = DiffOptions { confirm_large_change: confirm_large_change.contains(&model) };
         tasks.spawn(async move {
-            let result = model_loop::run_model(&config, warehouse.as_ref(), &model, shutdown).await;
+            let result = model_loop::run_model(&config, warehouse.as_ref(), &model, options, shutdown).await;
             (model, result)
         });
     }

@@ -22,6 +22,10 @@ struct Args {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "SLUICE_OPS_LISTEN", default_value = "127.0.0.1:9464")]
     ops_listen: SocketAddr,
+    /// Let the next run of this model pass the change-volume guard (`gates.max_change_pct`)
+    /// once, after an operator inspected it with `sluice plan` (repeatable).
+    #[arg(long = "confirm-large-change")]
+    confirm_large_change: Vec<String>,
     /// JSON logs (for log shippers).
     #[arg(long, env = "SLUICE_LOG_JSON")]
     log_json: bool,
@@ -46,7 +50,7 @@ async fn main() -> std::process::ExitCode {
         return std::process::ExitCode::FAILURE;
     }
     let only = (!args.models.is_empty()).then_some(args.models);
-    match sluice_poller::run(config, only, health, shutdown).await {
+    match sluice_poller::run_with(config, only, args.confirm_large_change, health, shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "poller failed");

@@ -11,7 +11,7 @@ use sluice_kafka::compacted::read_to_end;
 use sluice_kafka::headers;
 use sluice_kafka::producer::{OutRecord, TransactionalProducer};
 use sluice_kafka::KafkaError;
-use sluice_warehouse::{cursor_indexes, cursor_of, Warehouse, WarehouseError};
+use sluice_warehouse::{cursor_indexes, cursor_of, SnapshotStore, Warehouse, WarehouseError};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -26,24 +26,27 @@ pub enum ModelError {
     Codec(#[from] sluice_avro::CodecError),
     #[error("stored poller state is unreadable: {0}")]
     State(String),
+    /// A data-quality gate refused the run: nothing was emitted; an operator must act.
+    #[error(transparent)]
+    Gate(#[from] crate::gates::GateError),
 }
 
 impl ModelError {
     /// Whether the loop should back off and try the same page again.
     fn is_retryable(&self) -> bool {
-        matches!(self, ModelError::Warehouse(WarehouseError::Unavailable(_)) | ModelError::Kafka(KafkaError::Retryable { .. }))
+        matches!(
+            self,
+            ModelError::Warehouse(WarehouseError::Unavailable(_)) | ModelError::Kafka(KafkaError::Retryable { .. }) | ModelError::State(_)
+        )
     }
 }
 
 /// The position as stored: the cursor tuple as tagged JSON values.
 fn decode_position(position: &Option<String>) -> Result<Option<Vec<Value>>, ModelError> {
-    position
-        .as_deref()
-        .map(|p| serde_json::from_str(p).map_err(|e| ModelError::State(format!("position {p:?}: {e}"))))
-        .transpose()
+    position.as_deref().map(|p| serde_json::from_str(p).map_err(|e| ModelError::State(format!("position {p:?}: {e}")))).transpose()
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
@@ -51,9 +54,8 @@ fn now_ms() -> i64 {
 async fn load_state(config: &Config, model: &str) -> Result<Option<PollerState>, ModelError> {
     let kafka = config.kafka.clone();
     let topic = naming::poller_state_topic(&config.kafka.topic_prefix);
-    let records = tokio::task::spawn_blocking(move || read_to_end(&kafka, &topic, Duration::from_secs(90)))
-        .await
-        .expect("reader does not panic")?;
+    let records =
+        tokio::task::spawn_blocking(move || read_to_end(&kafka, &topic, Duration::from_secs(90))).await.expect("reader does not panic")?;
     let mut last = None;
     for record in records {
         if record.key.as_deref() == Some(model.as_bytes()) {
@@ -67,7 +69,13 @@ async fn load_state(config: &Config, model: &str) -> Result<Option<PollerState>,
 }
 
 /// Poll one model until shutdown or a fatal error.
-pub(crate) async fn run_model<W: Warehouse>(config: &Config, warehouse: &W, name: &str, shutdown: CancellationToken) -> Result<(), ModelError> {
+pub(crate) async fn run_model<W: Warehouse + SnapshotStore>(
+    config: &Config,
+    warehouse: &W,
+    name: &str,
+    options: crate::diff::DiffOptions,
+    shutdown: CancellationToken,
+) -> Result<(), ModelError> {
     let model = config.model(name).expect("model names come from the config");
     let mut backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
@@ -76,7 +84,7 @@ pub(crate) async fn run_model<W: Warehouse>(config: &Config, warehouse: &W, name
         .without_max_times()
         .build();
     loop {
-        match poll_model(config, warehouse, model, &shutdown).await {
+        match poll_model(config, warehouse, model, options.clone(), &shutdown).await {
             Ok(()) => return Ok(()),
             Err(error) if error.is_retryable() && !shutdown.is_cancelled() => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
@@ -88,6 +96,9 @@ pub(crate) async fn run_model<W: Warehouse>(config: &Config, warehouse: &W, name
                 }
             }
             Err(error) => {
+                if let ModelError::Gate(refused) = &error {
+                    refused.record(name);
+                }
                 metrics::counter!("sluice_poller_errors_total", "model" => name.to_string(), "class" => "fatal").increment(1);
                 return Err(error);
             }
@@ -98,14 +109,20 @@ pub(crate) async fn run_model<W: Warehouse>(config: &Config, warehouse: &W, name
 /// One incarnation of the loop: fence, recover state, then poll. Any error returns; the caller
 /// decides whether to start over (which re-reads the committed state, so nothing is repeated
 /// or skipped).
-async fn poll_model<W: Warehouse>(config: &Config, warehouse: &W, model: &ModelConfig, shutdown: &CancellationToken) -> Result<(), ModelError> {
+async fn poll_model<W: Warehouse + SnapshotStore>(
+    config: &Config,
+    warehouse: &W,
+    model: &ModelConfig,
+    options: crate::diff::DiffOptions,
+    shutdown: &CancellationToken,
+) -> Result<(), ModelError> {
     let name = model.name.get_ref().as_str();
     let prefix = &config.kafka.topic_prefix;
     let schema = warehouse.describe(model).await?;
     let codec = ModelCodec::new(name, schema)?;
     // Fence first: once this returns, no older instance can commit, so the state read next is final.
     let producer = TransactionalProducer::new(&config.kafka, &naming::poller_transactional_id(prefix, name)).await?;
-    let mut state = load_state(config, name).await?.unwrap_or(PollerState {
+    let state = load_state(config, name).await?.unwrap_or(PollerState {
         model: name.to_string(),
         run_id: String::new(),
         position: None,
@@ -113,13 +130,36 @@ async fn poll_model<W: Warehouse>(config: &Config, warehouse: &W, model: &ModelC
         events_total: 0,
         committed_at_ms: 0,
     });
-    let mut position = decode_position(&state.position)?;
-    tracing::info!(model = %name, position = state.position.as_deref().unwrap_or("start"), snapshot_done = state.snapshot_done, "model state recovered");
+    tracing::info!(model = %name, mode = model.detection.mode(), position = state.position.as_deref().unwrap_or("start"), snapshot_done = state.snapshot_done, "model state recovered");
+    match &model.detection {
+        Detection::Cursor { created_column, .. } => {
+            poll_cursor(config, warehouse, model, &codec, &producer, state, created_column.as_deref(), shutdown).await
+        }
+        Detection::Diff {} => crate::diff::poll_diff(config, warehouse, model, &codec, &producer, state, options, shutdown).await,
+        Detection::WarehouseDiff {} => {
+            crate::warehouse_diff::poll_warehouse_diff(config, warehouse, model, &codec, &producer, state, options, shutdown).await
+        }
+    }
+}
 
+/// Cursor mode: pages strictly after the committed cursor tuple.
+#[allow(clippy::too_many_arguments)]
+async fn poll_cursor<W: Warehouse>(
+    config: &Config,
+    warehouse: &W,
+    model: &ModelConfig,
+    codec: &ModelCodec,
+    producer: &TransactionalProducer,
+    mut state: PollerState,
+    created_column: Option<&str>,
+    shutdown: &CancellationToken,
+) -> Result<(), ModelError> {
+    let name = model.name.get_ref().as_str();
+    let prefix = &config.kafka.topic_prefix;
+    let mut position = decode_position(&state.position)?;
     let topic = naming::change_topic(prefix, name);
-    let cursor = cursor_indexes(model, codec.row_schema());
-    let Detection::Cursor { created_column, .. } = &model.detection;
-    let created = created_column.as_ref().and_then(|c| codec.row_schema().index_of(c));
+    let cursor = cursor_indexes(model, codec.row_schema()).expect("cursor mode has a cursor");
+    let created = created_column.and_then(|c| codec.row_schema().index_of(c));
     let mut schemas_published = false;
 
     loop {
@@ -148,12 +188,12 @@ async fn poll_model<W: Warehouse>(config: &Config, warehouse: &W, model: &ModelC
             let mut counts = [0u64; 3];
             let mut last_position = None;
             for row in rows {
-                let op = if !state.snapshot_done {
-                    Op::Read
-                } else {
-                    classify_op(created, run_start_cursor.as_ref(), &row)
-                };
-                counts[match op { Op::Read => 0, Op::Create => 1, _ => 2 }] += 1;
+                let op = if !state.snapshot_done { Op::Read } else { classify_op(created, run_start_cursor.as_ref(), &row) };
+                counts[match op {
+                    Op::Read => 0,
+                    Op::Create => 1,
+                    _ => 2,
+                }] += 1;
                 let row_position = cursor_of(&cursor, &row);
                 let position_json = serde_json::to_string(&row_position).expect("values serialise");
                 let mut key = Vec::with_capacity(32);
@@ -210,7 +250,8 @@ async fn poll_model<W: Warehouse>(config: &Config, warehouse: &W, model: &ModelC
                 }
             }
             metrics::histogram!("sluice_poller_transaction_seconds", "model" => name.to_string()).record(started.elapsed().as_secs_f64());
-            metrics::gauge!("sluice_poller_last_commit_timestamp_seconds", "model" => name.to_string()).set(state.committed_at_ms as f64 / 1000.0);
+            metrics::gauge!("sluice_poller_last_commit_timestamp_seconds", "model" => name.to_string())
+                .set(state.committed_at_ms as f64 / 1000.0);
             tracing::info!(model = %name, events, snapshot = counts[0], inserts = counts[1], updates = counts[2], "transaction committed");
             Ok(!page_full)
         }

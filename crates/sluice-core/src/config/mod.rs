@@ -308,7 +308,7 @@ impl Config {
             }
             let detection_columns: Vec<&String> = match &model.detection {
                 Detection::Cursor { cursor_column, created_column } => std::iter::once(cursor_column).chain(created_column.iter()).collect(),
-                Detection::Diff {} => Vec::new(),
+                Detection::Diff {} | Detection::WarehouseDiff {} => Vec::new(),
             };
             for column in detection_columns {
                 if !model.columns.contains(column) {

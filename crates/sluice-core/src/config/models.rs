@@ -79,6 +79,11 @@ pub enum Detection {
     /// state: inserts, updates (with `before` image and changed columns) and deletes. Works
     /// for any query, so segments produce membership changes. Costs a full read per run.
     Diff {},
+    /// The previous snapshot is kept as a table in the warehouse (`sluice_state.<model>_snapshot`,
+    /// rows plus an md5 row hash computed in SQL) and the diff is a FULL OUTER JOIN computed
+    /// there, so only changed rows cross the network. The new snapshot replaces the old one only
+    /// after Kafka committed the run. Needs CREATE on the warehouse (schema `sluice_state`).
+    WarehouseDiff {},
 }
 
 impl Detection {
@@ -87,6 +92,7 @@ impl Detection {
         match self {
             Detection::Cursor { .. } => "cursor",
             Detection::Diff {} => "diff",
+            Detection::WarehouseDiff {} => "warehouse_diff",
         }
     }
 }

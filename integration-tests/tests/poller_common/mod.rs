@@ -1,0 +1,194 @@
+//! Shared fixtures of the poller's snapshot-mode tests: a PostgreSQL table and a model over
+//! it, decoding the change topic, and replaying it as a history that must be valid.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_avro::EventDecoder;
+use sluice_core::config::Config;
+use sluice_core::{naming, Op, Value};
+use sluice_integration_tests::{read_topic, require_kafka, require_postgres, unique, ReadRecord};
+use sluice_telemetry::ops::Health;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const WAIT: Duration = Duration::from_secs(90);
+
+pub struct Fixture {
+    pub config: Arc<Config>,
+    pub table: String,
+    pub db: tokio_postgres::Client,
+    pub prefix: String,
+    /// The model's name: unique per test, because `warehouse_diff` keeps per-model tables in
+    /// the shared warehouse.
+    pub model: String,
+}
+
+/// A table `(id bigint primary key, email text, tier text, ltv numeric(10,2))` and a model in
+/// `mode` over `source` (default: the table), `batch_rows = 3` so runs span several transactions.
+pub async fn fixture(mode: &str, source: Option<&str>, gates: &str) -> Fixture {
+    sluice_integration_tests::telemetry();
+    require_kafka();
+    let db = require_postgres().await;
+    let table = unique("it_diff");
+    let prefix = unique("itd");
+    let model = unique("members");
+    db.batch_execute(&format!("CREATE TABLE {table} (id bigint PRIMARY KEY, email text, tier text, ltv numeric(10,2))")).await.unwrap();
+    std::env::set_var("SLUICE_IT_WAREHOUSE_URL", sluice_integration_tests::postgres_url());
+    let relation = match source {
+        Some(query) => format!("query = \"{}\"", query.replace("{table}", &table)),
+        None => format!("table = \"{table}\""),
+    };
+    let text = format!(
+        r#"
+[kafka]
+bootstrap_servers = "{kafka}"
+topic_prefix = "{prefix}"
+
+[warehouse]
+kind = "postgres"
+url = {{ env = "SLUICE_IT_WAREHOUSE_URL" }}
+
+[[models]]
+name = "{model}"
+{relation}
+primary_key = ["id"]
+columns = ["id", "email", "tier", "ltv"]
+detection = {{ mode = "{mode}" }}
+poll_interval_ms = 200
+batch_rows = 3
+{gates}
+"#,
+        kafka = sluice_integration_tests::kafka_bootstrap(),
+    );
+    let config = Arc::new(Config::parse("integration-test.toml", &text).expect("test config is valid"));
+    Fixture { config, table, db, prefix, model }
+}
+
+pub fn start_poller(config: &Arc<Config>, confirm: &[&str]) -> (CancellationToken, JoinHandle<anyhow::Result<()>>) {
+    let token = CancellationToken::new();
+    let confirm = confirm.iter().map(|s| s.to_string()).collect();
+    let handle = tokio::spawn(sluice_poller::run_with(Arc::clone(config), None, confirm, Health::new(), token.clone()));
+    (token, handle)
+}
+
+pub async fn upsert(f: &Fixture, id: i64, tier: &str, ltv: &str) {
+    f.db.execute(
+        &format!(
+            "INSERT INTO {} VALUES ($1, $2, $3, $4::text::numeric) ON CONFLICT (id) DO UPDATE SET tier = EXCLUDED.tier, ltv = EXCLUDED.ltv",
+            f.table
+        ),
+        &[&id, &format!("m{id}@example.com"), &tier, &ltv],
+    )
+    .await
+    .unwrap();
+}
+
+/// A change-topic record decoded: (op, before, after, changed), or `None` for a tombstone.
+pub type Decoded = Option<(Op, Option<Vec<Value>>, Option<Vec<Value>>, Option<Vec<String>>)>;
+
+/// `read_topic`, retried while a just-created topic has no leader yet.
+pub fn read_settled(topic: &str) -> Vec<ReadRecord> {
+    for _ in 0..50 {
+        if let Ok(records) = std::panic::catch_unwind(|| read_topic(topic)) {
+            return records;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    read_topic(topic)
+}
+
+pub fn decode_all(f: &Fixture) -> Vec<(ReadRecord, Decoded)> {
+    // Change topic first: its schemas were committed with (or before) its events.
+    let changes = read_settled(&naming::change_topic(&f.prefix, &f.model));
+    let schemas: HashMap<String, String> = read_settled(&naming::schema_topic(&f.prefix))
+        .into_iter()
+        .map(|r| (String::from_utf8(r.key.unwrap()).unwrap(), String::from_utf8(r.payload.unwrap()).unwrap()))
+        .collect();
+    changes
+        .into_iter()
+        .map(|record| {
+            let decoded = record.payload.as_deref().map(|payload| {
+                let fingerprint = sluice_avro::fingerprint_of(payload).unwrap();
+                let decoder = EventDecoder::new(&schemas[&fingerprint]).unwrap();
+                let event = decoder.decode(payload).unwrap().event;
+                (event.op, event.before, event.after, event.changed)
+            });
+            (record, decoded)
+        })
+        .collect()
+}
+
+pub fn id_of(row: &[Value]) -> i64 {
+    match row[0] {
+        Value::Long(id) => id,
+        ref other => panic!("id is a long, got {other:?}"),
+    }
+}
+
+/// Replay the change log and check it is a valid history: `r`/`c` only for an absent key, `u`
+/// only for a present key with a different row and a `before` equal to the previous image, `d`
+/// only for a present key and followed by its tombstone. Returns the final state per id.
+pub fn replay(events: &[(ReadRecord, Decoded)]) -> HashMap<i64, Vec<Value>> {
+    let mut state: HashMap<Vec<u8>, Vec<Value>> = HashMap::new();
+    let mut deleted_awaiting_tombstone: HashMap<Vec<u8>, ()> = HashMap::new();
+    for (record, decoded) in events {
+        let key = record.key.clone().expect("every record is keyed");
+        match decoded {
+            None => {
+                assert!(deleted_awaiting_tombstone.remove(&key).is_some(), "a tombstone follows a delete, at offset {}", record.offset);
+            }
+            Some((op, before, after, _)) => match op {
+                Op::Read | Op::Create => {
+                    assert!(!state.contains_key(&key), "duplicate insert of id {}", id_of(after.as_ref().unwrap()));
+                    state.insert(key, after.clone().unwrap());
+                }
+                Op::Update => {
+                    let previous = state.get(&key).expect("update of a present key");
+                    let after = after.clone().unwrap();
+                    assert_ne!(previous, &after, "duplicate update of id {} (same image twice)", id_of(&after));
+                    assert_eq!(before.as_ref(), Some(previous), "before image is the previous after image");
+                    state.insert(key, after);
+                }
+                Op::Delete => {
+                    let previous = state.remove(&key).expect("delete of a present key");
+                    assert_eq!(before.as_ref(), Some(&previous), "delete carries the last image");
+                    deleted_awaiting_tombstone.insert(key, ());
+                }
+            },
+        }
+    }
+    // A read that stopped at a high watermark taken mid-transaction may end between a delete
+    // and its tombstone (the next offset): allowed only for the last record of a partition.
+    for key in deleted_awaiting_tombstone.keys() {
+        let (last_delete, _) = events.iter().rev().find(|(r, _)| r.key.as_ref() == Some(key)).expect("the delete was read");
+        let last_of_partition = events.iter().rev().find(|(r, _)| r.partition == last_delete.partition).expect("a record");
+        assert_eq!(last_of_partition.0.offset, last_delete.offset, "every delete is followed by its tombstone");
+    }
+    state.into_values().map(|row| (id_of(&row), row)).collect()
+}
+
+pub async fn table_state(f: &Fixture) -> HashMap<i64, Vec<Value>> {
+    let rows = f.db.query(&format!("SELECT id, email, tier, ltv::text FROM {}", f.table), &[]).await.unwrap();
+    rows.iter()
+        .map(|r| {
+            let opt = |v: Option<String>| v.map_or(Value::Null, Value::String);
+            let ltv: Option<String> = r.get(3);
+            (
+                r.get::<_, i64>(0),
+                vec![Value::Long(r.get(0)), opt(r.get(1)), opt(r.get(2)), ltv.map_or(Value::Null, Value::DecimalText)],
+            )
+        })
+        .collect()
+}
+
+pub fn ops(events: &[(ReadRecord, Decoded)]) -> Vec<&'static str> {
+    events.iter().map(|(_, d)| d.as_ref().map_or("tombstone", |(op, ..)| op.code())).collect()
+}
+
+pub fn count(events: &[(ReadRecord, Decoded)], code: &str) -> usize {
+    ops(events).into_iter().filter(|op| *op == code).count()
+}
+

@@ -1,0 +1,180 @@
+//! `diff` mode against the real broker and PostgreSQL: inserts, updates with `before` images and
+//! changed columns, deletes followed by tombstones, state rebuilt from the change topic after a
+//! restart, crashes at random points, and the data-quality gates.
+
+mod poller_common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use poller_common::*;
+use sluice_core::Op;
+use sluice_integration_tests::eventually;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn diff_emits_inserts_updates_and_deletes_then_continues_from_the_topic_after_restart() {
+    let f = fixture("diff", None, "").await;
+    for id in 1..=10 {
+        upsert(&f, id, "free", "10.00").await;
+    }
+    let (stop, poller) = start_poller(&f.config, &[]);
+    eventually("snapshot of 10 rows", WAIT, || count(&decode_all(&f), "r") == 10).await;
+
+    upsert(&f, 3, "pro", "10.00").await; // one column changes
+    upsert(&f, 4, "pro", "99.95").await; // two columns change
+    f.db.execute(&format!("DELETE FROM {} WHERE id IN (5, 6)", f.table), &[]).await.unwrap();
+    upsert(&f, 11, "free", "0.00").await;
+    eventually("1 insert, 2 updates, 2 deletes", WAIT, || {
+        let events = decode_all(&f);
+        count(&events, "c") == 1 && count(&events, "u") == 2 && count(&events, "d") == 2 && count(&events, "tombstone") == 2
+    })
+    .await;
+    let events = decode_all(&f);
+    let updates: HashMap<i64, Vec<String>> = events
+        .iter()
+        .filter_map(|(_, d)| d.as_ref())
+        .filter(|(op, ..)| *op == Op::Update)
+        .map(|(_, _, after, changed)| (id_of(after.as_ref().unwrap()), changed.clone().unwrap()))
+        .collect();
+    assert_eq!(updates[&3], vec!["tier".to_string()]);
+    assert_eq!(updates[&4], vec!["tier".to_string(), "ltv".to_string()]);
+    // The tombstone is the record right after its delete, in the same partition.
+    for (i, (record, decoded)) in events.iter().enumerate() {
+        if matches!(decoded, Some((Op::Delete, ..))) {
+            let next = events.iter().skip(i + 1).find(|(r, _)| r.partition == record.partition).expect("a record after the delete");
+            assert!(next.1.is_none() && next.0.key == record.key, "delete then tombstone for the same key");
+        }
+        if decoded.is_some() {
+            assert_eq!(record.header("sluice.run.id").map(str::len), Some(36), "run id header");
+        }
+    }
+    assert_eq!(replay(&events), table_state(&f).await, "the compacted topic's state equals the table");
+
+    // Stop, change while stopped, restart: the state comes back from the topic; only the new
+    // change is emitted, nothing again.
+    stop.cancel();
+    poller.await.unwrap().unwrap();
+    let before_restart = events.len();
+    upsert(&f, 7, "gold", "10.00").await;
+    let (stop, poller) = start_poller(&f.config, &[]);
+    eventually("the change made while stopped", WAIT, || count(&decode_all(&f), "u") == 3).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // several more runs: nothing new
+    stop.cancel();
+    poller.await.unwrap().unwrap();
+    let events = decode_all(&f);
+    assert_eq!(events.len(), before_restart + 1, "exactly one new event after the restart: {:?}", ops(&events));
+    assert_eq!(replay(&events), table_state(&f).await);
+}
+
+/// The poller task is aborted at random points (mid-scan, mid-transaction, between the
+/// transactions of one run) while rows are inserted, updated and deleted; afterwards the log is
+/// a valid history with no duplicate event, and its state equals the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn diff_killed_at_random_points_loses_and_duplicates_nothing() {
+    use rand::Rng;
+    let f = fixture("diff", None, "").await;
+    for id in 1..=60 {
+        upsert(&f, id, "free", "1.00").await;
+    }
+    let mut next_id = 61;
+    for round in 0..12 {
+        let (_stop, poller) = start_poller(&f.config, &[]);
+        let kill_after = Duration::from_millis(rand::rng().random_range(100..2500));
+        // Changes while the poller runs: inserts, updates, deletes.
+        for _ in 0..5 {
+            upsert(&f, next_id, "free", "1.00").await;
+            next_id += 1;
+        }
+        let updated = rand::rng().random_range(1..next_id);
+        upsert(&f, updated, &format!("t{round}"), "2.00").await;
+        let deleted = rand::rng().random_range(1..next_id);
+        f.db.execute(&format!("DELETE FROM {} WHERE id = $1", f.table), &[&deleted]).await.unwrap();
+        tokio::time::sleep(kill_after).await;
+        poller.abort();
+        let _ = poller.await;
+    }
+    let (stop, poller) = start_poller(&f.config, &[]);
+    let expected = table_state(&f).await;
+    eventually("the topic's state equals the table", WAIT, || replay(&decode_all(&f)) == expected).await;
+    stop.cancel();
+    poller.await.unwrap().unwrap();
+    let events = decode_all(&f);
+    assert_eq!(replay(&events), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duplicate_and_null_keys_refuse_the_run_and_emit_nothing() {
+    // A query model whose key is duplicated for id 2 and NULL in one row.
+    let f = fixture(
+        "diff",
+        Some("SELECT id, email, tier, ltv FROM {table} UNION ALL SELECT id, email, tier, ltv FROM {table} WHERE id = 2"),
+        "",
+    )
+    .await;
+    for id in 1..=3 {
+        upsert(&f, id, "free", "1.00").await;
+    }
+    let (_stop, poller) = start_poller(&f.config, &[]);
+    let error = tokio::time::timeout(WAIT, poller).await.expect("the model stops").unwrap().unwrap_err();
+    let text = format!("{error:#}");
+    assert!(
+        text.contains(&format!(r#"model {}: 1 duplicate primary key(s); nothing was emitted. Sample keys: {{"id":2}}. Fix: make the model's primary_key unique"#, f.model)),
+        "{text}"
+    );
+    assert!(read_settled(&sluice_core::naming::change_topic(&f.prefix, &f.model)).is_empty(), "nothing emitted");
+
+    let f = fixture("diff", Some("SELECT CASE WHEN id = 3 THEN NULL ELSE id END AS id, email, tier, ltv FROM {table}"), "").await;
+    for id in 1..=3 {
+        upsert(&f, id, "free", "1.00").await;
+    }
+    let (_stop, poller) = start_poller(&f.config, &[]);
+    let error = tokio::time::timeout(WAIT, poller).await.expect("the model stops").unwrap().unwrap_err();
+    let text = format!("{error:#}");
+    assert!(
+        text.contains(&format!(r#"model {}: 1 row(s) have NULL in a primary-key column (id); nothing was emitted. Sample keys: {{"id":null}}."#, f.model)),
+        "{text}"
+    );
+    assert!(read_settled(&sluice_core::naming::change_topic(&f.prefix, &f.model)).is_empty(), "nothing emitted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn change_volume_guard_halts_the_model_until_an_operator_confirms() {
+    let f = fixture("diff", None, "gates = { max_change_pct = 20.0 }").await;
+    for id in 1..=10 {
+        upsert(&f, id, "free", "1.00").await;
+    }
+    let (stop, poller) = start_poller(&f.config, &[]);
+    eventually("snapshot (exempt from the guard)", WAIT, || count(&decode_all(&f), "r") == 10).await;
+    stop.cancel();
+    poller.await.unwrap().unwrap();
+
+    // Someone truncates half the table upstream.
+    f.db.execute(&format!("DELETE FROM {} WHERE id > 5", f.table), &[]).await.unwrap();
+    let (_stop, poller) = start_poller(&f.config, &[]);
+    let error = tokio::time::timeout(WAIT, poller).await.expect("the model halts").unwrap().unwrap_err();
+    let text = format!("{error:#}");
+    assert!(
+        text.contains(&format!("model {m}: 5 changes (0 inserts, 0 updates, 5 deletes) would touch 50.0% of 10 tracked rows, above max_change_pct = 20; the model is halted and nothing was emitted. Fix: inspect with `sluice plan {m}`, then let this run through with `sluice-poller --confirm-large-change {m}`", m = f.model)),
+        "{text}"
+    );
+    assert_eq!(decode_all(&f).len(), 10, "nothing emitted");
+
+    let (stop, poller) = start_poller(&f.config, &[f.model.as_str()]);
+    eventually("confirmed deletes emitted", WAIT, || count(&decode_all(&f), "d") == 5).await;
+    stop.cancel();
+    poller.await.unwrap().unwrap();
+    assert_eq!(replay(&decode_all(&f)), table_state(&f).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn row_count_bounds_refuse_the_run() {
+    let f = fixture("diff", None, "gates = { min_rows = 5, max_rows = 100 }").await;
+    for id in 1..=3 {
+        upsert(&f, id, "free", "1.00").await;
+    }
+    let (_stop, poller) = start_poller(&f.config, &[]);
+    let error = tokio::time::timeout(WAIT, poller).await.expect("the model stops").unwrap().unwrap_err();
+    let text = format!("{error:#}");
+    assert!(text.contains(&format!("model {}: the run read 3 rows, fewer than min_rows = 5; nothing was emitted.", f.model)), "{text}");
+    assert!(read_settled(&sluice_core::naming::change_topic(&f.prefix, &f.model)).is_empty(), "nothing emitted");
+}

@@ -1,0 +1,111 @@
+//! `warehouse_diff` mode against the real broker and PostgreSQL: the diff is computed in the
+//! warehouse, the snapshot table is swapped only after Kafka committed, a pending snapshot whose
+//! run never reached Kafka is discarded, and crashes at random points lose and duplicate nothing.
+
+mod poller_common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use poller_common::*;
+use sluice_core::Op;
+use sluice_integration_tests::eventually;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn warehouse_diff_emits_changes_with_before_images_and_swaps_the_snapshot_after_commit() {
+    let f = fixture("warehouse_diff", None, "").await;
+    for id in 1..=10 {
+        upsert(&f, id, "free", "10.00").await;
+    }
+    let (stop, poller) = start_poller(&f.config, &[]);
+    eventually("snapshot of 10 rows", WAIT, || count(&decode_all(&f), "r") == 10).await;
+
+    upsert(&f, 3, "pro", "10.00").await;
+    upsert(&f, 4, "pro", "99.95").await;
+    f.db.execute(&format!("DELETE FROM {} WHERE id IN (5, 6)", f.table), &[]).await.unwrap();
+    upsert(&f, 11, "free", "0.00").await;
+    eventually("1 insert, 2 updates, 2 deletes", WAIT, || {
+        let events = decode_all(&f);
+        count(&events, "c") == 1 && count(&events, "u") == 2 && count(&events, "d") == 2 && count(&events, "tombstone") == 2
+    })
+    .await;
+    let events = decode_all(&f);
+    let updates: HashMap<i64, Vec<String>> = events
+        .iter()
+        .filter_map(|(_, d)| d.as_ref())
+        .filter(|(op, ..)| *op == Op::Update)
+        .map(|(_, _, after, changed)| (id_of(after.as_ref().unwrap()), changed.clone().unwrap()))
+        .collect();
+    assert_eq!(updates[&3], vec!["tier".to_string()]);
+    assert_eq!(updates[&4], vec!["tier".to_string(), "ltv".to_string()]);
+    assert_eq!(replay(&events), table_state(&f).await, "the compacted topic's state equals the table");
+    stop.cancel();
+    poller.await.unwrap().unwrap();
+    let model = &f.model;
+    let snapshot: i64 = f.db.query_one(&format!(r#"SELECT count(*) FROM sluice_state."{model}_snapshot""#), &[]).await.unwrap().get(0);
+    assert_eq!(snapshot, 9, "the swapped-in snapshot holds the table's rows");
+    let pending: Option<String> = f.db.query_one(&format!(r#"SELECT to_regclass('sluice_state."{model}_pending"')::text"#), &[]).await.unwrap().get(0);
+    assert_eq!(pending, None, "no pending snapshot after a completed run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pending_snapshot_whose_run_never_reached_kafka_is_discarded() {
+    let f = fixture("warehouse_diff", None, "").await;
+    for id in 1..=5 {
+        upsert(&f, id, "free", "1.00").await;
+    }
+    let (stop, poller) = start_poller(&f.config, &[]);
+    eventually("snapshot of 5 rows", WAIT, || count(&decode_all(&f), "r") == 5).await;
+    stop.cancel();
+    poller.await.unwrap().unwrap();
+    // A run crashed after building its pending snapshot (claiming id 1 was deleted), before
+    // any Kafka commit: it must leave no trace.
+    let model = &f.model;
+    f.db.batch_execute(&format!(
+        r#"CREATE TABLE sluice_state."{model}_pending" AS SELECT * FROM sluice_state."{model}_snapshot" WHERE id <> 1;
+           COMMENT ON TABLE sluice_state."{model}_pending" IS 'crashed-run';
+           CREATE TABLE sluice_state."{model}_changes" AS SELECT 1 AS sluice_seq"#
+    ))
+    .await
+    .unwrap();
+    upsert(&f, 2, "pro", "1.00").await;
+    let (stop, poller) = start_poller(&f.config, &[]);
+    eventually("the real change", WAIT, || count(&decode_all(&f), "u") == 1).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.cancel();
+    poller.await.unwrap().unwrap();
+    let events = decode_all(&f);
+    assert_eq!(count(&events, "d"), 0, "the crashed run's phantom delete was never emitted: {:?}", ops(&events));
+    assert_eq!(replay(&events), table_state(&f).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn warehouse_diff_killed_at_random_points_loses_and_duplicates_nothing() {
+    use rand::Rng;
+    let f = fixture("warehouse_diff", None, "").await;
+    for id in 1..=60 {
+        upsert(&f, id, "free", "1.00").await;
+    }
+    let mut next_id = 61;
+    for round in 0..12 {
+        let (_stop, poller) = start_poller(&f.config, &[]);
+        let kill_after = Duration::from_millis(rand::rng().random_range(100..2500));
+        for _ in 0..5 {
+            upsert(&f, next_id, "free", "1.00").await;
+            next_id += 1;
+        }
+        let updated = rand::rng().random_range(1..next_id);
+        upsert(&f, updated, &format!("t{round}"), "2.00").await;
+        let deleted = rand::rng().random_range(1..next_id);
+        f.db.execute(&format!("DELETE FROM {} WHERE id = $1", f.table), &[&deleted]).await.unwrap();
+        tokio::time::sleep(kill_after).await;
+        poller.abort();
+        let _ = poller.await;
+    }
+    let (stop, poller) = start_poller(&f.config, &[]);
+    let expected = table_state(&f).await;
+    eventually("the topic's state equals the table", WAIT, || replay(&decode_all(&f)) == expected).await;
+    stop.cancel();
+    poller.await.unwrap().unwrap();
+    assert_eq!(replay(&decode_all(&f)), expected);
+}

@@ -1,0 +1,122 @@
+//! Data-quality gates: checks a `diff` run must pass before it emits anything.
+//!
+//! A refused run emits nothing, the model stops with a [`GateError`] naming the model, what was
+//! found (with up to five sample keys — keys only, never other column values) and the fix; the
+//! refusal is counted in `sluice_poller_gate_refusals_total{model,gate}` and logged once.
+//! Why stop rather than skip: a broken upstream job (a truncated table, a fan-out join) would
+//! otherwise turn into mass deletes or updates in every destination.
+
+use sluice_core::config::Gates;
+
+/// Most sample keys an error carries.
+pub const MAX_SAMPLES: usize = 5;
+
+/// Why a run was refused. Every variant is fatal for the model until an operator acts.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GateError {
+    #[error("model {model}: {count} row(s) have NULL in a primary-key column ({columns}); nothing was emitted. Sample keys: {samples}. Fix: make the key columns NOT NULL in the model (filter or coalesce them)")]
+    NullKey { model: String, count: u64, columns: String, samples: String },
+    #[error("model {model}: {count} duplicate primary key(s); nothing was emitted. Sample keys: {samples}. Fix: make the model's primary_key unique (deduplicate the query or add key columns)")]
+    DuplicateKey { model: String, count: u64, samples: String },
+    #[error("model {model}: the run read {rows} rows, fewer than min_rows = {min}; nothing was emitted. Fix: check the upstream job that builds the model, or lower gates.min_rows")]
+    TooFewRows { model: String, rows: u64, min: u64 },
+    #[error("model {model}: the run read {rows} rows, more than max_rows = {max}; nothing was emitted. Fix: check the model's query for a fan-out, or raise gates.max_rows")]
+    TooManyRows { model: String, rows: u64, max: u64 },
+    #[error("model {model}: {changes} changes ({inserts} inserts, {updates} updates, {deletes} deletes) would touch {pct:.1}% of {tracked} tracked rows, above max_change_pct = {max_pct}; the model is halted and nothing was emitted. Fix: inspect with `sluice plan {model}`, then let this run through with `sluice-poller --confirm-large-change {model}` (one run), or raise gates.max_change_pct")]
+    ChangeVolume { model: String, changes: u64, inserts: u64, updates: u64, deletes: u64, tracked: u64, pct: f64, max_pct: f64 },
+}
+
+impl GateError {
+    /// Short name of the gate, the `gate` label of the refusal metric.
+    pub fn gate(&self) -> &'static str {
+        match self {
+            GateError::NullKey { .. } => "null_key",
+            GateError::DuplicateKey { .. } => "duplicate_key",
+            GateError::TooFewRows { .. } => "min_rows",
+            GateError::TooManyRows { .. } => "max_rows",
+            GateError::ChangeVolume { .. } => "max_change_pct",
+        }
+    }
+
+    /// Count and log the refusal (one event = one log line + one counter).
+    pub fn record(&self, model: &str) {
+        metrics::counter!("sluice_poller_gate_refusals_total", "model" => model.to_string(), "gate" => self.gate()).increment(1);
+        tracing::error!(model = %model, gate = self.gate(), error = %self, "run refused by a data-quality gate");
+    }
+}
+
+/// What a run found, as the gates see it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunCounts {
+    pub rows: u64,
+    pub tracked: u64,
+    pub inserts: u64,
+    pub updates: u64,
+    pub deletes: u64,
+}
+
+/// Row-count and change-volume gates (the key gates are checked while scanning).
+/// `first_snapshot` exempts the change-volume guard (everything is new then); `confirmed`
+/// lets one over-limit run through after an operator looked at it.
+pub fn check_volume(model: &str, gates: &Gates, counts: RunCounts, first_snapshot: bool, confirmed: bool) -> Result<(), GateError> {
+    if let Some(min) = gates.min_rows {
+        if counts.rows < min {
+            return Err(GateError::TooFewRows { model: model.to_string(), rows: counts.rows, min });
+        }
+    }
+    if let Some(max) = gates.max_rows {
+        if counts.rows > max {
+            return Err(GateError::TooManyRows { model: model.to_string(), rows: counts.rows, max });
+        }
+    }
+    if let Some(max_pct) = gates.max_change_pct {
+        let changes = counts.inserts + counts.updates + counts.deletes;
+        let pct = if counts.tracked == 0 { 100.0 } else { changes as f64 * 100.0 / counts.tracked as f64 };
+        if !first_snapshot && counts.tracked > 0 && pct > max_pct && !confirmed {
+            return Err(GateError::ChangeVolume {
+                model: model.to_string(),
+                changes,
+                inserts: counts.inserts,
+                updates: counts.updates,
+                deletes: counts.deletes,
+                tracked: counts.tracked,
+                pct,
+                max_pct,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gates(max_change_pct: Option<f64>, min_rows: Option<u64>, max_rows: Option<u64>) -> Gates {
+        Gates { max_change_pct, min_rows, max_rows }
+    }
+
+    #[test]
+    fn change_volume_guard_refuses_then_confirmation_passes() {
+        let counts = RunCounts { rows: 100, tracked: 100, inserts: 0, updates: 10, deletes: 30 };
+        let error = check_volume("m", &gates(Some(25.0), None, None), counts, false, false).unwrap_err();
+        assert_eq!(error.gate(), "max_change_pct");
+        assert!(
+            error.to_string().contains("40 changes (0 inserts, 10 updates, 30 deletes) would touch 40.0% of 100 tracked rows"),
+            "{error}"
+        );
+        assert!(check_volume("m", &gates(Some(25.0), None, None), counts, false, true).is_ok());
+        assert!(check_volume("m", &gates(Some(25.0), None, None), counts, true, false).is_ok(), "first snapshot is exempt");
+        assert!(check_volume("m", &gates(Some(50.0), None, None), counts, false, false).is_ok());
+    }
+
+    #[test]
+    fn row_bounds() {
+        let counts = RunCounts { rows: 10, ..RunCounts::default() };
+        let low = check_volume("m", &gates(None, Some(11), None), counts, false, false).unwrap_err();
+        assert!(low.to_string().starts_with("model m: the run read 10 rows, fewer than min_rows = 11"), "{low}");
+        let high = check_volume("m", &gates(None, None, Some(9)), counts, false, false).unwrap_err();
+        assert!(high.to_string().starts_with("model m: the run read 10 rows, more than max_rows = 9"), "{high}");
+        assert!(check_volume("m", &gates(None, Some(10), Some(10)), counts, false, false).is_ok());
+    }
+}
