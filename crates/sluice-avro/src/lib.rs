@@ -45,10 +45,21 @@ const HEADER_LEN: usize = 10;
 
 /// The writer-schema fingerprint named by a single-object encoded message, as 16 hex digits.
 pub fn fingerprint_of(message: &[u8]) -> Result<String, CodecError> {
+    fingerprint_bytes(message).map(|f| hex(&f))
+}
+
+/// The writer-schema fingerprint of a single-object encoded message as its 8 raw bytes, for
+/// lookups on hot paths without formatting ([`fingerprint_of`] gives the hex form).
+pub fn fingerprint_bytes(message: &[u8]) -> Result<[u8; 8], CodecError> {
     if message.len() < HEADER_LEN || message[0] != 0xC3 || message[1] != 0x01 {
         return Err(CodecError::NotSingleObject);
     }
-    Ok(hex(&message[2..HEADER_LEN]))
+    Ok(message[2..HEADER_LEN].try_into().expect("8 bytes"))
+}
+
+/// Hex form of a fingerprint (the key of the schema topic).
+pub fn fingerprint_hex(fingerprint: &[u8; 8]) -> String {
+    hex(fingerprint)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -254,13 +265,25 @@ mod tests;
 /// Decoder for keys written with one key schema: yields the key's fields by name.
 pub struct KeyDecoder {
     reader: GenericSingleObjectReader,
+    field_names: Vec<String>,
 }
 
 impl KeyDecoder {
     pub fn new(schema_json: &str) -> Result<KeyDecoder, CodecError> {
         let schema = Schema::parse_str(schema_json).map_err(|e| CodecError::Decode(format!("bad key schema: {e}")))?;
+        let field_names = match &schema {
+            Schema::Record(record) => record.fields.iter().map(|f| f.name.clone()).collect(),
+            _ => return Err(CodecError::Decode("key schema is not a record".into())),
+        };
         let reader = GenericSingleObjectReader::new(schema).map_err(|e| CodecError::Decode(e.to_string()))?;
-        Ok(KeyDecoder { reader })
+        Ok(KeyDecoder { reader, field_names })
+    }
+
+    /// The key's field names (the primary-key columns), in key order. A consumer that decodes
+    /// the value anyway can read the key from the row image by these names instead of decoding
+    /// the key bytes too.
+    pub fn field_names(&self) -> &[String] {
+        &self.field_names
     }
 
     /// The key's fields, in key order.

@@ -13,12 +13,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::message::Message;
+use rdkafka::message::{Message, OwnedMessage};
+use sluice_core::config::SyncConfig;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::deliver::{Deliverer, Item, SinkError, Stop};
+use crate::mapping::{self, Prepared};
 use crate::offsets::{OffsetTracker, Partition};
+use crate::schemas::SchemaCache;
 
 /// State shared by the consume loop, the lanes and the rebalance callback.
 pub(crate) struct Shared {
@@ -35,7 +40,7 @@ impl Shared {
         Shared { tracker: Mutex::new(OffsetTracker::default()), buffered: AtomicUsize::new(0), failed: CancellationToken::new(), fatal: Mutex::new(None) }
     }
 
-    fn finish(&self, finished: &[(Partition, i64)]) {
+    pub(crate) fn finish(&self, finished: &[(Partition, i64)]) {
         let mut tracker = self.tracker.lock().expect("tracker lock");
         for (partition, offset) in finished {
             tracker.finish(partition, *offset);
@@ -91,23 +96,41 @@ impl Batch {
     }
 }
 
-/// Run one lane until its channel closes (shutdown) or a stop.
-pub(crate) async fn run_lane(mut rx: mpsc::UnboundedReceiver<Item>, limits: BatchLimits, deliverer: Arc<Deliverer>, shared: Arc<Shared>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = Batch::new();
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + limits.linger;
-        while !batch.full(&limits) {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(item)) => batch.push(item),
-                Ok(None) | Err(_) => break,
+/// What every lane shares.
+pub(crate) struct LaneContext {
+    pub destination: String,
+    pub syncs: HashMap<String, SyncConfig>,
+    pub schemas: SchemaCache,
+    pub deliverer: Deliverer,
+    pub shared: Arc<Shared>,
+    pub limits: BatchLimits,
+}
+
+impl LaneContext {
+    /// Decode and map a message; a record to deliver comes back as an item, anything else is
+    /// finished here (skipped, or dead-lettered and acknowledged).
+    async fn admit(&self, message: Arc<OwnedMessage>) -> Result<Option<Item>, SinkError> {
+        let sync = self.syncs.get(message.topic()).expect("subscribed topics come from the syncs");
+        let partition = (message.topic().to_string(), message.partition());
+        match mapping::prepare(&message, sync, &self.schemas).await? {
+            Prepared::Deliver { record, bytes } => return Ok(Some(Item { message, record, bytes })),
+            Prepared::Skip => {
+                metrics::counter!("sluice_sink_records_total", "destination" => self.destination.clone(), "outcome" => "skipped").increment(1);
             }
+            Prepared::Reject(reason) => self.deliverer.dead_letter_unreadable(&message, &reason).await?,
         }
+        self.shared.finish(&[(partition, message.offset())]);
+        self.shared.buffered.fetch_sub(1, Ordering::SeqCst);
+        Ok(None)
+    }
+
+    /// Deliver a batch and finish its records.
+    async fn flush(&self, batch: Batch) -> Result<(), Stop> {
         let count = batch.len();
         // Records of partitions revoked meanwhile belong to another instance now: drop them
         // unsent (they were not committed, so their new owner delivers them).
         let (owned, foreign): (Vec<Item>, Vec<Item>) = {
-            let tracker = shared.tracker.lock().expect("tracker lock");
+            let tracker = self.shared.tracker.lock().expect("tracker lock");
             batch.items.into_iter().partition(|item| tracker.owns(&(item.message.topic().to_string(), item.message.partition())))
         };
         if !foreign.is_empty() {
@@ -118,17 +141,72 @@ pub(crate) async fn run_lane(mut rx: mpsc::UnboundedReceiver<Item>, limits: Batc
             .map(|i| ((i.message.topic().to_string(), i.message.partition()), i.message.offset()))
             .chain(batch.superseded)
             .collect();
-        let outcome = if owned.is_empty() { Ok(()) } else { deliverer.deliver(&owned).await };
-        match outcome {
-            Ok(()) => shared.finish(&finished),
-            Err(Stop::Interrupted) => {}
-            Err(Stop::Failed(error)) => {
-                shared.fatal.lock().expect("fatal lock").get_or_insert(error);
-                shared.failed.cancel();
+        let span = tracing::info_span!("sink.batch", destination = %self.destination, records = owned.len());
+        if let Some(first) = owned.first() {
+            let pairs = sluice_kafka::headers::pairs(first.message.headers());
+            if let Err(error) = span.set_parent(sluice_telemetry::propagation::context_from(&pairs)) {
+                tracing::trace!(?error, "trace context not attached");
             }
         }
-        shared.buffered.fetch_sub(count, Ordering::SeqCst);
-        if shared.failed.is_cancelled() {
+        let outcome = if owned.is_empty() { Ok(()) } else { self.deliverer.deliver(&owned).instrument(span).await };
+        if outcome.is_ok() {
+            self.shared.finish(&finished);
+        }
+        self.shared.buffered.fetch_sub(count, Ordering::SeqCst);
+        outcome
+    }
+
+    fn fail(&self, stop: Stop) {
+        if let Stop::Failed(error) = stop {
+            self.shared.fatal.lock().expect("fatal lock").get_or_insert(error);
+            self.shared.failed.cancel();
+        }
+    }
+}
+
+/// Run one lane until its channel closes (shutdown) or a stop.
+pub(crate) async fn run_lane(mut rx: mpsc::UnboundedReceiver<Arc<OwnedMessage>>, cx: Arc<LaneContext>) {
+    let mut batch = Batch::new();
+    let mut deadline = tokio::time::Instant::now();
+    loop {
+        let next = if batch.items.is_empty() && batch.superseded.is_empty() {
+            rx.recv().await.map(Some)
+        } else {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(message) => message.map(Some),
+                Err(_) => Some(None),
+            }
+        };
+        match next {
+            Some(Some(message)) => match cx.admit(message).await {
+                Ok(Some(item)) => {
+                    if batch.items.is_empty() {
+                        deadline = tokio::time::Instant::now() + cx.limits.linger;
+                    }
+                    batch.push(item);
+                    if !batch.full(&cx.limits) {
+                        continue;
+                    }
+                }
+                Ok(None) => continue,
+                Err(error) => return cx.fail(Stop::Failed(error)),
+            },
+            // Linger elapsed: send what we have.
+            Some(None) => {}
+            // Shutdown: send what we hold, then stop.
+            None => {
+                if !batch.items.is_empty() {
+                    if let Err(stop) = cx.flush(batch).await {
+                        cx.fail(stop);
+                    }
+                }
+                return;
+            }
+        }
+        if let Err(stop) = cx.flush(std::mem::replace(&mut batch, Batch::new())).await {
+            return cx.fail(stop);
+        }
+        if cx.shared.failed.is_cancelled() {
             return;
         }
     }

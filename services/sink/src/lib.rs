@@ -46,14 +46,11 @@ use sluice_kafka::dead_letter::DeadLetterWriter;
 use sluice_telemetry::ops::Health;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub use deliver::SinkError;
 
-use crate::deliver::{Deliverer, Item};
+use crate::deliver::Deliverer;
 use crate::lanes::{BatchLimits, Shared};
-use crate::mapping::Prepared;
 use crate::offsets::Partition;
 
 /// How long a revocation waits for in-flight records of the revoked partitions. Below the
@@ -118,8 +115,8 @@ async fn run_inner(config: Arc<Config>, destination: &str, health: &Health, shut
         .destination(destination)
         .ok_or_else(|| SinkError::Config(format!("destination {destination:?} is not in the config")))?;
     let prefix = &config.kafka.topic_prefix;
-    let syncs: HashMap<String, &SyncConfig> =
-        config.syncs_to(destination).map(|s| (naming::change_topic(prefix, s.model.get_ref()), s)).collect();
+    let syncs: HashMap<String, SyncConfig> =
+        config.syncs_to(destination).map(|s| (naming::change_topic(prefix, s.model.get_ref()), s.clone())).collect();
     if syncs.is_empty() {
         return Err(SinkError::Config(format!("no [[syncs]] deliver to destination {destination:?}")));
     }
@@ -136,7 +133,7 @@ async fn run_inner(config: Arc<Config>, destination: &str, health: &Health, shut
         linger: Duration::from_millis(dest.batch_linger_ms),
     };
     let lane_stop = CancellationToken::new();
-    let deliverer = Arc::new(Deliverer {
+    let deliverer = Deliverer {
         destination: destination.to_string(),
         retry: dest.retry.clone(),
         target,
@@ -144,7 +141,7 @@ async fn run_inner(config: Arc<Config>, destination: &str, health: &Health, shut
         limits: limits::RateLimits::new(&dest.rate_limit),
         concurrency: limits::AdaptiveConcurrency::new(dest.max_concurrency),
         shutdown: lane_stop.clone(),
-    });
+    };
     let shared = Arc::new(Shared::new());
     let consumer: StreamConsumer<SinkContext> = sluice_kafka::client_config(&config.kafka)
         .set("group.id", naming::sink_group(prefix, destination))
@@ -154,22 +151,30 @@ async fn run_inner(config: Arc<Config>, destination: &str, health: &Health, shut
         .set("enable.partition.eof", "false")
         .create_with_context(SinkContext { shared: Arc::clone(&shared) })
         .map_err(|e| SinkError::Kafka(sluice_kafka::KafkaError::Fatal { operation: "create consumer", source: e }))?;
-    let topic_names: Vec<&str> = syncs.keys().map(String::as_str).collect();
+    let topic_names: Vec<String> = syncs.keys().cloned().collect();
+    let topic_refs: Vec<&str> = topic_names.iter().map(String::as_str).collect();
     consumer
-        .subscribe(&topic_names)
+        .subscribe(&topic_refs)
         .map_err(|e| SinkError::Kafka(sluice_kafka::KafkaError::Fatal { operation: "subscribe", source: e }))?;
 
+    tracing::info!(%destination, kind = deliverer.target.kind(), topics = ?topic_names, lanes = dest.max_concurrency, rate_limited = deliverer.limits.is_limited(), "sink started");
+    let lane_context = Arc::new(lanes::LaneContext {
+        destination: destination.to_string(),
+        syncs,
+        schemas: schemas::SchemaCache::new(config.kafka.clone(), naming::schema_topic(prefix)),
+        deliverer,
+        shared: Arc::clone(&shared),
+        limits: batch_limits,
+    });
     let mut lanes = Vec::with_capacity(dest.max_concurrency);
     let mut lane_tasks = tokio::task::JoinSet::new();
     for _ in 0..dest.max_concurrency {
         let (tx, rx) = mpsc::unbounded_channel();
         lanes.push(tx);
-        lane_tasks.spawn(lanes::run_lane(rx, batch_limits, Arc::clone(&deliverer), Arc::clone(&shared)));
+        lane_tasks.spawn(lanes::run_lane(rx, Arc::clone(&lane_context)));
     }
     health.set_ready();
-    tracing::info!(%destination, kind = deliverer.target.kind(), topics = ?topic_names, lanes = lanes.len(), rate_limited = deliverer.limits.is_limited(), "sink started");
 
-    let mut schemas = schemas::SchemaCache::new(config.kafka.clone(), naming::schema_topic(prefix));
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut last_commit = Instant::now();
     let mut paused = false;
@@ -198,38 +203,17 @@ async fn run_inner(config: Arc<Config>, destination: &str, health: &Health, shut
                         continue;
                     }
                 };
-                let partition: Partition = (message.topic().to_string(), message.partition());
-                shared.tracker.lock().expect("tracker lock").register(&partition, message.offset());
-                let sync = syncs.get(message.topic()).expect("subscribed topics come from the syncs");
-                let span = tracing::debug_span!("sink.record", destination = %destination);
-                let pairs = sluice_kafka::headers::pairs(message.headers());
-                if let Err(error) = span.set_parent(sluice_telemetry::propagation::context_from(&pairs)) {
-                    tracing::trace!(?error, "trace context not attached");
+                shared.tracker.lock().expect("tracker lock").register(&(message.topic().to_string(), message.partition()), message.offset());
+                shared.buffered.fetch_add(1, Ordering::SeqCst);
+                // Decoding and mapping happen in the lane, so they use every core; the key
+                // picks the lane, so per-key order holds.
+                let lane = lane_of(message.topic(), message.key().unwrap_or_default(), lanes.len());
+                if lanes[lane].send(Arc::new(message.detach())).is_err() {
+                    break Err(SinkError::Config("a delivery lane stopped".into()));
                 }
-                match mapping::prepare(&message, sync, &mut schemas).instrument(span).await {
-                    Err(error) => break Err(error),
-                    Ok(Prepared::Skip) => {
-                        metrics::counter!("sluice_sink_records_total", "destination" => destination.to_string(), "outcome" => "skipped").increment(1);
-                        shared.tracker.lock().expect("tracker lock").finish(&partition, message.offset());
-                    }
-                    Ok(Prepared::Reject(reason)) => {
-                        if let Err(error) = deliverer.dead_letter_unreadable(&message.detach(), &reason).await {
-                            break Err(error);
-                        }
-                        shared.tracker.lock().expect("tracker lock").finish(&partition, message.offset());
-                    }
-                    Ok(Prepared::Deliver { record, bytes }) => {
-                        let lane = lane_of(message.topic(), message.key().unwrap_or_default(), lanes.len());
-                        shared.buffered.fetch_add(1, Ordering::SeqCst);
-                        let item = Item { message: Arc::new(message.detach()), record, bytes };
-                        if lanes[lane].send(item).is_err() {
-                            break Err(SinkError::Config("a delivery lane stopped".into()));
-                        }
-                        if !paused && shared.buffered.load(Ordering::SeqCst) >= dest.max_buffered_records {
-                            set_paused(&consumer, true);
-                            paused = true;
-                        }
-                    }
+                if !paused && shared.buffered.load(Ordering::SeqCst) >= dest.max_buffered_records {
+                    set_paused(&consumer, true);
+                    paused = true;
                 }
             }
         }

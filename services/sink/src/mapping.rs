@@ -1,12 +1,13 @@
 //! From Kafka messages to destination records: decode, consent, sync mode, field mapping.
-//! A message that cannot be decoded is marked for the dead-letter topic, never dropped.
+//! A message that cannot be decoded is marked for the dead-letter topic, never dropped. Runs in
+//! the lanes, so decoding uses every core.
 
-use rdkafka::message::{BorrowedMessage, Message};
-use sluice_avro::fingerprint_of;
+use rdkafka::message::{Message, OwnedMessage};
+use sluice_avro::fingerprint_bytes;
 use sluice_core::config::SyncConfig;
 use sluice_destinations::{Action, OutboundRecord};
 
-use crate::schemas::SchemaCache;
+use crate::schemas::{Lookup, SchemaCache};
 use crate::transform::{before, consents, current, map_fields};
 use crate::SinkError;
 
@@ -21,23 +22,23 @@ pub(crate) enum Prepared {
 }
 
 /// Decode and map one message. `Err` only for infrastructure failures (schema topic unreadable).
-pub(crate) async fn prepare(message: &BorrowedMessage<'_>, sync: &SyncConfig, schemas: &mut SchemaCache) -> Result<Prepared, SinkError> {
+pub(crate) async fn prepare(message: &OwnedMessage, sync: &SyncConfig, schemas: &SchemaCache) -> Result<Prepared, SinkError> {
     Ok(match prepare_inner(message, sync, schemas).await? {
         Ok(prepared) => prepared,
         Err(reason) => Prepared::Reject(reason),
     })
 }
 
-async fn prepare_inner(message: &BorrowedMessage<'_>, sync: &SyncConfig, schemas: &mut SchemaCache) -> Result<Result<Prepared, String>, SinkError> {
+async fn prepare_inner(message: &OwnedMessage, sync: &SyncConfig, schemas: &SchemaCache) -> Result<Result<Prepared, String>, SinkError> {
     let Some(payload) = message.payload() else { return Ok(Ok(Prepared::Skip)) };
-    let fingerprint = match fingerprint_of(payload) {
+    let fingerprint = match fingerprint_bytes(payload) {
         Ok(f) => f,
         Err(error) => return Ok(Err(format!("value: {error}"))),
     };
     let decoder = match schemas.event_decoder(&fingerprint).await.map_err(SinkError::Kafka)? {
-        Some(Ok(decoder)) => decoder,
-        Some(Err(error)) => return Ok(Err(format!("value schema {fingerprint}: {error}"))),
-        None => return Ok(Err(format!("value schema {fingerprint} is not on the schema topic"))),
+        Lookup::Found(decoder) => decoder,
+        Lookup::Unusable(error) => return Ok(Err(format!("value schema: {error}"))),
+        Lookup::Missing => return Ok(Err(format!("value schema {} is not on the schema topic", sluice_avro::fingerprint_hex(&fingerprint)))),
     };
     let decoded = match decoder.decode(payload) {
         Ok(d) => d,
@@ -46,19 +47,24 @@ async fn prepare_inner(message: &BorrowedMessage<'_>, sync: &SyncConfig, schemas
     let Some(image) = current(&decoded) else { return Ok(Err("event has neither a before nor an after image".into())) };
     let consented = consents(sync.consent.as_ref(), &image);
     let Some(action) = Action::for_change(sync.mode, decoded.event.op, consented) else { return Ok(Ok(Prepared::Skip)) };
+    // The key's columns are in the row image too: read them there by the key schema's field
+    // names, rather than decoding the key bytes a second time.
     let Some(key_bytes) = message.key() else { return Ok(Err("message has no key".into())) };
-    let key_fingerprint = match fingerprint_of(key_bytes) {
+    let key_fingerprint = match fingerprint_bytes(key_bytes) {
         Ok(f) => f,
         Err(error) => return Ok(Err(format!("key: {error}"))),
     };
     let key_decoder = match schemas.key_decoder(&key_fingerprint).await.map_err(SinkError::Kafka)? {
-        Some(Ok(decoder)) => decoder,
-        Some(Err(error)) => return Ok(Err(format!("key schema {key_fingerprint}: {error}"))),
-        None => return Ok(Err(format!("key schema {key_fingerprint} is not on the schema topic"))),
+        Lookup::Found(decoder) => decoder,
+        Lookup::Unusable(error) => return Ok(Err(format!("key schema: {error}"))),
+        Lookup::Missing => return Ok(Err(format!("key schema {} is not on the schema topic", sluice_avro::fingerprint_hex(&key_fingerprint)))),
     };
-    let key = match key_decoder.decode(key_bytes) {
-        Ok(fields) => fields.into_iter().map(|(name, value)| (name, value.to_json())).collect(),
-        Err(error) => return Ok(Err(format!("key: {error}"))),
+    let key = match image.pick(key_decoder.field_names()) {
+        Some(key) => key,
+        None => match key_decoder.decode(key_bytes) {
+            Ok(fields) => fields.into_iter().map(|(name, value)| (name, value.to_json())).collect(),
+            Err(error) => return Ok(Err(format!("key: {error}"))),
+        },
     };
     // Deletes carry the mapped fields of the row that leaves: audience and suppression
     // destinations need its identifiers to remove it.
@@ -77,6 +83,25 @@ async fn prepare_inner(message: &BorrowedMessage<'_>, sync: &SyncConfig, schemas
         previous,
         ts_ms: decoded.event.ts_ms,
     };
-    let bytes = serde_json::to_vec(&record).map_or(0, |v| v.len());
-    Ok(Ok(Prepared::Deliver { record, bytes }))
+    Ok(Ok(Prepared::Deliver { bytes: json_len(&record), record }))
+}
+
+/// Length of a record's JSON, counted without building it (it is serialised again, once, into
+/// the request body).
+fn json_len(record: &OutboundRecord) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, record) {
+        Ok(()) => count.0,
+        Err(_) => 0,
+    }
 }

@@ -1,31 +1,70 @@
-//! Writer schemas by fingerprint, loaded from the schema topic on first sight of a fingerprint.
+//! Writer schemas by fingerprint, loaded from the schema topic on first sight of a fingerprint
+//! and shared by every lane.
+//!
+//! Hot path: a read lock and a lookup by the fingerprint's 8 raw bytes. Only an unknown
+//! fingerprint takes the slow path (one reader at a time re-reads the schema topic).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use sluice_avro::{EventDecoder, KeyDecoder};
+use sluice_avro::{fingerprint_hex, EventDecoder, KeyDecoder};
 use sluice_core::config::KafkaConfig;
 use sluice_kafka::compacted::read_to_end;
 use sluice_kafka::KafkaError;
 
+type Fingerprint = [u8; 8];
+
 pub(crate) struct SchemaCache {
     kafka: KafkaConfig,
     topic: String,
-    /// Schema JSON by fingerprint, as last read from the topic.
-    json: HashMap<String, String>,
-    events: HashMap<String, Arc<EventDecoder>>,
-    keys: HashMap<String, Arc<KeyDecoder>>,
+    /// Schema JSON by hex fingerprint, as last read from the topic; the lock also makes one
+    /// lane at a time read the topic.
+    json: tokio::sync::Mutex<HashMap<String, String>>,
+    events: RwLock<HashMap<Fingerprint, Arc<EventDecoder>>>,
+    keys: RwLock<HashMap<Fingerprint, Arc<KeyDecoder>>>,
+}
+
+/// A schema lookup: found, missing from the topic, or unusable.
+pub(crate) enum Lookup<T> {
+    Found(Arc<T>),
+    Missing,
+    Unusable(String),
 }
 
 impl SchemaCache {
     pub(crate) fn new(kafka: KafkaConfig, topic: String) -> SchemaCache {
-        SchemaCache { kafka, topic, json: HashMap::new(), events: HashMap::new(), keys: HashMap::new() }
+        SchemaCache {
+            kafka,
+            topic,
+            json: tokio::sync::Mutex::new(HashMap::new()),
+            events: RwLock::new(HashMap::new()),
+            keys: RwLock::new(HashMap::new()),
+        }
     }
 
-    /// The schema text of `fingerprint`, reading the schema topic again if it is not known yet.
-    async fn schema_json(&mut self, fingerprint: &str) -> Result<Option<String>, KafkaError> {
-        if !self.json.contains_key(fingerprint) {
+    /// Decoder for change events written with this fingerprint.
+    pub(crate) async fn event_decoder(&self, fingerprint: &Fingerprint) -> Result<Lookup<EventDecoder>, KafkaError> {
+        self.lookup(&self.events, fingerprint, EventDecoder::new).await
+    }
+
+    /// Decoder for keys written with this fingerprint.
+    pub(crate) async fn key_decoder(&self, fingerprint: &Fingerprint) -> Result<Lookup<KeyDecoder>, KafkaError> {
+        self.lookup(&self.keys, fingerprint, KeyDecoder::new).await
+    }
+
+    async fn lookup<T, E: std::fmt::Display>(
+        &self,
+        cache: &RwLock<HashMap<Fingerprint, Arc<T>>>,
+        fingerprint: &Fingerprint,
+        build: impl Fn(&str) -> Result<T, E>,
+    ) -> Result<Lookup<T>, KafkaError> {
+        if let Some(found) = cache.read().expect("schema cache lock").get(fingerprint) {
+            return Ok(Lookup::Found(Arc::clone(found)));
+        }
+        let hex = fingerprint_hex(fingerprint);
+        let mut json = self.json.lock().await;
+        if !json.contains_key(&hex) {
             let (kafka, topic) = (self.kafka.clone(), self.topic.clone());
             let records = tokio::task::spawn_blocking(move || read_to_end(&kafka, &topic, Duration::from_secs(90)))
                 .await
@@ -33,37 +72,20 @@ impl SchemaCache {
             for record in records {
                 if let (Some(key), Some(payload)) = (record.key, record.payload) {
                     if let (Ok(key), Ok(payload)) = (String::from_utf8(key), String::from_utf8(payload)) {
-                        self.json.insert(key, payload);
+                        json.insert(key, payload);
                     }
                 }
             }
-            tracing::debug!(schemas = self.json.len(), "schema topic read");
+            tracing::debug!(schemas = json.len(), "schema topic read");
         }
-        Ok(self.json.get(fingerprint).cloned())
-    }
-
-    /// Decoder for change events of this fingerprint; `Ok(None)` when no such schema exists,
-    /// `Ok(Some(Err))` when it exists but cannot be used.
-    pub(crate) async fn event_decoder(&mut self, fingerprint: &str) -> Result<Option<Result<Arc<EventDecoder>, String>>, KafkaError> {
-        if !self.events.contains_key(fingerprint) {
-            let Some(json) = self.schema_json(fingerprint).await? else { return Ok(None) };
-            match EventDecoder::new(&json) {
-                Ok(decoder) => self.events.insert(fingerprint.to_string(), Arc::new(decoder)),
-                Err(error) => return Ok(Some(Err(error.to_string()))),
-            };
-        }
-        Ok(self.events.get(fingerprint).cloned().map(Ok))
-    }
-
-    /// Decoder for keys of this fingerprint; same contract as [`Self::event_decoder`].
-    pub(crate) async fn key_decoder(&mut self, fingerprint: &str) -> Result<Option<Result<Arc<KeyDecoder>, String>>, KafkaError> {
-        if !self.keys.contains_key(fingerprint) {
-            let Some(json) = self.schema_json(fingerprint).await? else { return Ok(None) };
-            match KeyDecoder::new(&json) {
-                Ok(decoder) => self.keys.insert(fingerprint.to_string(), Arc::new(decoder)),
-                Err(error) => return Ok(Some(Err(error.to_string()))),
-            };
-        }
-        Ok(self.keys.get(fingerprint).cloned().map(Ok))
+        let Some(text) = json.get(&hex) else { return Ok(Lookup::Missing) };
+        Ok(match build(text) {
+            Ok(decoder) => {
+                let decoder = Arc::new(decoder);
+                cache.write().expect("schema cache lock").insert(*fingerprint, Arc::clone(&decoder));
+                Lookup::Found(decoder)
+            }
+            Err(error) => Lookup::Unusable(error.to_string()),
+        })
     }
 }

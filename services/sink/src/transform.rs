@@ -19,6 +19,14 @@ impl Image<'_> {
     fn get(&self, column: &str) -> Json {
         self.columns.iter().position(|c| c == column).map_or(Json::Null, |i| self.row[i].to_json())
     }
+
+    /// The named columns as a JSON object, or `None` when one is not in the image.
+    pub(crate) fn pick(&self, names: &[String]) -> Option<serde_json::Map<String, Json>> {
+        names
+            .iter()
+            .map(|name| self.columns.iter().position(|c| c == name).map(|i| (name.clone(), self.row[i].to_json())))
+            .collect()
+    }
 }
 
 /// The current image (after, or before for deletes) of an event.
