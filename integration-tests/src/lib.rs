@@ -7,6 +7,7 @@
 
 pub mod contract;
 pub mod receiver;
+pub mod suppression;
 
 use std::time::Duration;
 

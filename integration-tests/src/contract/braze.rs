@@ -29,12 +29,26 @@ pub enum Fault {
     Status(u16),
 }
 
+/// An attributes object the server applied to a user, and when: what latency measurements read
+/// as Braze's acknowledgement of that object.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub at: std::time::Instant,
+    /// The user's identifier (`external_id`, else `email`).
+    pub id: String,
+    /// The object as sent, without `_update_existing_only`.
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}
+
 /// The server's state.
 pub struct BrazeState {
     key: String,
     /// Users by identifier (`external_id`, else `email`): their attributes.
     pub users: Mutex<HashMap<String, serde_json::Map<String, serde_json::Value>>>,
     pub requests: Mutex<Vec<Recorded>>,
+    /// Every object applied to a user, in order, with its receipt time (objects for unknown
+    /// users under `_update_existing_only` are not applied, so not listed).
+    pub applied: Mutex<Vec<Applied>>,
     pub faults: Faults<Fault>,
     /// Requests allowed per window before 429.
     pub window_limit: Mutex<u64>,
@@ -50,6 +64,11 @@ impl BrazeState {
     pub fn requests(&self) -> Vec<Recorded> {
         self.requests.lock().unwrap().clone()
     }
+
+    /// Every object applied so far, with its receipt time.
+    pub fn applied(&self) -> Vec<Applied> {
+        self.applied.lock().unwrap().clone()
+    }
 }
 
 /// Start a server accepting `key`.
@@ -58,6 +77,7 @@ pub async fn start(key: &str) -> (String, Arc<BrazeState>) {
         key: key.into(),
         users: Mutex::default(),
         requests: Mutex::default(),
+        applied: Mutex::default(),
         faults: Faults::default(),
         window_limit: Mutex::new(3_000),
         used: Mutex::new(0),
@@ -125,12 +145,14 @@ async fn track(State(state): State<Arc<BrazeState>>, headers: HeaderMap, body: S
         if update_only && !users.contains_key(&id) {
             continue;
         }
-        let user = users.entry(id).or_default();
-        for (name, value) in object {
-            if name != "_update_existing_only" {
-                user.insert(name, value);
-            }
+        let user = users.entry(id.clone()).or_default();
+        let mut attributes = object;
+        attributes.remove("_update_existing_only");
+        for (name, value) in &attributes {
+            user.insert(name.clone(), value.clone());
         }
+        drop(users);
+        state.applied.lock().unwrap().push(Applied { at: std::time::Instant::now(), id, attributes });
         processed += 1;
     }
     let mut answer = serde_json::json!({"message": "success", "attributes_processed": processed});

@@ -32,6 +32,16 @@ pub enum Fault {
 /// One audience member: schema key → value, empty values left out.
 pub type Member = std::collections::BTreeMap<String, String>;
 
+/// A valid row the server applied, and when: what latency measurements read as Meta's
+/// acknowledgement of that row.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub at: std::time::Instant,
+    /// `POST` (add) or `DELETE` (remove).
+    pub method: String,
+    pub row: Member,
+}
+
 /// The server's state.
 pub struct MetaState {
     token: String,
@@ -40,6 +50,8 @@ pub struct MetaState {
     /// Values Meta will count invalid (as it does for values it cannot use), with the reason.
     pub rejected_values: Mutex<std::collections::HashMap<String, String>>,
     pub requests: Mutex<Vec<Recorded>>,
+    /// Every valid row applied, in order, with its receipt time.
+    pub applied: Mutex<Vec<Applied>>,
     pub faults: Faults<Fault>,
 }
 
@@ -56,6 +68,11 @@ impl MetaState {
     pub fn requests(&self) -> Vec<Recorded> {
         self.requests.lock().unwrap().clone()
     }
+
+    /// Every valid row applied so far, with its receipt time.
+    pub fn applied(&self) -> Vec<Applied> {
+        self.applied.lock().unwrap().clone()
+    }
 }
 
 /// Start a server for one audience, accepting `token`.
@@ -66,6 +83,7 @@ pub async fn start(token: &str, audience_id: &str) -> (String, Arc<MetaState>) {
         members: Mutex::default(),
         rejected_values: Mutex::default(),
         requests: Mutex::default(),
+        applied: Mutex::default(),
         faults: Faults::default(),
     });
     let router = Router::new().route("/{version}/{audience}/users", post(users).delete(users)).with_state(Arc::clone(&state));
@@ -181,11 +199,14 @@ async fn users(
             continue;
         }
         let mut members = state.members.lock().unwrap();
+        let applied = Applied { at: std::time::Instant::now(), method: method.to_string(), row: member.clone() };
         if method == Method::DELETE {
             members.retain(|m| !m.iter().any(|(k, v)| member.get(k) == Some(v)));
         } else if !members.contains(&member) {
             members.push(member);
         }
+        drop(members);
+        state.applied.lock().unwrap().push(applied);
     }
     json(
         200,
