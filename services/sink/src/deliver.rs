@@ -73,22 +73,22 @@ fn now_ms() -> i64 {
 }
 
 impl Deliverer {
-    /// Deliver `items`; returns once each is applied or dead-lettered (and the dead letter
-    /// acknowledged).
-    pub(crate) async fn deliver(&self, items: &[Item]) -> Result<(), Stop> {
-        let all: Vec<usize> = (0..items.len()).collect();
-        let dead = self.attempt(items, all).await?;
-        let applied = items.len() - dead.len();
+    /// Deliver `records` (parallel to their source `messages`); returns once each is applied
+    /// or dead-lettered (and the dead letter acknowledged).
+    pub(crate) async fn deliver(&self, messages: &[Arc<OwnedMessage>], records: &[OutboundRecord]) -> Result<(), Stop> {
+        let all: Vec<usize> = (0..records.len()).collect();
+        let dead = self.attempt(records, all).await?;
+        let applied = records.len() - dead.len();
         self.count("delivered", applied as u64);
         for (i, failure) in dead {
-            self.dead_letter_failure(&items[i].message, &failure).await.map_err(Stop::Failed)?;
+            self.dead_letter_failure(&messages[i], &failure).await.map_err(Stop::Failed)?;
         }
         Ok(())
     }
 
     /// Send the records at `indexes`, retrying what is retryable; returns the records that
     /// failed for good.
-    async fn attempt(&self, items: &[Item], mut indexes: Vec<usize>) -> Result<Vec<(usize, Failure)>, Stop> {
+    async fn attempt(&self, records: &[OutboundRecord], mut indexes: Vec<usize>) -> Result<Vec<(usize, Failure)>, Stop> {
         let mut backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(self.retry.initial_backoff_ms))
             .with_max_delay(Duration::from_millis(self.retry.max_backoff_ms))
@@ -101,7 +101,12 @@ impl Deliverer {
         let mut last_error: (String, Option<u16>, String);
         loop {
             attempts += 1;
-            let batch: Vec<OutboundRecord> = indexes.iter().map(|&i| items[i].record.clone()).collect();
+            // The whole batch goes as it is; only a retried subset is copied.
+            let batch: std::borrow::Cow<'_, [OutboundRecord]> = if indexes.len() == records.len() {
+                std::borrow::Cow::Borrowed(records)
+            } else {
+                std::borrow::Cow::Owned(indexes.iter().map(|&i| records[i].clone()).collect())
+            };
             let result = {
                 let _slot = self.concurrency.acquire().await;
                 let _permit = self.limits.acquire(batch.len()).await;
@@ -157,7 +162,7 @@ impl Deliverer {
                             // Refused as a whole: find the bad records by sending them one by one.
                             tracing::info!(destination = %self.destination, records = indexes.len(), status = ?error.status, "request refused, isolating its records");
                             for i in indexes {
-                                dead.extend(Box::pin(self.attempt(items, vec![i])).await?);
+                                dead.extend(Box::pin(self.attempt(records, vec![i])).await?);
                             }
                             return Ok(dead);
                         }

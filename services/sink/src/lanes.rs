@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use rdkafka::message::{Message, OwnedMessage};
 use sluice_core::config::SyncConfig;
+use sluice_destinations::OutboundRecord;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -22,7 +23,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::deliver::{Deliverer, Item, SinkError, Stop};
 use crate::mapping::{self, Prepared};
-use crate::offsets::{OffsetTracker, Partition};
+use crate::offsets::OffsetTracker;
 use crate::schemas::SchemaCache;
 
 /// State shared by the consume loop, the lanes and the rebalance callback.
@@ -40,10 +41,10 @@ impl Shared {
         Shared { tracker: Mutex::new(OffsetTracker::default()), buffered: AtomicUsize::new(0), failed: CancellationToken::new(), fatal: Mutex::new(None) }
     }
 
-    pub(crate) fn finish(&self, finished: &[(Partition, i64)]) {
+    pub(crate) fn finish<'m>(&self, finished: impl IntoIterator<Item = &'m OwnedMessage>) {
         let mut tracker = self.tracker.lock().expect("tracker lock");
-        for (partition, offset) in finished {
-            tracker.finish(partition, *offset);
+        for message in finished {
+            tracker.finish(message.topic(), message.partition(), message.offset());
         }
     }
 }
@@ -56,18 +57,22 @@ pub(crate) struct BatchLimits {
     pub linger: Duration,
 }
 
-/// A batch being built: one item per key, plus the offsets it replaced.
-struct Batch {
-    items: Vec<Item>,
+/// A batch being built: one record per key (the latest), plus the messages it replaced. Records
+/// and their messages are parallel vectors so the records go to the destination as one slice,
+/// without a copy.
+pub(crate) struct Batch {
+    pub messages: Vec<Arc<OwnedMessage>>,
+    pub records: Vec<OutboundRecord>,
+    sizes: Vec<usize>,
     by_key: HashMap<(String, Vec<u8>), usize>,
     bytes: usize,
-    /// Offsets of coalesced (superseded) records, finished with the batch.
-    superseded: Vec<(Partition, i64)>,
+    /// Messages of coalesced (superseded) records, finished with the batch.
+    superseded: Vec<Arc<OwnedMessage>>,
 }
 
 impl Batch {
     fn new() -> Batch {
-        Batch { items: Vec::new(), by_key: HashMap::new(), bytes: 0, superseded: Vec::new() }
+        Batch { messages: Vec::new(), records: Vec::new(), sizes: Vec::new(), by_key: HashMap::new(), bytes: 0, superseded: Vec::new() }
     }
 
     fn push(&mut self, item: Item) {
@@ -75,24 +80,46 @@ impl Batch {
         match self.by_key.get(&key) {
             Some(&at) => {
                 // A later change of the same key replaces the earlier one in place.
-                let old = std::mem::replace(&mut self.items[at], item);
-                self.bytes = self.bytes - old.bytes + self.items[at].bytes;
-                self.superseded.push(((old.message.topic().to_string(), old.message.partition()), old.message.offset()));
+                self.bytes = self.bytes - self.sizes[at] + item.bytes;
+                self.sizes[at] = item.bytes;
+                self.records[at] = item.record;
+                self.superseded.push(std::mem::replace(&mut self.messages[at], item.message));
             }
             None => {
-                self.by_key.insert(key, self.items.len());
+                self.by_key.insert(key, self.records.len());
                 self.bytes += item.bytes;
-                self.items.push(item);
+                self.sizes.push(item.bytes);
+                self.records.push(item.record);
+                self.messages.push(item.message);
             }
         }
     }
 
     fn full(&self, limits: &BatchLimits) -> bool {
-        self.items.len() >= limits.max_records || self.bytes >= limits.max_bytes
+        self.records.len() >= limits.max_records || self.bytes >= limits.max_bytes
     }
 
+    fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Messages the batch accounts for, superseded ones included.
     fn len(&self) -> usize {
-        self.items.len() + self.superseded.len()
+        self.messages.len() + self.superseded.len()
+    }
+
+    /// Drop the records of partitions this instance no longer owns; returns how many.
+    fn retain_owned(&mut self, tracker: &OffsetTracker) -> usize {
+        let before = self.records.len();
+        if self.messages.iter().all(|m| tracker.owns(m.topic(), m.partition())) {
+            return 0;
+        }
+        let keep: Vec<bool> = self.messages.iter().map(|m| tracker.owns(m.topic(), m.partition())).collect();
+        let mut i = 0;
+        self.records.retain(|_| (keep[i], i += 1).0);
+        let mut i = 0;
+        self.messages.retain(|_| (keep[i], i += 1).0);
+        before - self.records.len()
     }
 }
 
@@ -111,7 +138,6 @@ impl LaneContext {
     /// finished here (skipped, or dead-lettered and acknowledged).
     async fn admit(&self, message: Arc<OwnedMessage>) -> Result<Option<Item>, SinkError> {
         let sync = self.syncs.get(message.topic()).expect("subscribed topics come from the syncs");
-        let partition = (message.topic().to_string(), message.partition());
         match mapping::prepare(&message, sync, &self.schemas).await? {
             Prepared::Deliver { record, bytes } => return Ok(Some(Item { message, record, bytes })),
             Prepared::Skip => {
@@ -119,38 +145,30 @@ impl LaneContext {
             }
             Prepared::Reject(reason) => self.deliverer.dead_letter_unreadable(&message, &reason).await?,
         }
-        self.shared.finish(&[(partition, message.offset())]);
+        self.shared.finish([message.as_ref()]);
         self.shared.buffered.fetch_sub(1, Ordering::SeqCst);
         Ok(None)
     }
 
     /// Deliver a batch and finish its records.
-    async fn flush(&self, batch: Batch) -> Result<(), Stop> {
+    async fn flush(&self, mut batch: Batch) -> Result<(), Stop> {
         let count = batch.len();
         // Records of partitions revoked meanwhile belong to another instance now: drop them
         // unsent (they were not committed, so their new owner delivers them).
-        let (owned, foreign): (Vec<Item>, Vec<Item>) = {
-            let tracker = self.shared.tracker.lock().expect("tracker lock");
-            batch.items.into_iter().partition(|item| tracker.owns(&(item.message.topic().to_string(), item.message.partition())))
-        };
-        if !foreign.is_empty() {
-            tracing::info!(records = foreign.len(), "dropping records of revoked partitions");
+        let foreign = batch.retain_owned(&self.shared.tracker.lock().expect("tracker lock"));
+        if foreign > 0 {
+            tracing::info!(records = foreign, "dropping records of revoked partitions");
         }
-        let finished: Vec<(Partition, i64)> = owned
-            .iter()
-            .map(|i| ((i.message.topic().to_string(), i.message.partition()), i.message.offset()))
-            .chain(batch.superseded)
-            .collect();
-        let span = tracing::info_span!("sink.batch", destination = %self.destination, records = owned.len());
-        if let Some(first) = owned.first() {
-            let pairs = sluice_kafka::headers::pairs(first.message.headers());
+        let span = tracing::info_span!("sink.batch", destination = %self.destination, records = batch.records.len());
+        if let Some(first) = batch.messages.first() {
+            let pairs = sluice_kafka::headers::pairs(first.headers());
             if let Err(error) = span.set_parent(sluice_telemetry::propagation::context_from(&pairs)) {
                 tracing::trace!(?error, "trace context not attached");
             }
         }
-        let outcome = if owned.is_empty() { Ok(()) } else { self.deliverer.deliver(&owned).instrument(span).await };
+        let outcome = if batch.is_empty() { Ok(()) } else { self.deliverer.deliver(&batch.messages, &batch.records).instrument(span).await };
         if outcome.is_ok() {
-            self.shared.finish(&finished);
+            self.shared.finish(batch.messages.iter().chain(&batch.superseded).map(Arc::as_ref));
         }
         self.shared.buffered.fetch_sub(count, Ordering::SeqCst);
         outcome
@@ -169,7 +187,7 @@ pub(crate) async fn run_lane(mut rx: mpsc::UnboundedReceiver<Arc<OwnedMessage>>,
     let mut batch = Batch::new();
     let mut deadline = tokio::time::Instant::now();
     loop {
-        let next = if batch.items.is_empty() && batch.superseded.is_empty() {
+        let next = if batch.is_empty() {
             rx.recv().await.map(Some)
         } else {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -180,7 +198,7 @@ pub(crate) async fn run_lane(mut rx: mpsc::UnboundedReceiver<Arc<OwnedMessage>>,
         match next {
             Some(Some(message)) => match cx.admit(message).await {
                 Ok(Some(item)) => {
-                    if batch.items.is_empty() {
+                    if batch.is_empty() {
                         deadline = tokio::time::Instant::now() + cx.limits.linger;
                     }
                     batch.push(item);
@@ -195,7 +213,7 @@ pub(crate) async fn run_lane(mut rx: mpsc::UnboundedReceiver<Arc<OwnedMessage>>,
             Some(None) => {}
             // Shutdown: send what we hold, then stop.
             None => {
-                if !batch.items.is_empty() {
+                if !batch.is_empty() {
                     if let Err(stop) = cx.flush(batch).await {
                         cx.fail(stop);
                     }
@@ -217,7 +235,7 @@ mod tests {
     use super::*;
     use rdkafka::message::OwnedMessage;
     use rdkafka::Timestamp;
-    use sluice_destinations::{Action, OutboundRecord};
+    use sluice_destinations::Action;
 
     fn item(key: &str, offset: i64) -> Item {
         let message = OwnedMessage::new(Some(b"v".to_vec()), Some(key.as_bytes().to_vec()), "t".into(), Timestamp::NotAvailable, 0, offset, None);
@@ -240,9 +258,10 @@ mod tests {
         batch.push(item("a", 1));
         batch.push(item("b", 2));
         batch.push(item("a", 3));
-        assert_eq!(batch.items.len(), 2);
-        assert_eq!(batch.items[0].message.offset(), 3, "latest change of `a`, in `a`'s place");
-        assert_eq!(batch.superseded, vec![(("t".to_string(), 0), 1)]);
+        assert_eq!(batch.records.len(), 2);
+        assert_eq!(batch.messages[0].offset(), 3, "latest change of `a`, in `a`'s place");
+        assert_eq!(batch.records[0].id, "t/0/3");
+        assert_eq!(batch.superseded.iter().map(|m| m.offset()).collect::<Vec<_>>(), [1]);
         assert_eq!(batch.len(), 3, "the superseded record still counts until the batch finishes");
         assert_eq!(batch.bytes, 20);
     }

@@ -203,7 +203,7 @@ async fn run_inner(config: Arc<Config>, destination: &str, health: &Health, shut
                         continue;
                     }
                 };
-                shared.tracker.lock().expect("tracker lock").register(&(message.topic().to_string(), message.partition()), message.offset());
+                shared.tracker.lock().expect("tracker lock").register(message.topic(), message.partition(), message.offset());
                 shared.buffered.fetch_add(1, Ordering::SeqCst);
                 // Decoding and mapping happen in the lane, so they use every core; the key
                 // picks the lane, so per-key order holds.

@@ -23,57 +23,66 @@ struct PartitionState {
     committed: Option<i64>,
 }
 
-/// Offsets in flight per partition.
+/// Offsets in flight per partition. Keyed by topic, then partition, so the per-record calls
+/// (`register`, `finish`, `owns`) look up by `&str` without allocating.
 #[derive(Debug, Default)]
 pub(crate) struct OffsetTracker {
-    partitions: HashMap<Partition, PartitionState>,
+    topics: HashMap<String, HashMap<i32, PartitionState>>,
 }
 
 impl OffsetTracker {
     /// A record was consumed and is now in flight.
-    pub(crate) fn register(&mut self, partition: &Partition, offset: i64) {
-        let state = self.partitions.entry(partition.clone()).or_default();
+    pub(crate) fn register(&mut self, topic: &str, partition: i32, offset: i64) {
+        if !self.topics.contains_key(topic) {
+            self.topics.insert(topic.to_string(), HashMap::new());
+        }
+        let state = self.topics.get_mut(topic).expect("just inserted").entry(partition).or_default();
         state.pending.insert(offset);
         state.next = Some(state.next.map_or(offset + 1, |n| n.max(offset + 1)));
     }
 
     /// A record finished (applied, skipped, or dead-lettered and acknowledged). Ignored when
     /// the partition was revoked meanwhile.
-    pub(crate) fn finish(&mut self, partition: &Partition, offset: i64) {
-        if let Some(state) = self.partitions.get_mut(partition) {
+    pub(crate) fn finish(&mut self, topic: &str, partition: i32, offset: i64) {
+        if let Some(state) = self.topics.get_mut(topic).and_then(|t| t.get_mut(&partition)) {
             state.pending.remove(&offset);
         }
     }
 
     /// Whether a record of this partition may still be worked on (not revoked).
-    pub(crate) fn owns(&self, partition: &Partition) -> bool {
-        self.partitions.contains_key(partition)
+    pub(crate) fn owns(&self, topic: &str, partition: i32) -> bool {
+        self.topics.get(topic).is_some_and(|t| t.contains_key(&partition))
+    }
+
+    fn get(&self, (topic, partition): &Partition) -> Option<&PartitionState> {
+        self.topics.get(topic).and_then(|t| t.get(partition))
     }
 
     /// Records in flight for these partitions.
     pub(crate) fn pending_in(&self, partitions: &[Partition]) -> usize {
-        partitions.iter().filter_map(|p| self.partitions.get(p)).map(|s| s.pending.len()).sum()
+        partitions.iter().filter_map(|p| self.get(p)).map(|s| s.pending.len()).sum()
     }
 
     /// Offsets to commit now: per partition, the end of the finished prefix, when it moved
     /// since the last commit. Call [`Self::committed`] once the commit succeeded.
     pub(crate) fn committable(&self) -> Vec<(Partition, i64)> {
-        self.partitions
+        self.topics
             .iter()
-            .filter_map(|(partition, state)| {
+            .flat_map(|(topic, partitions)| partitions.iter().map(move |(p, state)| (topic, *p, state)))
+            .filter_map(|(topic, partition, state)| {
                 let end = match state.pending.first() {
                     Some(&first_unfinished) => first_unfinished,
                     None => state.next?,
                 };
-                (state.committed != Some(end)).then(|| (partition.clone(), end))
+                (state.committed != Some(end)).then(|| ((topic.clone(), partition), end))
             })
             .collect()
     }
 
     /// The broker accepted these offsets.
     pub(crate) fn committed(&mut self, offsets: &[(Partition, i64)]) {
-        for (partition, offset) in offsets {
-            if let Some(state) = self.partitions.get_mut(partition) {
+        for ((topic, partition), offset) in offsets {
+            if let Some(state) = self.topics.get_mut(topic).and_then(|t| t.get_mut(partition)) {
                 state.committed = Some(*offset);
             }
         }
@@ -81,8 +90,10 @@ impl OffsetTracker {
 
     /// Forget revoked partitions: late completions and commits for them are ignored.
     pub(crate) fn revoke(&mut self, partitions: &[Partition]) {
-        for partition in partitions {
-            self.partitions.remove(partition);
+        for (topic, partition) in partitions {
+            if let Some(t) = self.topics.get_mut(topic) {
+                t.remove(partition);
+            }
         }
     }
 }
@@ -95,34 +106,43 @@ mod tests {
         ("t".to_string(), n)
     }
 
+    impl OffsetTracker {
+        fn reg(&mut self, (t, n): &Partition, offset: i64) {
+            self.register(t, *n, offset)
+        }
+        fn fin(&mut self, (t, n): &Partition, offset: i64) {
+            self.finish(t, *n, offset)
+        }
+    }
+
     #[test]
     fn commits_only_the_contiguous_finished_prefix() {
         let mut tracker = OffsetTracker::default();
         for offset in 10..15 {
-            tracker.register(&p(0), offset);
+            tracker.reg(&p(0), offset);
         }
-        tracker.finish(&p(0), 10);
-        tracker.finish(&p(0), 12);
-        tracker.finish(&p(0), 13);
+        tracker.fin(&p(0), 10);
+        tracker.fin(&p(0), 12);
+        tracker.fin(&p(0), 13);
         assert_eq!(tracker.committable(), vec![(p(0), 11)], "11 is unfinished, so 12 and 13 wait");
         tracker.committed(&[(p(0), 11)]);
         assert!(tracker.committable().is_empty(), "nothing new to commit");
-        tracker.finish(&p(0), 11);
+        tracker.fin(&p(0), 11);
         assert_eq!(tracker.committable(), vec![(p(0), 14)]);
-        tracker.finish(&p(0), 14);
+        tracker.fin(&p(0), 14);
         assert_eq!(tracker.committable(), vec![(p(0), 15)], "everything finished: one past the last");
     }
 
     #[test]
     fn revoked_partitions_are_never_committed() {
         let mut tracker = OffsetTracker::default();
-        tracker.register(&p(0), 1);
-        tracker.register(&p(1), 1);
+        tracker.reg(&p(0), 1);
+        tracker.reg(&p(1), 1);
         tracker.revoke(&[p(1)]);
-        tracker.finish(&p(1), 1);
-        tracker.finish(&p(0), 1);
+        tracker.fin(&p(1), 1);
+        tracker.fin(&p(0), 1);
         assert_eq!(tracker.committable(), vec![(p(0), 2)]);
-        assert!(!tracker.owns(&p(1)));
+        assert!(!tracker.owns("t", 1));
         assert_eq!(tracker.pending_in(&[p(0), p(1)]), 0);
     }
 }
