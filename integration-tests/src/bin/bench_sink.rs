@@ -82,7 +82,6 @@ name = "fast"
 batch_max_records = 500
 batch_linger_ms = 5
 max_concurrency = 8
-max_buffered_records = 20000
 {destination_extra}
 [destinations.webhook]
 url = "{url}"

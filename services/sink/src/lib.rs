@@ -8,8 +8,9 @@
 //!   replays the uncommitted tail; receivers deduplicate by the stable record `id`.
 //! - **Per-key order.** All changes of a key go through one lane, one batch at a time
 //!   ([`lanes`]); different keys are delivered concurrently.
-//! - **Bounded memory.** Past `max_buffered_records` unfinished records the consumer pauses its
-//!   partitions (and keeps polling, so it stays in its group) until lanes catch up.
+//! - **Bounded memory.** Past `max_buffered_records` unfinished records the sink stops taking
+//!   messages; if that lasts over a second (a throttled or stalled destination) it pauses its
+//!   partitions and keeps polling, so it stays in its group, until lanes catch up.
 //! - **Rebalance-safe.** On revocation the sink waits (bounded, well under the session timeout)
 //!   for in-flight work of the revoked partitions, commits what finished, and forgets them: no
 //!   commit for a partition it no longer owns, and unsent records of it are dropped, not sent.
@@ -59,6 +60,8 @@ const REVOKE_DRAIN: Duration = Duration::from_secs(15);
 /// How long SIGTERM waits for lanes to finish what they hold.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
+/// How long the buffer may stay full before the partitions are paused (see the loop).
+const PAUSE_AFTER: Duration = Duration::from_secs(1);
 
 /// Commits finished offsets of partitions being revoked, inside librdkafka's rebalance callback.
 struct SinkContext {
@@ -178,24 +181,43 @@ async fn run_inner(config: Arc<Config>, destination: &str, health: &Health, shut
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut last_commit = Instant::now();
     let mut paused = false;
+    // Back-pressure in two steps. A full buffer first just stops taking messages (cheap, and
+    // short: lanes are working). If it stays full past `PAUSE_AFTER` (a throttled or stalled
+    // destination), the partitions are paused so the consumer can keep polling — staying in
+    // its group, serving rebalances — without receiving. Pausing at once would make every
+    // momentary peak cost librdkafka's whole prefetch.
+    let mut full_since: Option<Instant> = None;
     let result = loop {
+        let buffered = shared.buffered.load(Ordering::SeqCst);
+        let full = buffered >= dest.max_buffered_records;
+        if full && full_since.is_none() {
+            full_since = Some(Instant::now());
+        } else if !full {
+            full_since = None;
+        }
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Ok(()),
             _ = shared.failed.cancelled() => break Err(shared.fatal.lock().expect("fatal lock").take().unwrap_or(SinkError::Config("lane failed".into()))),
-            _ = tick.tick() => {
-                let buffered = shared.buffered.load(Ordering::SeqCst);
-                metrics::gauge!("sluice_sink_buffered_records", "destination" => destination.to_string()).set(buffered as f64);
-                if paused && buffered <= dest.max_buffered_records / 2 {
+            _ = shared.progress.notified(), if paused || full => {
+                if paused && shared.buffered.load(Ordering::SeqCst) <= dest.max_buffered_records / 2 {
                     set_paused(&consumer, false);
                     paused = false;
+                }
+            }
+            _ = tick.tick() => {
+                metrics::gauge!("sluice_sink_buffered_records", "destination" => destination.to_string()).set(buffered as f64);
+                if !paused && full_since.is_some_and(|since| since.elapsed() >= PAUSE_AFTER) {
+                    set_paused(&consumer, true);
+                    paused = true;
+                    metrics::counter!("sluice_sink_pauses_total", "destination" => destination.to_string()).increment(1);
                 }
                 if last_commit.elapsed() >= COMMIT_EVERY {
                     commit(&consumer, &shared, CommitMode::Async);
                     last_commit = Instant::now();
                 }
             }
-            message = consumer.recv() => {
+            message = consumer.recv(), if !full || paused => {
                 let message = match message {
                     Ok(m) => m,
                     Err(error) => {
@@ -210,10 +232,6 @@ async fn run_inner(config: Arc<Config>, destination: &str, health: &Health, shut
                 let lane = lane_of(message.topic(), message.key().unwrap_or_default(), lanes.len());
                 if lanes[lane].send(Arc::new(message.detach())).is_err() {
                     break Err(SinkError::Config("a delivery lane stopped".into()));
-                }
-                if !paused && shared.buffered.load(Ordering::SeqCst) >= dest.max_buffered_records {
-                    set_paused(&consumer, true);
-                    paused = true;
                 }
             }
         }
@@ -256,7 +274,7 @@ fn set_paused(consumer: &StreamConsumer<SinkContext>, pause: bool) {
     let Ok(assignment) = consumer.assignment() else { return };
     let result = if pause { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
     match result {
-        Ok(()) => tracing::info!(partitions = assignment.count(), pause, "consumption paused or resumed for back-pressure"),
+        Ok(()) => tracing::debug!(partitions = assignment.count(), pause, "consumption paused or resumed for back-pressure"),
         Err(error) => tracing::warn!(%error, pause, "pause/resume failed"),
     }
 }
