@@ -189,8 +189,8 @@ async fn rate_limits_are_never_exceeded_in_any_second() {
     }
 }
 
-/// A destination that stalls (a 9 s `Retry-After`) longer than the consumer's maximum poll
-/// interval (6 s): the sink must not buffer without bound, and must not fall out of its group
+/// A destination that stalls (a 12 s `Retry-After`) longer than the consumer's maximum poll
+/// interval (8 s): the sink must not buffer without bound, and must not fall out of its group
 /// either — it pauses its partitions and keeps polling. Falling out would revoke its partitions
 /// and re-deliver records, which the exact count below would catch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -199,11 +199,11 @@ async fn bounded_buffer_pauses_and_resumes_without_losing_records() {
     let first = Arc::new(AtomicUsize::new(0));
     received.set_behaviour(Behaviour::Script(Arc::new(move |_, records| {
         if first.fetch_add(1, Ordering::SeqCst) == 0 {
-            return Reply::error(429, Some("9"));
+            return Reply::error(429, Some("12"));
         }
         Reply::ok(records.len())
     })));
-    let kafka = r#"properties = { "session.timeout.ms" = "6000", "max.poll.interval.ms" = "6000", "heartbeat.interval.ms" = "1000" }"#;
+    let kafka = r#"properties = { "session.timeout.ms" = "6000", "max.poll.interval.ms" = "8000", "heartbeat.interval.ms" = "1000" }"#;
     let p = pipeline(
         &url,
         Spec {

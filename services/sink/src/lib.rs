@@ -9,7 +9,7 @@
 //! - **Per-key order.** All changes of a key go through one lane, one batch at a time
 //!   ([`lanes`]); different keys are delivered concurrently.
 //! - **Bounded memory.** Past `max_buffered_records` unfinished records the sink stops taking
-//!   messages; if that lasts over a second (a throttled or stalled destination) it pauses its
+//!   messages; if that lasts over five seconds (a throttled or stalled destination) it pauses its
 //!   partitions and keeps polling, so it stays in its group, until lanes catch up.
 //! - **Rebalance-safe.** On revocation the sink waits (bounded, well under the session timeout)
 //!   for in-flight work of the revoked partitions, commits what finished, and forgets them: no
@@ -61,7 +61,7 @@ const REVOKE_DRAIN: Duration = Duration::from_secs(15);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// How long the buffer may stay full before the partitions are paused (see the loop).
-const PAUSE_AFTER: Duration = Duration::from_secs(1);
+const PAUSE_AFTER: Duration = Duration::from_secs(5);
 
 /// Commits finished offsets of partitions being revoked, inside librdkafka's rebalance callback.
 struct SinkContext {
