@@ -21,6 +21,7 @@ pub mod diff;
 mod emit;
 pub mod gates;
 mod model_loop;
+pub mod plan;
 pub mod tracked;
 pub mod warehouse_diff;
 

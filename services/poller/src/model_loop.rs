@@ -51,7 +51,7 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 /// Last committed state of `model`, read back from the state topic.
-async fn load_state(config: &Config, model: &str) -> Result<Option<PollerState>, ModelError> {
+pub(crate) async fn load_state(config: &Config, model: &str) -> Result<Option<PollerState>, ModelError> {
     let kafka = config.kafka.clone();
     let topic = naming::poller_state_topic(&config.kafka.topic_prefix);
     let records =
