@@ -296,9 +296,10 @@ pub async fn poll_diff<W: Warehouse>(
 }
 
 /// Turn a plan into events and commit them with the state record, `batch_rows` changes per
-/// transaction. Returns the number of events (tombstones not counted).
+/// transaction. Returns the number of events (tombstones not counted). Public for the
+/// benchmarks, which time one run's phases separately.
 #[allow(clippy::too_many_arguments)]
-async fn emit(
+pub async fn emit(
     config: &Config,
     model: &ModelConfig,
     codec: &ModelCodec,

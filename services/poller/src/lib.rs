@@ -19,6 +19,7 @@
 
 pub mod diff;
 mod emit;
+mod lookback;
 pub mod gates;
 mod model_loop;
 pub mod plan;

@@ -132,6 +132,10 @@ async fn poll_model<W: Warehouse + SnapshotStore>(
     });
     tracing::info!(model = %name, mode = model.detection.mode(), position = state.position.as_deref().unwrap_or("start"), snapshot_done = state.snapshot_done, "model state recovered");
     match &model.detection {
+        Detection::Cursor { created_column, lookback_ms: Some(lookback_ms), .. } => {
+            let created = created_column.as_deref().and_then(|c| codec.row_schema().index_of(c));
+            crate::lookback::poll_cursor_lookback(config, warehouse, model, &codec, &producer, state, created, *lookback_ms, shutdown).await
+        }
         Detection::Cursor { created_column, .. } => {
             poll_cursor(config, warehouse, model, &codec, &producer, state, created_column.as_deref(), shutdown).await
         }
@@ -271,7 +275,7 @@ async fn poll_cursor<W: Warehouse>(
 /// Insert or update, in cursor mode after the snapshot: a row whose creation value is newer than
 /// the cursor the run started from was created since the last run; without a creation column
 /// every change is an update.
-fn classify_op(created: Option<usize>, run_start_cursor: Option<&Value>, row: &Row) -> Op {
+pub(crate) fn classify_op(created: Option<usize>, run_start_cursor: Option<&Value>, row: &Row) -> Op {
     match (created, run_start_cursor) {
         (Some(created), Some(start)) if value_after(&row[created], start) => Op::Create,
         (Some(_), None) => Op::Create,

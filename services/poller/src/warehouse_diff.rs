@@ -154,9 +154,9 @@ pub async fn poll_warehouse_diff<W: Warehouse + SnapshotStore>(
 }
 
 /// Emit the run's changes after the first `skip`, a page per transaction; the last transaction
-/// marks the run complete.
+/// marks the run complete. Public for the benchmarks.
 #[allow(clippy::too_many_arguments)]
-async fn emit<W: SnapshotStore>(
+pub async fn emit<W: SnapshotStore>(
     config: &Config,
     warehouse: &W,
     model: &ModelConfig,

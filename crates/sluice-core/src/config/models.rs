@@ -74,6 +74,13 @@ pub enum Detection {
         /// emitted as `c`, others as `u`. Without it every change after the first snapshot is `u`.
         #[serde(default)]
         created_column: Option<String>,
+        /// Look-back window (timestamp cursors): every poll re-reads rows whose cursor is at
+        /// most this far behind the position and emits those not emitted yet, so a transaction
+        /// that commits after later cursor values were read (out-of-order commits) is still
+        /// seen. Must exceed the longest write transaction. The (key, cursor) pairs emitted
+        /// inside the window are kept in the state record (at most 20000).
+        #[serde(default)]
+        lookback_ms: Option<u64>,
     },
     /// Full snapshot compared by primary key and row hash (xxh3) against the last emitted
     /// state: inserts, updates (with `before` image and changed columns) and deletes. Works
