@@ -21,7 +21,7 @@ use std::sync::Arc;
 use apache_avro::{GenericSingleObjectReader, Schema};
 use sluice_core::{ChangeEvent, Row, RowSchema, Value};
 
-pub use model_schema::{avro_name, envelope_schema_json, key_schema_json};
+pub use model_schema::{avro_name, envelope_schema_json, key_schema_json, row_schema_json};
 pub use poller_state::{decode_state, encode_state, PollerState};
 
 /// Codec failures. Encoding failures are bugs or schema mismatches (stop); decoding failures

@@ -90,6 +90,18 @@ fn fields<'a>(model: &str, columns: impl Iterator<Item = &'a sluice_core::Column
         .collect()
 }
 
+/// The row schema of a model: what `sluice schema export` writes to `schemas/models/<model>.avsc`
+/// and what the poller compares a model with before reading it (its data contract).
+pub fn row_schema_json(model: &str, row: &RowSchema) -> Result<Json, CodecError> {
+    Ok(json!({
+        "type": "record",
+        "name": "Row",
+        "namespace": namespace(model)?,
+        "doc": format!("A row of model {model}: the model's data contract (sluice schema export)."),
+        "fields": fields(model, row.columns.iter())?,
+    }))
+}
+
 /// The key schema of a model: a record of its primary-key columns, in key order.
 pub fn key_schema_json(model: &str, row: &RowSchema) -> Result<Json, CodecError> {
     Ok(json!({

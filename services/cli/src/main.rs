@@ -6,6 +6,8 @@
 //! - `sluice plan MODEL --config FILE`: dry run of the next `diff` run — counts of inserts,
 //!   updates and deletes with sample keys, and whether a data-quality gate would refuse it.
 //!   Emits nothing and does not disturb a running poller (exit 3 when the run would be refused).
+//! - `sluice schema export MODEL --config FILE [--out PATH]`: write the model's row schema (its
+//!   data contract) to `schemas/models/MODEL.avsc`; point `schema_contract` at it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,10 +40,29 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         samples: usize,
     },
+    /// Schema contracts of models.
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
     /// Print records POSTed to /hook (the webhook destination's JSON batches).
     DemoReceiver {
         #[arg(long, default_value = "127.0.0.1:8088")]
         listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SchemaCommand {
+    /// Write the model's current row schema (Avro) as its contract.
+    Export {
+        /// The model's name in the config.
+        model: String,
+        #[arg(long, env = "SLUICE_CONFIG", default_value = "sluice.toml")]
+        config: PathBuf,
+        /// Where to write it; default `schemas/models/<model>.avsc`.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -80,6 +101,26 @@ async fn main() -> std::process::ExitCode {
                     } else {
                         std::process::ExitCode::SUCCESS
                     }
+                }
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Schema { command: SchemaCommand::Export { model, config, out } } => {
+            let config = match sluice_core::config::Config::load(&config) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("schemas/models/{model}.avsc")));
+            match sluice_poller::contract::export_model(&config, &model, &out).await {
+                Ok(()) => {
+                    println!("wrote {} (set schema_contract = \"{}\" on model {model})", out.display(), out.display());
+                    std::process::ExitCode::SUCCESS
                 }
                 Err(error) => {
                     eprintln!("error: {error:#}");

@@ -17,6 +17,7 @@
 //! deletes of any query by comparing full snapshots (see [`diff`]); data-quality
 //! [`gates`] refuse a run before it emits anything.
 
+pub mod contract;
 pub mod diff;
 mod emit;
 mod lookback;

@@ -29,6 +29,9 @@ pub enum ModelError {
     /// A data-quality gate refused the run: nothing was emitted; an operator must act.
     #[error(transparent)]
     Gate(#[from] crate::gates::GateError),
+    /// The model drifted from its checked-in schema: nothing is read until it is fixed.
+    #[error(transparent)]
+    Contract(#[from] crate::contract::ContractError),
 }
 
 impl ModelError {
@@ -119,6 +122,7 @@ async fn poll_model<W: Warehouse + SnapshotStore>(
     let name = model.name.get_ref().as_str();
     let prefix = &config.kafka.topic_prefix;
     let schema = warehouse.describe(model).await?;
+    crate::contract::check(model, &schema)?;
     let codec = ModelCodec::new(name, schema)?;
     // Fence first: once this returns, no older instance can commit, so the state read next is final.
     let producer = TransactionalProducer::new(&config.kafka, &naming::poller_transactional_id(prefix, name)).await?;

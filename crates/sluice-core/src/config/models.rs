@@ -28,6 +28,16 @@ pub struct ModelConfig {
     /// Rows fetched per query page and committed per Kafka transaction.
     #[serde(default = "defaults::batch_rows")]
     pub batch_rows: usize,
+    /// The model's checked-in row schema (`sluice schema export <model>` writes it, usually
+    /// `schemas/models/<model>.avsc`, relative to the working directory). When set, a model whose
+    /// columns or types differ from it is refused with the list of differences, before anything
+    /// is read: a data contract instead of silently syncing a changed shape.
+    #[serde(default)]
+    pub schema_contract: Option<String>,
+    /// Accept columns present in the model but not in its contract (additions are compatible
+    /// for consumers that ignore unknown fields). Removed or retyped columns are always refused.
+    #[serde(default)]
+    pub allow_additions: bool,
     /// Data-quality gates checked before a run emits anything (`diff` mode).
     #[serde(default)]
     pub gates: Gates,
