@@ -71,8 +71,8 @@ batch_rows = 3
 
 pub fn start_poller(config: &Arc<Config>, confirm: &[&str]) -> (CancellationToken, JoinHandle<anyhow::Result<()>>) {
     let token = CancellationToken::new();
-    let confirm = confirm.iter().map(|s| s.to_string()).collect();
-    let handle = tokio::spawn(sluice_poller::run_with(Arc::clone(config), None, confirm, Health::new(), token.clone()));
+    let options = sluice_poller::RunOptions { confirm_large_change: confirm.iter().map(|s| s.to_string()).collect(), trigger_listen: None };
+    let handle = tokio::spawn(sluice_poller::run_with(Arc::clone(config), None, options, Health::new(), token.clone()));
     (token, handle)
 }
 

@@ -222,11 +222,13 @@ fn image_of(decoder: &sluice_avro::EventDecoder, codec: &ModelCodec, stored: Opt
 }
 
 
-/// Options of the diff loop.
-#[derive(Debug, Clone, Default)]
-pub struct DiffOptions {
+/// Per-model options of a poll loop.
+#[derive(Clone, Default)]
+pub struct ModelOptions {
     /// Let the next run through the change-volume guard once (`--confirm-large-change`).
     pub confirm_large_change: bool,
+    /// When runs start (interval or cron, plus wake-ups).
+    pub schedule: crate::triggers::Schedule,
 }
 
 /// Run the model in `diff` mode until shutdown or a fatal error.
@@ -238,7 +240,7 @@ pub async fn poll_diff<W: Warehouse>(
     codec: &ModelCodec,
     producer: &TransactionalProducer,
     mut state: PollerState,
-    mut options: DiffOptions,
+    mut options: ModelOptions,
     shutdown: &CancellationToken,
 ) -> Result<(), ModelError> {
     let name = model.name.get_ref().as_str();
@@ -288,9 +290,8 @@ pub async fn poll_diff<W: Warehouse>(
         }
         .instrument(span)
         .await?;
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(model.poll_interval_ms)) => {}
-            _ = shutdown.cancelled() => return Ok(()),
+        if !options.schedule.wait(shutdown).await {
+            return Ok(());
         }
     }
 }

@@ -14,7 +14,6 @@
 //! the cursor value unchanged (as in plain cursor mode); hard deletes (use `diff`).
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sluice_avro::{ModelCodec, PollerState};
@@ -66,6 +65,7 @@ pub async fn poll_cursor_lookback<W: Warehouse>(
     mut state: PollerState,
     created: Option<usize>,
     lookback_ms: u64,
+    schedule: &crate::triggers::Schedule,
     shutdown: &CancellationToken,
 ) -> Result<(), ModelError> {
     let name = model.name.get_ref().as_str();
@@ -166,9 +166,8 @@ pub async fn poll_cursor_lookback<W: Warehouse>(
         }
         .instrument(span)
         .await?;
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(model.poll_interval_ms)) => {}
-            _ = shutdown.cancelled() => return Ok(()),
+        if !schedule.wait(shutdown).await {
+            return Ok(());
         }
     }
 }

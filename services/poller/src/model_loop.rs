@@ -76,7 +76,7 @@ pub(crate) async fn run_model<W: Warehouse + SnapshotStore>(
     config: &Config,
     warehouse: &W,
     name: &str,
-    options: crate::diff::DiffOptions,
+    options: crate::diff::ModelOptions,
     shutdown: CancellationToken,
 ) -> Result<(), ModelError> {
     let model = config.model(name).expect("model names come from the config");
@@ -116,7 +116,7 @@ async fn poll_model<W: Warehouse + SnapshotStore>(
     config: &Config,
     warehouse: &W,
     model: &ModelConfig,
-    options: crate::diff::DiffOptions,
+    options: crate::diff::ModelOptions,
     shutdown: &CancellationToken,
 ) -> Result<(), ModelError> {
     let name = model.name.get_ref().as_str();
@@ -138,10 +138,11 @@ async fn poll_model<W: Warehouse + SnapshotStore>(
     match &model.detection {
         Detection::Cursor { created_column, lookback_ms: Some(lookback_ms), .. } => {
             let created = created_column.as_deref().and_then(|c| codec.row_schema().index_of(c));
-            crate::lookback::poll_cursor_lookback(config, warehouse, model, &codec, &producer, state, created, *lookback_ms, shutdown).await
+            crate::lookback::poll_cursor_lookback(config, warehouse, model, &codec, &producer, state, created, *lookback_ms, &options.schedule, shutdown)
+                .await
         }
         Detection::Cursor { created_column, .. } => {
-            poll_cursor(config, warehouse, model, &codec, &producer, state, created_column.as_deref(), shutdown).await
+            poll_cursor(config, warehouse, model, &codec, &producer, state, created_column.as_deref(), &options.schedule, shutdown).await
         }
         Detection::Diff {} => crate::diff::poll_diff(config, warehouse, model, &codec, &producer, state, options, shutdown).await,
         Detection::WarehouseDiff {} => {
@@ -160,6 +161,7 @@ async fn poll_cursor<W: Warehouse>(
     producer: &TransactionalProducer,
     mut state: PollerState,
     created_column: Option<&str>,
+    schedule: &crate::triggers::Schedule,
     shutdown: &CancellationToken,
 ) -> Result<(), ModelError> {
     let name = model.name.get_ref().as_str();
@@ -266,9 +268,8 @@ async fn poll_cursor<W: Warehouse>(
         .instrument(span)
         .await?;
         if caught_up {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(model.poll_interval_ms)) => {}
-                _ = shutdown.cancelled() => return Ok(()),
+            if !schedule.wait(shutdown).await {
+                return Ok(());
             }
         } else if shutdown.is_cancelled() {
             return Ok(());

@@ -14,7 +14,7 @@
 //! emitting after change `emitted` (the change list is fixed, so the position is exact);
 //! different → that run never reached Kafka, discard it.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use sluice_avro::{ModelCodec, PollerState};
@@ -25,7 +25,7 @@ use sluice_warehouse::{PreparedSnapshot, SnapshotStore, Warehouse};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::diff::{key_json, DiffOptions};
+use crate::diff::{key_json, ModelOptions};
 use crate::emit::{commit, count_events, ChangeWriter};
 use crate::gates::{check_volume, GateError, RunCounts};
 use crate::model_loop::{now_ms, ModelError};
@@ -67,7 +67,7 @@ pub async fn poll_warehouse_diff<W: Warehouse + SnapshotStore>(
     codec: &ModelCodec,
     producer: &TransactionalProducer,
     mut state: PollerState,
-    mut options: DiffOptions,
+    mut options: ModelOptions,
     shutdown: &CancellationToken,
 ) -> Result<(), ModelError> {
     let name = model.name.get_ref().as_str();
@@ -146,9 +146,8 @@ pub async fn poll_warehouse_diff<W: Warehouse + SnapshotStore>(
         }
         .instrument(span)
         .await?;
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(model.poll_interval_ms)) => {}
-            _ = shutdown.cancelled() => return Ok(()),
+        if !options.schedule.wait(shutdown).await {
+            return Ok(());
         }
     }
 }

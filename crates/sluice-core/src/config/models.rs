@@ -25,6 +25,14 @@ pub struct ModelConfig {
     /// Time between runs.
     #[serde(default = "defaults::poll_interval_ms")]
     pub poll_interval_ms: u64,
+    /// Cron expression (UTC; 5 fields, or 6 with seconds) for when runs start, instead of every
+    /// `poll_interval_ms` — e.g. `"0 */15 * * * *"` after a warehouse job that lands at :00.
+    #[serde(default)]
+    pub cron: Option<String>,
+    /// PostgreSQL `LISTEN` channel: a `NOTIFY <channel>` (from a trigger or the job that builds
+    /// the model) starts a run at once, for low latency without tight polling.
+    #[serde(default)]
+    pub notify_channel: Option<String>,
     /// Rows fetched per query page and committed per Kafka transaction.
     #[serde(default = "defaults::batch_rows")]
     pub batch_rows: usize,
