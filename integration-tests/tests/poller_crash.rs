@@ -40,7 +40,7 @@ fn poller_binary() -> PathBuf {
 
 fn start(binary: &PathBuf, config: &PathBuf, log: &std::fs::File) -> Child {
     Command::new(binary)
-        .args(["--config", config.to_str().unwrap(), "--ops-listen", "127.0.0.1:0"])
+        .args(["--config", config.to_str().unwrap(), "--ops-listen", "127.0.0.1:0", "--trigger-listen", "127.0.0.1:0"])
         .env("SLUICE_IT_WAREHOUSE_URL", sluice_integration_tests::postgres_url())
         .env("RUST_LOG", "info")
         .stdout(Stdio::from(log.try_clone().unwrap()))
