@@ -345,6 +345,7 @@ pub async fn emit(
     }
     let batch = model.batch_rows.max(1);
     let mut pending = changes.into_iter().peekable();
+    let mut committed = 0u64;
     loop {
         let mut records = Vec::with_capacity(batch + 3);
         let mut events = 0u64;
@@ -364,6 +365,12 @@ pub async fn emit(
             committed_at_ms: now_ms(),
         };
         commit(config, codec, producer, schemas_published, records, &new_state).await?;
+        committed += events;
+        if !state.snapshot_done {
+            // First-snapshot progress, for operators watching a large model come in.
+            metrics::gauge!("sluice_poller_snapshot_progress_ratio", "model" => name.to_string()).set(committed as f64 / total.max(1) as f64);
+            tracing::info!(model = %name, committed, total, "first snapshot progress");
+        }
         *state = new_state;
         if last {
             break;

@@ -197,6 +197,10 @@ pub async fn emit<W: SnapshotStore>(
             committed_at_ms: now_ms(),
         };
         commit(config, codec, producer, schemas_published, records, &new_state).await?;
+        if !state.snapshot_done {
+            metrics::gauge!("sluice_poller_snapshot_rows_committed", "model" => name.to_string()).set(skip as f64);
+            tracing::info!(model = %name, committed = skip, "first snapshot progress");
+        }
         *state = new_state;
         if last {
             break;
