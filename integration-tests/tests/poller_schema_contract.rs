@@ -56,7 +56,10 @@ async fn a_model_drifting_from_its_contract_is_refused_with_the_differences() {
     contract["fields"].as_array_mut().unwrap().retain(|f| f["name"] != "ltv");
     std::fs::write(&path, contract.to_string()).unwrap();
     let text = refusal(&f.config).await;
-    assert!(text.contains(r#"column "ltv" added (["null","string"]; set allow_additions = true to accept additions)"#), "{text}");
+    assert!(
+        text.contains(r#"column "ltv" added (["null",{"logicalType":"decimal","precision":10,"scale":2,"type":"bytes"}]; set allow_additions = true to accept additions)"#),
+        "{text}"
+    );
     let allowing = Arc::new(
         Config::parse("integration-test.toml", &f.config_text.replace("schema_contract =", "allow_additions = true\nschema_contract =")).unwrap(),
     );

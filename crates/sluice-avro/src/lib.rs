@@ -223,10 +223,26 @@ impl EventDecoder {
             })
             .ok_or_else(|| CodecError::Decode("writer schema has no `before` row record".into()))?;
         let columns = Arc::new(row.fields.iter().map(|f| f.name.clone()).collect());
+        // What each field's value means beyond its Avro type: the `sluice.type` attribute, and
+        // for decimal bytes the scale (`decimal:<scale>`), so values come back as exact text.
         let text_kinds = Arc::new(
             row.fields
                 .iter()
-                .map(|f| f.custom_attributes.get(model_schema::TEXT_KIND_ATTRIBUTE).and_then(|v| v.as_str()).map(String::from))
+                .map(|f| {
+                    let kind = f.custom_attributes.get(model_schema::TEXT_KIND_ATTRIBUTE).and_then(|v| v.as_str()).map(String::from);
+                    let decimal_scale = match &f.schema {
+                        Schema::Decimal(d) => Some(d.scale),
+                        Schema::Union(u) => u.variants().iter().find_map(|v| match v {
+                            Schema::Decimal(d) => Some(d.scale),
+                            _ => None,
+                        }),
+                        _ => None,
+                    };
+                    match decimal_scale {
+                        Some(scale) => Some(format!("decimal:{scale}")),
+                        None => kind,
+                    }
+                })
                 .collect(),
         );
         let reader = GenericSingleObjectReader::new(schema).map_err(|e| CodecError::Decode(e.to_string()))?;

@@ -69,7 +69,7 @@ impl Postgres {
     }
 }
 
-fn column_type(model: &str, column: &str, ty: &Type) -> Result<ColumnType, WarehouseError> {
+fn column_type(model: &str, column: &str, ty: &Type, typmod: i32) -> Result<ColumnType, WarehouseError> {
     Ok(match *ty {
         Type::BOOL => ColumnType::Boolean,
         Type::INT2 | Type::INT4 => ColumnType::Int,
@@ -82,6 +82,11 @@ fn column_type(model: &str, column: &str, ty: &Type) -> Result<ColumnType, Wareh
         Type::DATE => ColumnType::Date,
         Type::JSON | Type::JSONB => ColumnType::Json,
         Type::UUID => ColumnType::Uuid,
+        // numeric(p, s) stores (p << 16 | s) + 4 in its type modifier; -1 = unconstrained,
+        // which has no fixed scale and stays exact decimal text.
+        Type::NUMERIC if typmod >= 4 => {
+            ColumnType::Decimal { precision: ((typmod - 4) >> 16) as u32 & 0xffff, scale: (typmod - 4) as u32 & 0xffff }
+        }
         Type::NUMERIC => ColumnType::DecimalText,
         ref other => {
             return Err(WarehouseError::Model {
@@ -97,7 +102,7 @@ fn column_type(model: &str, column: &str, ty: &Type) -> Result<ColumnType, Wareh
 /// The SQL expression that reads a column: numeric is read as text to stay exact.
 fn select_expr(column: &Column) -> String {
     match column.ty {
-        ColumnType::DecimalText => format!("{}::text", ident(&column.name)),
+        ColumnType::DecimalText | ColumnType::Decimal { .. } => format!("{}::text", ident(&column.name)),
         _ => ident(&column.name),
     }
 }
@@ -130,7 +135,7 @@ fn read_value(row: &tokio_postgres::Row, i: usize, column: &Column) -> Result<Va
         }),
         ColumnType::Json => get!(serde_json::Value).map(|j| Value::Json(j.to_string())),
         ColumnType::Uuid => get!(uuid::Uuid).map(|u| Value::Uuid(u.to_string())),
-        ColumnType::DecimalText => get!(String).map(Value::DecimalText),
+        ColumnType::DecimalText | ColumnType::Decimal { .. } => get!(String).map(Value::DecimalText),
     }
     .unwrap_or(Value::Null))
 }
@@ -168,7 +173,7 @@ fn cast_name(ty: ColumnType) -> &'static str {
         ColumnType::TimestampMicros { utc: false } => "timestamp",
         ColumnType::Date => "date",
         ColumnType::Uuid => "uuid",
-        ColumnType::DecimalText => "numeric",
+        ColumnType::DecimalText | ColumnType::Decimal { .. } => "numeric",
     }
 }
 
@@ -192,7 +197,7 @@ impl Warehouse for Postgres {
         })?;
         let mut columns = Vec::with_capacity(model.columns.len());
         for (column, described) in model.columns.iter().zip(statement.columns()) {
-            let ty = column_type(name, column, described.type_())?;
+            let ty = column_type(name, column, described.type_(), described.type_modifier())?;
             let is_key = model.primary_key.contains(column);
             if is_key && !orderable(ty) {
                 return Err(WarehouseError::Model {
