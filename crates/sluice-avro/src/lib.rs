@@ -21,7 +21,7 @@ use std::sync::Arc;
 use apache_avro::{GenericSingleObjectReader, Schema};
 use sluice_core::{ChangeEvent, Row, RowSchema, Value};
 
-pub use model_schema::{avro_name, envelope_schema_json, key_schema_json};
+pub use model_schema::{avro_name, envelope_schema_json, key_schema_json, row_schema_json};
 pub use poller_state::{decode_state, encode_state, PollerState};
 
 /// Codec failures. Encoding failures are bugs or schema mismatches (stop); decoding failures
@@ -234,10 +234,26 @@ impl EventDecoder {
             })
             .ok_or_else(|| CodecError::Decode("writer schema has no `before` row record".into()))?;
         let columns = Arc::new(row.fields.iter().map(|f| f.name.clone()).collect());
+        // What each field's value means beyond its Avro type: the `sluice.type` attribute, and
+        // for decimal bytes the scale (`decimal:<scale>`), so values come back as exact text.
         let text_kinds = Arc::new(
             row.fields
                 .iter()
-                .map(|f| f.custom_attributes.get(model_schema::TEXT_KIND_ATTRIBUTE).and_then(|v| v.as_str()).map(String::from))
+                .map(|f| {
+                    let kind = f.custom_attributes.get(model_schema::TEXT_KIND_ATTRIBUTE).and_then(|v| v.as_str()).map(String::from);
+                    let decimal_scale = match &f.schema {
+                        Schema::Decimal(d) => Some(d.scale),
+                        Schema::Union(u) => u.variants().iter().find_map(|v| match v {
+                            Schema::Decimal(d) => Some(d.scale),
+                            _ => None,
+                        }),
+                        _ => None,
+                    };
+                    match decimal_scale {
+                        Some(scale) => Some(format!("decimal:{scale}")),
+                        None => kind,
+                    }
+                })
                 .collect(),
         );
         let reader = GenericSingleObjectReader::new(schema).map_err(|e| CodecError::Decode(e.to_string()))?;

@@ -11,6 +11,7 @@
 //! | Int / Long               | int / long                                  |
 //! | Double                   | double                                      |
 //! | String, Json, Uuid, DecimalText | string (the exact text)              |
+//! | Decimal(p, s)            | bytes, logicalType decimal, precision p, scale s |
 //! | Bytes                    | bytes                                       |
 //! | TimestampMicros utc      | long, logicalType timestamp-micros          |
 //! | TimestampMicros local    | long, logicalType local-timestamp-micros    |
@@ -49,7 +50,7 @@ fn text_kind(ty: ColumnType) -> Option<&'static str> {
     match ty {
         ColumnType::Json => Some("json"),
         ColumnType::Uuid => Some("uuid"),
-        ColumnType::DecimalText => Some("decimal"),
+        ColumnType::DecimalText | ColumnType::Decimal { .. } => Some("decimal"),
         _ => None,
     }
 }
@@ -65,6 +66,7 @@ fn column_type(ty: ColumnType) -> Json {
         ColumnType::TimestampMicros { utc: true } => json!({"type": "long", "logicalType": "timestamp-micros"}),
         ColumnType::TimestampMicros { utc: false } => json!({"type": "long", "logicalType": "local-timestamp-micros"}),
         ColumnType::Date => json!({"type": "int", "logicalType": "date"}),
+        ColumnType::Decimal { precision, scale } => json!({"type": "bytes", "logicalType": "decimal", "precision": precision, "scale": scale}),
     }
 }
 
@@ -88,6 +90,18 @@ fn fields<'a>(model: &str, columns: impl Iterator<Item = &'a sluice_core::Column
             Ok(field)
         })
         .collect()
+}
+
+/// The row schema of a model: what `sluice schema export` writes to `schemas/models/<model>.avsc`
+/// and what the poller compares a model with before reading it (its data contract).
+pub fn row_schema_json(model: &str, row: &RowSchema) -> Result<Json, CodecError> {
+    Ok(json!({
+        "type": "record",
+        "name": "Row",
+        "namespace": namespace(model)?,
+        "doc": format!("A row of model {model}: the model's data contract (sluice schema export)."),
+        "fields": fields(model, row.columns.iter())?,
+    }))
 }
 
 /// The key schema of a model: a record of its primary-key columns, in key order.

@@ -72,8 +72,13 @@ pub enum ColumnType {
     Json,
     /// UUID, carried as its canonical text.
     Uuid,
-    /// Exact numeric carried as its decimal text, so no float rounding can occur.
+    /// Exact numeric carried as its decimal text, so no float rounding can occur: used for
+    /// numerics without a declared scale (Avro's decimal needs one).
     DecimalText,
+    /// Exact numeric with a declared precision and scale (`numeric(p, s)`): Avro `decimal`
+    /// (bytes). In memory the value is still [`Value::DecimalText`], exactly as the warehouse
+    /// prints it.
+    Decimal { precision: u32, scale: u32 },
 }
 
 /// A value in a row. Variants mirror [`ColumnType`] plus `Null`.

@@ -50,6 +50,18 @@ pub trait Warehouse: Send + Sync {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Row>, WarehouseError>> + Send;
 
+    /// Like [`fetch_after`](Warehouse::fetch_after), restricted to rows whose cursor column is
+    /// at least `since` (the look-back window's lower bound): the window is read again on every
+    /// poll so a transaction that committed late is still seen.
+    fn fetch_since(
+        &self,
+        model: &ModelConfig,
+        schema: &RowSchema,
+        since: &Value,
+        after: Option<&[Value]>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Row>, WarehouseError>> + Send;
+
     /// Every row of the model, in no particular order, handed to `each` as it streams in (so
     /// a full read never holds the whole result set). Rows are returned as read: NULL keys and
     /// duplicates are the caller's to judge (its data-quality gates report them with samples).

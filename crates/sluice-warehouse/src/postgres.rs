@@ -69,7 +69,7 @@ impl Postgres {
     }
 }
 
-fn column_type(model: &str, column: &str, ty: &Type) -> Result<ColumnType, WarehouseError> {
+fn column_type(model: &str, column: &str, ty: &Type, typmod: i32) -> Result<ColumnType, WarehouseError> {
     Ok(match *ty {
         Type::BOOL => ColumnType::Boolean,
         Type::INT2 | Type::INT4 => ColumnType::Int,
@@ -82,6 +82,11 @@ fn column_type(model: &str, column: &str, ty: &Type) -> Result<ColumnType, Wareh
         Type::DATE => ColumnType::Date,
         Type::JSON | Type::JSONB => ColumnType::Json,
         Type::UUID => ColumnType::Uuid,
+        // numeric(p, s) stores (p << 16 | s) + 4 in its type modifier; -1 = unconstrained,
+        // which has no fixed scale and stays exact decimal text.
+        Type::NUMERIC if typmod >= 4 => {
+            ColumnType::Decimal { precision: ((typmod - 4) >> 16) as u32 & 0xffff, scale: (typmod - 4) as u32 & 0xffff }
+        }
         Type::NUMERIC => ColumnType::DecimalText,
         ref other => {
             return Err(WarehouseError::Model {
@@ -97,7 +102,7 @@ fn column_type(model: &str, column: &str, ty: &Type) -> Result<ColumnType, Wareh
 /// The SQL expression that reads a column: numeric is read as text to stay exact.
 fn select_expr(column: &Column) -> String {
     match column.ty {
-        ColumnType::DecimalText => format!("{}::text", ident(&column.name)),
+        ColumnType::DecimalText | ColumnType::Decimal { .. } => format!("{}::text", ident(&column.name)),
         _ => ident(&column.name),
     }
 }
@@ -130,7 +135,7 @@ fn read_value(row: &tokio_postgres::Row, i: usize, column: &Column) -> Result<Va
         }),
         ColumnType::Json => get!(serde_json::Value).map(|j| Value::Json(j.to_string())),
         ColumnType::Uuid => get!(uuid::Uuid).map(|u| Value::Uuid(u.to_string())),
-        ColumnType::DecimalText => get!(String).map(Value::DecimalText),
+        ColumnType::DecimalText | ColumnType::Decimal { .. } => get!(String).map(Value::DecimalText),
     }
     .unwrap_or(Value::Null))
 }
@@ -168,7 +173,7 @@ fn cast_name(ty: ColumnType) -> &'static str {
         ColumnType::TimestampMicros { utc: false } => "timestamp",
         ColumnType::Date => "date",
         ColumnType::Uuid => "uuid",
-        ColumnType::DecimalText => "numeric",
+        ColumnType::DecimalText | ColumnType::Decimal { .. } => "numeric",
     }
 }
 
@@ -192,7 +197,7 @@ impl Warehouse for Postgres {
         })?;
         let mut columns = Vec::with_capacity(model.columns.len());
         for (column, described) in model.columns.iter().zip(statement.columns()) {
-            let ty = column_type(name, column, described.type_())?;
+            let ty = column_type(name, column, described.type_(), described.type_modifier())?;
             let is_key = model.primary_key.contains(column);
             if is_key && !orderable(ty) {
                 return Err(WarehouseError::Model {
@@ -228,6 +233,58 @@ impl Warehouse for Postgres {
         after: Option<&[Value]>,
         limit: usize,
     ) -> Result<Vec<Row>, WarehouseError> {
+        self.fetch_page(model, schema, None, after, limit).await
+    }
+
+    async fn fetch_since(
+        &self,
+        model: &ModelConfig,
+        schema: &RowSchema,
+        since: &Value,
+        after: Option<&[Value]>,
+        limit: usize,
+    ) -> Result<Vec<Row>, WarehouseError> {
+        self.fetch_page(model, schema, Some(since), after, limit).await
+    }
+
+    async fn scan<F>(&self, model: &ModelConfig, schema: &RowSchema, mut each: F) -> Result<u64, WarehouseError>
+    where
+        F: FnMut(Row) -> Result<(), WarehouseError> + Send,
+    {
+        use futures::TryStreamExt as _;
+        let name = model.name.get_ref();
+        let select: Vec<String> = schema.columns.iter().map(select_expr).collect();
+        let sql = format!("SELECT {} FROM {}", select.join(", "), model.relation_sql());
+        // query_raw streams rows as the server sends them: memory stays flat however large the
+        // model is. One statement = one consistent snapshot of the model.
+        let stream = self.client.query_raw(&sql, std::iter::empty::<Option<String>>()).await.map_err(|e| classify(name, e))?;
+        futures::pin_mut!(stream);
+        let mut count = 0u64;
+        while let Some(row) = stream.try_next().await.map_err(|e| classify(name, e))? {
+            let values: Row = schema
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(i, column)| read_value(&row, i, column))
+                .collect::<Result<_, _>>()
+                .map_err(|e| WarehouseError::Model { model: name.clone(), message: format!("cannot read a row: {e}") })?;
+            each(values)?;
+            count += 1;
+        }
+        Ok(count)
+    }
+}
+
+impl Postgres {
+    /// A page in (cursor, key) order: strictly after `after`, and with cursor ≥ `since`.
+    async fn fetch_page(
+        &self,
+        model: &ModelConfig,
+        schema: &RowSchema,
+        since: Option<&Value>,
+        after: Option<&[Value]>,
+        limit: usize,
+    ) -> Result<Vec<Row>, WarehouseError> {
         let name = model.name.get_ref();
         let indexes = cursor_indexes(model, schema).ok_or_else(|| WarehouseError::Model {
             model: name.clone(),
@@ -236,15 +293,18 @@ impl Warehouse for Postgres {
         let select: Vec<String> = schema.columns.iter().map(select_expr).collect();
         let order: Vec<String> = indexes.iter().map(|&i| ident(&schema.columns[i].name)).collect();
         let mut params: Vec<Option<String>> = Vec::new();
-        let predicate = match after {
-            None => String::new(),
-            Some(tuple) => {
-                let placeholders: Vec<String> =
-                    indexes.iter().enumerate().map(|(p, &i)| cursor_param(p + 1, schema.columns[i].ty)).collect();
-                params = tuple.iter().map(cursor_text).collect();
-                format!("WHERE ({}) > ({})", order.join(", "), placeholders.join(", "))
-            }
-        };
+        let mut conditions = Vec::new();
+        if let Some(tuple) = after {
+            let placeholders: Vec<String> =
+                indexes.iter().enumerate().map(|(p, &i)| cursor_param(p + 1, schema.columns[i].ty)).collect();
+            params = tuple.iter().map(cursor_text).collect();
+            conditions.push(format!("({}) > ({})", order.join(", "), placeholders.join(", ")));
+        }
+        if let Some(since) = since {
+            params.push(cursor_text(since));
+            conditions.push(format!("{} >= {}", order[0], cursor_param(params.len(), schema.columns[indexes[0]].ty)));
+        }
+        let predicate = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
         let sql = format!(
             "SELECT {} FROM {} {} ORDER BY {} LIMIT {}",
             select.join(", "),
@@ -274,32 +334,5 @@ impl Warehouse for Postgres {
                 Ok(values)
             })
             .collect()
-    }
-
-    async fn scan<F>(&self, model: &ModelConfig, schema: &RowSchema, mut each: F) -> Result<u64, WarehouseError>
-    where
-        F: FnMut(Row) -> Result<(), WarehouseError> + Send,
-    {
-        use futures::TryStreamExt as _;
-        let name = model.name.get_ref();
-        let select: Vec<String> = schema.columns.iter().map(select_expr).collect();
-        let sql = format!("SELECT {} FROM {}", select.join(", "), model.relation_sql());
-        // query_raw streams rows as the server sends them: memory stays flat however large the
-        // model is. One statement = one consistent snapshot of the model.
-        let stream = self.client.query_raw(&sql, std::iter::empty::<Option<String>>()).await.map_err(|e| classify(name, e))?;
-        futures::pin_mut!(stream);
-        let mut count = 0u64;
-        while let Some(row) = stream.try_next().await.map_err(|e| classify(name, e))? {
-            let values: Row = schema
-                .columns
-                .iter()
-                .enumerate()
-                .map(|(i, column)| read_value(&row, i, column))
-                .collect::<Result<_, _>>()
-                .map_err(|e| WarehouseError::Model { model: name.clone(), message: format!("cannot read a row: {e}") })?;
-            each(values)?;
-            count += 1;
-        }
-        Ok(count)
     }
 }

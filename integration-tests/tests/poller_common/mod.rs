@@ -24,6 +24,8 @@ pub struct Fixture {
     /// The model's name: unique per test, because `warehouse_diff` keeps per-model tables in
     /// the shared warehouse.
     pub model: String,
+    /// The config file's text (for tests that run the binary).
+    pub config_text: String,
 }
 
 /// A table `(id bigint primary key, email text, tier text, ltv numeric(10,2))` and a model in
@@ -64,13 +66,13 @@ batch_rows = 3
         kafka = sluice_integration_tests::kafka_bootstrap(),
     );
     let config = Arc::new(Config::parse("integration-test.toml", &text).expect("test config is valid"));
-    Fixture { config, table, db, prefix, model }
+    Fixture { config, table, db, prefix, model, config_text: text }
 }
 
 pub fn start_poller(config: &Arc<Config>, confirm: &[&str]) -> (CancellationToken, JoinHandle<anyhow::Result<()>>) {
     let token = CancellationToken::new();
-    let confirm = confirm.iter().map(|s| s.to_string()).collect();
-    let handle = tokio::spawn(sluice_poller::run_with(Arc::clone(config), None, confirm, Health::new(), token.clone()));
+    let options = sluice_poller::RunOptions { confirm_large_change: confirm.iter().map(|s| s.to_string()).collect(), trigger_listen: None };
+    let handle = tokio::spawn(sluice_poller::run_with(Arc::clone(config), None, options, Health::new(), token.clone()));
     (token, handle)
 }
 
@@ -107,12 +109,13 @@ pub fn decode_all(f: &Fixture) -> Vec<(ReadRecord, Decoded)> {
         .into_iter()
         .map(|r| (String::from_utf8(r.key.unwrap()).unwrap(), String::from_utf8(r.payload.unwrap()).unwrap()))
         .collect();
+    let mut decoders: HashMap<String, EventDecoder> = HashMap::new();
     changes
         .into_iter()
         .map(|record| {
             let decoded = record.payload.as_deref().map(|payload| {
                 let fingerprint = sluice_avro::fingerprint_of(payload).unwrap();
-                let decoder = EventDecoder::new(&schemas[&fingerprint]).unwrap();
+                let decoder = decoders.entry(fingerprint.clone()).or_insert_with(|| EventDecoder::new(&schemas[&fingerprint]).unwrap());
                 let event = decoder.decode(payload).unwrap().event;
                 (event.op, event.before, event.after, event.changed)
             });

@@ -3,6 +3,11 @@
 //! - `sluice check --config FILE`: validate a config file (exit 2 with file:line and the fix).
 //! - `sluice demo-receiver --listen ADDR`: a webhook receiver that prints every record it gets,
 //!   one line each; used by the quickstart and docker-compose to show changes arriving.
+//! - `sluice plan MODEL --config FILE`: dry run of the next `diff` run — counts of inserts,
+//!   updates and deletes with sample keys, and whether a data-quality gate would refuse it.
+//!   Emits nothing and does not disturb a running poller (exit 3 when the run would be refused).
+//! - `sluice schema export MODEL --config FILE [--out PATH]`: write the model's row schema (its
+//!   data contract) to `schemas/models/MODEL.avsc`; point `schema_contract` at it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,10 +30,39 @@ enum Command {
         #[arg(long, env = "SLUICE_CONFIG", default_value = "sluice.toml")]
         config: PathBuf,
     },
+    /// Show what the next run of a `diff` model would emit, with samples; emit nothing.
+    Plan {
+        /// The model's name in the config.
+        model: String,
+        #[arg(long, env = "SLUICE_CONFIG", default_value = "sluice.toml")]
+        config: PathBuf,
+        /// How many sample keys to print per kind of change.
+        #[arg(long, default_value_t = 5)]
+        samples: usize,
+    },
+    /// Schema contracts of models.
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
     /// Print records POSTed to /hook (the webhook destination's JSON batches).
     DemoReceiver {
         #[arg(long, default_value = "127.0.0.1:8088")]
         listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SchemaCommand {
+    /// Write the model's current row schema (Avro) as its contract.
+    Export {
+        /// The model's name in the config.
+        model: String,
+        #[arg(long, env = "SLUICE_CONFIG", default_value = "sluice.toml")]
+        config: PathBuf,
+        /// Where to write it; default `schemas/models/<model>.avsc`.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -51,6 +85,49 @@ async fn main() -> std::process::ExitCode {
                 std::process::ExitCode::from(2)
             }
         },
+        Command::Plan { model, config, samples } => {
+            let config = match sluice_core::config::Config::load(&config) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            match sluice_poller::plan::plan(&config, &model, samples).await {
+                Ok(report) => {
+                    println!("{report}");
+                    if report.refused.is_some() {
+                        std::process::ExitCode::from(3)
+                    } else {
+                        std::process::ExitCode::SUCCESS
+                    }
+                }
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Schema { command: SchemaCommand::Export { model, config, out } } => {
+            let config = match sluice_core::config::Config::load(&config) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("schemas/models/{model}.avsc")));
+            match sluice_poller::contract::export_model(&config, &model, &out).await {
+                Ok(()) => {
+                    println!("wrote {} (set schema_contract = \"{}\" on model {model})", out.display(), out.display());
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         Command::DemoReceiver { listen } => match demo_receiver(listen).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(error) => {

@@ -222,11 +222,13 @@ fn image_of(decoder: &sluice_avro::EventDecoder, codec: &ModelCodec, stored: Opt
 }
 
 
-/// Options of the diff loop.
-#[derive(Debug, Clone, Default)]
-pub struct DiffOptions {
+/// Per-model options of a poll loop.
+#[derive(Clone, Default)]
+pub struct ModelOptions {
     /// Let the next run through the change-volume guard once (`--confirm-large-change`).
     pub confirm_large_change: bool,
+    /// When runs start (interval or cron, plus wake-ups).
+    pub schedule: crate::triggers::Schedule,
 }
 
 /// Run the model in `diff` mode until shutdown or a fatal error.
@@ -238,7 +240,7 @@ pub async fn poll_diff<W: Warehouse>(
     codec: &ModelCodec,
     producer: &TransactionalProducer,
     mut state: PollerState,
-    mut options: DiffOptions,
+    mut options: ModelOptions,
     shutdown: &CancellationToken,
 ) -> Result<(), ModelError> {
     let name = model.name.get_ref().as_str();
@@ -288,17 +290,17 @@ pub async fn poll_diff<W: Warehouse>(
         }
         .instrument(span)
         .await?;
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(model.poll_interval_ms)) => {}
-            _ = shutdown.cancelled() => return Ok(()),
+        if !options.schedule.wait(shutdown).await {
+            return Ok(());
         }
     }
 }
 
 /// Turn a plan into events and commit them with the state record, `batch_rows` changes per
-/// transaction. Returns the number of events (tombstones not counted).
+/// transaction. Returns the number of events (tombstones not counted). Public for the
+/// benchmarks, which time one run's phases separately.
 #[allow(clippy::too_many_arguments)]
-async fn emit(
+pub async fn emit(
     config: &Config,
     model: &ModelConfig,
     codec: &ModelCodec,
@@ -343,6 +345,7 @@ async fn emit(
     }
     let batch = model.batch_rows.max(1);
     let mut pending = changes.into_iter().peekable();
+    let mut committed = 0u64;
     loop {
         let mut records = Vec::with_capacity(batch + 3);
         let mut events = 0u64;
@@ -362,6 +365,12 @@ async fn emit(
             committed_at_ms: now_ms(),
         };
         commit(config, codec, producer, schemas_published, records, &new_state).await?;
+        committed += events;
+        if !state.snapshot_done {
+            // First-snapshot progress, for operators watching a large model come in.
+            metrics::gauge!("sluice_poller_snapshot_progress_ratio", "model" => name.to_string()).set(committed as f64 / total.max(1) as f64);
+            tracing::info!(model = %name, committed, total, "first snapshot progress");
+        }
         *state = new_state;
         if last {
             break;

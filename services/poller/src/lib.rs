@@ -17,11 +17,15 @@
 //! deletes of any query by comparing full snapshots (see [`diff`]); data-quality
 //! [`gates`] refuse a run before it emits anything.
 
+pub mod contract;
 pub mod diff;
 mod emit;
+mod lookback;
 pub mod gates;
 mod model_loop;
+pub mod plan;
 pub mod tracked;
+pub mod triggers;
 pub mod warehouse_diff;
 
 use std::sync::Arc;
@@ -34,7 +38,7 @@ use sluice_telemetry::ops::Health;
 use sluice_warehouse::postgres::Postgres;
 use tokio_util::sync::CancellationToken;
 
-pub use diff::DiffOptions;
+pub use diff::ModelOptions;
 pub use model_loop::ModelError;
 
 /// Run the poller for every model in `config` (or only `only`) until `shutdown` is cancelled.
@@ -42,15 +46,24 @@ pub use model_loop::ModelError;
 /// Returns an error when a model stops on a fatal error (bad model, fenced producer); other
 /// models keep running until shutdown, and readiness turns false with the reason.
 pub async fn run(config: Arc<Config>, only: Option<Vec<String>>, health: Arc<Health>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    run_with(config, only, Vec::new(), health, shutdown).await
+    run_with(config, only, RunOptions::default(), health, shutdown).await
 }
 
-/// [`run`], letting the next run of each model in `confirm_large_change` through the
-/// change-volume guard once (an operator's confirmation after a refusal).
+/// Options of [`run_with`].
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Let the next run of each of these models through the change-volume guard once (an
+    /// operator's confirmation after a refusal).
+    pub confirm_large_change: Vec<String>,
+    /// Serve `POST /run/<model>` (run a model now) on this address.
+    pub trigger_listen: Option<std::net::SocketAddr>,
+}
+
+/// [`run`] with options.
 pub async fn run_with(
     config: Arc<Config>,
     only: Option<Vec<String>>,
-    confirm_large_change: Vec<String>,
+    options: RunOptions,
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -67,6 +80,17 @@ pub async fn run_with(
     topics.push((naming::poller_state_topic(prefix), TopicRole::Compacted));
     ensure_topics(&config.kafka, &topics).await.context("creating topics")?;
 
+    let wakers = Arc::new(triggers::Wakers::new(&models));
+    let mut schedules = std::collections::HashMap::new();
+    for model in &models {
+        let model_config = config.model(model).expect("model names come from the config");
+        schedules.insert(model.clone(), triggers::Schedule::for_model(model_config, wakers.get(model))?);
+    }
+    if let Some(addr) = options.trigger_listen {
+        triggers::serve_http(addr, Arc::clone(&wakers), shutdown.clone()).await.with_context(|| format!("serving POST /run on {addr}"))?;
+    }
+    triggers::spawn_notify_listener(&config, &models, Arc::clone(&wakers), shutdown.clone());
+
     let WarehouseKind::Postgres = config.warehouse.kind;
     let warehouse = Arc::new(Postgres::connect(config.warehouse.url.expose()).await.context("connecting to the warehouse")?);
     health.set_ready();
@@ -75,7 +99,10 @@ pub async fn run_with(
     let mut tasks = tokio::task::JoinSet::new();
     for model in models {
         let (config, warehouse, shutdown) = (Arc::clone(&config), Arc::clone(&warehouse), shutdown.clone());
-        let options = DiffOptions { confirm_large_change: confirm_large_change.contains(&model) };
+        let options = ModelOptions {
+            confirm_large_change: options.confirm_large_change.contains(&model),
+            schedule: schedules.remove(&model).expect("one schedule per model"),
+        };
         tasks.spawn(async move {
             let result = model_loop::run_model(&config, warehouse.as_ref(), &model, options, shutdown).await;
             (model, result)

@@ -26,6 +26,9 @@ struct Args {
     /// once, after an operator inspected it with `sluice plan` (repeatable).
     #[arg(long = "confirm-large-change")]
     confirm_large_change: Vec<String>,
+    /// Address of `POST /run/<model>` (start a run now, e.g. from a "dbt job finished" hook).
+    #[arg(long, env = "SLUICE_TRIGGER_LISTEN", default_value = "127.0.0.1:9465")]
+    trigger_listen: SocketAddr,
     /// JSON logs (for log shippers).
     #[arg(long, env = "SLUICE_LOG_JSON")]
     log_json: bool,
@@ -50,7 +53,13 @@ async fn main() -> std::process::ExitCode {
         return std::process::ExitCode::FAILURE;
     }
     let only = (!args.models.is_empty()).then_some(args.models);
-    match sluice_poller::run_with(config, only, args.confirm_large_change, health, shutdown).await {
+    match sluice_poller::run_with(
+        config,
+        only,
+        sluice_poller::RunOptions { confirm_large_change: args.confirm_large_change, trigger_listen: Some(args.trigger_listen) },
+        health,
+        shutdown,
+    ).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "poller failed");

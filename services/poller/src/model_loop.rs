@@ -29,6 +29,9 @@ pub enum ModelError {
     /// A data-quality gate refused the run: nothing was emitted; an operator must act.
     #[error(transparent)]
     Gate(#[from] crate::gates::GateError),
+    /// The model drifted from its checked-in schema: nothing is read until it is fixed.
+    #[error(transparent)]
+    Contract(#[from] crate::contract::ContractError),
 }
 
 impl ModelError {
@@ -51,7 +54,7 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 /// Last committed state of `model`, read back from the state topic.
-async fn load_state(config: &Config, model: &str) -> Result<Option<PollerState>, ModelError> {
+pub(crate) async fn load_state(config: &Config, model: &str) -> Result<Option<PollerState>, ModelError> {
     let kafka = config.kafka.clone();
     let topic = naming::poller_state_topic(&config.kafka.topic_prefix);
     let records =
@@ -73,7 +76,7 @@ pub(crate) async fn run_model<W: Warehouse + SnapshotStore>(
     config: &Config,
     warehouse: &W,
     name: &str,
-    options: crate::diff::DiffOptions,
+    options: crate::diff::ModelOptions,
     shutdown: CancellationToken,
 ) -> Result<(), ModelError> {
     let model = config.model(name).expect("model names come from the config");
@@ -113,12 +116,13 @@ async fn poll_model<W: Warehouse + SnapshotStore>(
     config: &Config,
     warehouse: &W,
     model: &ModelConfig,
-    options: crate::diff::DiffOptions,
+    options: crate::diff::ModelOptions,
     shutdown: &CancellationToken,
 ) -> Result<(), ModelError> {
     let name = model.name.get_ref().as_str();
     let prefix = &config.kafka.topic_prefix;
     let schema = warehouse.describe(model).await?;
+    crate::contract::check(model, &schema)?;
     let codec = ModelCodec::new(name, schema)?;
     // Fence first: once this returns, no older instance can commit, so the state read next is final.
     let producer = TransactionalProducer::new(&config.kafka, &naming::poller_transactional_id(prefix, name)).await?;
@@ -132,8 +136,13 @@ async fn poll_model<W: Warehouse + SnapshotStore>(
     });
     tracing::info!(model = %name, mode = model.detection.mode(), position = state.position.as_deref().unwrap_or("start"), snapshot_done = state.snapshot_done, "model state recovered");
     match &model.detection {
+        Detection::Cursor { created_column, lookback_ms: Some(lookback_ms), .. } => {
+            let created = created_column.as_deref().and_then(|c| codec.row_schema().index_of(c));
+            crate::lookback::poll_cursor_lookback(config, warehouse, model, &codec, &producer, state, created, *lookback_ms, &options.schedule, shutdown)
+                .await
+        }
         Detection::Cursor { created_column, .. } => {
-            poll_cursor(config, warehouse, model, &codec, &producer, state, created_column.as_deref(), shutdown).await
+            poll_cursor(config, warehouse, model, &codec, &producer, state, created_column.as_deref(), &options.schedule, shutdown).await
         }
         Detection::Diff {} => crate::diff::poll_diff(config, warehouse, model, &codec, &producer, state, options, shutdown).await,
         Detection::WarehouseDiff {} => {
@@ -152,6 +161,7 @@ async fn poll_cursor<W: Warehouse>(
     producer: &TransactionalProducer,
     mut state: PollerState,
     created_column: Option<&str>,
+    schedule: &crate::triggers::Schedule,
     shutdown: &CancellationToken,
 ) -> Result<(), ModelError> {
     let name = model.name.get_ref().as_str();
@@ -258,9 +268,8 @@ async fn poll_cursor<W: Warehouse>(
         .instrument(span)
         .await?;
         if caught_up {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(model.poll_interval_ms)) => {}
-                _ = shutdown.cancelled() => return Ok(()),
+            if !schedule.wait(shutdown).await {
+                return Ok(());
             }
         } else if shutdown.is_cancelled() {
             return Ok(());
@@ -271,7 +280,7 @@ async fn poll_cursor<W: Warehouse>(
 /// Insert or update, in cursor mode after the snapshot: a row whose creation value is newer than
 /// the cursor the run started from was created since the last run; without a creation column
 /// every change is an update.
-fn classify_op(created: Option<usize>, run_start_cursor: Option<&Value>, row: &Row) -> Op {
+pub(crate) fn classify_op(created: Option<usize>, run_start_cursor: Option<&Value>, row: &Row) -> Op {
     match (created, run_start_cursor) {
         (Some(created), Some(start)) if value_after(&row[created], start) => Op::Create,
         (Some(_), None) => Op::Create,

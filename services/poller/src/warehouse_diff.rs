@@ -14,7 +14,7 @@
 //! emitting after change `emitted` (the change list is fixed, so the position is exact);
 //! different → that run never reached Kafka, discard it.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use sluice_avro::{ModelCodec, PollerState};
@@ -25,7 +25,7 @@ use sluice_warehouse::{PreparedSnapshot, SnapshotStore, Warehouse};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::diff::{key_json, DiffOptions};
+use crate::diff::{key_json, ModelOptions};
 use crate::emit::{commit, count_events, ChangeWriter};
 use crate::gates::{check_volume, GateError, RunCounts};
 use crate::model_loop::{now_ms, ModelError};
@@ -67,7 +67,7 @@ pub async fn poll_warehouse_diff<W: Warehouse + SnapshotStore>(
     codec: &ModelCodec,
     producer: &TransactionalProducer,
     mut state: PollerState,
-    mut options: DiffOptions,
+    mut options: ModelOptions,
     shutdown: &CancellationToken,
 ) -> Result<(), ModelError> {
     let name = model.name.get_ref().as_str();
@@ -146,17 +146,16 @@ pub async fn poll_warehouse_diff<W: Warehouse + SnapshotStore>(
         }
         .instrument(span)
         .await?;
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(model.poll_interval_ms)) => {}
-            _ = shutdown.cancelled() => return Ok(()),
+        if !options.schedule.wait(shutdown).await {
+            return Ok(());
         }
     }
 }
 
 /// Emit the run's changes after the first `skip`, a page per transaction; the last transaction
-/// marks the run complete.
+/// marks the run complete. Public for the benchmarks.
 #[allow(clippy::too_many_arguments)]
-async fn emit<W: SnapshotStore>(
+pub async fn emit<W: SnapshotStore>(
     config: &Config,
     warehouse: &W,
     model: &ModelConfig,
@@ -198,6 +197,10 @@ async fn emit<W: SnapshotStore>(
             committed_at_ms: now_ms(),
         };
         commit(config, codec, producer, schemas_published, records, &new_state).await?;
+        if !state.snapshot_done {
+            metrics::gauge!("sluice_poller_snapshot_rows_committed", "model" => name.to_string()).set(skip as f64);
+            tracing::info!(model = %name, committed = skip, "first snapshot progress");
+        }
         *state = new_state;
         if last {
             break;

@@ -307,7 +307,7 @@ impl Config {
                 }
             }
             let detection_columns: Vec<&String> = match &model.detection {
-                Detection::Cursor { cursor_column, created_column } => std::iter::once(cursor_column).chain(created_column.iter()).collect(),
+                Detection::Cursor { cursor_column, created_column, .. } => std::iter::once(cursor_column).chain(created_column.iter()).collect(),
                 Detection::Diff {} | Detection::WarehouseDiff {} => Vec::new(),
             };
             for column in detection_columns {

@@ -25,9 +25,27 @@ pub struct ModelConfig {
     /// Time between runs.
     #[serde(default = "defaults::poll_interval_ms")]
     pub poll_interval_ms: u64,
+    /// Cron expression (UTC; 5 fields, or 6 with seconds) for when runs start, instead of every
+    /// `poll_interval_ms` — e.g. `"0 */15 * * * *"` after a warehouse job that lands at :00.
+    #[serde(default)]
+    pub cron: Option<String>,
+    /// PostgreSQL `LISTEN` channel: a `NOTIFY <channel>` (from a trigger or the job that builds
+    /// the model) starts a run at once, for low latency without tight polling.
+    #[serde(default)]
+    pub notify_channel: Option<String>,
     /// Rows fetched per query page and committed per Kafka transaction.
     #[serde(default = "defaults::batch_rows")]
     pub batch_rows: usize,
+    /// The model's checked-in row schema (`sluice schema export <model>` writes it, usually
+    /// `schemas/models/<model>.avsc`, relative to the working directory). When set, a model whose
+    /// columns or types differ from it is refused with the list of differences, before anything
+    /// is read: a data contract instead of silently syncing a changed shape.
+    #[serde(default)]
+    pub schema_contract: Option<String>,
+    /// Accept columns present in the model but not in its contract (additions are compatible
+    /// for consumers that ignore unknown fields). Removed or retyped columns are always refused.
+    #[serde(default)]
+    pub allow_additions: bool,
     /// Data-quality gates checked before a run emits anything (`diff` mode).
     #[serde(default)]
     pub gates: Gates,
@@ -74,6 +92,13 @@ pub enum Detection {
         /// emitted as `c`, others as `u`. Without it every change after the first snapshot is `u`.
         #[serde(default)]
         created_column: Option<String>,
+        /// Look-back window (timestamp cursors): every poll re-reads rows whose cursor is at
+        /// most this far behind the position and emits those not emitted yet, so a transaction
+        /// that commits after later cursor values were read (out-of-order commits) is still
+        /// seen. Must exceed the longest write transaction. The (key, cursor) pairs emitted
+        /// inside the window are kept in the state record (at most 20000).
+        #[serde(default)]
+        lookback_ms: Option<u64>,
     },
     /// Full snapshot compared by primary key and row hash (xxh3) against the last emitted
     /// state: inserts, updates (with `before` image and changed columns) and deletes. Works

@@ -27,7 +27,7 @@ fn table(model: &ModelConfig, suffix: &str) -> String {
 fn aliased(prefix: &str, column: &Column, alias: &str) -> String {
     let reference = format!("{prefix}.{}", ident(&column.name));
     match column.ty {
-        ColumnType::DecimalText => format!("{reference}::text AS {alias}"),
+        ColumnType::DecimalText | ColumnType::Decimal { .. } => format!("{reference}::text AS {alias}"),
         _ => format!("{reference} AS {alias}"),
     }
 }

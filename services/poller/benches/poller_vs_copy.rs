@@ -1,0 +1,195 @@
+//! The poller against PostgreSQL's own `COPY (query) TO STDOUT` of the same query, measured in
+//! the same run on the same data (`cargo bench -p sluice-poller --bench poller_vs_copy`; needs
+//! the services of `ops/services.sh up`). Prints:
+//!
+//! - first snapshot of a 1M-row, 12-column model into Kafka (`diff` mode) ÷ COPY (target ≤ 2.0);
+//! - a `diff` run with 1% of rows changed ÷ COPY (target ≤ 1.5);
+//! - the same for `warehouse_diff` (first snapshot and 1% run);
+//! - memory per tracked row in `diff` mode: the state table's size and the process's RSS growth
+//!   while rebuilding the state of 1M rows from the change topic (target ≤ 64 bytes).
+//!
+//! `SLUICE_BENCH_ROWS` changes the row count (default 1000000).
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use sluice_avro::{ModelCodec, PollerState};
+use sluice_core::config::Config;
+use sluice_core::naming;
+use sluice_kafka::admin::{ensure_topics, TopicRole};
+use sluice_kafka::producer::TransactionalProducer;
+use sluice_poller::tracked::Tracked;
+use sluice_warehouse::postgres::Postgres;
+use sluice_warehouse::{PreparedSnapshot, SnapshotStore, Warehouse};
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn fresh_state(model: &str) -> PollerState {
+    PollerState { model: model.into(), run_id: String::new(), position: None, snapshot_done: false, events_total: 0, committed_at_ms: 0 }
+}
+
+async fn copy_seconds(warehouse: &Postgres, sql: &str) -> f64 {
+    let started = Instant::now();
+    let stream = warehouse.client().copy_out(&format!("COPY ({sql}) TO STDOUT")).await.expect("COPY");
+    futures::pin_mut!(stream);
+    let mut bytes = 0usize;
+    while let Some(chunk) = stream.next().await {
+        bytes += chunk.expect("COPY chunk").len();
+    }
+    std::hint::black_box(bytes);
+    started.elapsed().as_secs_f64()
+}
+
+/// One `warehouse_diff` run: build the pending snapshot and change list in SQL, emit, swap.
+#[allow(clippy::too_many_arguments)]
+async fn wd_run(
+    config: &Config,
+    warehouse: &Postgres,
+    model: &sluice_core::config::ModelConfig,
+    codec: &ModelCodec,
+    producer: &TransactionalProducer,
+    state: &mut PollerState,
+    published: &mut bool,
+    run_id: &str,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let prepared = warehouse.prepare_snapshot(model, codec.row_schema(), run_id).await?;
+    anyhow::ensure!(matches!(prepared, PreparedSnapshot::Ready { .. }), "unexpected {prepared:?}");
+    sluice_poller::warehouse_diff::emit(config, warehouse, model, codec, producer, state, run_id, 0, published).await?;
+    warehouse.commit_snapshot(model).await?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let rows: i64 = std::env::var("SLUICE_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let url = std::env::var("SLUICE_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://sluice:sluice@127.0.0.1:5432/sluice".into());
+    let kafka = std::env::var("SLUICE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let table = format!("bench_{suffix}");
+    let prefix = format!("bench{suffix}");
+    std::env::set_var("SLUICE_BENCH_WAREHOUSE_URL", &url);
+    let warehouse = Postgres::connect(&url).await?;
+    let columns = ["id", "email", "name", "tier", "country", "ltv", "orders", "score", "active", "signup_date", "updated_at", "attrs"];
+    println!("loading {rows} rows x {} columns into {table} ...", columns.len());
+    warehouse
+        .client()
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id bigint PRIMARY KEY, email text, name text, tier text, country text, ltv numeric(12,2), \
+             orders int, score double precision, active boolean, signup_date date, updated_at timestamptz, attrs jsonb); \
+             INSERT INTO {table} SELECT i, 'user' || i || '@example.com', 'Customer ' || i, (ARRAY['free','pro','team'])[1 + i % 3], \
+             (ARRAY['FR','DE','US','JP'])[1 + i % 4], (i % 100000)::numeric / 100, (i % 50)::int, i * 0.001, i % 2 = 0, \
+             date '2020-01-01' + (i % 1500)::int, timestamptz '2024-01-01' + i * interval '1 second', \
+             jsonb_build_object('segment', i % 7, 'tags', jsonb_build_array('a', 'b')) FROM generate_series(1, {rows}) i; ANALYZE {table}"
+        ))
+        .await?;
+    let model = |name: &str, mode: &str| {
+        format!(
+            "[[models]]\nname = \"{name}\"\ntable = \"{table}\"\nprimary_key = [\"id\"]\ncolumns = [{}]\ndetection = {{ mode = \"{mode}\" }}\nbatch_rows = 10000\n",
+            columns.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ")
+        )
+    };
+    let (diff_model, wd_model) = (format!("bench_diff_{suffix}"), format!("bench_wd_{suffix}"));
+    let text = format!(
+        "[kafka]\nbootstrap_servers = \"{kafka}\"\ntopic_prefix = \"{prefix}\"\n\n[warehouse]\nkind = \"postgres\"\nurl = {{ env = \"SLUICE_BENCH_WAREHOUSE_URL\" }}\n\n{}\n{}",
+        model(&diff_model, "diff"),
+        model(&wd_model, "warehouse_diff")
+    );
+    let config = Config::parse("bench.toml", &text)?;
+    let topics = vec![
+        (naming::change_topic(&prefix, &diff_model), TopicRole::Compacted),
+        (naming::change_topic(&prefix, &wd_model), TopicRole::Compacted),
+        (naming::schema_topic(&prefix), TopicRole::Compacted),
+        (naming::poller_state_topic(&prefix), TopicRole::Compacted),
+    ];
+    ensure_topics(&config.kafka, &topics).await?;
+    let select = format!("SELECT {} FROM {table}", columns.join(", "));
+
+    // --- diff mode ---
+    let dm = config.model(&diff_model).expect("defined");
+    let codec = ModelCodec::new(&diff_model, warehouse.describe(dm).await?)?;
+    let producer = TransactionalProducer::new(&config.kafka, &naming::poller_transactional_id(&prefix, &diff_model)).await?;
+    let topic = naming::change_topic(&prefix, &diff_model);
+    let (k, t) = (config.kafka.clone(), topic.clone());
+    let mut tracked = tokio::task::spawn_blocking(move || Tracked::new(&k, &t)).await??;
+    let mut state = fresh_state(&diff_model);
+    let mut published = false;
+
+    let copy_1 = copy_seconds(&warehouse, &select).await;
+    let started = Instant::now();
+    let plan = sluice_poller::diff::compute(&warehouse, dm, &codec, &mut tracked).await?;
+    sluice_poller::diff::emit(&config, dm, &codec, &producer, plan, &mut state, "bench-snapshot", &topic, &mut published).await?;
+    let snapshot = started.elapsed().as_secs_f64();
+
+    // State rebuild (what a restart costs) in a fresh process-level structure, with memory.
+    drop(tracked);
+    let rss_before = rss_bytes();
+    let (k, t) = (config.kafka.clone(), topic.clone());
+    let started = Instant::now();
+    let tracked = tokio::task::spawn_blocking(move || {
+        let mut tracked = Tracked::new(&k, &t)?;
+        tracked.catch_up(Duration::from_secs(600)).map(|_| tracked)
+    })
+    .await??;
+    let rebuild = started.elapsed().as_secs_f64();
+    let rss_growth = rss_bytes().saturating_sub(rss_before);
+    let tracked_rows = tracked.len() as f64;
+    let table_bytes = tracked.capacity() as f64 * 25.0; // 24-byte bucket + 1 control byte
+
+    warehouse.client().batch_execute(&format!("UPDATE {table} SET tier = tier || '+' WHERE id % 100 = 0")).await?;
+    let copy_2 = copy_seconds(&warehouse, &select).await;
+    let started = Instant::now();
+    // A steady-state run starts by catching up with what the previous run committed.
+    let mut tracked = tokio::task::spawn_blocking(move || {
+        let mut tracked = tracked;
+        tracked.catch_up(Duration::from_secs(600)).map(|_| tracked)
+    })
+    .await??;
+    let caught_up = started.elapsed().as_secs_f64();
+    let plan = sluice_poller::diff::compute(&warehouse, dm, &codec, &mut tracked).await?;
+    let computed = started.elapsed().as_secs_f64();
+    let changes = plan.counts();
+    sluice_poller::diff::emit(&config, dm, &codec, &producer, plan, &mut state, "bench-diff", &topic, &mut published).await?;
+    let diff_run = started.elapsed().as_secs_f64();
+
+    // --- warehouse_diff mode ---
+    let wm = config.model(&wd_model).expect("defined");
+    let wcodec = ModelCodec::new(&wd_model, warehouse.describe(wm).await?)?;
+    let wproducer = TransactionalProducer::new(&config.kafka, &naming::poller_transactional_id(&prefix, &wd_model)).await?;
+    let mut wstate = fresh_state(&wd_model);
+    let mut wpublished = false;
+    let wd_snapshot = wd_run(&config, &warehouse, wm, &wcodec, &wproducer, &mut wstate, &mut wpublished, "bench-wd-snapshot").await?;
+    warehouse.client().batch_execute(&format!("UPDATE {table} SET tier = tier || '+' WHERE id % 100 = 1")).await?;
+    let copy_3 = copy_seconds(&warehouse, &select).await;
+    let wd_diff = wd_run(&config, &warehouse, wm, &wcodec, &wproducer, &mut wstate, &mut wpublished, "bench-wd-diff").await?;
+
+    println!();
+    println!("rows: {rows}, 1% run: {} updates", changes.updates);
+    println!("COPY (query) TO STDOUT:        {copy_1:7.2} s / {copy_2:7.2} s / {copy_3:7.2} s (before each measured run)");
+    println!("diff first snapshot:           {snapshot:7.2} s   ratio {:5.2}  (target <= 2.0)", snapshot / copy_1);
+    println!("diff run, 1% changed:          {diff_run:7.2} s   ratio {:5.2}  (target <= 1.5)", diff_run / copy_2);
+    println!("  of which catch-up {caught_up:.2} s, scan+compare {:.2} s, before images+encode+commit {:.2} s", computed - caught_up, diff_run - computed);
+    println!("warehouse_diff first snapshot: {wd_snapshot:7.2} s   ratio {:5.2}", wd_snapshot / copy_1);
+    println!("warehouse_diff run, 1% changed:{wd_diff:7.2} s   ratio {:5.2}", wd_diff / copy_3);
+    println!("diff state rebuild from topic: {rebuild:7.2} s   ({tracked_rows} rows)");
+    println!(
+        "diff memory per tracked row:   {:7.1} B (hash table)  {:7.1} B (RSS growth while rebuilding, incl. client buffers)  (target <= 64)",
+        table_bytes / tracked_rows,
+        rss_growth as f64 / tracked_rows
+    );
+    warehouse
+        .client()
+        .batch_execute(&format!(
+            "DROP TABLE {table}; DROP TABLE IF EXISTS sluice_state.\"{wd_model}_snapshot\", sluice_state.\"{wd_model}_pending\", sluice_state.\"{wd_model}_changes\""
+        ))
+        .await?;
+    Ok(())
+}

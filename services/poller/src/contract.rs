@@ -1,0 +1,118 @@
+//! Schema contracts: a model's columns and types, as checked in under `schemas/models/`, are
+//! compared with what the warehouse describes before the model is read. Any removed or retyped
+//! column refuses the model with the full list of differences; added columns are refused too
+//! unless the model says `allow_additions = true`. Why refuse: a destination mapping written
+//! against yesterday's shape must not silently receive something else.
+
+use std::path::Path;
+
+use serde_json::Value as Json;
+use sluice_core::config::ModelConfig;
+use sluice_core::RowSchema;
+
+/// Why a model does not match its contract.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("model {model}: columns drift from its schema contract {path}: {}. Fix: change the model back, or review the change and re-export the contract with `sluice schema export {model}`", differences.join("; "))]
+pub struct ContractError {
+    pub model: String,
+    pub path: String,
+    pub differences: Vec<String>,
+}
+
+fn field_types(schema: &Json) -> Vec<(String, Json)> {
+    schema["fields"]
+        .as_array()
+        .map(|fields| fields.iter().map(|f| (f["name"].as_str().unwrap_or_default().to_string(), f["type"].clone())).collect())
+        .unwrap_or_default()
+}
+
+fn describe(ty: &Json) -> String {
+    ty.to_string()
+}
+
+/// Compare the model's current row schema with its contract text. Returns the differences.
+pub fn differences(contract: &Json, current: &Json, allow_additions: bool) -> Vec<String> {
+    let expected = field_types(contract);
+    let actual = field_types(current);
+    let mut out = Vec::new();
+    for (name, ty) in &expected {
+        match actual.iter().find(|(n, _)| n == name) {
+            None => out.push(format!("column {name:?} removed")),
+            Some((_, now)) if now != ty => out.push(format!("column {name:?} changed type from {} to {}", describe(ty), describe(now))),
+            Some(_) => {}
+        }
+    }
+    for (name, ty) in &actual {
+        if !expected.iter().any(|(n, _)| n == name) && !allow_additions {
+            out.push(format!("column {name:?} added ({}; set allow_additions = true to accept additions)", describe(ty)));
+        }
+    }
+    out
+}
+
+/// Check `schema` against the model's contract, if it has one.
+pub fn check(model: &ModelConfig, schema: &RowSchema) -> Result<(), crate::ModelError> {
+    let Some(path) = &model.schema_contract else { return Ok(()) };
+    let name = model.name.get_ref();
+    let text = std::fs::read_to_string(path).map_err(|e| ContractError {
+        model: name.clone(),
+        path: path.clone(),
+        differences: vec![format!("cannot read the contract ({e}); export it with `sluice schema export {name}`")],
+    })?;
+    let contract: Json = serde_json::from_str(&text).map_err(|e| ContractError {
+        model: name.clone(),
+        path: path.clone(),
+        differences: vec![format!("the contract is not JSON ({e})")],
+    })?;
+    let current = sluice_avro::row_schema_json(name, schema)?;
+    let differences = differences(&contract, &current, model.allow_additions);
+    if differences.is_empty() {
+        Ok(())
+    } else {
+        metrics::counter!("sluice_poller_contract_refusals_total", "model" => name.clone()).increment(1);
+        tracing::error!(model = %name, contract = %path, differences = differences.len(), "model refused: it drifts from its schema contract");
+        Err(ContractError { model: name.clone(), path: path.clone(), differences }.into())
+    }
+}
+
+/// Write the model's current row schema to `path` (creating its directory), pretty-printed.
+pub fn export(model: &str, schema: &RowSchema, path: &Path) -> anyhow::Result<()> {
+    let json = sluice_avro::row_schema_json(model, schema)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")?;
+    Ok(())
+}
+
+/// Describe `model` in the configured warehouse and write its row schema to `path`
+/// (`sluice schema export`).
+pub async fn export_model(config: &sluice_core::config::Config, model: &str, path: &Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use sluice_warehouse::Warehouse as _;
+    let model_config = config.model(model).with_context(|| format!("no model named {model:?} in the config"))?;
+    let warehouse = sluice_warehouse::postgres::Postgres::connect(config.warehouse.url.expose()).await?;
+    let schema = warehouse.describe(model_config).await?;
+    export(model, &schema, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn lists_removed_retyped_and_added_columns() {
+        let contract = json!({"fields": [{"name": "id", "type": "long"}, {"name": "tier", "type": ["null", "string"]}, {"name": "gone", "type": "int"}]});
+        let current = json!({"fields": [{"name": "id", "type": "long"}, {"name": "tier", "type": ["null", "int"]}, {"name": "extra", "type": "string"}]});
+        assert_eq!(
+            differences(&contract, &current, false),
+            vec![
+                r#"column "tier" changed type from ["null","string"] to ["null","int"]"#.to_string(),
+                r#"column "gone" removed"#.to_string(),
+                r#"column "extra" added ("string"; set allow_additions = true to accept additions)"#.to_string(),
+            ]
+        );
+        assert_eq!(differences(&contract, &current, true).len(), 2, "additions accepted when allowed");
+    }
+}
