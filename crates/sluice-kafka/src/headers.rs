@@ -12,6 +12,9 @@ pub const SCHEMA_FINGERPRINT: &str = "sluice.schema.fingerprint";
 pub const RUN_ID: &str = "sluice.run.id";
 /// Change-event operation (`c`, `u`, `d`, `r`), so consumers can filter without decoding.
 pub const OP: &str = "sluice.op";
+/// xxh3 hash (16 hex digits) of the event's `after` row, from the snapshot modes; lets the
+/// poller rebuild its state from headers alone. Absent on deletes and tombstones.
+pub const ROW_HASH: &str = "sluice.row.hash";
 
 /// Dead-letter context headers (Kafka Connect's `__connect.errors.*` in spirit).
 pub mod dlq {

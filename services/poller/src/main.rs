@@ -27,7 +27,7 @@ struct Args {
     #[arg(long = "confirm-large-change")]
     confirm_large_change: Vec<String>,
     /// Address of `POST /run/<model>` (start a run now, e.g. from a "dbt job finished" hook).
-    #[arg(long, env = "SLUICE_TRIGGER_LISTEN", default_value = "127.0.0.1:9465")]
+    #[arg(long, env = "SLUICE_TRIGGER_LISTEN", default_value = "127.0.0.1:9466")]
     trigger_listen: SocketAddr,
     /// JSON logs (for log shippers).
     #[arg(long, env = "SLUICE_LOG_JSON")]

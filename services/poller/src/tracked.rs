@@ -26,7 +26,7 @@ use sluice_kafka::{client_config, KafkaError};
 
 /// Header carrying the xxh3 hash (16 hex digits) of an event's `after` row, so the tracked
 /// state is rebuilt from headers alone. Absent on deletes and tombstones.
-pub const ROW_HASH_HEADER: &str = "sluice.row.hash";
+pub use sluice_kafka::headers::ROW_HASH as ROW_HASH_HEADER;
 
 /// Marks an entry whose key was seen by the scan in progress (top bit of `loc`).
 const SEEN: u64 = 1 << 63;
