@@ -9,7 +9,7 @@
 # ---------------------------------------------------------------------------------------------
 # Builder
 # ---------------------------------------------------------------------------------------------
-FROM rust:1.85-bookworm AS builder
+FROM rust:1.95-bookworm AS builder
 
 # rdkafka is built with `cmake-build` (librdkafka compiled from source): cmake, plus the
 # development headers librdkafka's build looks for.
