@@ -84,7 +84,7 @@ impl Braze {
     fn build(&self, batch: &[OutboundRecord]) -> Built {
         let mut built = Built { attributes: Vec::new(), owners: Vec::new(), refused: Vec::new() };
         for (index, record) in batch.iter().enumerate() {
-            let deleting = record.action == Action::Delete || (record.action == Action::Event && record.op == "d");
+            let deleting = record.removes();
             let suppress = match (self.mode, deleting) {
                 (BrazeMode::Attributes, false) | (BrazeMode::Suppression, true) => false,
                 (BrazeMode::Attributes, true) | (BrazeMode::Suppression, false) => true,

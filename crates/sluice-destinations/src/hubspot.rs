@@ -35,7 +35,7 @@ use sluice_core::ErrorClass;
 
 use crate::http::{answered, bearer, header_text, retry_after_of, transport_error, EXCERPT_BYTES};
 use crate::identifiers::canonical_email;
-use crate::{Action, DeliveryError, Destination, OutboundRecord, RecordFailure};
+use crate::{DeliveryError, Destination, OutboundRecord, RecordFailure};
 
 // ---- client -------------------------------------------------------------------------------
 
@@ -99,17 +99,9 @@ impl HubSpot {
         let mut built = Built { inputs: Vec::new(), owners: Vec::new(), refused: Vec::new() };
         let mut by_id: HashMap<String, usize> = HashMap::new();
         for (index, record) in batch.iter().enumerate() {
-            let deleting = record.action == Action::Delete || (record.action == Action::Event && record.op == "d");
+            let deleting = record.removes();
             if deleting {
-                match self.on_delete {
-                    UnsupportedDelete::Skip => metrics::counter!("sluice_destination_hubspot_deletes_skipped_total").increment(1),
-                    UnsupportedDelete::Reject => built.refused.push(RecordFailure::permanent(
-                        index,
-                        "hubspot destination does not delete (on_delete = \"reject\")",
-                        None,
-                        "",
-                    )),
-                }
+                built.refused.extend(crate::unsupported_delete(self.on_delete, "hubspot", index));
                 continue;
             }
             let Some(id) = record.changed_from(&self.id_field).or_else(|| record.text(&self.id_field)) else {
@@ -286,6 +278,7 @@ pub fn until_next_midnight(now: chrono::DateTime<chrono::Utc>, zone: chrono_tz::
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Action;
     use sluice_core::config::Secret;
 
     fn hubspot(zone: &str) -> HubSpot {

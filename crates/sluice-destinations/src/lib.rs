@@ -68,6 +68,12 @@ pub struct OutboundRecord {
 }
 
 impl OutboundRecord {
+    /// Whether the record takes its row out of the destination: a `Delete` action, or an
+    /// append-mode event of a delete.
+    pub fn removes(&self) -> bool {
+        self.action == Action::Delete || (self.action == Action::Event && self.op == "d")
+    }
+
     /// A field's value as text: from the current image, else the `before` image, else the
     /// primary key. `None` when absent, null or empty.
     pub fn text(&self, field: &str) -> Option<String> {
@@ -185,6 +191,28 @@ impl RecordFailure {
     /// A record refused before or by the vendor: dead-letter it.
     pub fn permanent(index: usize, message: impl Into<String>, status: Option<u16>, excerpt: impl Into<String>) -> RecordFailure {
         RecordFailure { index, class: ErrorClass::Permanent, message: message.into(), status, excerpt: excerpt.into() }
+    }
+}
+
+/// A delete reaching a destination that cannot delete (its delete endpoints take vendor ids
+/// sluice does not have): counted and skipped, or refused so it is dead-lettered for a person,
+/// as the destination's `on_delete` says. `Some` is the refusal to report.
+pub(crate) fn unsupported_delete(
+    policy: sluice_core::config::UnsupportedDelete,
+    kind: &'static str,
+    index: usize,
+) -> Option<RecordFailure> {
+    match policy {
+        sluice_core::config::UnsupportedDelete::Skip => {
+            metrics::counter!(format!("sluice_destination_{kind}_deletes_skipped_total")).increment(1);
+            None
+        }
+        sluice_core::config::UnsupportedDelete::Reject => Some(RecordFailure::permanent(
+            index,
+            format!("{kind} destination does not delete (on_delete = \"reject\")"),
+            None,
+            "",
+        )),
     }
 }
 

@@ -34,7 +34,7 @@ use sluice_core::ErrorClass;
 
 use crate::http::{answered, bearer, header_text, transport_error, EXCERPT_BYTES};
 use crate::identifiers::{meta_value, MetaKey};
-use crate::{batch_digest, Action, DeliveryError, Destination, OutboundRecord, RecordFailure};
+use crate::{batch_digest, DeliveryError, Destination, OutboundRecord, RecordFailure};
 
 // ---- client -------------------------------------------------------------------------------
 
@@ -137,7 +137,7 @@ impl Meta {
             }
         };
         for (index, record) in batch.iter().enumerate() {
-            let leaving = record.action == Action::Delete || (record.action == Action::Event && record.op == "d");
+            let leaving = record.removes();
             let operation = match (self.mode, leaving) {
                 (AudienceMode::Audience, false) => Operation::Add,
                 (AudienceMode::Audience, true) | (AudienceMode::Suppression, false) => Operation::Remove,
@@ -321,6 +321,7 @@ fn classify(status: u16, code: Option<i64>, subcode: Option<i64>, regain: Option
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Action;
     use crate::identifiers::sha256_hex;
     use sluice_core::config::Secret;
 

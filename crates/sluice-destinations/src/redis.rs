@@ -28,7 +28,7 @@ use ::redis::{RedisError, Value};
 use sluice_core::config::{RedisConfig, RedisMode};
 use sluice_core::ErrorClass;
 
-use crate::{Action, DeliveryError, Destination, OutboundRecord, RecordFailure};
+use crate::{DeliveryError, Destination, OutboundRecord, RecordFailure};
 
 // ---- client -------------------------------------------------------------------------------
 
@@ -107,7 +107,7 @@ impl Redis {
             plan.owners.push(index);
         };
         for (index, record) in batch.iter().enumerate() {
-            let removing = record.action == Action::Delete || (record.action == Action::Event && record.op == "d");
+            let removing = record.removes();
             match self.mode {
                 RedisMode::Hash => {
                     let Some(key) = self.hash_key(record) else {
@@ -286,6 +286,7 @@ fn classify_error(error: &RedisError) -> ErrorClass {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Action;
     use sluice_core::config::Secret;
 
     fn config(mode: RedisMode) -> RedisConfig {

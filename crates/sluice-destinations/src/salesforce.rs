@@ -31,7 +31,7 @@ use sluice_core::config::{SalesforceConfig, UnsupportedDelete};
 use sluice_core::ErrorClass;
 
 use crate::http::{answered, bearer, header_text, retry_after_of, transport_error, EXCERPT_BYTES};
-use crate::{Action, DeliveryError, Destination, OutboundRecord, RecordFailure};
+use crate::{DeliveryError, Destination, OutboundRecord, RecordFailure};
 
 // ---- client -------------------------------------------------------------------------------
 
@@ -85,17 +85,9 @@ impl Salesforce {
         let mut built = Built { records: Vec::new(), owners: Vec::new(), refused: Vec::new() };
         let mut by_id: HashMap<String, usize> = HashMap::new();
         for (index, record) in batch.iter().enumerate() {
-            let deleting = record.action == Action::Delete || (record.action == Action::Event && record.op == "d");
+            let deleting = record.removes();
             if deleting {
-                match self.on_delete {
-                    UnsupportedDelete::Skip => metrics::counter!("sluice_destination_salesforce_deletes_skipped_total").increment(1),
-                    UnsupportedDelete::Reject => built.refused.push(RecordFailure::permanent(
-                        index,
-                        "salesforce destination does not delete (on_delete = \"reject\")",
-                        None,
-                        "",
-                    )),
-                }
+                built.refused.extend(crate::unsupported_delete(self.on_delete, "salesforce", index));
                 continue;
             }
             let Some(current) = record.text(&self.external_id_field) else {
@@ -231,6 +223,7 @@ impl Salesforce {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Action;
     use sluice_core::config::Secret;
 
     fn salesforce() -> Salesforce {
