@@ -26,13 +26,15 @@ WORKDIR /src
 # when building only a few packages, and sluice-avro embeds schemas/ at compile time.
 COPY . .
 
-# The registry and target dir are BuildKit cache mounts, so rebuilds after a source change
+# DuckDB (the embedded warehouse) is compiled in; its C++ makes the first build long (about 20
+# minutes on 2 cores). The registry and target dir are BuildKit cache mounts, so rebuilds after a source change
 # recompile only sluice itself. A cache mount is not part of the image, so the binaries are
 # copied out of it in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked -p sluice-poller -p sluice-sink -p sluice-cli \
+        --features sluice-cli/duckdb,sluice-poller/duckdb \
  && mkdir -p /out \
  && install -m 0755 target/release/sluice-poller target/release/sluice-sink target/release/sluice /out/
 

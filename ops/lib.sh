@@ -144,6 +144,12 @@ kafka_jars_ready() {
     [ -f "$KAFKA_LIBS_MARKER" ] && [ "$(cat "$KAFKA_LIBS_MARKER")" = "$(kafka_pom_sum)" ]
 }
 
+# Cargo features the ops scripts build with: DuckDB (the embedded warehouse) in the
+# services, the CLI and the integration tests. Its C++ is compiled once per machine into the
+# shared target dir; the everyday `cargo build`/`cargo test` without features skips it.
+SLUICE_SERVICE_FEATURES="sluice-cli/duckdb,sluice-poller/duckdb"
+SLUICE_CARGO_FEATURES="$SLUICE_SERVICE_FEATURES,sluice-integration-tests/duckdb"
+
 # Everything a cargo build here needs: installed packages, Kafka/PostgreSQL/Redis
 # running, cargo on PATH, and one shared target dir outside the clone (so every
 # clone on this machine, CI's included, reuses one build).

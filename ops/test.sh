@@ -13,6 +13,7 @@ log "cargo test (target dir $CARGO_TARGET_DIR)"
 cd "$REPO"
 started=$(date +%s)
 # Crash tests run the service binaries as processes (SIGKILL), so build them first.
-cargo build --workspace --bins --locked
-cargo test --workspace --locked "$@"
+# --features: the DuckDB warehouse and its tests (see SLUICE_CARGO_FEATURES in lib.sh).
+cargo build --workspace --bins --locked --features "$SLUICE_CARGO_FEATURES"
+cargo test --workspace --locked --features "$SLUICE_CARGO_FEATURES" "$@"
 log "test suite passed in $(( $(date +%s) - started )) s"

@@ -11,43 +11,10 @@
 
 mod poller_common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use poller_common::*;
 use rand::Rng;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// Build the poller binary into the test's own target directory and return its path.
-fn poller_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("<target>/<profile>/deps/<test>").to_path_buf();
-    let target_dir = profile_dir.parent().expect("<target>").to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build.args(["build", "-p", "sluice-poller", "--bin", "sluice-poller"]).env("CARGO_TARGET_DIR", &target_dir);
-    if profile_dir.file_name().is_some_and(|p| p == "release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("run cargo build");
-    assert!(status.success(), "building sluice-poller failed");
-    profile_dir.join("sluice-poller")
-}
-
-fn start(binary: &PathBuf, config: &PathBuf, log: &std::fs::File) -> Child {
-    Command::new(binary)
-        .args(["--config", config.to_str().unwrap(), "--ops-listen", "127.0.0.1:0", "--trigger-listen", "127.0.0.1:0"])
-        .env("SLUICE_IT_WAREHOUSE_URL", sluice_integration_tests::postgres_url())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log.try_clone().unwrap()))
-        .spawn()
-        .expect("start sluice-poller")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poller_binary_killed_with_sigkill_at_random_points_loses_and_duplicates_nothing() {
@@ -107,7 +74,7 @@ async fn poller_binary_killed_with_sigkill_at_random_points_loses_and_duplicates
     let snapshot_kills = kills / 4;
     for round in 0..kills {
         if round == snapshot_kills {
-            let mut child = start(&binary, &config, &log);
+            let mut child = start_binary(&binary, &config, &log);
             let deadline = Instant::now() + Duration::from_secs(120);
             while !std::fs::read_to_string(&log_path).unwrap_or_default().contains("diff run committed") {
                 assert!(Instant::now() < deadline, "first snapshot did not complete (log: {})", log_path.display());
@@ -116,7 +83,7 @@ async fn poller_binary_killed_with_sigkill_at_random_points_loses_and_duplicates
             child.kill().expect("SIGKILL");
             child.wait().unwrap();
         }
-        let mut child = start(&binary, &config, &log);
+        let mut child = start_binary(&binary, &config, &log);
         // A restart takes ~1 s to fence and recover and ~2-3 s (debug build) to rebuild 100k
         // rows of state before its first run: the windows cover every phase.
         let window = if round < snapshot_kills { 300..3500 } else { 1500..7000 };
@@ -128,7 +95,7 @@ async fn poller_binary_killed_with_sigkill_at_random_points_loses_and_duplicates
     writer_stop.cancel();
     let changes = writer.await.unwrap();
 
-    let mut child = start(&binary, &config, &log);
+    let mut child = start_binary(&binary, &config, &log);
     let expected = table_state(&f).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {

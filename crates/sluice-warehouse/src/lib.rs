@@ -11,9 +11,16 @@
 //! already read (out-of-order commits) — those need the look-back window and reconciliation of
 //! the `diff` modes.
 
+#[cfg(feature = "duckdb")]
+pub mod duckdb;
 pub mod postgres;
+pub mod sql;
+
+mod any;
 
 use std::future::Future;
+
+pub use any::AnyWarehouse;
 
 use sluice_core::config::ModelConfig;
 use sluice_core::{ColumnType, Row, RowSchema, Value};
@@ -62,6 +69,23 @@ pub trait Warehouse: Send + Sync {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Row>, WarehouseError>> + Send;
 
+    /// Up to `limit` rows in primary-key order, strictly after the key tuple `after` (`None` =
+    /// from the first key). The first snapshot reads a model in these chunks, one Kafka
+    /// transaction each, so a crash resumes after the last committed key instead of starting
+    /// over. Keyset paging: with an index on the key (any table's primary key) each chunk is a
+    /// range scan; a `query` model is evaluated once per chunk.
+    fn fetch_by_key(
+        &self,
+        model: &ModelConfig,
+        schema: &RowSchema,
+        after: Option<&[Value]>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Row>, WarehouseError>> + Send;
+
+    /// Row count and key health of the model, computed inside the warehouse in one statement:
+    /// the first snapshot checks its key gates with this before it emits anything.
+    fn check_keys(&self, model: &ModelConfig, schema: &RowSchema) -> impl Future<Output = Result<KeyCheck, WarehouseError>> + Send;
+
     /// Every row of the model, in no particular order, handed to `each` as it streams in (so
     /// a full read never holds the whole result set). Rows are returned as read: NULL keys and
     /// duplicates are the caller's to judge (its data-quality gates report them with samples).
@@ -76,6 +100,17 @@ pub trait Warehouse: Send + Sync {
 pub struct SnapshotChange {
     pub before: Option<Row>,
     pub after: Option<Row>,
+}
+
+/// What [`Warehouse::check_keys`] found: rows, and rows whose key is NULL or duplicated (each
+/// duplicate beyond the first copy counts once), with up to five sample key tuples of each.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct KeyCheck {
+    pub rows: u64,
+    pub null_keys: u64,
+    pub null_samples: Vec<Row>,
+    pub duplicate_keys: u64,
+    pub duplicate_samples: Vec<Row>,
 }
 
 /// The outcome of building a pending snapshot.
@@ -165,6 +200,26 @@ pub fn cursor_indexes(model: &ModelConfig, schema: &RowSchema) -> Option<Vec<usi
 /// The cursor tuple of a row.
 pub fn cursor_of(indexes: &[usize], row: &Row) -> Vec<Value> {
     indexes.iter().map(|&i| row[i].clone()).collect()
+}
+
+/// Text form of a cursor or key value, bound as a text parameter and cast back to its column's
+/// type in SQL, so a stored position compares exactly as the column does (no float or time-zone
+/// drift). Timestamps are rendered in UTC. `None` for NULL and bytes (never ordered).
+pub fn value_text(value: &Value) -> Option<String> {
+    use chrono::{DateTime, NaiveDate};
+    Some(match value {
+        Value::Null | Value::Bytes(_) => return None,
+        Value::Boolean(b) => b.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::Long(i) => i.to_string(),
+        Value::Double(d) => format!("{d:?}"),
+        Value::String(s) | Value::Uuid(s) | Value::DecimalText(s) | Value::Json(s) => s.clone(),
+        Value::TimestampMicros(us) => DateTime::from_timestamp_micros(*us)?.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+        Value::Date(days) => {
+            let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
+            epoch.checked_add_signed(chrono::Duration::days(i64::from(*days)))?.to_string()
+        }
+    })
 }
 
 /// Whether a column type may serve in a cursor or key comparison.

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+
 use sluice_core::config::ModelConfig;
 use sluice_core::{Column, ColumnType, Row, RowSchema, Value};
 use tokio_postgres::types::Type;
@@ -18,7 +19,8 @@ use tokio_postgres::{Client, NoTls};
 
 mod snapshot;
 
-use crate::{cursor_indexes, orderable, Warehouse, WarehouseError};
+use crate::sql::ident;
+use crate::{cursor_indexes, orderable, value_text, KeyCheck, Warehouse, WarehouseError};
 
 /// A connected PostgreSQL warehouse.
 pub struct Postgres {
@@ -43,10 +45,6 @@ fn classify(model: &str, e: tokio_postgres::Error) -> WarehouseError {
     }
 }
 
-/// Quote an identifier for SQL.
-fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
 
 impl Postgres {
     /// Connect; the connection task runs until the client is dropped.
@@ -140,24 +138,6 @@ fn read_value(row: &tokio_postgres::Row, i: usize, column: &Column) -> Result<Va
     .unwrap_or(Value::Null))
 }
 
-/// Text form of a cursor value, cast back to its column type in SQL.
-fn cursor_text(value: &Value) -> Option<String> {
-    Some(match value {
-        Value::Null => return None,
-        Value::Boolean(b) => b.to_string(),
-        Value::Int(i) => i.to_string(),
-        Value::Long(i) => i.to_string(),
-        Value::Double(d) => format!("{d:?}"),
-        Value::String(s) | Value::Uuid(s) | Value::DecimalText(s) | Value::Json(s) => s.clone(),
-        Value::Bytes(_) => return None,
-        Value::TimestampMicros(us) => DateTime::from_timestamp_micros(*us)?.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
-        Value::Date(days) => {
-            let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
-            epoch.checked_add_signed(chrono::Duration::days(i64::from(*days)))?.to_string()
-        }
-    })
-}
-
 /// PostgreSQL type name to cast a text cursor parameter to.
 fn cast_name(ty: ColumnType) -> &'static str {
     match ty {
@@ -233,7 +213,8 @@ impl Warehouse for Postgres {
         after: Option<&[Value]>,
         limit: usize,
     ) -> Result<Vec<Row>, WarehouseError> {
-        self.fetch_page(model, schema, None, after, limit).await
+        let order = cursor_order(model, schema)?;
+        self.fetch_page(model, schema, &order, None, after, limit).await
     }
 
     async fn fetch_since(
@@ -244,7 +225,17 @@ impl Warehouse for Postgres {
         after: Option<&[Value]>,
         limit: usize,
     ) -> Result<Vec<Row>, WarehouseError> {
-        self.fetch_page(model, schema, Some(since), after, limit).await
+        let order = cursor_order(model, schema)?;
+        self.fetch_page(model, schema, &order, Some(since), after, limit).await
+    }
+
+    async fn fetch_by_key(&self, model: &ModelConfig, schema: &RowSchema, after: Option<&[Value]>, limit: usize) -> Result<Vec<Row>, WarehouseError> {
+        self.fetch_page(model, schema, &schema.primary_key, None, after, limit).await
+    }
+
+    async fn check_keys(&self, model: &ModelConfig, schema: &RowSchema) -> Result<KeyCheck, WarehouseError> {
+        let keys: Vec<String> = schema.key_columns().map(|c| ident(&c.name)).collect();
+        Self::key_check_of(&self.client, model.name.get_ref(), schema, &model.relation_sql(), &keys).await
     }
 
     async fn scan<F>(&self, model: &ModelConfig, schema: &RowSchema, mut each: F) -> Result<u64, WarehouseError>
@@ -275,21 +266,42 @@ impl Warehouse for Postgres {
     }
 }
 
+/// The cursor tuple's columns, or the model error that it has none.
+fn cursor_order(model: &ModelConfig, schema: &RowSchema) -> Result<Vec<usize>, WarehouseError> {
+    cursor_indexes(model, schema).ok_or_else(|| WarehouseError::Model {
+        model: model.name.get_ref().clone(),
+        message: format!("cursor reads need cursor mode, the model is in {} mode", model.detection.mode()),
+    })
+}
+
 impl Postgres {
-    /// A page in (cursor, key) order: strictly after `after`, and with cursor ≥ `since`.
+    /// [`KeyCheck`] of `relation` (the model, or a pending snapshot table not committed yet,
+    /// hence the explicit client), samples included only when something is wrong.
+    pub(crate) async fn key_check_of(client: &Client, name: &str, schema: &RowSchema, relation: &str, keys: &[String]) -> Result<KeyCheck, WarehouseError> {
+        let counts = client.query_one(&crate::sql::key_check(relation, keys), &[]).await.map_err(|e| classify(name, e))?;
+        let mut check = KeyCheck { rows: counts.get::<_, i64>(0) as u64, null_keys: counts.get::<_, i64>(1) as u64, duplicate_keys: counts.get::<_, i64>(2) as u64, ..KeyCheck::default() };
+        if check.null_keys > 0 {
+            check.null_samples = key_rows(client, name, schema, &crate::sql::null_key_samples(relation, keys, 5)).await?;
+        }
+        if check.duplicate_keys > 0 {
+            check.duplicate_samples = key_rows(client, name, schema, &crate::sql::duplicate_key_samples(relation, keys, 5)).await?;
+        }
+        Ok(check)
+    }
+
+    /// A page ordered by the columns `indexes` (the cursor tuple, or the key): strictly after
+    /// `after` (a row-value comparison, which PostgreSQL's btree indexes serve), and with the
+    /// first column ≥ `since`.
     async fn fetch_page(
         &self,
         model: &ModelConfig,
         schema: &RowSchema,
+        indexes: &[usize],
         since: Option<&Value>,
         after: Option<&[Value]>,
         limit: usize,
     ) -> Result<Vec<Row>, WarehouseError> {
         let name = model.name.get_ref();
-        let indexes = cursor_indexes(model, schema).ok_or_else(|| WarehouseError::Model {
-            model: name.clone(),
-            message: format!("fetch_after needs cursor mode, the model is in {} mode", model.detection.mode()),
-        })?;
         let select: Vec<String> = schema.columns.iter().map(select_expr).collect();
         let order: Vec<String> = indexes.iter().map(|&i| ident(&schema.columns[i].name)).collect();
         let mut params: Vec<Option<String>> = Vec::new();
@@ -297,11 +309,11 @@ impl Postgres {
         if let Some(tuple) = after {
             let placeholders: Vec<String> =
                 indexes.iter().enumerate().map(|(p, &i)| cursor_param(p + 1, schema.columns[i].ty)).collect();
-            params = tuple.iter().map(cursor_text).collect();
+            params = tuple.iter().map(value_text).collect();
             conditions.push(format!("({}) > ({})", order.join(", "), placeholders.join(", ")));
         }
         if let Some(since) = since {
-            params.push(cursor_text(since));
+            params.push(value_text(since));
             conditions.push(format!("{} >= {}", order[0], cursor_param(params.len(), schema.columns[indexes[0]].ty)));
         }
         let predicate = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
@@ -335,4 +347,19 @@ impl Postgres {
             })
             .collect()
     }
+}
+
+/// Rows of key tuples (`SELECT <key columns> …`), read with the key columns' types.
+async fn key_rows(client: &Client, name: &str, schema: &RowSchema, sql: &str) -> Result<Vec<Row>, WarehouseError> {
+    let rows = client.query(sql, &[]).await.map_err(|e| classify(name, e))?;
+    let keys: Vec<&Column> = schema.key_columns().collect();
+    rows.iter()
+        .map(|row| {
+            keys.iter()
+                .enumerate()
+                .map(|(i, c)| read_value(row, i, c))
+                .collect::<Result<Row, _>>()
+                .map_err(|e| WarehouseError::Model { model: name.to_string(), message: format!("cannot read a key: {e}") })
+        })
+        .collect()
 }

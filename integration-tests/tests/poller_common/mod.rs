@@ -103,9 +103,14 @@ pub fn read_settled(topic: &str) -> Vec<ReadRecord> {
 }
 
 pub fn decode_all(f: &Fixture) -> Vec<(ReadRecord, Decoded)> {
+    decode_topic(&f.prefix, &f.model)
+}
+
+/// Every record of a model's change topic, decoded with the writer schemas of the schema topic.
+pub fn decode_topic(prefix: &str, model: &str) -> Vec<(ReadRecord, Decoded)> {
     // Change topic first: its schemas were committed with (or before) its events.
-    let changes = read_settled(&naming::change_topic(&f.prefix, &f.model));
-    let schemas: HashMap<String, String> = read_settled(&naming::schema_topic(&f.prefix))
+    let changes = read_settled(&naming::change_topic(prefix, model));
+    let schemas: HashMap<String, String> = read_settled(&naming::schema_topic(prefix))
         .into_iter()
         .map(|r| (String::from_utf8(r.key.unwrap()).unwrap(), String::from_utf8(r.payload.unwrap()).unwrap()))
         .collect();
@@ -195,3 +200,40 @@ pub fn count(events: &[(ReadRecord, Decoded)], code: &str) -> usize {
     ops(events).into_iter().filter(|op| *op == code).count()
 }
 
+
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Build the poller binary into the test's own target directory and return its path. Built
+/// with the `duckdb` feature when these tests are, so it serves both warehouses.
+pub fn poller_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("<target>/<profile>/deps/<test>").to_path_buf();
+    let target_dir = profile_dir.parent().expect("<target>").to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build.args(["build", "-p", "sluice-poller", "--bin", "sluice-poller"]).env("CARGO_TARGET_DIR", &target_dir);
+    if cfg!(feature = "duckdb") {
+        build.args(["--features", "duckdb"]);
+    }
+    if profile_dir.file_name().is_some_and(|p| p == "release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("run cargo build");
+    assert!(status.success(), "building sluice-poller failed");
+    profile_dir.join("sluice-poller")
+}
+
+/// Start the poller binary on `config`, logging to `log`.
+pub fn start_binary(binary: &std::path::Path, config: &std::path::Path, log: &std::fs::File) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    Command::new(binary)
+        .args(["--config", config.to_str().unwrap(), "--ops-listen", "127.0.0.1:0", "--trigger-listen", "127.0.0.1:0"])
+        .env("SLUICE_IT_WAREHOUSE_URL", sluice_integration_tests::postgres_url())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log.try_clone().unwrap()))
+        .spawn()
+        .expect("start sluice-poller")
+}

@@ -6,6 +6,12 @@
 //! - `sluice plan MODEL --config FILE`: dry run of the next `diff` run — counts of inserts,
 //!   updates and deletes with sample keys, and whether a data-quality gate would refuse it.
 //!   Emits nothing and does not disturb a running poller (exit 3 when the run would be refused).
+//! - `sluice snapshot MODEL --config FILE`: take (or resume) the first snapshot of a `diff`
+//!   model in the foreground, in primary-key chunks, with a progress bar; Ctrl-C stops between
+//!   chunks and the next start (CLI or service) resumes.
+//! - `sluice warehouse exec --config FILE (--sql SQL | --file FILE) [--create]`: run SQL
+//!   against the configured warehouse (a DuckDB file has no server to `psql` into); the
+//!   quickstart loads and changes its demo warehouse with it.
 //! - `sluice schema export MODEL --config FILE [--out PATH]`: write the model's row schema (its
 //!   data contract) to `schemas/models/MODEL.avsc`; point `schema_contract` at it.
 
@@ -40,6 +46,18 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         samples: usize,
     },
+    /// Take or resume the first snapshot of a `diff` model, with a progress bar.
+    Snapshot {
+        /// The model's name in the config.
+        model: String,
+        #[arg(long, env = "SLUICE_CONFIG", default_value = "sluice.toml")]
+        config: PathBuf,
+    },
+    /// Run SQL against the configured warehouse.
+    Warehouse {
+        #[command(subcommand)]
+        command: WarehouseCommand,
+    },
     /// Schema contracts of models.
     Schema {
         #[command(subcommand)]
@@ -49,6 +67,24 @@ enum Command {
     DemoReceiver {
         #[arg(long, default_value = "127.0.0.1:8088")]
         listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum WarehouseCommand {
+    /// Run a SQL script (statements separated by `;`).
+    Exec {
+        #[arg(long, env = "SLUICE_CONFIG", default_value = "sluice.toml")]
+        config: PathBuf,
+        /// The SQL to run.
+        #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+        sql: Option<String>,
+        /// A file of SQL to run.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Create the DuckDB file if it does not exist (the poller never does).
+        #[arg(long)]
+        create: bool,
     },
 }
 
@@ -128,6 +164,48 @@ async fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Command::Snapshot { model, config } => {
+            let config = match sluice_core::config::Config::load(&config) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            snapshot(&config, &model).await
+        }
+        Command::Warehouse { command: WarehouseCommand::Exec { config, sql, file, create } } => {
+            let config = match sluice_core::config::Config::load(&config) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            let script = match (sql, file) {
+                (Some(sql), _) => sql,
+                (None, Some(file)) => match std::fs::read_to_string(&file) {
+                    Ok(sql) => sql,
+                    Err(error) => {
+                        eprintln!("error: reading {}: {error}", file.display());
+                        return std::process::ExitCode::from(2);
+                    }
+                },
+                (None, None) => unreachable!("clap requires --sql or --file"),
+            };
+            let result = async {
+                let warehouse = sluice_warehouse::AnyWarehouse::connect_for_script(&config.warehouse, create).await?;
+                warehouse.execute_script(&script).await
+            }
+            .await;
+            match result {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         Command::DemoReceiver { listen } => match demo_receiver(listen).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(error) => {
@@ -135,6 +213,63 @@ async fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// A progress bar over the first snapshot's rows (a plain line per chunk when stderr is not a
+/// terminal, which indicatif handles by hiding the bar: we print the summary ourselves).
+struct Bar(indicatif::ProgressBar);
+
+impl sluice_poller::snapshot::Progress for Bar {
+    fn started(&self, model: &str, emitted: u64, total: u64) {
+        self.0.set_length(total.max(emitted));
+        self.0.set_position(emitted);
+        self.0.set_message(format!("{model}: snapshot"));
+    }
+
+    fn advanced(&self, _model: &str, emitted: u64, total: u64) {
+        self.0.set_length(total.max(emitted));
+        self.0.set_position(emitted);
+    }
+
+    fn finished(&self, model: &str, emitted: u64) {
+        self.0.finish_with_message(format!("{model}: snapshot complete, {emitted} rows"));
+    }
+}
+
+async fn snapshot(config: &sluice_core::config::Config, model: &str) -> std::process::ExitCode {
+    use sluice_poller::snapshot::Outcome;
+    let style = indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} rows ({per_sec}, eta {eta})")
+        .expect("valid template")
+        .progress_chars("=> ");
+    let bar = Bar(indicatif::ProgressBar::new(0).with_style(style));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("stopping after the chunk in flight (the next start resumes)");
+            stop.cancel();
+        }
+    });
+    match sluice_poller::snapshot::run_standalone(config, model, &bar, &shutdown).await {
+        Ok(Outcome::Complete { emitted, already: true }) => {
+            println!("model {model}: the first snapshot was already complete ({emitted} events emitted so far); nothing to do");
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(Outcome::Complete { emitted, .. }) => {
+            println!("model {model}: first snapshot complete, {emitted} rows emitted; start sluice-poller to keep it in sync");
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(Outcome::Interrupted { emitted }) => {
+            bar.0.abandon();
+            println!("model {model}: interrupted after {emitted} rows; run the same command (or the poller) to resume");
+            std::process::ExitCode::from(130)
+        }
+        Err(error) => {
+            bar.0.abandon();
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

@@ -2,7 +2,8 @@
 //! the same run on the same data (`cargo bench -p sluice-poller --bench poller_vs_copy`; needs
 //! the services of `ops/services.sh up`). Prints:
 //!
-//! - first snapshot of a 1M-row, 12-column model into Kafka (`diff` mode) ÷ COPY (target ≤ 2.0);
+//! - first snapshot of a 1M-row, 12-column model into Kafka (`diff` mode: key check, then
+//!   primary-key chunks of 10000 rows, one transaction each) ÷ COPY (target ≤ 2.0);
 //! - a `diff` run with 1% of rows changed ÷ COPY (target ≤ 1.5);
 //! - the same for `warehouse_diff` (first snapshot and 1% run);
 //! - memory per tracked row in `diff` mode: the state table's size and the process's RSS growth
@@ -125,8 +126,12 @@ async fn main() -> anyhow::Result<()> {
 
     let copy_1 = copy_seconds(&warehouse, &select).await;
     let started = Instant::now();
-    let plan = sluice_poller::diff::compute(&warehouse, dm, &codec, &mut tracked).await?;
-    sluice_poller::diff::emit(&config, dm, &codec, &producer, plan, &mut state, "bench-snapshot", &topic, &mut published).await?;
+    // What the service runs for a new model: the key check, then primary-key chunks of
+    // batch_rows, one transaction each.
+    let progress = sluice_poller::snapshot::MetricProgress;
+    let never = tokio_util::sync::CancellationToken::new();
+    sluice_poller::snapshot::run_first_snapshot(&config, &warehouse, dm, &codec, &producer, &mut state, &mut published, &progress, &never).await?;
+    anyhow::ensure!(state.snapshot_done, "the snapshot completed");
     let snapshot = started.elapsed().as_secs_f64();
 
     // State rebuild (what a restart costs) in a fresh process-level structure, with memory.

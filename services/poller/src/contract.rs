@@ -91,7 +91,7 @@ pub async fn export_model(config: &sluice_core::config::Config, model: &str, pat
     use anyhow::Context as _;
     use sluice_warehouse::Warehouse as _;
     let model_config = config.model(model).with_context(|| format!("no model named {model:?} in the config"))?;
-    let warehouse = sluice_warehouse::postgres::Postgres::connect(config.warehouse.url.expose()).await?;
+    let warehouse = sluice_warehouse::AnyWarehouse::connect(&config.warehouse).await?;
     let schema = warehouse.describe(model_config).await?;
     export(model, &schema, path)
 }

@@ -10,9 +10,10 @@
 //! committed prefix; the next run (after fencing and catching up) finds those rows already
 //! emitted and emits only the rest. Nothing is emitted twice, nothing is skipped.
 //!
-//! Not guaranteed: a row that changes and changes back between two runs is not seen (a
-//! snapshot diff observes states, not transactions). A run buffers the changed rows in memory
-//! until the gates passed, so a first snapshot holds the whole model once.
+//! The first snapshot is not a diff: it is read in primary-key chunks, resumable (see
+//! [`crate::snapshot`]). Not guaranteed: a row that changes and changes back between two runs
+//! is not seen (a snapshot diff observes states, not transactions). A run buffers the changed
+//! rows in memory until the gates passed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -244,6 +245,14 @@ pub async fn poll_diff<W: Warehouse>(
     shutdown: &CancellationToken,
 ) -> Result<(), ModelError> {
     let name = model.name.get_ref().as_str();
+    let mut schemas_published = false;
+    if !state.snapshot_done {
+        let progress = crate::snapshot::MetricProgress;
+        crate::snapshot::run_first_snapshot(config, warehouse, model, codec, producer, &mut state, &mut schemas_published, &progress, shutdown).await?;
+        if !state.snapshot_done {
+            return Ok(()); // shut down between chunks; the next start resumes
+        }
+    }
     let topic = naming::change_topic(&config.kafka.topic_prefix, name);
     let (kafka, t) = (config.kafka.clone(), topic.clone());
     let tracked = tokio::task::spawn_blocking(move || Tracked::new(&kafka, &t)).await.expect("does not panic")?;
@@ -252,7 +261,6 @@ pub async fn poll_diff<W: Warehouse>(
     // error ends this incarnation anyway (the caller rebuilds everything from Kafka).
     let mut slot = Some(catch_up(tracked).await?);
     tracing::info!(model = %name, tracked_rows = slot.as_ref().map_or(0, Tracked::len), elapsed_ms = started.elapsed().as_millis() as u64, "diff state rebuilt from the change topic");
-    let mut schemas_published = false;
     loop {
         let run_id = uuid::Uuid::new_v4().to_string();
         let span = tracing::info_span!("poller.diff_run", model = %name, run_id = %run_id);
@@ -345,7 +353,6 @@ pub async fn emit(
     }
     let batch = model.batch_rows.max(1);
     let mut pending = changes.into_iter().peekable();
-    let mut committed = 0u64;
     loop {
         let mut records = Vec::with_capacity(batch + 3);
         let mut events = 0u64;
@@ -365,12 +372,6 @@ pub async fn emit(
             committed_at_ms: now_ms(),
         };
         commit(config, codec, producer, schemas_published, records, &new_state).await?;
-        committed += events;
-        if !state.snapshot_done {
-            // First-snapshot progress, for operators watching a large model come in.
-            metrics::gauge!("sluice_poller_snapshot_progress_ratio", "model" => name.to_string()).set(committed as f64 / total.max(1) as f64);
-            tracing::info!(model = %name, committed, total, "first snapshot progress");
-        }
         *state = new_state;
         if last {
             break;

@@ -6,7 +6,11 @@
 //! Why stop rather than skip: a broken upstream job (a truncated table, a fan-out join) would
 //! otherwise turn into mass deletes or updates in every destination.
 
+use sluice_avro::ModelCodec;
 use sluice_core::config::Gates;
+use sluice_warehouse::KeyCheck;
+
+use crate::diff::key_json;
 
 /// Most sample keys an error carries.
 pub const MAX_SAMPLES: usize = 5;
@@ -53,6 +57,34 @@ pub struct RunCounts {
     pub inserts: u64,
     pub updates: u64,
     pub deletes: u64,
+}
+
+/// Sample key tuples (in key order, as the warehouse's key checks return them) as JSON objects.
+pub fn key_samples(codec: &ModelCodec, keys: &[sluice_core::Row]) -> String {
+    let schema = codec.row_schema();
+    keys.iter()
+        .map(|key| {
+            // Place the key values into a row-shaped vector for key_json.
+            let mut row = vec![sluice_core::Value::Null; schema.columns.len()];
+            for (value, &i) in key.iter().zip(&schema.primary_key) {
+                row[i] = value.clone();
+            }
+            key_json(schema, &row).to_string()
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The key gates over a warehouse's [`KeyCheck`]: NULL keys first, then duplicates.
+pub fn check_keys(model: &str, codec: &ModelCodec, check: &KeyCheck) -> Result<(), GateError> {
+    if check.null_keys > 0 {
+        let columns = codec.row_schema().key_columns().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ");
+        return Err(GateError::NullKey { model: model.to_string(), count: check.null_keys, columns, samples: key_samples(codec, &check.null_samples) });
+    }
+    if check.duplicate_keys > 0 {
+        return Err(GateError::DuplicateKey { model: model.to_string(), count: check.duplicate_keys, samples: key_samples(codec, &check.duplicate_samples) });
+    }
+    Ok(())
 }
 
 /// Row-count and change-volume gates (the key gates are checked while scanning).

@@ -24,6 +24,7 @@ mod lookback;
 pub mod gates;
 mod model_loop;
 pub mod plan;
+pub mod snapshot;
 pub mod tracked;
 pub mod triggers;
 pub mod warehouse_diff;
@@ -31,11 +32,11 @@ pub mod warehouse_diff;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use sluice_core::config::{Config, WarehouseKind};
+use sluice_core::config::Config;
 use sluice_core::naming;
 use sluice_kafka::admin::{ensure_topics, TopicRole};
 use sluice_telemetry::ops::Health;
-use sluice_warehouse::postgres::Postgres;
+use sluice_warehouse::AnyWarehouse;
 use tokio_util::sync::CancellationToken;
 
 pub use diff::ModelOptions;
@@ -59,6 +60,15 @@ pub struct RunOptions {
     pub trigger_listen: Option<std::net::SocketAddr>,
 }
 
+/// Create (if missing) the change topics of `models` and the poller's schema and state topics.
+pub async fn ensure_model_topics(config: &Config, models: &[String]) -> anyhow::Result<()> {
+    let prefix = &config.kafka.topic_prefix;
+    let mut topics: Vec<(String, TopicRole)> = models.iter().map(|m| (naming::change_topic(prefix, m), TopicRole::Compacted)).collect();
+    topics.push((naming::schema_topic(prefix), TopicRole::Compacted));
+    topics.push((naming::poller_state_topic(prefix), TopicRole::Compacted));
+    ensure_topics(&config.kafka, &topics).await.context("creating topics")
+}
+
 /// [`run`] with options.
 pub async fn run_with(
     config: Arc<Config>,
@@ -74,11 +84,7 @@ pub async fn run_with(
         .filter(|name| only.as_ref().is_none_or(|only| only.contains(name)))
         .collect();
     anyhow::ensure!(!models.is_empty(), "no model to poll (check --model and the config's [[models]])");
-    let prefix = &config.kafka.topic_prefix;
-    let mut topics: Vec<(String, TopicRole)> = models.iter().map(|m| (naming::change_topic(prefix, m), TopicRole::Compacted)).collect();
-    topics.push((naming::schema_topic(prefix), TopicRole::Compacted));
-    topics.push((naming::poller_state_topic(prefix), TopicRole::Compacted));
-    ensure_topics(&config.kafka, &topics).await.context("creating topics")?;
+    ensure_model_topics(&config, &models).await?;
 
     let wakers = Arc::new(triggers::Wakers::new(&models));
     let mut schedules = std::collections::HashMap::new();
@@ -91,10 +97,9 @@ pub async fn run_with(
     }
     triggers::spawn_notify_listener(&config, &models, Arc::clone(&wakers), shutdown.clone());
 
-    let WarehouseKind::Postgres = config.warehouse.kind;
-    let warehouse = Arc::new(Postgres::connect(config.warehouse.url.expose()).await.context("connecting to the warehouse")?);
+    let warehouse = Arc::new(AnyWarehouse::connect(&config.warehouse).await.context("connecting to the warehouse")?);
     health.set_ready();
-    tracing::info!(models = ?models, "poller started");
+    tracing::info!(models = ?models, warehouse = warehouse.kind(), "poller started");
 
     let mut tasks = tokio::task::JoinSet::new();
     for model in models {

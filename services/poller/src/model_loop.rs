@@ -120,20 +120,7 @@ async fn poll_model<W: Warehouse + SnapshotStore>(
     shutdown: &CancellationToken,
 ) -> Result<(), ModelError> {
     let name = model.name.get_ref().as_str();
-    let prefix = &config.kafka.topic_prefix;
-    let schema = warehouse.describe(model).await?;
-    crate::contract::check(model, &schema)?;
-    let codec = ModelCodec::new(name, schema)?;
-    // Fence first: once this returns, no older instance can commit, so the state read next is final.
-    let producer = TransactionalProducer::new(&config.kafka, &naming::poller_transactional_id(prefix, name)).await?;
-    let state = load_state(config, name).await?.unwrap_or(PollerState {
-        model: name.to_string(),
-        run_id: String::new(),
-        position: None,
-        snapshot_done: false,
-        events_total: 0,
-        committed_at_ms: 0,
-    });
+    let (codec, producer, state) = open_model(config, warehouse, model).await?;
     tracing::info!(model = %name, mode = model.detection.mode(), position = state.position.as_deref().unwrap_or("start"), snapshot_done = state.snapshot_done, "model state recovered");
     match &model.detection {
         Detection::Cursor { created_column, lookback_ms: Some(lookback_ms), .. } => {
@@ -149,6 +136,30 @@ async fn poll_model<W: Warehouse + SnapshotStore>(
             crate::warehouse_diff::poll_warehouse_diff(config, warehouse, model, &codec, &producer, state, options, shutdown).await
         }
     }
+}
+
+/// Describe the model, check its contract, fence older instances and read the committed state:
+/// what every incarnation of a model's loop (and `sluice snapshot`) starts from.
+pub(crate) async fn open_model<W: Warehouse>(
+    config: &Config,
+    warehouse: &W,
+    model: &ModelConfig,
+) -> Result<(ModelCodec, TransactionalProducer, PollerState), ModelError> {
+    let name = model.name.get_ref().as_str();
+    let schema = warehouse.describe(model).await?;
+    crate::contract::check(model, &schema)?;
+    let codec = ModelCodec::new(name, schema)?;
+    // Fence first: once this returns, no older instance can commit, so the state read next is final.
+    let producer = TransactionalProducer::new(&config.kafka, &naming::poller_transactional_id(&config.kafka.topic_prefix, name)).await?;
+    let state = load_state(config, name).await?.unwrap_or(PollerState {
+        model: name.to_string(),
+        run_id: String::new(),
+        position: None,
+        snapshot_done: false,
+        events_total: 0,
+        committed_at_ms: 0,
+    });
+    Ok((codec, producer, state))
 }
 
 /// Cursor mode: pages strictly after the committed cursor tuple.

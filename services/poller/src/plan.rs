@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use sluice_avro::{decoder_for, KeyDecoder, ModelCodec};
 use sluice_core::config::{Config, Detection};
 use sluice_core::naming;
-use sluice_warehouse::postgres::Postgres;
+use sluice_warehouse::AnyWarehouse;
 use sluice_warehouse::Warehouse;
 
 use crate::diff::{compute, key_json, previous_records};
@@ -64,7 +64,7 @@ pub async fn plan(config: &Config, model: &str, samples: usize) -> anyhow::Resul
         "sluice plan supports diff models; {model:?} is in {} mode",
         model_config.detection.mode()
     );
-    let warehouse = Postgres::connect(config.warehouse.url.expose()).await.context("connecting to the warehouse")?;
+    let warehouse = AnyWarehouse::connect(&config.warehouse).await.context("connecting to the warehouse")?;
     let codec = ModelCodec::new(model, warehouse.describe(model_config).await?)?;
     let state = load_state(config, model).await?;
     let topic = naming::change_topic(&config.kafka.topic_prefix, model);

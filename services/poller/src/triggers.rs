@@ -134,7 +134,10 @@ pub fn spawn_notify_listener(config: &Config, models: &[String], wakers: Arc<Wak
     if channels.is_empty() {
         return;
     }
-    let url = config.warehouse.url.expose().to_string();
+    let sluice_core::config::WarehouseLocation::Postgres { url } = config.warehouse.location() else {
+        unreachable!("validated: notify_channel needs a PostgreSQL warehouse")
+    };
+    let url = url.to_string();
     tokio::spawn(async move {
         while !shutdown.is_cancelled() {
             if let Err(error) = listen(&url, &channels, &wakers, &shutdown).await {

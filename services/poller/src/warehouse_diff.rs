@@ -25,9 +25,9 @@ use sluice_warehouse::{PreparedSnapshot, SnapshotStore, Warehouse};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::diff::{key_json, ModelOptions};
+use crate::diff::ModelOptions;
 use crate::emit::{commit, count_events, ChangeWriter};
-use crate::gates::{check_volume, GateError, RunCounts};
+use crate::gates::{check_volume, key_samples, GateError, RunCounts};
 use crate::model_loop::{now_ms, ModelError};
 
 /// Progress of a `warehouse_diff` run, stored as the state record's `position`.
@@ -43,20 +43,6 @@ fn progress_of(state: &PollerState) -> Option<Progress> {
     state.position.as_deref().and_then(|p| serde_json::from_str(p).ok())
 }
 
-fn samples(codec: &ModelCodec, keys: &[sluice_core::Row]) -> String {
-    let schema = codec.row_schema();
-    keys.iter()
-        .map(|key| {
-            // Key tuples come in key order; place them into a row-shaped vector for key_json.
-            let mut row = vec![sluice_core::Value::Null; schema.columns.len()];
-            for (value, &i) in key.iter().zip(&schema.primary_key) {
-                row[i] = value.clone();
-            }
-            key_json(schema, &row).to_string()
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// Run the model in `warehouse_diff` mode until shutdown or a fatal error.
 #[allow(clippy::too_many_arguments)]
@@ -103,10 +89,10 @@ pub async fn poll_warehouse_diff<W: Warehouse + SnapshotStore>(
                     let counts = match warehouse.prepare_snapshot(model, codec.row_schema(), &run_id).await? {
                         PreparedSnapshot::NullKeys { count, samples: keys } => {
                             let columns = model.primary_key.join(", ");
-                            return Err(GateError::NullKey { model: name.to_string(), count, columns, samples: samples(codec, &keys) }.into());
+                            return Err(GateError::NullKey { model: name.to_string(), count, columns, samples: key_samples(codec, &keys) }.into());
                         }
                         PreparedSnapshot::DuplicateKeys { count, samples: keys } => {
-                            return Err(GateError::DuplicateKey { model: name.to_string(), count, samples: samples(codec, &keys) }.into());
+                            return Err(GateError::DuplicateKey { model: name.to_string(), count, samples: key_samples(codec, &keys) }.into());
                         }
                         PreparedSnapshot::Ready { rows, tracked, inserts, updates, deletes } => RunCounts { rows, tracked, inserts, updates, deletes },
                     };

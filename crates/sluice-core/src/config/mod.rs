@@ -91,14 +91,38 @@ pub struct WarehouseConfig {
     #[serde(default = "defaults::warehouse_name")]
     pub name: String,
     pub kind: WarehouseKind,
-    /// Connection string, by reference (it usually holds a password).
-    pub url: Secret,
+    /// PostgreSQL: the connection string, by reference (it usually holds a password).
+    #[serde(default)]
+    pub url: Option<Secret>,
+    /// DuckDB: the database file (relative to the working directory, like `schema_contract`).
+    /// It must exist: a missing file is an error, never a new empty warehouse.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WarehouseKind {
     Postgres,
+    /// Embedded and file-backed; needs a build with the `duckdb` cargo feature.
+    Duckdb,
+}
+
+/// Where the warehouse is, by kind (validated: each kind has its own setting and only that).
+#[derive(Debug, Clone, Copy)]
+pub enum WarehouseLocation<'a> {
+    Postgres { url: &'a str },
+    Duckdb { path: &'a Path },
+}
+
+impl WarehouseConfig {
+    /// The warehouse's address for its kind.
+    pub fn location(&self) -> WarehouseLocation<'_> {
+        match self.kind {
+            WarehouseKind::Postgres => WarehouseLocation::Postgres { url: self.url.as_ref().expect("validated: postgres has a url").expose() },
+            WarehouseKind::Duckdb => WarehouseLocation::Duckdb { path: self.path.as_deref().expect("validated: duckdb has a path") },
+        }
+    }
 }
 
 /// A secret, given by reference and resolved at load time. Its value is never printed.
@@ -286,6 +310,15 @@ impl Config {
                 "use letters, digits, '_' and '-' only",
             ));
         }
+        match (self.warehouse.kind, &self.warehouse.url, &self.warehouse.path) {
+            (WarehouseKind::Postgres, Some(_), None) | (WarehouseKind::Duckdb, None, Some(_)) => {}
+            (WarehouseKind::Postgres, _, _) => {
+                return Err(whole("[warehouse] kind = \"postgres\" needs `url` and no `path`".into(), "url = { env = \"SLUICE_WAREHOUSE_URL\" } (a postgres:// connection string)"))
+            }
+            (WarehouseKind::Duckdb, _, _) => {
+                return Err(whole("[warehouse] kind = \"duckdb\" needs `path` and no `url`".into(), "path = \"warehouse.duckdb\" (the database file)"))
+            }
+        }
         let mut names = HashSet::new();
         for model in &self.models {
             let name = model.name.get_ref();
@@ -314,6 +347,9 @@ impl Config {
                 if !model.columns.contains(column) {
                     return Err(err(model.name.span(), format!("model {name:?}: detection column {column:?} is not in `columns`"), "add it to `columns`"));
                 }
+            }
+            if model.notify_channel.is_some() && self.warehouse.kind != WarehouseKind::Postgres {
+                return Err(err(model.name.span(), format!("model {name:?}: notify_channel needs a PostgreSQL warehouse (LISTEN/NOTIFY)"), "remove it and use poll_interval_ms, cron or POST /run/<model>"));
             }
             if model.batch_rows == 0 || model.poll_interval_ms == 0 {
                 return Err(err(model.name.span(), format!("model {name:?}: batch_rows and poll_interval_ms must be positive"), "use e.g. batch_rows = 10000, poll_interval_ms = 1000"));
@@ -430,7 +466,7 @@ fields = { email = "email" }
     fn a_valid_config_loads() {
         let config = parse(GOOD).expect("valid");
         assert_eq!(config.kafka.topic_prefix, "sluice");
-        assert_eq!(config.warehouse.url.expose(), "postgres://u:p@h/db");
+        assert_eq!(config.warehouse.url.as_ref().unwrap().expose(), "postgres://u:p@h/db");
         assert_eq!(config.syncs_to("crm").count(), 1);
         assert!(!format!("{:?}", config.warehouse.url).contains("u:p"), "secrets never print");
     }
@@ -487,6 +523,26 @@ fields = { email = "email" }
         let typo = GOOD.replace("fields = { email = \"email\" }", "fields = { email = { column = \"email\", transform = [\"sha256\"] } }");
         let e = parse(&typo).unwrap_err();
         assert!(e.message.contains("a column name, or a table"), "{e}");
+    }
+
+    #[test]
+    fn duckdb_warehouse_takes_a_path_and_refuses_postgres_only_settings() {
+        let duck = GOOD.replace("kind = \"postgres\"", "kind = \"duckdb\"").replace("url = { env = \"SLUICE_TEST_WAREHOUSE_URL\" }", "path = \"demo/warehouse.duckdb\"");
+        let config = parse(&duck).expect("a duckdb warehouse with a path loads");
+        assert!(matches!(config.warehouse.location(), WarehouseLocation::Duckdb { path } if path == Path::new("demo/warehouse.duckdb")));
+
+        let with_url = GOOD.replace("kind = \"postgres\"", "kind = \"duckdb\"");
+        let e = parse(&with_url).unwrap_err();
+        assert!(e.message.contains("kind = \"duckdb\" needs `path` and no `url`"), "{e}");
+
+        let pg_with_path = GOOD.replace("url = { env = \"SLUICE_TEST_WAREHOUSE_URL\" }", "path = \"x.duckdb\"");
+        let e = parse(&pg_with_path).unwrap_err();
+        assert!(e.message.contains("kind = \"postgres\" needs `url`"), "{e}");
+
+        let notify = duck.replace("primary_key = [\"id\"]", "primary_key = [\"id\"]\nnotify_channel = \"members_changed\"");
+        let e = parse(&notify).unwrap_err();
+        assert!(e.message.contains("notify_channel needs a PostgreSQL warehouse"), "{e}");
+        assert!(e.line.is_some(), "points at the model");
     }
 
     #[test]

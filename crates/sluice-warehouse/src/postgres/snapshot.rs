@@ -14,7 +14,8 @@ use sluice_core::config::ModelConfig;
 use sluice_core::{Column, ColumnType, Row, RowSchema};
 use tokio_postgres::NoTls;
 
-use super::{classify, ident, read_value, Postgres};
+use super::{classify, read_value, Postgres};
+use crate::sql::ident;
 use crate::{PreparedSnapshot, SnapshotChange, SnapshotStore, WarehouseError};
 
 const STATE_SCHEMA: &str = "sluice_state";
@@ -42,25 +43,6 @@ impl Postgres {
             }
         });
         Ok(client)
-    }
-
-    async fn key_samples(
-        client: &tokio_postgres::Client,
-        model: &str,
-        schema: &RowSchema,
-        sql: &str,
-    ) -> Result<Vec<Row>, WarehouseError> {
-        let rows = client.query(sql, &[]).await.map_err(|e| classify(model, e))?;
-        let keys: Vec<&Column> = schema.key_columns().collect();
-        rows.iter()
-            .map(|row| {
-                keys.iter()
-                    .enumerate()
-                    .map(|(i, c)| read_value(row, i, c))
-                    .collect::<Result<Row, _>>()
-                    .map_err(|e| WarehouseError::Model { model: model.to_string(), message: format!("cannot read a key: {e}") })
-            })
-            .collect()
     }
 }
 
@@ -105,33 +87,14 @@ impl SnapshotStore for Postgres {
         ))
         .await?;
         // Key gates first: a NULL or duplicated key would make the join lie.
-        let null_filter = keys.iter().map(|k| format!("{k} IS NULL")).collect::<Vec<_>>().join(" OR ");
-        let key_list = keys.join(", ");
-        let nulls: i64 = client
-            .query_one(&format!("SELECT count(*) FROM {pending} WHERE {null_filter}"), &[])
-            .await
-            .map_err(|e| classify(name, e))?
-            .get(0);
-        if nulls > 0 {
-            let samples = Self::key_samples(&client, name, schema, &format!("SELECT {key_list} FROM {pending} WHERE {null_filter} LIMIT 5")).await?;
+        let check = Self::key_check_of(&client, name, schema, &pending, &keys).await?;
+        if check.null_keys > 0 {
             run("ROLLBACK".into()).await?;
-            return Ok(PreparedSnapshot::NullKeys { count: nulls as u64, samples });
+            return Ok(PreparedSnapshot::NullKeys { count: check.null_keys, samples: check.null_samples });
         }
-        let duplicates: i64 = client
-            .query_one(&format!("SELECT coalesce(sum(n - 1), 0)::bigint FROM (SELECT count(*) AS n FROM {pending} GROUP BY {key_list} HAVING count(*) > 1) d"), &[])
-            .await
-            .map_err(|e| classify(name, e))?
-            .get(0);
-        if duplicates > 0 {
-            let samples = Self::key_samples(
-                &client,
-                name,
-                schema,
-                &format!("SELECT {key_list} FROM {pending} GROUP BY {key_list} HAVING count(*) > 1 LIMIT 5"),
-            )
-            .await?;
+        if check.duplicate_keys > 0 {
             run("ROLLBACK".into()).await?;
-            return Ok(PreparedSnapshot::DuplicateKeys { count: duplicates as u64, samples });
+            return Ok(PreparedSnapshot::DuplicateKeys { count: check.duplicate_keys, samples: check.duplicate_samples });
         }
         let join = keys.iter().map(|k| format!("n.{k} = o.{k}")).collect::<Vec<_>>().join(" AND ");
         let order = keys.iter().map(|k| format!("coalesce(n.{k}, o.{k})")).collect::<Vec<_>>().join(", ");
