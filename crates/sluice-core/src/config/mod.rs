@@ -307,12 +307,24 @@ impl Config {
                 }
             }
             let detection_columns: Vec<&String> = match &model.detection {
-                Detection::Cursor { cursor_column, created_column, .. } => std::iter::once(cursor_column).chain(created_column.iter()).collect(),
+                Detection::Cursor { cursor_column, created_column, deleted_column, .. } => {
+                    std::iter::once(cursor_column).chain(created_column.iter()).chain(deleted_column.iter()).collect()
+                }
                 Detection::Diff {} | Detection::WarehouseDiff {} => Vec::new(),
             };
             for column in detection_columns {
                 if !model.columns.contains(column) {
                     return Err(err(model.name.span(), format!("model {name:?}: detection column {column:?} is not in `columns`"), "add it to `columns`"));
+                }
+            }
+            if let Detection::Cursor { cursor_column, deleted_column, reconcile_interval_ms, .. } = &model.detection {
+                if let Some(deleted) = deleted_column {
+                    if model.primary_key.contains(deleted) || deleted == cursor_column {
+                        return Err(err(model.name.span(), format!("model {name:?}: deleted_column {deleted:?} is a primary-key column or the cursor column, so it cannot mark a row deleted"), "name the column that marks a deleted row, e.g. deleted_column = \"deleted_at\" (non-NULL = deleted) or \"is_deleted\" (true = deleted)"));
+                    }
+                }
+                if *reconcile_interval_ms == Some(0) {
+                    return Err(err(model.name.span(), format!("model {name:?}: reconcile_interval_ms must be positive"), "use e.g. reconcile_interval_ms = 3600000 (hourly), or remove it to never reconcile hard deletes"));
                 }
             }
             if model.batch_rows == 0 || model.poll_interval_ms == 0 {
@@ -487,6 +499,37 @@ fields = { email = "email" }
         let typo = GOOD.replace("fields = { email = \"email\" }", "fields = { email = { column = \"email\", transform = [\"sha256\"] } }");
         let e = parse(&typo).unwrap_err();
         assert!(e.message.contains("a column name, or a table"), "{e}");
+    }
+
+    #[test]
+    fn soft_delete_and_reconciliation_settings_are_validated() {
+        let cursor = "detection = { mode = \"cursor\", cursor_column = \"updated_at\" }";
+        let with = |extra: &str| {
+            GOOD.replace(cursor, &format!("detection = {{ mode = \"cursor\", cursor_column = \"updated_at\", {extra} }}"))
+                .replace("\"email\", \"updated_at\"]", "\"email\", \"updated_at\", \"deleted_at\"]")
+        };
+        let ok = parse(&with("deleted_column = \"deleted_at\", reconcile_interval_ms = 60000")).expect("valid");
+        assert!(matches!(
+            &ok.models[0].detection,
+            Detection::Cursor { deleted_column: Some(d), reconcile_interval_ms: Some(60000), .. } if d == "deleted_at"
+        ));
+
+        let e = parse(&with("deleted_column = \"removed_at\"")).unwrap_err();
+        assert_eq!(e.to_string(), "sluice.toml:10: model \"customers\": detection column \"removed_at\" is not in `columns`\n  fix: add it to `columns`");
+        let e = parse(&with("deleted_column = \"id\"")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "sluice.toml:10: model \"customers\": deleted_column \"id\" is a primary-key column or the cursor column, so it cannot mark a row deleted\n  fix: name the column that marks a deleted row, e.g. deleted_column = \"deleted_at\" (non-NULL = deleted) or \"is_deleted\" (true = deleted)"
+        );
+        let e = parse(&with("deleted_column = \"updated_at\"")).unwrap_err();
+        assert!(e.message.contains("deleted_column \"updated_at\" is a primary-key column or the cursor column"), "{e}");
+        let e = parse(&with("reconcile_interval_ms = 0")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "sluice.toml:10: model \"customers\": reconcile_interval_ms must be positive\n  fix: use e.g. reconcile_interval_ms = 3600000 (hourly), or remove it to never reconcile hard deletes"
+        );
+        let e = parse(&with("reconcile_every = 5")).unwrap_err();
+        assert!(e.message.contains("unknown field `reconcile_every`"), "{e}");
     }
 
     #[test]
