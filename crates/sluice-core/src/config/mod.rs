@@ -350,7 +350,7 @@ impl Config {
                 return Err(err(destination.name.span(), format!("destination {name:?}: max_buffered_records is below batch_max_records, so no full batch could form"), "raise max_buffered_records (default 10000)"));
             }
             let limits = &destination.rate_limit;
-            if limits.requests_per_second.is_some_and(|r| !(r > 0.0)) || limits.records_per_second.is_some_and(|r| !(r >= 1.0)) {
+            if limits.requests_per_second.is_some_and(|r| r.is_nan() || r <= 0.0) || limits.records_per_second.is_some_and(|r| r.is_nan() || r < 1.0) {
                 return Err(err(destination.name.span(), format!("destination {name:?}: rate limits must be positive (records_per_second at least 1)"), "e.g. rate_limit = { requests_per_second = 10 }"));
             }
         }
