@@ -147,8 +147,10 @@ kafka_jars_ready() {
 # Cargo features the ops scripts build with: DuckDB (the embedded warehouse) in the
 # services, the CLI and the integration tests. Its C++ is compiled once per machine into the
 # shared target dir; the everyday `cargo build`/`cargo test` without features skips it.
-SLUICE_SERVICE_FEATURES="sluice-cli/duckdb,sluice-poller/duckdb"
-SLUICE_CARGO_FEATURES="$SLUICE_SERVICE_FEATURES,sluice-integration-tests/duckdb"
+# Every ops script builds with exactly `cargo build --workspace --bins --locked --features
+# "$SLUICE_CARGO_FEATURES"`: a different package selection resolves different feature sets and
+# would compile DuckDB again.
+SLUICE_CARGO_FEATURES="sluice-cli/duckdb,sluice-poller/duckdb,sluice-integration-tests/duckdb"
 
 # Everything a cargo build here needs: installed packages, Kafka/PostgreSQL/Redis
 # running, cargo on PATH, and one shared target dir outside the clone (so every

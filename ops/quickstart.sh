@@ -14,7 +14,9 @@ case "$warehouse" in duckdb|postgres) ;; *) die "usage: ops/quickstart.sh [duckd
 
 prepare_build_env
 log "building sluice with DuckDB support (target dir $CARGO_TARGET_DIR; DuckDB's C++ is compiled once per machine, 10-20 min)"
-(cd "$REPO" && cargo build --locked -p sluice-poller -p sluice-sink -p sluice-cli --features "$SLUICE_SERVICE_FEATURES")
+# The same command as ops/test.sh, so both reuse one build (another package selection would
+# resolve other feature sets and compile DuckDB's C++ a second time).
+(cd "$REPO" && cargo build --workspace --bins --locked --features "$SLUICE_CARGO_FEATURES")
 bin="$CARGO_TARGET_DIR/debug"
 cd "$REPO"   # the DuckDB config's path is relative to the repo root
 

@@ -4,7 +4,7 @@
 //! event (see `poller_common::replay`), and its compacted state equals the table exactly.
 //!
 //! The binary is built by this test with the same cargo and target directory as the test
-//! itself (`$CARGO build -p sluice-poller`, found next to the test executable), so it is always
+//! itself (`$CARGO build --workspace --bins`, as ops/test.sh builds them), so it is always
 //! the code under test. Kills: `SLUICE_CRASH_KILLS` (default 20); rows: `SLUICE_CRASH_ROWS`
 //! (default 100000). A longer soak: `SLUICE_CRASH_KILLS=100 cargo test -p
 //! sluice-integration-tests --test poller_crash`.

@@ -78,7 +78,7 @@ async fn exec(path: &Path, sql: &str) {
     let (path, sql) = (path.to_path_buf(), sql.to_string());
     tokio::task::spawn_blocking(move || {
         let db = tokio::runtime::Handle::current().block_on(DuckDb::open(&path)).unwrap();
-        db.connect().unwrap().execute_batch(&sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        db.run(|c| Ok(c.execute_batch(&sql))).unwrap().unwrap_or_else(|e| panic!("{sql}: {e}"));
     })
     .await
     .unwrap();
@@ -89,17 +89,19 @@ async fn duck_state(path: &Path) -> HashMap<i64, Vec<Value>> {
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let db = tokio::runtime::Handle::current().block_on(DuckDb::open(&path)).unwrap();
-        let connection = db.connect().unwrap();
-        let mut statement = connection.prepare("SELECT id, email, tier, CAST(ltv AS VARCHAR) FROM members").unwrap();
-        let rows = statement
-            .query_map([], |r| {
-                let text = |v: Option<String>| v.map_or(Value::Null, Value::String);
-                let id: i64 = r.get(0)?;
-                let ltv: Option<String> = r.get(3)?;
-                Ok((id, vec![Value::Long(id), text(r.get(1)?), text(r.get(2)?), ltv.map_or(Value::Null, Value::DecimalText)]))
-            })
-            .unwrap();
-        rows.map(Result::unwrap).collect()
+        db.run(|connection| {
+            let mut statement = connection.prepare("SELECT id, email, tier, CAST(ltv AS VARCHAR) FROM members").unwrap();
+            let rows = statement
+                .query_map([], |r| {
+                    let text = |v: Option<String>| v.map_or(Value::Null, Value::String);
+                    let id: i64 = r.get(0)?;
+                    let ltv: Option<String> = r.get(3)?;
+                    Ok((id, vec![Value::Long(id), text(r.get(1)?), text(r.get(2)?), ltv.map_or(Value::Null, Value::DecimalText)]))
+                })
+                .unwrap();
+            Ok(rows.map(Result::unwrap).collect())
+        })
+        .unwrap()
     })
     .await
     .unwrap()

@@ -5,46 +5,10 @@
 
 mod poller_common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use poller_common::*;
-use sluice_core::config::Config;
-use sluice_integration_tests::{eventually, require_kafka, require_postgres, unique};
-
-async fn cursor_fixture(lookback: &str) -> Fixture {
-    sluice_integration_tests::telemetry();
-    require_kafka();
-    let db = require_postgres().await;
-    let table = unique("it_late");
-    let prefix = unique("itl");
-    let model = unique("orders");
-    db.batch_execute(&format!("CREATE TABLE {table} (id bigint PRIMARY KEY, note text, updated_at timestamptz NOT NULL)")).await.unwrap();
-    std::env::set_var("SLUICE_IT_WAREHOUSE_URL", sluice_integration_tests::postgres_url());
-    let text = format!(
-        r#"
-[kafka]
-bootstrap_servers = "{kafka}"
-topic_prefix = "{prefix}"
-
-[warehouse]
-kind = "postgres"
-url = {{ env = "SLUICE_IT_WAREHOUSE_URL" }}
-
-[[models]]
-name = "{model}"
-table = "{table}"
-primary_key = ["id"]
-columns = ["id", "note", "updated_at"]
-detection = {{ mode = "cursor", cursor_column = "updated_at"{lookback} }}
-poll_interval_ms = 100
-batch_rows = 2
-"#,
-        kafka = sluice_integration_tests::kafka_bootstrap(),
-    );
-    let config = Arc::new(Config::parse("integration-test.toml", &text).expect("test config is valid"));
-    Fixture { config, table, db, prefix, model, config_text: text }
-}
+use sluice_integration_tests::{eventually, require_postgres};
 
 fn ids(f: &Fixture) -> Vec<i64> {
     decode_all(f).iter().filter_map(|(_, d)| d.as_ref()).map(|(_, _, after, _)| id_of(after.as_ref().unwrap())).collect()
@@ -61,7 +25,7 @@ async fn commit_out_of_order(f: &Fixture) -> tokio_postgres::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_transaction_committing_after_later_cursor_values_is_caught_by_the_lookback_window() {
-    let f = cursor_fixture(", lookback_ms = 60000").await;
+    let f = cursor_fixture(", lookback_ms = 60000", 2).await;
     let late = commit_out_of_order(&f).await;
     let (stop, poller) = start_poller(&f.config, &[]);
     eventually("row 2 emitted", WAIT, || ids(&f) == vec![2]).await;
@@ -88,7 +52,7 @@ async fn a_transaction_committing_after_later_cursor_values_is_caught_by_the_loo
 /// window exists for; if it ever stops failing this way, the docs must change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_the_window_cursor_mode_misses_the_late_commit() {
-    let f = cursor_fixture("").await;
+    let f = cursor_fixture("", 2).await;
     let late = commit_out_of_order(&f).await;
     let (stop, poller) = start_poller(&f.config, &[]);
     eventually("row 2 emitted", WAIT, || ids(&f) == vec![2]).await;

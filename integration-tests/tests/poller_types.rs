@@ -5,51 +5,19 @@
 
 mod poller_common;
 
-use std::sync::Arc;
-
 use poller_common::*;
-use sluice_core::config::Config;
 use sluice_core::{naming, Value};
-use sluice_integration_tests::{eventually, read_topic, require_kafka, require_postgres, unique};
+use sluice_integration_tests::{eventually, read_topic};
 
 const COLUMNS: &str = r#""id", "small", "regular", "amount", "free", "name", "flag", "day", "at_local", "at_utc", "doc", "docb", "uid", "raw""#;
 
 async fn types_fixture(extra_columns: &str) -> Fixture {
-    sluice_integration_tests::telemetry();
-    require_kafka();
-    let db = require_postgres().await;
-    let table = unique("it_types");
-    let prefix = unique("itt");
-    let model = unique("types");
-    db.batch_execute(&format!(
-        "CREATE TABLE {table} (id bigint PRIMARY KEY, small int2, regular int4, amount numeric(12,3), free numeric, name text, \
-         flag boolean, day date, at_local timestamp, at_utc timestamptz, doc json, docb jsonb, uid uuid, raw bytea, tags text[])"
-    ))
-    .await
-    .unwrap();
-    std::env::set_var("SLUICE_IT_WAREHOUSE_URL", sluice_integration_tests::postgres_url());
-    let text = format!(
-        r#"
-[kafka]
-bootstrap_servers = "{kafka}"
-topic_prefix = "{prefix}"
-
-[warehouse]
-kind = "postgres"
-url = {{ env = "SLUICE_IT_WAREHOUSE_URL" }}
-
-[[models]]
-name = "{model}"
-table = "{table}"
-primary_key = ["id"]
-columns = [{COLUMNS}{extra_columns}]
-detection = {{ mode = "diff" }}
-poll_interval_ms = 200
-"#,
-        kafka = sluice_integration_tests::kafka_bootstrap(),
+    let create = "CREATE TABLE {table} (id bigint PRIMARY KEY, small int2, regular int4, amount numeric(12,3), free numeric, name text, \
+                  flag boolean, day date, at_local timestamp, at_utc timestamptz, doc json, docb jsonb, uid uuid, raw bytea, tags text[])";
+    let body = format!(
+        "table = \"{{table}}\"\nprimary_key = [\"id\"]\ncolumns = [{COLUMNS}{extra_columns}]\ndetection = {{ mode = \"diff\" }}\npoll_interval_ms = 200"
     );
-    let config = Arc::new(Config::parse("integration-test.toml", &text).expect("test config is valid"));
-    Fixture { config, table, db, prefix, model, config_text: text }
+    fixture_with("it_types", create, &body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

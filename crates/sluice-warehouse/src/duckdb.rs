@@ -6,7 +6,10 @@
 //! right after, so the job that builds the file can write between runs; a lock held by another
 //! process is waited out (up to [`LOCK_WAIT`]) and then reported as `Unavailable`, which the
 //! poller retries with backoff. Every operation is one statement or one transaction, so each
-//! sees a consistent state of the file.
+//! sees a consistent state of the file. DuckDB's lock is a POSIX record lock, which is per
+//! *process*: two connections opened by one process (two models of one poller, a test and the
+//! poller it runs) would both get it and corrupt each other. Operations on one file are
+//! therefore also serialised inside the process ([`DuckDb::run`]).
 //!
 //! **A missing file is an error**, never a new empty warehouse: opening a path that does not
 //! exist would otherwise create one, and a `diff` model would see every row deleted.
@@ -27,7 +30,9 @@
 //! `sluice_state.pending_runs`), and compares rows column by column (`IS DISTINCT FROM`), so
 //! no hash function's stability across DuckDB versions matters.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ::duckdb::types::{TimeUnit, ValueRef};
@@ -54,7 +59,7 @@ impl DuckDb {
     pub async fn open(path: &Path) -> Result<DuckDb, WarehouseError> {
         let db = DuckDb { path: path.to_path_buf() };
         let probe = db.clone();
-        tokio::task::spawn_blocking(move || probe.connect().map(drop)).await.expect("duckdb open does not panic")?;
+        tokio::task::spawn_blocking(move || probe.run(|_| Ok(()))).await.expect("duckdb open does not panic")?;
         Ok(db)
     }
 
@@ -66,6 +71,8 @@ impl DuckDb {
             if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent).map_err(|e| WarehouseError::Unavailable(format!("creating {}: {e}", parent.display())))?;
             }
+            let lock = process_lock(&created);
+            let _turn = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             Connection::open(&created).map(drop).map_err(|e| WarehouseError::Unavailable(format!("creating DuckDB file {}: {e}", created.display())))
         })
         .await
@@ -84,8 +91,17 @@ impl DuckDb {
         &self.path
     }
 
-    /// Open the file, waiting out another process's lock. Blocking: call from a blocking task.
-    pub fn connect(&self) -> Result<Connection, WarehouseError> {
+    /// Run `f` on a fresh connection, holding this process's lock on the file (see the module
+    /// docs) and waiting out another process's. Blocking: call from a blocking thread.
+    pub fn run<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, WarehouseError>) -> Result<T, WarehouseError> {
+        let lock = process_lock(&self.path);
+        let _turn = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut connection = self.connect()?;
+        f(&mut connection)
+    }
+
+    /// Open the file, waiting out another process's lock.
+    fn connect(&self) -> Result<Connection, WarehouseError> {
         if !self.path.is_file() {
             return Err(WarehouseError::Unavailable(format!(
                 "DuckDB file {} does not exist (sluice never creates an empty warehouse; run the job that builds it)",
@@ -113,13 +129,16 @@ impl DuckDb {
         F: FnOnce(&mut Connection) -> Result<T, WarehouseError> + Send + 'static,
     {
         let db = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut connection = db.connect()?;
-            f(&mut connection)
-        })
-        .await
-        .expect("duckdb work does not panic")
+        tokio::task::spawn_blocking(move || db.run(f)).await.expect("duckdb work does not panic")
     }
+}
+
+/// This process's lock on a DuckDB file, shared by every [`DuckDb`] of the same path.
+fn process_lock(path: &Path) -> Arc<Mutex<()>> {
+    static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = OnceLock::new();
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut locks = LOCKS.get_or_init(Default::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    Arc::clone(locks.entry(key).or_default())
 }
 
 fn is_lock_conflict(e: &::duckdb::Error) -> bool {

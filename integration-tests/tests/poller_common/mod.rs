@@ -28,21 +28,17 @@ pub struct Fixture {
     pub config_text: String,
 }
 
-/// A table `(id bigint primary key, email text, tier text, ltv numeric(10,2))` and a model in
-/// `mode` over `source` (default: the table), `batch_rows = 3` so runs span several transactions.
-pub async fn fixture(mode: &str, source: Option<&str>, gates: &str) -> Fixture {
+/// A table created by `create` (`{table}` = its unique name) and one model over it: `body` is the
+/// model's `[[models]]` lines after `name` (`{table}` again stands for the table).
+pub async fn fixture_with(table_base: &str, create: &str, body: &str) -> Fixture {
     sluice_integration_tests::telemetry();
     require_kafka();
     let db = require_postgres().await;
-    let table = unique("it_diff");
+    let table = unique(table_base);
     let prefix = unique("itd");
     let model = unique("members");
-    db.batch_execute(&format!("CREATE TABLE {table} (id bigint PRIMARY KEY, email text, tier text, ltv numeric(10,2))")).await.unwrap();
+    db.batch_execute(&create.replace("{table}", &table)).await.unwrap();
     std::env::set_var("SLUICE_IT_WAREHOUSE_URL", sluice_integration_tests::postgres_url());
-    let relation = match source {
-        Some(query) => format!("query = \"{}\"", query.replace("{table}", &table)),
-        None => format!("table = \"{table}\""),
-    };
     let text = format!(
         r#"
 [kafka]
@@ -55,18 +51,59 @@ url = {{ env = "SLUICE_IT_WAREHOUSE_URL" }}
 
 [[models]]
 name = "{model}"
-{relation}
-primary_key = ["id"]
-columns = ["id", "email", "tier", "ltv"]
-detection = {{ mode = "{mode}" }}
-poll_interval_ms = 200
-batch_rows = 3
-{gates}
+{body}
 "#,
         kafka = sluice_integration_tests::kafka_bootstrap(),
+        body = body.replace("{table}", &table),
     );
     let config = Arc::new(Config::parse("integration-test.toml", &text).expect("test config is valid"));
     Fixture { config, table, db, prefix, model, config_text: text }
+}
+
+/// A table `(id bigint primary key, email text, tier text, ltv numeric(10,2))` and a model in
+/// `mode` over `source` (default: the table), `batch_rows = 3` so runs span several transactions.
+pub async fn fixture(mode: &str, source: Option<&str>, gates: &str) -> Fixture {
+    let relation = match source {
+        Some(query) => format!("query = \"{query}\""),
+        None => "table = \"{table}\"".to_string(),
+    };
+    let body = format!(
+        "{relation}\nprimary_key = [\"id\"]\ncolumns = [\"id\", \"email\", \"tier\", \"ltv\"]\ndetection = {{ mode = \"{mode}\" }}\npoll_interval_ms = 200\nbatch_rows = 3\n{gates}"
+    );
+    fixture_with("it_diff", "CREATE TABLE {table} (id bigint PRIMARY KEY, email text, tier text, ltv numeric(10,2))", &body).await
+}
+
+/// A table `(id bigint primary key, note text, updated_at timestamptz, deleted_at timestamptz,
+/// created_at timestamptz default now)` and a cursor model over it on `updated_at`; `detection`
+/// is added to the model's detection table (e.g. `, lookback_ms = 60000`).
+pub async fn cursor_fixture(detection: &str, batch_rows: usize) -> Fixture {
+    let create = "CREATE TABLE {table} (id bigint PRIMARY KEY, note text, updated_at timestamptz NOT NULL, deleted_at timestamptz, \
+                  created_at timestamptz NOT NULL DEFAULT clock_timestamp())";
+    let body = format!(
+        "table = \"{{table}}\"\nprimary_key = [\"id\"]\ncolumns = [\"id\", \"note\", \"updated_at\", \"deleted_at\", \"created_at\"]\n\
+         detection = {{ mode = \"cursor\", cursor_column = \"updated_at\"{detection} }}\npoll_interval_ms = 100\nbatch_rows = {batch_rows}"
+    );
+    fixture_with("it_cursor", create, &body).await
+}
+
+/// The live rows of a [`cursor_fixture`] table (not soft-deleted), as the poller reads them.
+pub async fn cursor_table_state(f: &Fixture) -> HashMap<i64, Vec<Value>> {
+    let micros = |column: &str| format!("(extract(epoch FROM {column}) * 1000000)::bigint");
+    let sql = format!("SELECT id, note, {}, {} FROM {} WHERE deleted_at IS NULL", micros("updated_at"), micros("created_at"), f.table);
+    let rows = f.db.query(&sql, &[]).await.unwrap();
+    rows.iter()
+        .map(|r| {
+            let note: Option<String> = r.get(1);
+            let row = vec![
+                Value::Long(r.get(0)),
+                note.map_or(Value::Null, Value::String),
+                Value::TimestampMicros(r.get(2)),
+                Value::Null,
+                Value::TimestampMicros(r.get(3)),
+            ];
+            (r.get::<_, i64>(0), row)
+        })
+        .collect()
 }
 
 pub fn start_poller(config: &Arc<Config>, confirm: &[&str]) -> (CancellationToken, JoinHandle<anyhow::Result<()>>) {
@@ -136,10 +173,25 @@ pub fn id_of(row: &[Value]) -> i64 {
     }
 }
 
+/// What the `before` images of a mode carry.
+#[derive(Debug, Clone, Copy)]
+pub enum Images {
+    /// Snapshot modes: every `u` and `d` carries the previous image.
+    Diff,
+    /// Cursor mode: `u` carries none; a `d` carries the previous image (reconciliation of a hard
+    /// delete) or, for a soft delete, the row as read with column `deleted` set.
+    Cursor { deleted: Option<usize> },
+}
+
 /// Replay the change log and check it is a valid history: `r`/`c` only for an absent key, `u`
 /// only for a present key with a different row and a `before` equal to the previous image, `d`
 /// only for a present key and followed by its tombstone. Returns the final state per id.
 pub fn replay(events: &[(ReadRecord, Decoded)]) -> HashMap<i64, Vec<Value>> {
+    replay_with(events, Images::Diff)
+}
+
+/// [`replay`] with the `before` rules of `images`.
+pub fn replay_with(events: &[(ReadRecord, Decoded)], images: Images) -> HashMap<i64, Vec<Value>> {
     let mut state: HashMap<Vec<u8>, Vec<Value>> = HashMap::new();
     let mut deleted_awaiting_tombstone: HashMap<Vec<u8>, ()> = HashMap::new();
     for (record, decoded) in events {
@@ -157,12 +209,24 @@ pub fn replay(events: &[(ReadRecord, Decoded)]) -> HashMap<i64, Vec<Value>> {
                     let previous = state.get(&key).expect("update of a present key");
                     let after = after.clone().unwrap();
                     assert_ne!(previous, &after, "duplicate update of id {} (same image twice)", id_of(&after));
-                    assert_eq!(before.as_ref(), Some(previous), "before image is the previous after image");
+                    match images {
+                        Images::Diff => assert_eq!(before.as_ref(), Some(previous), "before image is the previous after image"),
+                        Images::Cursor { .. } => assert_eq!(before, &None, "cursor-mode updates carry no before image"),
+                    }
                     state.insert(key, after);
                 }
                 Op::Delete => {
                     let previous = state.remove(&key).expect("delete of a present key");
-                    assert_eq!(before.as_ref(), Some(&previous), "delete carries the last image");
+                    let before = before.as_ref().expect("a delete carries a before image");
+                    let soft = match images {
+                        Images::Cursor { deleted: Some(column) } => !before[column].is_null(),
+                        _ => false,
+                    };
+                    if soft {
+                        assert_eq!(id_of(before), id_of(&previous), "a soft delete carries the deleted row");
+                    } else {
+                        assert_eq!(before, &previous, "delete carries the last image");
+                    }
                     deleted_awaiting_tombstone.insert(key, ());
                 }
             },
@@ -184,10 +248,7 @@ pub async fn table_state(f: &Fixture) -> HashMap<i64, Vec<Value>> {
         .map(|r| {
             let opt = |v: Option<String>| v.map_or(Value::Null, Value::String);
             let ltv: Option<String> = r.get(3);
-            (
-                r.get::<_, i64>(0),
-                vec![Value::Long(r.get(0)), opt(r.get(1)), opt(r.get(2)), ltv.map_or(Value::Null, Value::DecimalText)],
-            )
+            (r.get::<_, i64>(0), vec![Value::Long(r.get(0)), opt(r.get(1)), opt(r.get(2)), ltv.map_or(Value::Null, Value::DecimalText)])
         })
         .collect()
 }
@@ -205,17 +266,19 @@ pub fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Build the poller binary into the test's own target directory and return its path. Built
-/// with the `duckdb` feature when these tests are, so it serves both warehouses.
+/// Build the poller binary into the test's own target directory and return its path, so it is
+/// always the code under test. Built exactly as `ops/test.sh` builds the binaries (whole
+/// workspace, same features): another package selection would resolve other feature sets and
+/// recompile DuckDB's C++ for 20 minutes. With the `duckdb` feature it serves both warehouses.
 pub fn poller_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("<target>/<profile>/deps/<test>").to_path_buf();
     let target_dir = profile_dir.parent().expect("<target>").to_path_buf();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = std::process::Command::new(cargo);
-    build.args(["build", "-p", "sluice-poller", "--bin", "sluice-poller"]).env("CARGO_TARGET_DIR", &target_dir);
+    build.args(["build", "--workspace", "--bins"]).env("CARGO_TARGET_DIR", &target_dir);
     if cfg!(feature = "duckdb") {
-        build.args(["--features", "duckdb"]);
+        build.args(["--features", "sluice-cli/duckdb,sluice-poller/duckdb,sluice-integration-tests/duckdb"]);
     }
     if profile_dir.file_name().is_some_and(|p| p == "release") {
         build.arg("--release");

@@ -252,6 +252,10 @@ pub async fn poll_diff<W: Warehouse>(
         if !state.snapshot_done {
             return Ok(()); // shut down between chunks; the next start resumes
         }
+        // The snapshot was this run: the first comparison waits for the schedule like any run.
+        if !options.schedule.wait(shutdown).await {
+            return Ok(());
+        }
     }
     let topic = naming::change_topic(&config.kafka.topic_prefix, name);
     let (kafka, t) = (config.kafka.clone(), topic.clone());
@@ -305,8 +309,9 @@ pub async fn poll_diff<W: Warehouse>(
 }
 
 /// Turn a plan into events and commit them with the state record, `batch_rows` changes per
-/// transaction. Returns the number of events (tombstones not counted). Public for the
-/// benchmarks, which time one run's phases separately.
+/// transaction. Returns the number of events (tombstones not counted). Also emits the deletes
+/// of cursor mode's reconciliation ([`crate::reconcile`]). Public for the benchmarks, which
+/// time one run's phases separately.
 #[allow(clippy::too_many_arguments)]
 pub async fn emit(
     config: &Config,
@@ -365,7 +370,8 @@ pub async fn emit(
         let new_state = PollerState {
             model: name.to_string(),
             run_id: run_id.to_string(),
-            position: None,
+            // `diff` keeps no position; a cursor model's reconciliation keeps its cursor.
+            position: state.position.clone(),
             // The first snapshot is done once its last transaction commits.
             snapshot_done: state.snapshot_done || last,
             events_total: state.events_total + events as i64,

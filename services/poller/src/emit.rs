@@ -1,4 +1,4 @@
-//! Building and committing change records, shared by the snapshot modes (`diff`,
+//! Building and committing change records, shared by every mode (`cursor`, `diff`,
 //! `warehouse_diff`): one change = one event (two for a delete: the `d` event and its
 //! tombstone), and one transaction = changes + the model's state record (+ the writer schemas
 //! the first time), so events and progress never disagree.
@@ -40,6 +40,11 @@ impl<'a> ChangeWriter<'a> {
             trace: sluice_telemetry::propagation::current_headers().into_iter().collect(),
             hash_buf: Vec::with_capacity(256),
         }
+    }
+
+    /// The `source.position` of the next changes (cursor mode: the row's cursor tuple).
+    pub fn set_position(&mut self, position: Option<String>) {
+        self.source.position = position;
     }
 
     /// The records of one change. `key` is the record key to use (for a delete read back from

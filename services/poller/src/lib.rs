@@ -12,12 +12,14 @@
 //! - Writer schemas are published to `<prefix>.schemas` in the same transaction as the first
 //!   events that use them, so a consumer can always decode what it reads.
 //!
-//! Cursor mode cannot see hard deletes or rows whose transaction commits after later cursor
-//! values were read; see `sluice_warehouse` for details. `diff` mode sees inserts, updates and
-//! deletes of any query by comparing full snapshots (see [`diff`]); data-quality
-//! [`gates`] refuse a run before it emits anything.
+//! Cursor mode alone cannot see hard deletes (a periodic reconciliation finds them:
+//! `reconcile`) or rows whose transaction commits after later cursor values were read (the
+//! look-back window catches those: `lookback`); soft deletes are emitted as deletes (`cursor`).
+//! `diff` mode sees inserts, updates and deletes of any query by comparing full snapshots (see
+//! [`diff`]); data-quality [`gates`] refuse a run before it emits anything.
 
 pub mod contract;
+mod cursor;
 pub mod diff;
 mod emit;
 mod lookback;
@@ -25,6 +27,7 @@ pub mod gates;
 mod model_loop;
 pub mod plan;
 pub mod snapshot;
+mod reconcile;
 pub mod tracked;
 pub mod triggers;
 pub mod warehouse_diff;

@@ -10,35 +10,44 @@
 //! needs no local disk. Limit: 20000 pairs (the state record must stay far below Kafka's 1 MB
 //! message limit); a window holding more changes stops the model with a clear error.
 //!
+//! Soft deletes (`deleted_column`) follow the same rules as plain cursor mode
+//! ([`crate::cursor`]); hard deletes are found by the reconciliation ([`crate::reconcile`]) when
+//! `reconcile_interval_ms` is set.
+//!
 //! Not guaranteed: a transaction that stays open longer than the window; an update that leaves
-//! the cursor value unchanged (as in plain cursor mode); hard deletes (use `diff`).
+//! the cursor value unchanged (as in plain cursor mode).
 
 use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 use sluice_avro::{ModelCodec, PollerState};
 use sluice_core::config::{Config, ModelConfig};
-use sluice_core::{ColumnType, Op, Value};
+use sluice_core::{ColumnType, Value};
 use sluice_kafka::producer::TransactionalProducer;
 use sluice_warehouse::{cursor_indexes, cursor_of, Warehouse, WarehouseError};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::cursor::{complete_snapshot, CursorRules, OpCounts};
 use crate::emit::{commit, count_events, ChangeWriter};
-use crate::model_loop::{classify_op, now_ms, ModelError};
+use crate::model_loop::{now_ms, ModelError};
+use crate::reconcile::Reconciler;
 use crate::tracked::key_hash;
 
 /// Most (key, cursor) pairs the state record may hold.
 pub const MAX_RECENT: usize = 20_000;
 
+/// The stored position of a cursor model: the cursor tuple and, with a window, the (key hash,
+/// cursor micros) pairs emitted inside it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Position {
-    cursor: Option<Vec<Value>>,
+pub(crate) struct Position {
+    pub cursor: Option<Vec<Value>>,
     #[serde(default)]
-    recent: Vec<(u64, i64)>,
+    pub recent: Vec<(u64, i64)>,
 }
 
-fn parse(model: &str, position: Option<&str>) -> Result<Position, ModelError> {
+/// Read a stored position (either shape).
+pub(crate) fn parse(model: &str, position: Option<&str>) -> Result<Position, ModelError> {
     let Some(text) = position else { return Ok(Position::default()) };
     // A model switched from plain cursor mode stored the bare tuple.
     if let Ok(cursor) = serde_json::from_str::<Vec<Value>>(text) {
@@ -47,11 +56,17 @@ fn parse(model: &str, position: Option<&str>) -> Result<Position, ModelError> {
     serde_json::from_str(text).map_err(|e| ModelError::State(format!("model {model}: position {text:?}: {e}")))
 }
 
-fn micros(value: &Value) -> Option<i64> {
+pub(crate) fn micros(value: &Value) -> Option<i64> {
     match value {
         Value::TimestampMicros(t) => Some(*t),
         _ => None,
     }
+}
+
+/// The lower bound of the window a poll re-reads: `lookback_ms` before the cursor position.
+pub(crate) fn window_start(cursor: Option<&[Value]>, lookback_ms: u64) -> Option<Value> {
+    let lookback_us = i64::try_from(lookback_ms).unwrap_or(i64::MAX / 1000) * 1000;
+    cursor.and_then(|c| micros(&c[0])).map(|t| Value::TimestampMicros(t.saturating_sub(lookback_us)))
 }
 
 /// Poll `model` in cursor mode with a look-back window until shutdown or a fatal error.
@@ -63,8 +78,8 @@ pub async fn poll_cursor_lookback<W: Warehouse>(
     codec: &ModelCodec,
     producer: &TransactionalProducer,
     mut state: PollerState,
-    created: Option<usize>,
     lookback_ms: u64,
+    reconciler: &mut Reconciler,
     schedule: &crate::triggers::Schedule,
     shutdown: &CancellationToken,
 ) -> Result<(), ModelError> {
@@ -78,16 +93,16 @@ pub async fn poll_cursor_lookback<W: Warehouse>(
         }
         .into());
     }
-    let lookback_us = i64::try_from(lookback_ms).unwrap_or(i64::MAX / 1000) * 1000;
     let Position { mut cursor, recent } = parse(name, state.position.as_deref())?;
     let mut recent: HashSet<(u64, i64)> = recent.into_iter().collect();
+    let rules = CursorRules::new(model, codec);
     let mut schemas_published = false;
     let batch = model.batch_rows.max(1);
     loop {
         let span = tracing::info_span!("poller.lookback_poll", model = %name);
         async {
             // The whole window is read again on every poll, page by page.
-            let since = cursor.as_ref().and_then(|c| micros(&c[0])).map(|t| Value::TimestampMicros(t.saturating_sub(lookback_us)));
+            let since = window_start(cursor.as_deref(), lookback_ms);
             let mut after: Option<Vec<Value>> = None;
             let mut late = 0u64;
             loop {
@@ -96,14 +111,17 @@ pub async fn poll_cursor_lookback<W: Warehouse>(
                     None => warehouse.fetch_after(model, schema, after.as_deref(), batch).await?,
                 };
                 let full = rows.len() == batch;
-                let Some(last) = rows.last() else { break };
+                let Some(last) = rows.last() else {
+                    complete_snapshot(config, codec, producer, &mut schemas_published, &mut state).await?;
+                    break;
+                };
                 after = Some(cursor_of(&indexes, last));
                 let run_id = uuid::Uuid::new_v4().to_string();
                 let mut writer = ChangeWriter::new(config, name, codec, &run_id);
                 let run_start = cursor.as_ref().map(|c| c[0].clone());
                 let position_micros = cursor.as_ref().and_then(|c| micros(&c[0]));
                 let mut records = Vec::new();
-                let mut counts = [(Op::Read, 0u64), (Op::Create, 0), (Op::Update, 0)];
+                let mut counts = OpCounts::default();
                 let mut new_cursor = cursor.clone();
                 for row in rows {
                     let mut key = Vec::with_capacity(32);
@@ -115,15 +133,18 @@ pub async fn poll_cursor_lookback<W: Warehouse>(
                     if position_micros.is_some_and(|p| row_micros < p) {
                         late += 1;
                     }
-                    let op = if state.snapshot_done { classify_op(created, run_start.as_ref(), &row) } else { Op::Read };
-                    counts[match op { Op::Read => 0, Op::Create => 1, _ => 2 }].1 += 1;
-                    if new_cursor.as_ref().and_then(|c| micros(&c[0])).is_none_or(|c| row_micros >= c) {
-                        new_cursor = Some(cursor_of(&indexes, &row));
+                    let row_cursor = cursor_of(&indexes, &row);
+                    if let Some(op) = rules.op(state.snapshot_done, run_start.as_ref(), &row) {
+                        writer.set_position(Some(serde_json::to_string(&row_cursor).expect("values serialise")));
+                        records.extend(crate::cursor::change(&mut writer, op, row, Some(key))?);
+                        counts.add(op);
                     }
-                    records.extend(writer.change(op, None, Some(row), Some(key))?);
+                    if new_cursor.as_ref().and_then(|c| micros(&c[0])).is_none_or(|c| row_micros >= c) {
+                        new_cursor = Some(row_cursor);
+                    }
                 }
                 // Pairs older than the next window will never be read again.
-                if let Some(floor) = new_cursor.as_ref().and_then(|c| micros(&c[0])).map(|t| t.saturating_sub(lookback_us)) {
+                if let Some(floor) = window_start(new_cursor.as_deref(), lookback_ms).as_ref().and_then(micros) {
                     recent.retain(|&(_, t)| t >= floor);
                 }
                 if recent.len() > MAX_RECENT {
@@ -137,7 +158,7 @@ pub async fn poll_cursor_lookback<W: Warehouse>(
                 }
                 let snapshot_done = state.snapshot_done || !full;
                 if !records.is_empty() || new_cursor != cursor || snapshot_done != state.snapshot_done {
-                    let events: u64 = counts.iter().map(|c| c.1).sum();
+                    let events = counts.total();
                     let mut pairs: Vec<(u64, i64)> = recent.iter().copied().collect();
                     pairs.sort_unstable();
                     let position = Position { cursor: new_cursor.clone(), recent: pairs };
@@ -152,7 +173,7 @@ pub async fn poll_cursor_lookback<W: Warehouse>(
                     commit(config, codec, producer, &mut schemas_published, records, &new_state).await?;
                     state = new_state;
                     cursor = new_cursor;
-                    count_events(name, &counts);
+                    count_events(name, &counts.by_op());
                 }
                 if !full {
                     break;
@@ -166,6 +187,7 @@ pub async fn poll_cursor_lookback<W: Warehouse>(
         }
         .instrument(span)
         .await?;
+        reconciler.run_if_due(config, warehouse, model, codec, producer, &mut state, &mut schemas_published).await?;
         if !schedule.wait(shutdown).await {
             return Ok(());
         }

@@ -1,19 +1,22 @@
 //! The poll loop of one model: read a page after the committed position, produce it and the new
 //! position in one transaction, repeat; sleep when caught up.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use sluice_avro::{encode_state, ModelCodec, PollerState};
+use sluice_avro::{ModelCodec, PollerState};
 use sluice_core::config::{Config, Detection, ModelConfig};
-use sluice_core::{naming, ChangeEvent, Op, Row, SourceInfo, Value};
+use sluice_core::{naming, Value};
 use sluice_kafka::compacted::read_to_end;
-use sluice_kafka::headers;
-use sluice_kafka::producer::{OutRecord, TransactionalProducer};
+use sluice_kafka::producer::TransactionalProducer;
 use sluice_kafka::KafkaError;
 use sluice_warehouse::{cursor_indexes, cursor_of, SnapshotStore, Warehouse, WarehouseError};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+use crate::cursor::{complete_snapshot, CursorRules, OpCounts};
+use crate::emit::{commit, count_events, ChangeWriter};
+use crate::reconcile::Reconciler;
 
 /// Why a model stopped.
 #[derive(Debug, thiserror::Error)]
@@ -123,13 +126,26 @@ async fn poll_model<W: Warehouse + SnapshotStore>(
     let (codec, producer, state) = open_model(config, warehouse, model).await?;
     tracing::info!(model = %name, mode = model.detection.mode(), position = state.position.as_deref().unwrap_or("start"), snapshot_done = state.snapshot_done, "model state recovered");
     match &model.detection {
-        Detection::Cursor { created_column, lookback_ms: Some(lookback_ms), .. } => {
-            let created = created_column.as_deref().and_then(|c| codec.row_schema().index_of(c));
-            crate::lookback::poll_cursor_lookback(config, warehouse, model, &codec, &producer, state, created, *lookback_ms, &options.schedule, shutdown)
-                .await
-        }
-        Detection::Cursor { created_column, .. } => {
-            poll_cursor(config, warehouse, model, &codec, &producer, state, created_column.as_deref(), &options.schedule, shutdown).await
+        Detection::Cursor { lookback_ms, reconcile_interval_ms, .. } => {
+            let mut reconciler = Reconciler::new(*reconcile_interval_ms, options.confirm_large_change);
+            match lookback_ms {
+                Some(lookback_ms) => {
+                    crate::lookback::poll_cursor_lookback(
+                        config,
+                        warehouse,
+                        model,
+                        &codec,
+                        &producer,
+                        state,
+                        *lookback_ms,
+                        &mut reconciler,
+                        &options.schedule,
+                        shutdown,
+                    )
+                    .await
+                }
+                None => poll_cursor(config, warehouse, model, &codec, &producer, state, &mut reconciler, &options.schedule, shutdown).await,
+            }
         }
         Detection::Diff {} => crate::diff::poll_diff(config, warehouse, model, &codec, &producer, state, options, shutdown).await,
         Detection::WarehouseDiff {} => {
@@ -162,7 +178,8 @@ pub(crate) async fn open_model<W: Warehouse>(
     Ok((codec, producer, state))
 }
 
-/// Cursor mode: pages strictly after the committed cursor tuple.
+/// Cursor mode: pages strictly after the committed cursor tuple; hard deletes by periodic
+/// reconciliation when configured (between polls, so it never races the cursor).
 #[allow(clippy::too_many_arguments)]
 async fn poll_cursor<W: Warehouse>(
     config: &Config,
@@ -171,77 +188,40 @@ async fn poll_cursor<W: Warehouse>(
     codec: &ModelCodec,
     producer: &TransactionalProducer,
     mut state: PollerState,
-    created_column: Option<&str>,
+    reconciler: &mut crate::reconcile::Reconciler,
     schedule: &crate::triggers::Schedule,
     shutdown: &CancellationToken,
 ) -> Result<(), ModelError> {
     let name = model.name.get_ref().as_str();
-    let prefix = &config.kafka.topic_prefix;
     let mut position = decode_position(&state.position)?;
-    let topic = naming::change_topic(prefix, name);
     let cursor = cursor_indexes(model, codec.row_schema()).expect("cursor mode has a cursor");
-    let created = created_column.and_then(|c| codec.row_schema().index_of(c));
+    let rules = CursorRules::new(model, codec);
     let mut schemas_published = false;
 
     loop {
         let run_id = uuid::Uuid::new_v4().to_string();
         let span = tracing::info_span!("poller.run", model = %name, run_id = %run_id);
         let caught_up = async {
-            let started = Instant::now();
             let rows = warehouse.fetch_after(model, codec.row_schema(), position.as_deref(), model.batch_rows).await?;
             if rows.is_empty() {
+                complete_snapshot(config, codec, producer, &mut schemas_published, &mut state).await?;
                 return Ok::<bool, ModelError>(true);
             }
             let page_full = rows.len() == model.batch_rows;
             let run_start_cursor = position.as_ref().map(|p| p[0].clone());
+            let mut writer = ChangeWriter::new(config, name, codec, &run_id);
             let mut records = Vec::with_capacity(rows.len() + 3);
-            if !schemas_published {
-                for schema in codec.schemas() {
-                    records.push(OutRecord {
-                        topic: naming::schema_topic(prefix),
-                        key: Some(schema.fingerprint.into_bytes()),
-                        payload: Some(schema.json.into_bytes()),
-                        headers: headers::owned([]),
-                    });
-                }
-            }
-            let trace = sluice_telemetry::propagation::current_headers();
-            let mut counts = [0u64; 3];
+            let mut counts = OpCounts::default();
             let mut last_position = None;
             for row in rows {
-                let op = if !state.snapshot_done { Op::Read } else { classify_op(created, run_start_cursor.as_ref(), &row) };
-                counts[match op {
-                    Op::Read => 0,
-                    Op::Create => 1,
-                    _ => 2,
-                }] += 1;
                 let row_position = cursor_of(&cursor, &row);
-                let position_json = serde_json::to_string(&row_position).expect("values serialise");
-                let mut key = Vec::with_capacity(32);
-                codec.encode_key(&row, &mut key)?;
-                let event = ChangeEvent {
-                    op,
-                    before: None,
-                    after: Some(row),
-                    source: SourceInfo {
-                        model: name.to_string(),
-                        warehouse: config.warehouse.name.clone(),
-                        run_id: run_id.clone(),
-                        position: Some(position_json),
-                    },
-                    ts_ms: now_ms(),
-                    changed: None,
-                };
-                let mut value = Vec::with_capacity(256);
-                codec.encode_event(&event, &mut value)?;
-                let mut pairs: Vec<(&str, &str)> = trace.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                pairs.push((headers::SCHEMA_FINGERPRINT, codec.value_fingerprint()));
-                pairs.push((headers::RUN_ID, &run_id));
-                pairs.push((headers::OP, op.code()));
-                records.push(OutRecord { topic: topic.clone(), key: Some(key), payload: Some(value), headers: headers::owned(pairs) });
+                if let Some(op) = rules.op(state.snapshot_done, run_start_cursor.as_ref(), &row) {
+                    writer.set_position(Some(serde_json::to_string(&row_position).expect("values serialise")));
+                    records.extend(crate::cursor::change(&mut writer, op, row, None)?);
+                    counts.add(op);
+                }
                 last_position = Some(row_position);
             }
-            let events = counts.iter().sum::<u64>();
             let new_position = last_position.expect("rows is not empty");
             let new_state = PollerState {
                 model: name.to_string(),
@@ -249,74 +229,36 @@ async fn poll_cursor<W: Warehouse>(
                 position: Some(serde_json::to_string(&new_position).expect("values serialise")),
                 // A short page means the scan reached the end: the snapshot is complete.
                 snapshot_done: state.snapshot_done || !page_full,
-                events_total: state.events_total + events as i64,
+                events_total: state.events_total + counts.total() as i64,
                 committed_at_ms: now_ms(),
             };
-            records.push(OutRecord {
-                topic: naming::poller_state_topic(prefix),
-                key: Some(name.as_bytes().to_vec()),
-                payload: Some(encode_state(&new_state)?),
-                headers: headers::owned([(headers::RUN_ID, run_id.as_str())]),
-            });
-            producer.send_transaction(records).await?;
-            schemas_published = true;
+            commit(config, codec, producer, &mut schemas_published, records, &new_state).await?;
             position = Some(new_position);
             if !state.snapshot_done && new_state.snapshot_done {
                 tracing::info!(model = %name, events_total = new_state.events_total, "initial snapshot complete");
             }
             state = new_state;
-            for (op, n) in [("r", counts[0]), ("c", counts[1]), ("u", counts[2])] {
-                if n > 0 {
-                    metrics::counter!("sluice_poller_events_total", "model" => name.to_string(), "op" => op).increment(n);
-                }
-            }
-            metrics::histogram!("sluice_poller_transaction_seconds", "model" => name.to_string()).record(started.elapsed().as_secs_f64());
-            metrics::gauge!("sluice_poller_last_commit_timestamp_seconds", "model" => name.to_string())
-                .set(state.committed_at_ms as f64 / 1000.0);
-            tracing::info!(model = %name, events, snapshot = counts[0], inserts = counts[1], updates = counts[2], "transaction committed");
+            count_events(name, &counts.by_op());
+            tracing::info!(
+                model = %name,
+                events = counts.total(),
+                snapshot = counts.reads,
+                inserts = counts.creates,
+                updates = counts.updates,
+                deletes = counts.deletes,
+                "transaction committed"
+            );
             Ok(!page_full)
         }
         .instrument(span)
         .await?;
         if caught_up {
+            reconciler.run_if_due(config, warehouse, model, codec, producer, &mut state, &mut schemas_published).await?;
             if !schedule.wait(shutdown).await {
                 return Ok(());
             }
         } else if shutdown.is_cancelled() {
             return Ok(());
         }
-    }
-}
-
-/// Insert or update, in cursor mode after the snapshot: a row whose creation value is newer than
-/// the cursor the run started from was created since the last run; without a creation column
-/// every change is an update.
-pub(crate) fn classify_op(created: Option<usize>, run_start_cursor: Option<&Value>, row: &Row) -> Op {
-    match (created, run_start_cursor) {
-        (Some(created), Some(start)) if value_after(&row[created], start) => Op::Create,
-        (Some(_), None) => Op::Create,
-        _ => Op::Update,
-    }
-}
-
-fn value_after(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::TimestampMicros(a), Value::TimestampMicros(b)) | (Value::Long(a), Value::Long(b)) => a > b,
-        (Value::Int(a), Value::Int(b)) | (Value::Date(a), Value::Date(b)) => a > b,
-        (Value::String(a), Value::String(b)) => a > b,
-        _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn created_after_run_start_is_an_insert() {
-        let row = vec![Value::Long(1), Value::TimestampMicros(10), Value::TimestampMicros(10)];
-        assert_eq!(classify_op(Some(2), Some(&Value::TimestampMicros(5)), &row), Op::Create);
-        assert_eq!(classify_op(Some(2), Some(&Value::TimestampMicros(10)), &row), Op::Update);
-        assert_eq!(classify_op(None, Some(&Value::TimestampMicros(5)), &row), Op::Update);
     }
 }

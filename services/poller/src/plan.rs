@@ -1,21 +1,31 @@
-//! `sluice plan <model>`: a dry run of the next `diff` run — what it would emit, with samples —
-//! that emits nothing, takes no lock and does not fence the running poller (it only reads the
-//! warehouse and, `read_committed`, the change topic).
+//! `sluice plan <model>`: a dry run of the next run of a `diff` or `cursor` model — what it
+//! would emit, with samples — that emits nothing, takes no lock and does not fence the running
+//! poller (it only reads the warehouse and, `read_committed`, the state and change topics).
+//!
+//! For a cursor model: the rows after the committed position (with a look-back window: the
+//! window, less the rows already emitted in it) as snapshot reads, inserts, updates and soft
+//! deletes, by the same rules as the poll loop ([`crate::cursor::CursorRules`]), read page by
+//! page and kept only as counts and samples; plus, when `reconcile_interval_ms` is set, the hard
+//! deletes a reconciliation would find now ([`crate::reconcile::find_deletes`]).
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sluice_avro::{decoder_for, KeyDecoder, ModelCodec};
-use sluice_core::config::{Config, Detection};
-use sluice_core::naming;
+use sluice_avro::{decoder_for, KeyDecoder, ModelCodec, PollerState};
+use sluice_core::config::{Config, Detection, ModelConfig};
+use sluice_core::{naming, Op};
 use sluice_warehouse::AnyWarehouse;
-use sluice_warehouse::Warehouse;
+use sluice_warehouse::{cursor_indexes, cursor_of, Warehouse};
 
+use crate::cursor::{CursorRules, OpCounts};
 use crate::diff::{compute, key_json, previous_records};
 use crate::emit::changed_columns;
 use crate::gates::{check_volume, RunCounts};
+use crate::lookback::{micros, parse, window_start};
 use crate::model_loop::load_state;
-use crate::tracked::Tracked;
+use crate::reconcile::find_deletes;
+use crate::tracked::{key_hash, KeyMap, Stored, Tracked};
 
 /// What the next run would do.
 #[derive(Debug, Clone)]
@@ -30,12 +40,29 @@ pub struct PlanReport {
     pub delete_samples: Vec<serde_json::Value>,
     /// The gate that would refuse the run, with its message; `None` = the run would go ahead.
     pub refused: Option<String>,
+    /// For a cursor model: how its deletes split (`None` for `diff`).
+    pub cursor: Option<CursorDeletes>,
+}
+
+/// The deletes of a cursor model's next run, by origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CursorDeletes {
+    /// Rows marked by `deleted_column` after the position.
+    pub soft: u64,
+    /// Keys a reconciliation would delete now; `None` when `reconcile_interval_ms` is not set
+    /// (or the first snapshot is not complete, when no reconciliation runs).
+    pub hard: Option<u64>,
 }
 
 impl std::fmt::Display for PlanReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let c = &self.counts;
-        writeln!(f, "model {}: {} rows read, {} rows emitted so far", self.model, c.rows, c.tracked)?;
+        match self.cursor {
+            None => writeln!(f, "model {}: {} rows read, {} rows emitted so far", self.model, c.rows, c.tracked)?,
+            Some(_) => {
+                writeln!(f, "model {}: {} rows read after the committed position, {} events emitted so far", self.model, c.rows, c.tracked)?
+            }
+        }
         let insert_label = if self.first_snapshot { "snapshot reads (r)" } else { "inserts (c)" };
         writeln!(f, "  {insert_label}: {}", c.inserts)?;
         for key in &self.insert_samples {
@@ -43,9 +70,21 @@ impl std::fmt::Display for PlanReport {
         }
         writeln!(f, "  updates (u): {}", c.updates)?;
         for (key, changed) in &self.update_samples {
-            writeln!(f, "    {key} changed: {}", changed.join(", "))?;
+            if changed.is_empty() {
+                writeln!(f, "    {key}")?; // cursor mode keeps no previous image to compare with
+            } else {
+                writeln!(f, "    {key} changed: {}", changed.join(", "))?;
+            }
         }
-        writeln!(f, "  deletes (d): {}", c.deletes)?;
+        match self.cursor {
+            Some(CursorDeletes { soft, hard: Some(hard) }) => {
+                writeln!(f, "  deletes (d): {} ({soft} soft-deleted, {hard} found by reconciliation)", c.deletes)?
+            }
+            Some(CursorDeletes { soft, hard: None }) => {
+                writeln!(f, "  deletes (d): {} ({soft} soft-deleted; no reconciliation of hard deletes)", c.deletes)?
+            }
+            None => writeln!(f, "  deletes (d): {}", c.deletes)?,
+        }
         for key in &self.delete_samples {
             writeln!(f, "    {key}")?;
         }
@@ -56,17 +95,49 @@ impl std::fmt::Display for PlanReport {
     }
 }
 
-/// Compute the next run of `model` (a `diff` model) without emitting anything.
+/// Compute the next run of `model` (a `diff` or `cursor` model) without emitting anything.
 pub async fn plan(config: &Config, model: &str, samples: usize) -> anyhow::Result<PlanReport> {
     let model_config = config.model(model).with_context(|| format!("no model named {model:?} in the config"))?;
     anyhow::ensure!(
-        matches!(model_config.detection, Detection::Diff {}),
-        "sluice plan supports diff models; {model:?} is in {} mode",
+        !matches!(model_config.detection, Detection::WarehouseDiff {}),
+        "sluice plan supports diff and cursor models; {model:?} is in {} mode",
         model_config.detection.mode()
     );
     let warehouse = AnyWarehouse::connect(&config.warehouse).await.context("connecting to the warehouse")?;
     let codec = ModelCodec::new(model, warehouse.describe(model_config).await?)?;
     let state = load_state(config, model).await?;
+    match &model_config.detection {
+        Detection::Cursor { lookback_ms, reconcile_interval_ms, .. } => {
+            plan_cursor(config, &warehouse, model_config, &codec, state, *lookback_ms, reconcile_interval_ms.is_some(), samples).await
+        }
+        // `diff` (warehouse_diff was refused above).
+        _ => plan_diff(config, &warehouse, model_config, &codec, state, samples).await,
+    }
+}
+
+/// Keys of the records at `locs` among `previous` (the sample keys of deletes).
+fn stored_keys<'a>(
+    codec: &ModelCodec,
+    previous: &KeyMap<Stored>,
+    locs: impl Iterator<Item = &'a u64>,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let key_decoder = KeyDecoder::new(&codec.schemas()[0].json)?;
+    Ok(locs
+        .filter_map(|loc| previous.get(loc))
+        .filter_map(|stored| key_decoder.decode(&stored.key).ok())
+        .map(|fields| serde_json::Value::Object(fields.into_iter().map(|(k, v)| (k, v.to_json())).collect()))
+        .collect())
+}
+
+async fn plan_diff(
+    config: &Config,
+    warehouse: &AnyWarehouse,
+    model_config: &ModelConfig,
+    codec: &ModelCodec,
+    state: Option<PollerState>,
+    samples: usize,
+) -> anyhow::Result<PlanReport> {
+    let model = model_config.name.get_ref().as_str();
     let topic = naming::change_topic(&config.kafka.topic_prefix, model);
     let (kafka, t) = (config.kafka.clone(), topic.clone());
     let tracked = tokio::task::spawn_blocking(move || -> anyhow::Result<Tracked> {
@@ -77,7 +148,7 @@ pub async fn plan(config: &Config, model: &str, samples: usize) -> anyhow::Resul
     .await??;
     let mut tracked = tracked;
     let first_snapshot = !state.as_ref().is_some_and(|s| s.snapshot_done);
-    let plan = match compute(&warehouse, model_config, &codec, &mut tracked).await {
+    let plan = match compute(warehouse, model_config, codec, &mut tracked).await {
         Ok(plan) => plan,
         Err(crate::ModelError::Gate(refused)) => {
             return Ok(PlanReport {
@@ -88,6 +159,7 @@ pub async fn plan(config: &Config, model: &str, samples: usize) -> anyhow::Resul
                 update_samples: Vec::new(),
                 delete_samples: Vec::new(),
                 refused: Some(refused.to_string()),
+                cursor: None,
             })
         }
         Err(other) => return Err(other.into()),
@@ -96,24 +168,125 @@ pub async fn plan(config: &Config, model: &str, samples: usize) -> anyhow::Resul
     let refused = check_volume(model, &model_config.gates, counts, first_snapshot, false).err().map(|e| e.to_string());
     let schema = codec.row_schema();
     let insert_samples = plan.inserts.iter().take(samples).map(|row| key_json(schema, row)).collect();
-    let wanted: Vec<u64> = plan.updates.iter().take(samples).map(|(_, loc)| *loc).chain(plan.deletes.iter().take(samples).copied()).collect();
+    let wanted: Vec<u64> =
+        plan.updates.iter().take(samples).map(|(_, loc)| *loc).chain(plan.deletes.iter().take(samples).copied()).collect();
     let previous = previous_records(config, &topic, wanted).await?;
-    let decoder = decoder_for(&codec);
-    let before_of = |loc: &u64| previous.get(loc).and_then(|s| s.payload.as_deref()).and_then(|p| decoder.decode(p).ok()).and_then(|d| d.event.after);
+    let decoder = decoder_for(codec);
+    let before_of =
+        |loc: &u64| previous.get(loc).and_then(|s| s.payload.as_deref()).and_then(|p| decoder.decode(p).ok()).and_then(|d| d.event.after);
     let update_samples = plan
         .updates
         .iter()
         .take(samples)
         .map(|(row, loc)| (key_json(schema, row), before_of(loc).map(|b| changed_columns(schema, &b, row)).unwrap_or_default()))
         .collect();
-    let key_decoder = KeyDecoder::new(&codec.schemas()[0].json)?;
-    let delete_samples = plan
-        .deletes
-        .iter()
-        .take(samples)
-        .filter_map(|loc| previous.get(loc))
-        .filter_map(|stored| key_decoder.decode(&stored.key).ok())
-        .map(|fields| serde_json::Value::Object(fields.into_iter().map(|(k, v)| (k, v.to_json())).collect()))
-        .collect();
-    Ok(PlanReport { model: model.to_string(), counts, first_snapshot, insert_samples, update_samples, delete_samples, refused })
+    let delete_samples = stored_keys(codec, &previous, plan.deletes.iter().take(samples))?;
+    Ok(PlanReport {
+        model: model.to_string(),
+        counts,
+        first_snapshot,
+        insert_samples,
+        update_samples,
+        delete_samples,
+        refused,
+        cursor: None,
+    })
+}
+
+/// The next poll of a cursor model (and the reconciliation, when configured), counted.
+#[allow(clippy::too_many_arguments)]
+async fn plan_cursor(
+    config: &Config,
+    warehouse: &AnyWarehouse,
+    model_config: &ModelConfig,
+    codec: &ModelCodec,
+    state: Option<PollerState>,
+    lookback_ms: Option<u64>,
+    reconciled: bool,
+    samples: usize,
+) -> anyhow::Result<PlanReport> {
+    let model = model_config.name.get_ref().as_str();
+    let schema = codec.row_schema();
+    let indexes = cursor_indexes(model_config, schema).expect("cursor mode has a cursor");
+    let rules = CursorRules::new(model_config, codec);
+    let snapshot_done = state.as_ref().is_some_and(|s| s.snapshot_done);
+    let position = parse(model, state.as_ref().and_then(|s| s.position.as_deref()))?;
+    let recent: HashSet<(u64, i64)> = position.recent.into_iter().collect();
+    // With a window the poll re-reads it from its start; without, it reads after the cursor.
+    let since = lookback_ms.and_then(|ms| window_start(position.cursor.as_deref(), ms));
+    let mut after = if lookback_ms.is_some() { None } else { position.cursor.clone() };
+    let mut run_start = position.cursor.as_ref().map(|c| c[0].clone());
+    let batch = model_config.batch_rows.max(1);
+    let (mut rows, mut ops) = (0u64, OpCounts::default());
+    let (mut insert_samples, mut update_samples, mut delete_samples) = (Vec::new(), Vec::new(), Vec::new());
+    let mut key = Vec::with_capacity(64);
+    loop {
+        let page = match &since {
+            Some(since) => warehouse.fetch_since(model_config, schema, since, after.as_deref(), batch).await?,
+            None => warehouse.fetch_after(model_config, schema, after.as_deref(), batch).await?,
+        };
+        let full = page.len() == batch;
+        let Some(last) = page.last() else { break };
+        after = Some(cursor_of(&indexes, last));
+        // The poll loops commit page by page: a page's ops are judged from the cursor the
+        // previous page left.
+        let mut page_end = run_start.clone();
+        for row in page {
+            let value = &row[indexes[0]];
+            if lookback_ms.is_some() {
+                let row_micros = micros(value).unwrap_or(i64::MIN);
+                key.clear();
+                codec.encode_key(&row, &mut key)?;
+                if recent.contains(&(key_hash(&key), row_micros)) {
+                    continue; // emitted by an earlier poll of the window
+                }
+                // A late row (behind the cursor) does not move it.
+                if page_end.as_ref().and_then(micros).is_none_or(|end| row_micros >= end) {
+                    page_end = Some(value.clone());
+                }
+            } else {
+                page_end = Some(value.clone());
+            }
+            rows += 1;
+            let Some(op) = rules.op(snapshot_done, run_start.as_ref(), &row) else { continue };
+            ops.add(op);
+            match op {
+                Op::Read | Op::Create if insert_samples.len() < samples => insert_samples.push(key_json(schema, &row)),
+                Op::Update if update_samples.len() < samples => update_samples.push((key_json(schema, &row), Vec::new())),
+                Op::Delete if delete_samples.len() < samples => delete_samples.push(key_json(schema, &row)),
+                _ => {}
+            }
+        }
+        run_start = page_end;
+        if !full {
+            break;
+        }
+    }
+    let (mut hard, mut refused) = (None, None);
+    if reconciled && snapshot_done {
+        let found = find_deletes(config, warehouse, model_config, codec).await?;
+        refused = check_volume(model, &model_config.gates, found.counts(), false, false).err().map(|e| e.to_string());
+        let room = samples.saturating_sub(delete_samples.len());
+        let topic = naming::change_topic(&config.kafka.topic_prefix, model);
+        let previous = previous_records(config, &topic, found.deletes.iter().take(room).copied().collect()).await?;
+        delete_samples.extend(stored_keys(codec, &previous, found.deletes.iter().take(room))?);
+        hard = Some(found.deletes.len() as u64);
+    }
+    let counts = RunCounts {
+        rows,
+        tracked: state.as_ref().map_or(0, |s| s.events_total as u64),
+        inserts: ops.reads + ops.creates,
+        updates: ops.updates,
+        deletes: ops.deletes + hard.unwrap_or(0),
+    };
+    Ok(PlanReport {
+        model: model.to_string(),
+        counts,
+        first_snapshot: !snapshot_done,
+        insert_samples,
+        update_samples,
+        delete_samples,
+        refused,
+        cursor: Some(CursorDeletes { soft: ops.deletes, hard }),
+    })
 }

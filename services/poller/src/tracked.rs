@@ -162,7 +162,7 @@ impl Tracked {
                     apply(&mut self.entries, &message);
                     applied += 1;
                     let near_end = ends.iter().any(|&(p, end)| p == message.partition() && message.offset() + 2 >= end);
-                    check = near_end || applied % 10_000 == 0;
+                    check = near_end || applied.is_multiple_of(10_000);
                 }
                 None => check = true,
             }

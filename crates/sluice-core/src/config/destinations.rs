@@ -548,7 +548,7 @@ mod tests {
             (format!("[redis]\nurl = {token}\nkey_template = \"x:{{model}}\""), "{key}"),
             (format!("[meta]\naccess_token = {token}\naudience_id = \"1\"\nidentifiers = {{}}"), "identifiers"),
             (format!("[braze]\nbase_url = \"b\"\napi_key = {token}\nmode = \"suppression\"\nunsubscribe_email = false"), "suppression"),
-            (format!("[hubspot]\naccess_token = \"inline\""), "never written inline"),
+            ("[hubspot]\naccess_token = \"inline\"".to_string(), "never written inline"),
             (format!("[webhook]\nurl = \"u\"\n[redis]\nurl = {token}"), "more than one kind"),
         ];
         for (table, expected) in cases {

@@ -340,7 +340,9 @@ impl Config {
                 }
             }
             let detection_columns: Vec<&String> = match &model.detection {
-                Detection::Cursor { cursor_column, created_column, .. } => std::iter::once(cursor_column).chain(created_column.iter()).collect(),
+                Detection::Cursor { cursor_column, created_column, deleted_column, .. } => {
+                    std::iter::once(cursor_column).chain(created_column.iter()).chain(deleted_column.iter()).collect()
+                }
                 Detection::Diff {} | Detection::WarehouseDiff {} => Vec::new(),
             };
             for column in detection_columns {
@@ -350,6 +352,16 @@ impl Config {
             }
             if model.notify_channel.is_some() && self.warehouse.kind != WarehouseKind::Postgres {
                 return Err(err(model.name.span(), format!("model {name:?}: notify_channel needs a PostgreSQL warehouse (LISTEN/NOTIFY)"), "remove it and use poll_interval_ms, cron or POST /run/<model>"));
+            }
+            if let Detection::Cursor { cursor_column, deleted_column, reconcile_interval_ms, .. } = &model.detection {
+                if let Some(deleted) = deleted_column {
+                    if model.primary_key.contains(deleted) || deleted == cursor_column {
+                        return Err(err(model.name.span(), format!("model {name:?}: deleted_column {deleted:?} is a primary-key column or the cursor column, so it cannot mark a row deleted"), "name the column that marks a deleted row, e.g. deleted_column = \"deleted_at\" (non-NULL = deleted) or \"is_deleted\" (true = deleted)"));
+                    }
+                }
+                if *reconcile_interval_ms == Some(0) {
+                    return Err(err(model.name.span(), format!("model {name:?}: reconcile_interval_ms must be positive"), "use e.g. reconcile_interval_ms = 3600000 (hourly), or remove it to never reconcile hard deletes"));
+                }
             }
             if model.batch_rows == 0 || model.poll_interval_ms == 0 {
                 return Err(err(model.name.span(), format!("model {name:?}: batch_rows and poll_interval_ms must be positive"), "use e.g. batch_rows = 10000, poll_interval_ms = 1000"));
@@ -374,7 +386,7 @@ impl Config {
                 return Err(err(destination.name.span(), format!("destination {name:?}: max_buffered_records is below batch_max_records, so no full batch could form"), "raise max_buffered_records (default 10000)"));
             }
             let limits = &destination.rate_limit;
-            if limits.requests_per_second.is_some_and(|r| !(r > 0.0)) || limits.records_per_second.is_some_and(|r| !(r >= 1.0)) {
+            if limits.requests_per_second.is_some_and(|r| r.is_nan() || r <= 0.0) || limits.records_per_second.is_some_and(|r| r.is_nan() || r < 1.0) {
                 return Err(err(destination.name.span(), format!("destination {name:?}: rate limits must be positive (records_per_second at least 1)"), "e.g. rate_limit = { requests_per_second = 10 }"));
             }
         }
@@ -543,6 +555,37 @@ fields = { email = "email" }
         let e = parse(&notify).unwrap_err();
         assert!(e.message.contains("notify_channel needs a PostgreSQL warehouse"), "{e}");
         assert!(e.line.is_some(), "points at the model");
+    }
+
+    #[test]
+    fn soft_delete_and_reconciliation_settings_are_validated() {
+        let cursor = "detection = { mode = \"cursor\", cursor_column = \"updated_at\" }";
+        let with = |extra: &str| {
+            GOOD.replace(cursor, &format!("detection = {{ mode = \"cursor\", cursor_column = \"updated_at\", {extra} }}"))
+                .replace("\"email\", \"updated_at\"]", "\"email\", \"updated_at\", \"deleted_at\"]")
+        };
+        let ok = parse(&with("deleted_column = \"deleted_at\", reconcile_interval_ms = 60000")).expect("valid");
+        assert!(matches!(
+            &ok.models[0].detection,
+            Detection::Cursor { deleted_column: Some(d), reconcile_interval_ms: Some(60000), .. } if d == "deleted_at"
+        ));
+
+        let e = parse(&with("deleted_column = \"removed_at\"")).unwrap_err();
+        assert_eq!(e.to_string(), "sluice.toml:10: model \"customers\": detection column \"removed_at\" is not in `columns`\n  fix: add it to `columns`");
+        let e = parse(&with("deleted_column = \"id\"")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "sluice.toml:10: model \"customers\": deleted_column \"id\" is a primary-key column or the cursor column, so it cannot mark a row deleted\n  fix: name the column that marks a deleted row, e.g. deleted_column = \"deleted_at\" (non-NULL = deleted) or \"is_deleted\" (true = deleted)"
+        );
+        let e = parse(&with("deleted_column = \"updated_at\"")).unwrap_err();
+        assert!(e.message.contains("deleted_column \"updated_at\" is a primary-key column or the cursor column"), "{e}");
+        let e = parse(&with("reconcile_interval_ms = 0")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "sluice.toml:10: model \"customers\": reconcile_interval_ms must be positive\n  fix: use e.g. reconcile_interval_ms = 3600000 (hourly), or remove it to never reconcile hard deletes"
+        );
+        let e = parse(&with("reconcile_every = 5")).unwrap_err();
+        assert!(e.message.contains("unknown field `reconcile_every`"), "{e}");
     }
 
     #[test]

@@ -83,8 +83,9 @@ impl ModelConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Detection {
-    /// Tuple cursor over (`cursor_column`, primary key). Sees inserts and updates; cannot see
-    /// hard deletes.
+    /// Tuple cursor over (`cursor_column`, primary key). Sees inserts and updates, soft deletes
+    /// with `deleted_column`; hard deletes only with `reconcile_interval_ms` (the cursor alone
+    /// cannot see a row that is gone).
     Cursor {
         /// A column that grows whenever a row changes (`updated_at`, a sequence).
         cursor_column: String,
@@ -99,6 +100,19 @@ pub enum Detection {
         /// inside the window are kept in the state record (at most 20000).
         #[serde(default)]
         lookback_ms: Option<u64>,
+        /// Soft-delete column: a row whose value here is `true` (boolean column) or not NULL
+        /// (any other type, e.g. `deleted_at`) is emitted as a delete (`d`, the row as read as
+        /// `before`, then a tombstone) instead of an update. Skipped by the first snapshot
+        /// (destinations never knew the row). Not a key column, not the cursor column.
+        #[serde(default)]
+        deleted_column: Option<String>,
+        /// Reconciliation of hard deletes: at most this often (checked after a poll that caught
+        /// up, and once after each start), the keys emitted so far (rebuilt from the change
+        /// topic) are compared with the model's keys, and keys no longer in the model are
+        /// emitted as deletes. Costs one full key scan of the model and one read of the change
+        /// topic per reconciliation; emits deletes only.
+        #[serde(default)]
+        reconcile_interval_ms: Option<u64>,
     },
     /// Full snapshot compared by primary key and row hash (xxh3) against the last emitted
     /// state: inserts, updates (with `before` image and changed columns) and deletes. Works

@@ -1,0 +1,247 @@
+//! Cursor mode's deletes against real PostgreSQL and Kafka: soft deletes (`deleted_column`) in
+//! the plain loop and with the look-back window, hard deletes that plain cursor mode cannot see
+//! (the control) and that the periodic reconciliation (`reconcile_interval_ms`) finds exactly
+//! once, a reconciliation that finds nothing committing nothing, and `sluice plan` for a cursor
+//! model. Every test ends with an exact accounting of the change topic.
+
+mod poller_common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use poller_common::*;
+use sluice_core::config::Config;
+use sluice_core::{naming, Op, Value};
+use sluice_integration_tests::eventually;
+
+/// Column index of `deleted_at` in the cursor fixture's rows.
+const DELETED_AT: usize = 3;
+
+async fn insert(f: &Fixture, id: i64, note: &str) {
+    f.db.execute(&format!("INSERT INTO {} (id, note, updated_at) VALUES ($1, $2, clock_timestamp())", f.table), &[&id, &note])
+        .await
+        .unwrap();
+}
+
+async fn touch(f: &Fixture, id: i64, note: &str) {
+    f.db.execute(&format!("UPDATE {} SET note = $2, updated_at = clock_timestamp() WHERE id = $1", f.table), &[&id, &note]).await.unwrap();
+}
+
+async fn soft_delete(f: &Fixture, id: i64) {
+    f.db.execute(&format!("UPDATE {} SET deleted_at = clock_timestamp(), updated_at = clock_timestamp() WHERE id = $1", f.table), &[&id])
+        .await
+        .unwrap();
+}
+
+async fn hard_delete(f: &Fixture, id: i64) {
+    f.db.execute(&format!("DELETE FROM {} WHERE id = $1", f.table), &[&id]).await.unwrap();
+}
+
+/// (op, id) of every event, tombstones as ("tombstone", id of the preceding key's event).
+fn events_of(f: &Fixture) -> Vec<(String, i64)> {
+    let events = decode_all(f);
+    let mut last_id = std::collections::HashMap::new();
+    events
+        .iter()
+        .map(|(record, decoded)| match decoded {
+            Some((op, before, after, _)) => {
+                let id = id_of(after.as_ref().or(before.as_ref()).expect("an event has an image"));
+                last_id.insert(record.key.clone(), id);
+                (op.code().to_string(), id)
+            }
+            None => ("tombstone".to_string(), last_id[&record.key]),
+        })
+        .collect()
+}
+
+fn sorted(mut events: Vec<(String, i64)>) -> Vec<(String, i64)> {
+    events.sort();
+    events
+}
+
+fn expected(list: &[(&str, i64)]) -> Vec<(String, i64)> {
+    sorted(list.iter().map(|(op, id)| (op.to_string(), *id)).collect())
+}
+
+/// Records of the model on the state topic (one per committed transaction).
+fn state_records(f: &Fixture) -> usize {
+    read_settled(&naming::poller_state_topic(&f.prefix)).iter().filter(|r| r.key.as_deref() == Some(f.model.as_bytes())).count()
+}
+
+/// The same model and table with another detection setting (`detection` replaces
+/// `extra` in the fixture's config).
+fn reconfigured(f: &Fixture, extra: &str, detection: &str) -> Arc<Config> {
+    let text = f
+        .config_text
+        .replace(&format!("cursor_column = \"updated_at\"{extra} }}"), &format!("cursor_column = \"updated_at\"{detection} }}"));
+    assert_ne!(text, f.config_text, "the detection was replaced");
+    Arc::new(Config::parse("integration-test.toml", &text).expect("valid"))
+}
+
+async fn run_for(config: &Arc<Config>, duration: Duration) {
+    let (stop, poller) = start_poller(config, &[]);
+    tokio::time::sleep(duration).await;
+    stop.cancel();
+    poller.await.unwrap().unwrap();
+}
+
+async fn soft_delete_case(lookback: &str) {
+    let f = cursor_fixture(&format!(", deleted_column = \"deleted_at\"{lookback}"), 2).await;
+    for id in 1..=4 {
+        insert(&f, id, "new").await;
+    }
+    soft_delete(&f, 4).await; // deleted before the first snapshot: destinations never knew it
+    let (stop, poller) = start_poller(&f.config, &[]);
+    eventually("snapshot of the 3 live rows", WAIT, || count(&decode_all(&f), "r") == 3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sorted(events_of(&f)), expected(&[("r", 1), ("r", 2), ("r", 3)]), "the soft-deleted row 4 is skipped by the snapshot");
+
+    soft_delete(&f, 2).await;
+    touch(&f, 3, "changed").await;
+    eventually("the soft delete and the update", WAIT, || events_of(&f).len() == 6).await;
+    tokio::time::sleep(Duration::from_millis(600)).await; // several more polls
+    stop.cancel();
+    poller.await.unwrap().unwrap();
+    run_for(&f.config, Duration::from_millis(1500)).await; // a restart repeats nothing
+
+    assert_eq!(
+        sorted(events_of(&f)),
+        expected(&[("r", 1), ("r", 2), ("r", 3), ("d", 2), ("tombstone", 2), ("u", 3)]),
+        "exactly one delete and its tombstone for the soft-deleted row"
+    );
+    let events = decode_all(&f);
+    let (_, delete) = events.iter().find(|(_, d)| matches!(d, Some((Op::Delete, ..)))).expect("a delete");
+    let (_, before, after, _) = delete.as_ref().unwrap();
+    let before = before.as_ref().expect("the delete carries the row");
+    assert_eq!((id_of(before), &before[1]), (2, &Value::String("new".into())));
+    assert!(matches!(before[DELETED_AT], Value::TimestampMicros(_)), "before is the row as read, deletion mark included: {before:?}");
+    assert_eq!(after, &None);
+    let state = replay_with(&events, Images::Cursor { deleted: Some(DELETED_AT) });
+    assert_eq!(state, cursor_table_state(&f).await, "the compacted topic equals the live rows of the table");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_soft_deleted_row_is_one_delete_and_a_tombstone() {
+    soft_delete_case("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_soft_deleted_row_is_one_delete_and_a_tombstone_with_the_lookback_window() {
+    soft_delete_case(", lookback_ms = 60000").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hard_delete_is_missed_by_plain_cursor_mode_and_found_once_by_reconciliation() {
+    let f = cursor_fixture("", 2).await;
+    for id in 1..=5 {
+        insert(&f, id, "new").await;
+    }
+    // The control: plain cursor mode polls past the delete and emits nothing for it.
+    let (stop, poller) = start_poller(&f.config, &[]);
+    eventually("snapshot of 5 rows", WAIT, || count(&decode_all(&f), "r") == 5).await;
+    hard_delete(&f, 3).await;
+    touch(&f, 1, "changed").await;
+    eventually("the update polled after the delete", WAIT, || count(&decode_all(&f), "u") == 1).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    stop.cancel();
+    poller.await.unwrap().unwrap();
+    assert_eq!(count(&decode_all(&f), "d"), 0, "plain cursor mode cannot see a hard delete");
+
+    // With reconciliation: found once after the start, and a later delete by a later round.
+    let reconciling = reconfigured(&f, "", ", reconcile_interval_ms = 300");
+    let (stop, poller) = start_poller(&reconciling, &[]);
+    eventually("row 3 deleted by the reconciliation", WAIT, || events_of(&f).contains(&("tombstone".into(), 3))).await;
+    hard_delete(&f, 5).await;
+    eventually("row 5 deleted by a later reconciliation", WAIT, || events_of(&f).contains(&("tombstone".into(), 5))).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // ~5 more rounds, finding nothing
+    stop.cancel();
+    poller.await.unwrap().unwrap();
+    run_for(&reconciling, Duration::from_millis(1500)).await; // a restart reconciles again: nothing new
+
+    let events = decode_all(&f);
+    assert_eq!(
+        sorted(events_of(&f)),
+        expected(&[("r", 1), ("r", 2), ("r", 3), ("r", 4), ("r", 5), ("u", 1), ("d", 3), ("tombstone", 3), ("d", 5), ("tombstone", 5)]),
+        "each hard delete exactly once, nothing else"
+    );
+    // replay checks each delete's before = the last emitted image (read back from the topic).
+    let state = replay_with(&events, Images::Cursor { deleted: None });
+    assert_eq!(state, cursor_table_state(&f).await, "the compacted topic equals the table");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reconciliation_that_finds_nothing_emits_nothing() {
+    let f = cursor_fixture(", reconcile_interval_ms = 200", 2).await;
+    for id in 1..=3 {
+        insert(&f, id, "new").await;
+    }
+    let (stop, poller) = start_poller(&f.config, &[]);
+    eventually("snapshot of 3 rows", WAIT, || count(&decode_all(&f), "r") == 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (changes, states) = (decode_all(&f).len(), state_records(&f));
+    tokio::time::sleep(Duration::from_millis(1500)).await; // ~7 rounds over unchanged data
+    assert_eq!(decode_all(&f).len(), changes, "no event");
+    assert_eq!(state_records(&f), states, "no transaction either");
+    // The rounds are running: a delete is found by the next one.
+    hard_delete(&f, 2).await;
+    eventually("row 2 deleted", WAIT, || events_of(&f).contains(&("tombstone".into(), 2))).await;
+    let states = state_records(&f);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.cancel();
+    poller.await.unwrap().unwrap();
+    assert_eq!(state_records(&f), states, "no transaction after the delete");
+    assert_eq!(sorted(events_of(&f)), expected(&[("r", 1), ("r", 2), ("r", 3), ("d", 2), ("tombstone", 2)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plan_counts_and_samples_a_cursor_models_next_run_and_emits_nothing() {
+    let f = cursor_fixture(", created_column = \"created_at\", deleted_column = \"deleted_at\", reconcile_interval_ms = 3600000", 2).await;
+    for id in 1..=6 {
+        insert(&f, id, "new").await;
+    }
+    soft_delete(&f, 6).await;
+    // Before the first run: snapshot reads, soft-deleted rows skipped, nothing to reconcile yet.
+    let report = sluice_poller::plan::plan(&f.config, &f.model, 2).await.unwrap();
+    let text = report.to_string();
+    assert_eq!((report.counts.inserts, report.counts.updates, report.counts.deletes), (5, 0, 0), "{text}");
+    assert!(text.starts_with(&format!("model {}: 6 rows read after the committed position, 0 events emitted so far\n", f.model)), "{text}");
+    assert!(text.contains("  snapshot reads (r): 5\n    {\"id\":1}\n    {\"id\":2}\n  updates (u): 0\n"), "{text}");
+    assert!(text.contains("  deletes (d): 0 (0 soft-deleted; no reconciliation of hard deletes)\n"), "{text}");
+    assert!(text.ends_with("the run would emit 5 events; nothing was emitted by this plan"), "{text}");
+
+    let (stop, poller) = start_poller(&f.config, &[]);
+    eventually("snapshot of 5 rows", WAIT, || count(&decode_all(&f), "r") == 5).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    poller.await.unwrap().unwrap();
+
+    insert(&f, 7, "new").await; // c
+    touch(&f, 2, "changed").await; // u
+    soft_delete(&f, 3).await; // d (soft)
+    hard_delete(&f, 4).await; // d (hard, found by reconciliation)
+    let (so_far, states) = (events_of(&f), state_records(&f));
+    let report = sluice_poller::plan::plan(&f.config, &f.model, 5).await.unwrap();
+    let text = report.to_string();
+    assert_eq!((report.counts.inserts, report.counts.updates, report.counts.deletes), (1, 1, 2), "{text}");
+    assert_eq!(report.refused, None, "{text}");
+    assert!(text.starts_with(&format!("model {}: 3 rows read after the committed position, 5 events emitted so far\n", f.model)), "{text}");
+    assert!(text.contains("  inserts (c): 1\n    {\"id\":7}\n"), "{text}");
+    assert!(text.contains("  updates (u): 1\n    {\"id\":2}\n"), "{text}");
+    assert!(text.contains("  deletes (d): 2 (1 soft-deleted, 1 found by reconciliation)\n    {\"id\":3}\n    {\"id\":4}\n"), "{text}");
+    assert!(text.ends_with("the run would emit 4 events; nothing was emitted by this plan"), "{text}");
+    assert_eq!((events_of(&f), state_records(&f)), (so_far.clone(), states), "plan emitted and committed nothing");
+
+    // The run does what the plan said (waited for, not timed: shared machines are slow).
+    let mut planned = so_far;
+    planned.extend(expected(&[("c", 7), ("u", 2), ("d", 3), ("tombstone", 3), ("d", 4), ("tombstone", 4)]));
+    let planned = sorted(planned);
+    let (stop, poller) = start_poller(&f.config, &[]);
+    eventually("the run the plan described", WAIT, || sorted(events_of(&f)).len() >= planned.len()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // and nothing more
+    stop.cancel();
+    poller.await.unwrap().unwrap();
+    let events = decode_all(&f);
+    assert_eq!(sorted(events_of(&f)), planned, "the run emitted what the plan said");
+    let state = replay_with(&events, Images::Cursor { deleted: Some(DELETED_AT) });
+    assert_eq!(state, cursor_table_state(&f).await);
+}

@@ -1,0 +1,150 @@
+//! Reconciliation of hard deletes in cursor mode (`reconcile_interval_ms`).
+//!
+//! Why: a cursor only sees rows that exist. A row deleted from the warehouse (or one that leaves
+//! a query model's `WHERE`) leaves no trace a cursor could read, so without this its key stays
+//! live in the change topic — and in every destination — forever.
+//!
+//! How: at most every `reconcile_interval_ms` (checked after a poll that caught up, and once
+//! after each start, since nothing is kept on local disk), the keys currently live in the
+//! compacted change topic are rebuilt `read_committed` ([`Tracked`], ~24 bytes per key, built
+//! for the reconciliation only and dropped after), the model's keys are scanned
+//! ([`Warehouse::scan`]), and every key live in the topic but absent from the model is emitted
+//! as `d` (`before` = its last emitted image, read back from the topic) + tombstone, in Kafka
+//! transactions of `batch_rows` together with the model's state record, the cursor position
+//! unchanged — exactly as `diff` mode emits deletes ([`crate::diff::emit`]).
+//!
+//! It only emits deletes: new and changed rows belong to the cursor. A soft-deleted row still in
+//! the model counts as present (the cursor emits its delete), so the two never both delete a key.
+//! It runs in the model's own poll loop, between polls, so the change topic cannot move while it
+//! compares. A crash between its transactions leaves a committed prefix; the next
+//! reconciliation rebuilds the live keys from the topic and emits only the rest. The
+//! data-quality gates (`max_change_pct`, `min_rows`, `max_rows`) apply to it as to a `diff` run:
+//! an emptied upstream table halts the model instead of deleting everything downstream.
+
+use std::time::{Duration, Instant};
+
+use sluice_avro::{ModelCodec, PollerState};
+use sluice_core::config::{Config, ModelConfig};
+use sluice_core::naming;
+use sluice_kafka::producer::TransactionalProducer;
+use sluice_warehouse::{Warehouse, WarehouseError};
+use tracing::Instrument;
+
+use crate::diff::{catch_up, emit, DiffPlan};
+use crate::gates::{check_volume, RunCounts};
+use crate::model_loop::ModelError;
+use crate::tracked::{key_hash, Tracked};
+
+/// The hard deletes a reconciliation found.
+pub struct Found {
+    /// Rows the model returned.
+    pub rows: u64,
+    /// Keys live in the change topic.
+    pub tracked: u64,
+    /// Locations of the last events of the keys no longer in the model.
+    pub deletes: Vec<u64>,
+}
+
+impl Found {
+    pub fn counts(&self) -> RunCounts {
+        RunCounts { rows: self.rows, tracked: self.tracked, deletes: self.deletes.len() as u64, ..RunCounts::default() }
+    }
+}
+
+/// Compare the keys live in the change topic with the model's keys. Emits nothing.
+pub async fn find_deletes<W: Warehouse>(
+    config: &Config,
+    warehouse: &W,
+    model: &ModelConfig,
+    codec: &ModelCodec,
+) -> Result<Found, ModelError> {
+    let name = model.name.get_ref().as_str();
+    let (kafka, topic) = (config.kafka.clone(), naming::change_topic(&config.kafka.topic_prefix, name));
+    let tracked = tokio::task::spawn_blocking(move || Tracked::new(&kafka, &topic)).await.expect("does not panic")?;
+    let mut tracked = catch_up(tracked).await?;
+    let schema = codec.row_schema();
+    let mut key = Vec::with_capacity(64);
+    let rows = warehouse
+        .scan(model, schema, |row| {
+            // A NULL key was never emitted (its key cannot be encoded), so it matches nothing.
+            if schema.primary_key.iter().any(|&k| row[k].is_null()) {
+                return Ok(());
+            }
+            key.clear();
+            codec
+                .encode_key(&row, &mut key)
+                .map_err(|e| WarehouseError::Model { model: name.to_string(), message: format!("cannot encode a key: {e}") })?;
+            tracked.see(key_hash(&key));
+            Ok(())
+        })
+        .await?;
+    Ok(Found { rows, tracked: tracked.len() as u64, deletes: tracked.take_unseen() })
+}
+
+/// When the reconciliation of one model is due.
+pub struct Reconciler {
+    interval: Option<Duration>,
+    last: Option<Instant>,
+    /// Let the next reconciliation through the change-volume guard once.
+    confirm_large_change: bool,
+}
+
+impl Reconciler {
+    /// `interval_ms` = `reconcile_interval_ms` (`None`: never reconcile).
+    pub fn new(interval_ms: Option<u64>, confirm_large_change: bool) -> Reconciler {
+        Reconciler { interval: interval_ms.map(Duration::from_millis), last: None, confirm_large_change }
+    }
+
+    /// Reconcile when configured, the first snapshot is complete and the interval has passed
+    /// since the last reconciliation of this incarnation. Commits its deletes with `state`
+    /// (position unchanged) and updates it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn run_if_due<W: Warehouse>(
+        &mut self,
+        config: &Config,
+        warehouse: &W,
+        model: &ModelConfig,
+        codec: &ModelCodec,
+        producer: &TransactionalProducer,
+        state: &mut PollerState,
+        schemas_published: &mut bool,
+    ) -> Result<(), ModelError> {
+        let Some(interval) = self.interval else { return Ok(()) };
+        if !state.snapshot_done || self.last.is_some_and(|last| last.elapsed() < interval) {
+            return Ok(());
+        }
+        let name = model.name.get_ref().as_str();
+        let run_id = uuid::Uuid::new_v4().to_string();
+        let span = tracing::info_span!("poller.reconcile", model = %name, run_id = %run_id);
+        async {
+            let started = Instant::now();
+            let found = find_deletes(config, warehouse, model, codec).await?;
+            let counts = found.counts();
+            check_volume(name, &model.gates, counts, false, self.confirm_large_change)?;
+            if self.confirm_large_change {
+                tracing::warn!(model = %name, "change-volume guard bypassed for this reconciliation by operator confirmation");
+                self.confirm_large_change = false;
+            }
+            let plan =
+                DiffPlan { rows: found.rows, tracked: found.tracked, inserts: Vec::new(), updates: Vec::new(), deletes: found.deletes };
+            let topic = naming::change_topic(&config.kafka.topic_prefix, name);
+            emit(config, model, codec, producer, plan, state, &run_id, &topic, schemas_published).await?;
+            metrics::counter!("sluice_poller_reconcile_deletes_total", "model" => name.to_string()).increment(counts.deletes);
+            metrics::histogram!("sluice_poller_run_seconds", "model" => name.to_string(), "mode" => "reconcile")
+                .record(started.elapsed().as_secs_f64());
+            tracing::info!(
+                model = %name,
+                rows = counts.rows,
+                tracked = counts.tracked,
+                deletes = counts.deletes,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "reconciliation done: keys no longer in the model were deleted"
+            );
+            Ok::<(), ModelError>(())
+        }
+        .instrument(span)
+        .await?;
+        self.last = Some(Instant::now());
+        Ok(())
+    }
+}
