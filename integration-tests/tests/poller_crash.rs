@@ -11,7 +11,7 @@
 
 mod poller_common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use poller_common::*;
 use rand::Rng;
@@ -33,7 +33,6 @@ async fn poller_binary_killed_with_sigkill_at_random_points_loses_and_duplicates
     let config = std::env::temp_dir().join(format!("{}.toml", f.model));
     std::fs::write(&config, text.replace("batch_rows = 3", "batch_rows = 5000").replace("poll_interval_ms = 200", "poll_interval_ms = 300")).unwrap();
     let log_path = std::env::temp_dir().join(format!("{}.log", f.model));
-    let log = std::fs::File::create(&log_path).unwrap();
 
     // Concurrent writer: inserts, updates and deletes until told to stop.
     let writer_stop = tokio_util::sync::CancellationToken::new();
@@ -68,47 +67,12 @@ async fn poller_binary_killed_with_sigkill_at_random_points_loses_and_duplicates
         })
     };
 
-    // A quarter of the kills land in the first snapshot (resumed from the committed prefix);
-    // then the snapshot is let finish and the rest land in incremental runs (rebuilding the
-    // state from the topic, scanning, reading before images, committing).
-    let snapshot_kills = kills / 4;
-    for round in 0..kills {
-        if round == snapshot_kills {
-            let mut child = start_binary(&binary, &config, &log);
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !std::fs::read_to_string(&log_path).unwrap_or_default().contains("diff run committed") {
-                assert!(Instant::now() < deadline, "first snapshot did not complete (log: {})", log_path.display());
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            child.kill().expect("SIGKILL");
-            child.wait().unwrap();
-        }
-        let mut child = start_binary(&binary, &config, &log);
-        // A restart takes ~1 s to fence and recover and ~2-3 s (debug build) to rebuild 100k
-        // rows of state before its first run: the windows cover every phase.
-        let window = if round < snapshot_kills { 300..3500 } else { 1500..7000 };
-        let kill_after = Duration::from_millis(rand::rng().random_range(window));
-        tokio::time::sleep(kill_after).await;
-        child.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix
-        child.wait().unwrap();
-    }
+    kill_at_random_points(&binary, &config, &log_path, kills, Duration::from_secs(120)).await;
     writer_stop.cancel();
     let changes = writer.await.unwrap();
 
-    let mut child = start_binary(&binary, &config, &log);
     let expected = table_state(&f).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let state = tokio::task::block_in_place(|| replay(&decode_all(&f)));
-        if state == expected {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the topic's state did not converge to the table (log: {})", log_path.display());
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let events = tokio::task::block_in_place(|| decode_all(&f));
+    let events = converge(&binary, &config, &log_path, &f.prefix, &f.model, &expected).await;
     assert_eq!(replay(&events), expected, "compacted state equals the table after {kills} SIGKILLs and {changes} concurrent changes");
     eprintln!("{} events, {} rows, {kills} kills, {changes} concurrent changes", events.len(), expected.len());
 }

@@ -252,7 +252,6 @@ async fn duckdb_poller_binary_killed_with_sigkill_at_random_points_loses_and_dup
     let config = f.path.with_extension("toml");
     std::fs::write(&config, f.config_text.replace("poll_interval_ms = 200", "poll_interval_ms = 300")).unwrap();
     let log_path = f.path.with_extension("log");
-    let log = std::fs::File::create(&log_path).unwrap();
 
     // Concurrent writer (another connection, taking turns with the poller for the file lock):
     // inserts, updates and deletes in small transactions until told to stop.
@@ -286,41 +285,12 @@ async fn duckdb_poller_binary_killed_with_sigkill_at_random_points_loses_and_dup
         })
     };
 
-    let snapshot_kills = kills / 4;
-    for round in 0..kills {
-        if round == snapshot_kills {
-            let mut child = start_binary(&binary, &config, &log);
-            let deadline = Instant::now() + Duration::from_secs(300);
-            while !std::fs::read_to_string(&log_path).unwrap_or_default().contains("diff run committed") {
-                assert!(Instant::now() < deadline, "first snapshot did not complete (log: {})", log_path.display());
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            child.kill().expect("SIGKILL");
-            child.wait().unwrap();
-        }
-        let mut child = start_binary(&binary, &config, &log);
-        let window = if round < snapshot_kills { 300..3500 } else { 1500..7000 };
-        tokio::time::sleep(Duration::from_millis(rand::rng().random_range(window))).await;
-        child.kill().expect("SIGKILL");
-        child.wait().unwrap();
-    }
+    kill_at_random_points(&binary, &config, &log_path, kills, Duration::from_secs(300)).await;
     writer_stop.cancel();
     let changes = writer.await.unwrap();
 
-    let mut child = start_binary(&binary, &config, &log);
     let expected = duck_state(&f.path).await;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let state = tokio::task::block_in_place(|| replay(&decode_topic(&f.prefix, &f.model)));
-        if state == expected {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the topic's state did not converge to the table (log: {})", log_path.display());
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let events = tokio::task::block_in_place(|| decode_topic(&f.prefix, &f.model));
+    let events = converge(&binary, &config, &log_path, &f.prefix, &f.model, &expected).await;
     assert_eq!(replay(&events), expected, "compacted state equals the table after {kills} SIGKILLs and {changes} concurrent changes");
     eprintln!("duckdb: {} events, {} rows, {kills} kills, {changes} concurrent changes", events.len(), expected.len());
 }

@@ -68,5 +68,5 @@ async fn a_model_drifting_from_its_contract_is_refused_with_the_differences() {
     eventually("the model runs with the addition allowed", WAIT, || count(&decode_all(&f), "c") == 1).await;
     stop.cancel();
     poller.await.unwrap().unwrap();
-    let _ = std::fs::remove_dir_all(dir);
+    std::fs::remove_dir_all(dir).ok(); // best-effort cleanup of a temp dir
 }

@@ -100,7 +100,7 @@ async fn warehouse_diff_killed_at_random_points_loses_and_duplicates_nothing() {
         f.db.execute(&format!("DELETE FROM {} WHERE id = $1", f.table), &[&deleted]).await.unwrap();
         tokio::time::sleep(kill_after).await;
         poller.abort();
-        let _ = poller.await;
+        let _aborted = poller.await; // aborted mid-run on purpose
     }
     let (stop, poller) = start_poller(&f.config, &[]);
     let expected = table_state(&f).await;

@@ -41,7 +41,7 @@ use sluice_core::config::ModelConfig;
 use sluice_core::{Column, ColumnType, Row, RowSchema, Value};
 
 use crate::sql::{self, ident};
-use crate::{cursor_indexes, orderable, value_text, KeyCheck, PreparedSnapshot, SnapshotChange, SnapshotStore, Warehouse, WarehouseError};
+use crate::{cursor_order, model_schema, value_text, KeyCheck, PreparedSnapshot, SnapshotChange, SnapshotStore, Warehouse, WarehouseError};
 
 /// How long an operation waits for another process's lock on the file before giving up.
 pub const LOCK_WAIT: Duration = Duration::from_secs(10);
@@ -349,12 +349,6 @@ fn fetch_page(
     Ok(rows)
 }
 
-fn cursor_order(model: &ModelConfig, schema: &RowSchema) -> Result<Vec<usize>, WarehouseError> {
-    cursor_indexes(model, schema).ok_or_else(|| WarehouseError::Model {
-        model: model.name.get_ref().clone(),
-        message: format!("cursor reads need cursor mode, the model is in {} mode", model.detection.mode()),
-    })
-}
 
 impl Warehouse for DuckDb {
     async fn describe(&self, model: &ModelConfig) -> Result<RowSchema, WarehouseError> {
@@ -371,30 +365,8 @@ impl Warehouse for DuckDb {
             while let Some(row) = rows.next().map_err(|e| classify(name, e))? {
                 described.push(row.get::<_, String>(1).map_err(|e| classify(name, e))?);
             }
-            let mut columns = Vec::with_capacity(model.columns.len());
-            for (column, duck_type) in model.columns.iter().zip(&described) {
-                let ty = column_type(name, column, duck_type)?;
-                let is_key = model.primary_key.contains(column);
-                if is_key && !orderable(ty) {
-                    return Err(WarehouseError::Model { model: name.clone(), message: format!("key column {column:?} has a type that cannot be ordered") });
-                }
-                columns.push(Column { name: column.clone(), ty, nullable: !is_key });
-            }
-            let primary_key = model
-                .primary_key
-                .iter()
-                .map(|k| model.columns.iter().position(|c| c == k).expect("validated: key columns are model columns"))
-                .collect();
-            let schema = RowSchema { columns, primary_key };
-            if let Some(indexes) = cursor_indexes(&model, &schema) {
-                if !orderable(schema.columns[indexes[0]].ty) {
-                    return Err(WarehouseError::Model {
-                        model: name.clone(),
-                        message: format!("cursor column {:?} has a type that cannot be ordered", schema.columns[indexes[0]].name),
-                    });
-                }
-            }
-            Ok(schema)
+            let types = model.columns.iter().zip(&described).map(|(column, duck_type)| column_type(name, column, duck_type)).collect::<Result<Vec<_>, _>>()?;
+            model_schema(&model, types)
         })
         .await
     }

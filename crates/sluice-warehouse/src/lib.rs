@@ -35,6 +35,9 @@ pub enum WarehouseError {
     /// with this message until an operator fixes the model or its config.
     #[error("model {model}: {message}")]
     Model { model: String, message: String },
+    /// The configured warehouse cannot be served by this build or setup: stop and fix it.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// A warehouse that can serve models.
@@ -219,6 +222,43 @@ pub fn value_text(value: &Value) -> Option<String> {
             let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
             epoch.checked_add_signed(chrono::Duration::days(i64::from(*days)))?.to_string()
         }
+    })
+}
+
+/// The row schema of `model` from its columns' mapped types (in config order): key columns are
+/// NOT NULL and must be orderable, and so must the cursor column. Every warehouse's `describe`
+/// ends here once it has mapped its native types.
+pub fn model_schema(model: &ModelConfig, types: Vec<ColumnType>) -> Result<RowSchema, WarehouseError> {
+    let name = model.name.get_ref();
+    let refuse = |message: String| WarehouseError::Model { model: name.clone(), message };
+    let mut columns = Vec::with_capacity(types.len());
+    for (column, ty) in model.columns.iter().zip(types) {
+        let is_key = model.primary_key.contains(column);
+        if is_key && !orderable(ty) {
+            return Err(refuse(format!("key column {column:?} has a type that cannot be ordered")));
+        }
+        // Key columns must never be NULL (checked on every row); other columns may be.
+        columns.push(sluice_core::Column { name: column.clone(), ty, nullable: !is_key });
+    }
+    let primary_key = model
+        .primary_key
+        .iter()
+        .map(|k| model.columns.iter().position(|c| c == k).expect("validated: key columns are model columns"))
+        .collect();
+    let schema = RowSchema { columns, primary_key };
+    if let Some(indexes) = cursor_indexes(model, &schema) {
+        if !orderable(schema.columns[indexes[0]].ty) {
+            return Err(refuse(format!("cursor column {:?} has a type that cannot be ordered", schema.columns[indexes[0]].name)));
+        }
+    }
+    Ok(schema)
+}
+
+/// The cursor tuple's columns, or the model error that the model has no cursor.
+pub fn cursor_order(model: &ModelConfig, schema: &RowSchema) -> Result<Vec<usize>, WarehouseError> {
+    cursor_indexes(model, schema).ok_or_else(|| WarehouseError::Model {
+        model: model.name.get_ref().clone(),
+        message: format!("cursor reads need cursor mode, the model is in {} mode", model.detection.mode()),
     })
 }
 

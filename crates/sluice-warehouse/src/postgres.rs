@@ -20,7 +20,7 @@ use tokio_postgres::{Client, NoTls};
 mod snapshot;
 
 use crate::sql::ident;
-use crate::{cursor_indexes, orderable, value_text, KeyCheck, Warehouse, WarehouseError};
+use crate::{cursor_order, model_schema, value_text, KeyCheck, Warehouse, WarehouseError};
 
 /// A connected PostgreSQL warehouse.
 pub struct Postgres {
@@ -175,35 +175,13 @@ impl Warehouse for Postgres {
             Some(db) => WarehouseError::Model { model: name.clone(), message: format!("cannot read the model: {}", db.message()) },
             None => unavailable(e),
         })?;
-        let mut columns = Vec::with_capacity(model.columns.len());
-        for (column, described) in model.columns.iter().zip(statement.columns()) {
-            let ty = column_type(name, column, described.type_(), described.type_modifier())?;
-            let is_key = model.primary_key.contains(column);
-            if is_key && !orderable(ty) {
-                return Err(WarehouseError::Model {
-                    model: name.clone(),
-                    message: format!("key column {column:?} has a type that cannot be ordered"),
-                });
-            }
-            // Key columns must never be NULL (checked on every row); other columns may be.
-            columns.push(Column { name: column.clone(), ty, nullable: !is_key });
-        }
-        let primary_key = model
-            .primary_key
+        let types = model
+            .columns
             .iter()
-            .map(|k| model.columns.iter().position(|c| c == k).expect("validated: key columns are model columns"))
-            .collect();
-        let schema = RowSchema { columns, primary_key };
-        if let Some(indexes) = cursor_indexes(model, &schema) {
-            let cursor = indexes[0];
-            if !orderable(schema.columns[cursor].ty) {
-                return Err(WarehouseError::Model {
-                    model: name.clone(),
-                    message: format!("cursor column {:?} has a type that cannot be ordered", schema.columns[cursor].name),
-                });
-            }
-        }
-        Ok(schema)
+            .zip(statement.columns())
+            .map(|(column, described)| column_type(name, column, described.type_(), described.type_modifier()))
+            .collect::<Result<Vec<_>, _>>()?;
+        model_schema(model, types)
     }
 
     async fn fetch_after(
@@ -266,13 +244,6 @@ impl Warehouse for Postgres {
     }
 }
 
-/// The cursor tuple's columns, or the model error that it has none.
-fn cursor_order(model: &ModelConfig, schema: &RowSchema) -> Result<Vec<usize>, WarehouseError> {
-    cursor_indexes(model, schema).ok_or_else(|| WarehouseError::Model {
-        model: model.name.get_ref().clone(),
-        message: format!("cursor reads need cursor mode, the model is in {} mode", model.detection.mode()),
-    })
-}
 
 impl Postgres {
     /// [`KeyCheck`] of `relation` (the model, or a pending snapshot table not committed yet,

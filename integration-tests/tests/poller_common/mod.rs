@@ -300,3 +300,59 @@ pub fn start_binary(binary: &std::path::Path, config: &std::path::Path, log: &st
         .spawn()
         .expect("start sluice-poller")
 }
+
+/// The crash tests' kill loop: start the poller binary `kills` times and SIGKILL it at a random
+/// point each time. A quarter of the kills land in the first snapshot (resumed after the last
+/// committed chunk); then the snapshot is let finish (until the log shows the first diff run)
+/// and the rest land in incremental runs (state rebuild, scan, before images, commit).
+pub async fn kill_at_random_points(binary: &std::path::Path, config: &std::path::Path, log_path: &std::path::Path, kills: u64, snapshot_deadline: Duration) {
+    use rand::Rng as _;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path).unwrap();
+    let snapshot_kills = kills / 4;
+    for round in 0..kills {
+        if round == snapshot_kills {
+            let mut child = start_binary(binary, config, &log);
+            let deadline = std::time::Instant::now() + snapshot_deadline;
+            while !std::fs::read_to_string(log_path).unwrap_or_default().contains("diff run committed") {
+                assert!(std::time::Instant::now() < deadline, "first snapshot did not complete (log: {})", log_path.display());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            child.kill().expect("SIGKILL");
+            child.wait().unwrap();
+        }
+        let mut child = start_binary(binary, config, &log);
+        // A restart takes ~1 s to fence and recover and ~2-3 s (debug build) to rebuild 100k
+        // rows of state before its first run: the windows cover every phase.
+        let window = if round < snapshot_kills { 300..3500 } else { 1500..7000 };
+        let kill_after = Duration::from_millis(rand::rng().random_range(window));
+        tokio::time::sleep(kill_after).await;
+        child.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix
+        child.wait().unwrap();
+    }
+}
+
+/// Start the poller once more and wait until the replayed change topic equals `expected`;
+/// returns the topic's records (each checked by [`replay`] as a valid history).
+pub async fn converge(
+    binary: &std::path::Path,
+    config: &std::path::Path,
+    log_path: &std::path::Path,
+    prefix: &str,
+    model: &str,
+    expected: &HashMap<i64, Vec<Value>>,
+) -> Vec<(ReadRecord, Decoded)> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path).unwrap();
+    let mut child = start_binary(binary, config, &log);
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let state = tokio::task::block_in_place(|| replay(&decode_topic(prefix, model)));
+        if &state == expected {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the topic's state did not converge to the table (log: {})", log_path.display());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    tokio::task::block_in_place(|| decode_topic(prefix, model))
+}
