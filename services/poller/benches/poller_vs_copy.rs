@@ -120,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
     let producer = TransactionalProducer::new(&config.kafka, &naming::poller_transactional_id(&prefix, &diff_model)).await?;
     let topic = naming::change_topic(&prefix, &diff_model);
     let (k, t) = (config.kafka.clone(), topic.clone());
-    let mut tracked = tokio::task::spawn_blocking(move || Tracked::new(&k, &t)).await??;
+    let tracked = tokio::task::spawn_blocking(move || Tracked::new(&k, &t)).await??;
     let mut state = fresh_state(&diff_model);
     let mut published = false;
 
