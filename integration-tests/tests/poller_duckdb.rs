@@ -154,6 +154,24 @@ async fn duckdb_warehouse_diff_mode_keeps_its_snapshot_in_the_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duckdb_plan_of_a_warehouse_diff_model_is_read_only() {
+    let f = duck_fixture(r#"{ mode = "warehouse_diff" }"#, SNAPSHOT_COLUMNS, 3);
+    exec(&f.path, "INSERT INTO members (id, email, tier, ltv) SELECT i, 'm' || i || '@example.com', 'free', 1 FROM range(1, 5) t(i)").await;
+    let report = sluice_poller::plan::plan(&f.config, &f.model, 5).await.unwrap();
+    assert_eq!((report.counts.rows, report.counts.tracked, report.counts.inserts), (4, 0, 4), "{report}");
+    let (stop, poller) = start_poller(&f.config, &[]);
+    wait_for_events(&f, 4).await;
+    stop.cancel();
+    poller.await.unwrap().unwrap();
+    exec(&f.path, "UPDATE members SET tier = 'gold' WHERE id = 2; DELETE FROM members WHERE id = 3; INSERT INTO members (id, email, tier, ltv) VALUES (9, 'nine', 'free', 1)").await;
+    let report = sluice_poller::plan::plan(&f.config, &f.model, 5).await.unwrap();
+    let text = report.to_string();
+    assert_eq!((report.counts.inserts, report.counts.updates, report.counts.deletes), (1, 1, 1), "{text}");
+    assert!(text.contains("  inserts (c): 1\n    {\"id\":9}\n  updates (u): 1\n    {\"id\":2}\n  deletes (d): 1\n    {\"id\":3}\n"), "{text}");
+    assert_eq!(tokio::task::block_in_place(|| decode_topic(&f.prefix, &f.model)).len(), 4, "plan emitted nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duckdb_cursor_mode_sees_inserts_and_updates() {
     let f = duck_fixture(
         r#"{ mode = "cursor", cursor_column = "updated_at", created_column = "created_at" }"#,

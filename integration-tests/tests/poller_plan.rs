@@ -35,3 +35,47 @@ async fn plan_counts_and_samples_the_next_run_and_emits_nothing() {
     assert!(report.refused.as_deref().is_some_and(|r| r.contains("above max_change_pct = 40")), "{report}");
     assert_eq!(decode_all(&f).len(), 10, "plan emitted nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plan_of_a_warehouse_diff_model_compares_with_the_kept_snapshot_read_only() {
+    let f = fixture("warehouse_diff", None, "").await;
+    for id in 1..=6 {
+        upsert(&f, id, "free", "1.00").await;
+    }
+    // Before the first run: no snapshot table yet, every row is a snapshot read.
+    let report = sluice_poller::plan::plan(&f.config, &f.model, 2).await.unwrap();
+    let text = report.to_string();
+    assert_eq!((report.counts.rows, report.counts.tracked, report.counts.inserts), (6, 0, 6), "{text}");
+    assert!(text.contains("  snapshot reads (r): 6\n    {\"id\":1}\n    {\"id\":2}\n  updates (u): 0\n"), "{text}");
+
+    let (stop, poller) = start_poller(&f.config, &[]);
+    eventually("snapshot of 6 rows", WAIT, || count(&decode_all(&f), "r") == 6).await;
+    stop.cancel();
+    poller.await.unwrap().unwrap();
+
+    upsert(&f, 7, "free", "1.00").await;
+    upsert(&f, 2, "pro", "1.00").await;
+    f.db.execute(&format!("DELETE FROM {} WHERE id = 5", f.table), &[]).await.unwrap();
+    let report = sluice_poller::plan::plan(&f.config, &f.model, 5).await.unwrap();
+    let text = report.to_string();
+    assert_eq!((report.counts.inserts, report.counts.updates, report.counts.deletes), (1, 1, 1), "{text}");
+    assert!(text.contains(&format!("model {}: 6 rows read, 6 rows emitted so far", f.model)), "{text}");
+    assert!(text.contains("  inserts (c): 1\n    {\"id\":7}\n  updates (u): 1\n    {\"id\":2}\n  deletes (d): 1\n    {\"id\":5}\n"), "{text}");
+    assert!(text.ends_with("the run would emit 3 events; nothing was emitted by this plan"), "{text}");
+    assert_eq!(decode_all(&f).len(), 6, "plan emitted nothing");
+    let pending: Option<String> = f
+        .db
+        .query_one(&format!("SELECT to_regclass('sluice_state.\"{}_pending\"')::text", f.model), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pending, None, "plan wrote no table in the warehouse");
+
+    // The run does what the plan said.
+    let (stop, poller) = start_poller(&f.config, &[]);
+    eventually("the planned run", WAIT, || decode_all(&f).len() >= 10).await;
+    stop.cancel();
+    poller.await.unwrap().unwrap();
+    let events = decode_all(&f);
+    assert_eq!((count(&events, "c"), count(&events, "u"), count(&events, "d"), count(&events, "tombstone")), (1, 1, 1, 1), "{:?}", ops(&events));
+}

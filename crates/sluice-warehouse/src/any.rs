@@ -6,7 +6,7 @@ use sluice_core::config::{ModelConfig, WarehouseConfig, WarehouseLocation};
 use sluice_core::{Row, RowSchema, Value};
 
 use crate::postgres::Postgres;
-use crate::{KeyCheck, PreparedSnapshot, SnapshotChange, SnapshotStore, Warehouse, WarehouseError};
+use crate::{KeyCheck, PreparedSnapshot, SnapshotChange, SnapshotPlan, SnapshotStore, Warehouse, WarehouseError};
 
 /// One of the warehouses this build supports.
 pub enum AnyWarehouse {
@@ -119,6 +119,10 @@ impl SnapshotStore for AnyWarehouse {
 
     async fn snapshot_changes(&self, model: &ModelConfig, schema: &RowSchema, skip: u64, limit: usize) -> Result<Vec<SnapshotChange>, WarehouseError> {
         on_backend!(self, w => w.snapshot_changes(model, schema, skip, limit).await)
+    }
+
+    async fn plan_snapshot(&self, model: &ModelConfig, schema: &RowSchema, samples: usize) -> Result<SnapshotPlan, WarehouseError> {
+        on_backend!(self, w => w.plan_snapshot(model, schema, samples).await)
     }
 
     async fn commit_snapshot(&self, model: &ModelConfig) -> Result<(), WarehouseError> {

@@ -41,7 +41,7 @@ use sluice_core::config::ModelConfig;
 use sluice_core::{Column, ColumnType, Row, RowSchema, Value};
 
 use crate::sql::{self, ident};
-use crate::{cursor_order, model_schema, value_text, KeyCheck, PreparedSnapshot, SnapshotChange, SnapshotStore, Warehouse, WarehouseError};
+use crate::{cursor_order, model_schema, value_text, KeyCheck, PreparedSnapshot, SnapshotChange, SnapshotPlan, SnapshotStore, Warehouse, WarehouseError};
 
 /// How long an operation waits for another process's lock on the file before giving up.
 pub const LOCK_WAIT: Duration = Duration::from_secs(10);
@@ -564,6 +564,40 @@ impl SnapshotStore for DuckDb {
                     SnapshotChange { before: flag(&row[0]).then_some(before), after: flag(&row[1]).then_some(after) }
                 })
                 .collect())
+        })
+        .await
+    }
+
+    async fn plan_snapshot(&self, model: &ModelConfig, schema: &RowSchema, samples: usize) -> Result<SnapshotPlan, WarehouseError> {
+        let (model, schema) = (model.clone(), schema.clone());
+        self.with(move |c| {
+            let name = model.name.get_ref().as_str();
+            let columns: Vec<String> = schema.columns.iter().map(|c| ident(&c.name)).collect();
+            let keys: Vec<String> = schema.key_columns().map(|c| ident(&c.name)).collect();
+            let key_columns: Vec<Column> = schema.key_columns().cloned().collect();
+            let current = format!("SELECT {} FROM {}", columns.join(", "), model.relation_sql());
+            let exists: i64 = c
+                .query_row(
+                    "SELECT count(*) FROM duckdb_tables() WHERE schema_name = $1 AND table_name = $2",
+                    [STATE_SCHEMA, &format!("{name}_snapshot")],
+                    |row| row.get(0),
+                )
+                .map_err(|e| classify(name, e))?;
+            // No snapshot yet: compare with an empty one (every row is a snapshot read).
+            let snapshot = if exists > 0 { state_table(&model, "snapshot") } else { format!("({current} LIMIT 0)") };
+            let differs = columns.iter().map(|c| format!("n.{c} IS DISTINCT FROM o.{c}")).collect::<Vec<_>>().join(" OR ");
+            let count = |sql: String| c.query_row(&sql, [], |row| row.get::<_, i64>(0)).map_err(|e| classify(name, e));
+            let rows = count(format!("SELECT count(*) FROM ({current}) AS sluice_current"))?;
+            let tracked = count(format!("SELECT count(*) FROM {snapshot} AS sluice_snapshot"))?;
+            let mut statement = c.prepare(&sql::planned_counts(&current, &snapshot, &keys, &differs)).map_err(|e| classify(name, e))?;
+            let counts = statement
+                .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))
+                .map_err(|e| classify(name, e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| classify(name, e))?;
+            SnapshotPlan::from_kinds(rows as u64, tracked as u64, &counts, |kind| {
+                collect_rows(c, name, &sql::planned_samples(&current, &snapshot, &keys, &differs, kind, samples), &[], &key_columns)
+            })
         })
         .await
     }

@@ -116,6 +116,43 @@ pub struct KeyCheck {
     pub duplicate_samples: Vec<Row>,
 }
 
+/// What the next `warehouse_diff` run would find ([`SnapshotStore::plan_snapshot`]): counts and
+/// up to the requested number of sample key tuples per kind.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SnapshotPlan {
+    pub rows: u64,
+    pub tracked: u64,
+    pub inserts: u64,
+    pub updates: u64,
+    pub deletes: u64,
+    pub insert_samples: Vec<Row>,
+    pub update_samples: Vec<Row>,
+    pub delete_samples: Vec<Row>,
+}
+
+impl SnapshotPlan {
+    /// Fill counts and samples from per-kind counts and a sampler (both backends share this).
+    pub fn from_kinds(
+        rows: u64,
+        tracked: u64,
+        counts: &[(String, i64)],
+        mut samples: impl FnMut(char) -> Result<Vec<Row>, WarehouseError>,
+    ) -> Result<SnapshotPlan, WarehouseError> {
+        let count = |kind: &str| counts.iter().find(|(k, _)| k == kind).map_or(0, |(_, n)| *n as u64);
+        let mut plan = SnapshotPlan { rows, tracked, inserts: count("c"), updates: count("u"), deletes: count("d"), ..SnapshotPlan::default() };
+        if plan.inserts > 0 {
+            plan.insert_samples = samples('c')?;
+        }
+        if plan.updates > 0 {
+            plan.update_samples = samples('u')?;
+        }
+        if plan.deletes > 0 {
+            plan.delete_samples = samples('d')?;
+        }
+        Ok(plan)
+    }
+}
+
 /// The outcome of building a pending snapshot.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PreparedSnapshot {
@@ -169,6 +206,19 @@ pub trait SnapshotStore: Send + Sync {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<SnapshotChange>, WarehouseError>> + Send {
         let _ = (schema, skip, limit);
+        async move { Err(unsupported(model)) }
+    }
+
+    /// What the next run would find, computed read-only: no table is written, so a running
+    /// poller's pending snapshot is untouched (`sluice plan`). Key gates are the caller's
+    /// ([`Warehouse::check_keys`]).
+    fn plan_snapshot(
+        &self,
+        model: &ModelConfig,
+        schema: &RowSchema,
+        samples: usize,
+    ) -> impl Future<Output = Result<SnapshotPlan, WarehouseError>> + Send {
+        let _ = (schema, samples);
         async move { Err(unsupported(model)) }
     }
 

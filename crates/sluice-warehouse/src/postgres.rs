@@ -321,7 +321,7 @@ impl Postgres {
 }
 
 /// Rows of key tuples (`SELECT <key columns> …`), read with the key columns' types.
-async fn key_rows(client: &Client, name: &str, schema: &RowSchema, sql: &str) -> Result<Vec<Row>, WarehouseError> {
+pub(crate) async fn key_rows(client: &Client, name: &str, schema: &RowSchema, sql: &str) -> Result<Vec<Row>, WarehouseError> {
     let rows = client.query(sql, &[]).await.map_err(|e| classify(name, e))?;
     let keys: Vec<&Column> = schema.key_columns().collect();
     rows.iter()

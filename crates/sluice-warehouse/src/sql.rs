@@ -49,6 +49,35 @@ pub fn duplicate_key_samples(relation: &str, keys: &[String], limit: usize) -> S
     format!("SELECT {list} FROM {relation} WHERE NOT ({}) GROUP BY {list} HAVING count(*) > 1 ORDER BY {list} LIMIT {limit}", any_null(keys))
 }
 
+/// The `warehouse_diff` comparison as a read-only query (for `sluice plan`): the model's rows
+/// (`current`, a query naming every key column) FULL OUTER JOIN the `snapshot` relation on the
+/// key, kept where a side is missing or `differs` (a predicate over aliases `n` and `o`) holds.
+/// Yields the key columns (named as in the model) and `sluice_kind` = `c`, `u` or `d`.
+fn planned(current: &str, snapshot: &str, keys: &[String], differs: &str) -> String {
+    let first = &keys[0];
+    let join = keys.iter().map(|k| format!("n.{k} = o.{k}")).collect::<Vec<_>>().join(" AND ");
+    let coalesced = keys.iter().map(|k| format!("coalesce(n.{k}, o.{k}) AS {k}")).collect::<Vec<_>>().join(", ");
+    format!(
+        "WITH n AS ({current}), sluice_planned AS (SELECT {coalesced}, \
+         CASE WHEN o.{first} IS NULL THEN 'c' WHEN n.{first} IS NULL THEN 'd' ELSE 'u' END AS sluice_kind \
+         FROM n FULL OUTER JOIN {snapshot} o ON {join} WHERE n.{first} IS NULL OR o.{first} IS NULL OR ({differs}))"
+    )
+}
+
+/// Rows of (`sluice_kind`, BIGINT count) of [`planned`].
+pub fn planned_counts(current: &str, snapshot: &str, keys: &[String], differs: &str) -> String {
+    format!("{} SELECT sluice_kind, CAST(count(*) AS BIGINT) FROM sluice_planned GROUP BY sluice_kind", planned(current, snapshot, keys, differs))
+}
+
+/// Up to `limit` key tuples of one kind (`c`, `u`, `d`) of [`planned`], in key order.
+pub fn planned_samples(current: &str, snapshot: &str, keys: &[String], differs: &str, kind: char, limit: usize) -> String {
+    let list = keys.join(", ");
+    format!(
+        "{} SELECT {list} FROM sluice_planned WHERE sluice_kind = '{kind}' ORDER BY {list} LIMIT {limit}",
+        planned(current, snapshot, keys, differs)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

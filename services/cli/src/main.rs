@@ -3,7 +3,7 @@
 //! - `sluice check --config FILE`: validate a config file (exit 2 with file:line and the fix).
 //! - `sluice demo-receiver --listen ADDR`: a webhook receiver that prints every record it gets,
 //!   one line each; used by the quickstart and docker-compose to show changes arriving.
-//! - `sluice plan MODEL --config FILE`: dry run of the next run of a `diff` or `cursor` model —
+//! - `sluice plan MODEL --config FILE`: dry run of the next run of a model in any mode —
 //!   counts of inserts, updates and deletes (cursor: soft deletes and, with reconciliation, hard
 //!   deletes) with sample keys, and whether a data-quality gate would refuse it. Emits nothing
 //!   and does not disturb a running poller (exit 3 when the run would be refused).
@@ -37,7 +37,7 @@ enum Command {
         #[arg(long, env = "SLUICE_CONFIG", default_value = "sluice.toml")]
         config: PathBuf,
     },
-    /// Show what the next run of a `diff` or `cursor` model would emit, with samples; emit nothing.
+    /// Show what the next run of a model would emit, with samples; emit nothing.
     Plan {
         /// The model's name in the config.
         model: String,

@@ -61,18 +61,18 @@ pub struct RunCounts {
 
 /// Sample key tuples (in key order, as the warehouse's key checks return them) as JSON objects.
 pub fn key_samples(codec: &ModelCodec, keys: &[sluice_core::Row]) -> String {
+    keys.iter().map(|key| key_tuple_json(codec, key).to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// A key tuple (key columns in key order) as a JSON object, like [`key_json`] of a row.
+pub fn key_tuple_json(codec: &ModelCodec, key: &sluice_core::Row) -> serde_json::Value {
     let schema = codec.row_schema();
-    keys.iter()
-        .map(|key| {
-            // Place the key values into a row-shaped vector for key_json.
-            let mut row = vec![sluice_core::Value::Null; schema.columns.len()];
-            for (value, &i) in key.iter().zip(&schema.primary_key) {
-                row[i] = value.clone();
-            }
-            key_json(schema, &row).to_string()
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    // Place the key values into a row-shaped vector for key_json.
+    let mut row = vec![sluice_core::Value::Null; schema.columns.len()];
+    for (value, &i) in key.iter().zip(&schema.primary_key) {
+        row[i] = value.clone();
+    }
+    key_json(schema, &row)
 }
 
 /// The key gates over a warehouse's [`KeyCheck`]: NULL keys first, then duplicates.

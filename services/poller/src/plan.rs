@@ -1,6 +1,7 @@
-//! `sluice plan <model>`: a dry run of the next run of a `diff` or `cursor` model — what it
-//! would emit, with samples — that emits nothing, takes no lock and does not fence the running
-//! poller (it only reads the warehouse and, `read_committed`, the state and change topics).
+//! `sluice plan <model>`: a dry run of the next run of a model in any mode — what it would emit,
+//! with samples — that emits nothing, writes nothing, takes no lock and does not fence the
+//! running poller (it only reads the warehouse and, `read_committed`, the state and change
+//! topics). A `warehouse_diff` model is compared with its kept snapshot by a read-only query.
 //!
 //! For a cursor model: the rows after the committed position (with a look-back window: the
 //! window, less the rows already emitted in it) as snapshot reads, inserts, updates and soft
@@ -71,7 +72,7 @@ impl std::fmt::Display for PlanReport {
         writeln!(f, "  updates (u): {}", c.updates)?;
         for (key, changed) in &self.update_samples {
             if changed.is_empty() {
-                writeln!(f, "    {key}")?; // cursor mode keeps no previous image to compare with
+                writeln!(f, "    {key}")?; // cursor and warehouse_diff plans do not compare images
             } else {
                 writeln!(f, "    {key} changed: {}", changed.join(", "))?;
             }
@@ -98,11 +99,6 @@ impl std::fmt::Display for PlanReport {
 /// Compute the next run of `model` (a `diff` or `cursor` model) without emitting anything.
 pub async fn plan(config: &Config, model: &str, samples: usize) -> anyhow::Result<PlanReport> {
     let model_config = config.model(model).with_context(|| format!("no model named {model:?} in the config"))?;
-    anyhow::ensure!(
-        !matches!(model_config.detection, Detection::WarehouseDiff {}),
-        "sluice plan supports diff and cursor models; {model:?} is in {} mode",
-        model_config.detection.mode()
-    );
     let warehouse = AnyWarehouse::connect(&config.warehouse).await.context("connecting to the warehouse")?;
     let codec = ModelCodec::new(model, warehouse.describe(model_config).await?)?;
     let state = load_state(config, model).await?;
@@ -110,9 +106,48 @@ pub async fn plan(config: &Config, model: &str, samples: usize) -> anyhow::Resul
         Detection::Cursor { lookback_ms, reconcile_interval_ms, .. } => {
             plan_cursor(config, &warehouse, model_config, &codec, state, *lookback_ms, reconcile_interval_ms.is_some(), samples).await
         }
-        // `diff` (warehouse_diff was refused above).
-        _ => plan_diff(config, &warehouse, model_config, &codec, state, samples).await,
+        Detection::Diff {} => plan_diff(config, &warehouse, model_config, &codec, state, samples).await,
+        Detection::WarehouseDiff {} => plan_warehouse_diff(&warehouse, model_config, &codec, state, samples).await,
     }
+}
+
+/// `warehouse_diff`: the key gates and the comparison with the kept snapshot, both inside the
+/// warehouse and read-only (a running poller's pending snapshot is untouched). Update samples
+/// carry no changed columns: the comparison is by row hash, the images stay in the warehouse.
+async fn plan_warehouse_diff(
+    warehouse: &AnyWarehouse,
+    model_config: &ModelConfig,
+    codec: &ModelCodec,
+    state: Option<PollerState>,
+    samples: usize,
+) -> anyhow::Result<PlanReport> {
+    use sluice_warehouse::SnapshotStore as _;
+    let model = model_config.name.get_ref().as_str();
+    let schema = codec.row_schema();
+    let first_snapshot = !state.as_ref().is_some_and(|s| s.snapshot_done);
+    let mut report = PlanReport {
+        model: model.to_string(),
+        counts: RunCounts::default(),
+        first_snapshot,
+        insert_samples: Vec::new(),
+        update_samples: Vec::new(),
+        delete_samples: Vec::new(),
+        refused: None,
+        cursor: None,
+    };
+    let check = warehouse.check_keys(model_config, schema).await?;
+    if let Err(refused) = crate::gates::check_keys(model, codec, &check) {
+        report.refused = Some(refused.to_string());
+        return Ok(report);
+    }
+    let plan = warehouse.plan_snapshot(model_config, schema, samples).await?;
+    report.counts = RunCounts { rows: plan.rows, tracked: plan.tracked, inserts: plan.inserts, updates: plan.updates, deletes: plan.deletes };
+    report.refused = check_volume(model, &model_config.gates, report.counts, first_snapshot, false).err().map(|e| e.to_string());
+    let json = |keys: &[sluice_core::Row]| keys.iter().map(|k| crate::gates::key_tuple_json(codec, k)).collect::<Vec<_>>();
+    report.insert_samples = json(&plan.insert_samples);
+    report.update_samples = json(&plan.update_samples).into_iter().map(|k| (k, Vec::new())).collect();
+    report.delete_samples = json(&plan.delete_samples);
+    Ok(report)
 }
 
 /// Keys of the records at `locs` among `previous` (the sample keys of deletes).

@@ -16,7 +16,7 @@ use tokio_postgres::NoTls;
 
 use super::{classify, read_value, Postgres};
 use crate::sql::ident;
-use crate::{PreparedSnapshot, SnapshotChange, SnapshotStore, WarehouseError};
+use crate::{sql, PreparedSnapshot, SnapshotChange, SnapshotPlan, SnapshotStore, WarehouseError};
 
 const STATE_SCHEMA: &str = "sluice_state";
 
@@ -31,6 +31,11 @@ fn aliased(prefix: &str, column: &Column, alias: &str) -> String {
         ColumnType::DecimalText | ColumnType::Decimal { .. } => format!("{reference}::text AS {alias}"),
         _ => format!("{reference} AS {alias}"),
     }
+}
+
+/// The model's rows with `sluice_hash` = md5 of the row's text: what a snapshot stores.
+fn hashed_rows(model: &ModelConfig, list: &str) -> String {
+    format!("SELECT {list}, md5(ROW({list})::text) AS sluice_hash FROM {}", model.relation_sql())
 }
 
 impl Postgres {
@@ -63,7 +68,7 @@ impl SnapshotStore for Postgres {
         let columns: Vec<String> = schema.columns.iter().map(|c| ident(&c.name)).collect();
         let list = columns.join(", ");
         let keys: Vec<String> = schema.key_columns().map(|c| ident(&c.name)).collect();
-        let hashed = format!("SELECT {list}, md5(ROW({list})::text) AS sluice_hash FROM {}", model.relation_sql());
+        let hashed = hashed_rows(model, &list);
         let client = self.private_client().await?;
         let run = |sql: String| {
             let client = &client;
@@ -159,6 +164,42 @@ impl SnapshotStore for Postgres {
                 Ok(SnapshotChange { before, after })
             })
             .collect()
+    }
+
+    async fn plan_snapshot(&self, model: &ModelConfig, schema: &RowSchema, samples: usize) -> Result<SnapshotPlan, WarehouseError> {
+        let name = model.name.get_ref();
+        let list = schema.columns.iter().map(|c| ident(&c.name)).collect::<Vec<_>>().join(", ");
+        let keys: Vec<String> = schema.key_columns().map(|c| ident(&c.name)).collect();
+        let current = hashed_rows(model, &list);
+        let snapshot_table = table(model, "snapshot");
+        let exists: bool = self
+            .client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&snapshot_table])
+            .await
+            .map_err(|e| classify(name, e))?
+            .get(0);
+        // No snapshot yet: compare with an empty one (every row is a snapshot read).
+        let snapshot = if exists { snapshot_table } else { format!("({current} LIMIT 0)") };
+        let differs = "n.sluice_hash <> o.sluice_hash";
+        let rows: i64 = self.client.query_one(&format!("SELECT count(*) FROM ({current}) c"), &[]).await.map_err(|e| classify(name, e))?.get(0);
+        let tracked: i64 = self.client.query_one(&format!("SELECT count(*) FROM {snapshot} s"), &[]).await.map_err(|e| classify(name, e))?.get(0);
+        let counts: Vec<(String, i64)> = self
+            .client
+            .query(&sql::planned_counts(&current, &snapshot, &keys, differs), &[])
+            .await
+            .map_err(|e| classify(name, e))?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        let mut sampled = Vec::new();
+        for kind in ['c', 'u', 'd'] {
+            if counts.iter().any(|(k, _)| k.starts_with(kind)) {
+                sampled.push((kind, super::key_rows(&self.client, name, schema, &sql::planned_samples(&current, &snapshot, &keys, differs, kind, samples)).await?));
+            }
+        }
+        SnapshotPlan::from_kinds(rows as u64, tracked as u64, &counts, |kind| {
+            Ok(sampled.iter().find(|(k, _)| *k == kind).map(|(_, rows)| rows.clone()).unwrap_or_default())
+        })
     }
 
     async fn commit_snapshot(&self, model: &ModelConfig) -> Result<(), WarehouseError> {
