@@ -41,7 +41,7 @@ use sluice_core::config::ModelConfig;
 use sluice_core::{Column, ColumnType, Row, RowSchema, Value};
 
 use crate::sql::{self, ident};
-use crate::{cursor_order, model_schema, value_text, KeyCheck, PreparedSnapshot, SnapshotChange, SnapshotPlan, SnapshotStore, Warehouse, WarehouseError};
+use crate::{cursor_order, model_schema, refuse_null_keys, value_text, KeyCheck, PreparedSnapshot, SnapshotChange, SnapshotPlan, SnapshotStore, Warehouse, WarehouseError};
 
 /// How long an operation waits for another process's lock on the file before giving up.
 pub const LOCK_WAIT: Duration = Duration::from_secs(10);
@@ -339,13 +339,7 @@ fn fetch_page(
     let statement =
         format!("SELECT {} FROM {} {predicate} ORDER BY {} LIMIT {limit}", select_list(schema), model.relation_sql(), order.join(", "));
     let rows = collect_rows(connection, name, &statement, &params, &schema.columns)?;
-    if let Some(row) = rows.iter().find(|row| schema.primary_key.iter().any(|&k| row[k].is_null())) {
-        let k = schema.primary_key.iter().copied().find(|&k| row[k].is_null()).expect("found above");
-        return Err(WarehouseError::Model {
-            model: name.clone(),
-            message: format!("a row has NULL in key column {:?}; nothing of this page was emitted", schema.columns[k].name),
-        });
-    }
+    refuse_null_keys(name, schema, &rows)?;
     Ok(rows)
 }
 
@@ -595,9 +589,11 @@ impl SnapshotStore for DuckDb {
                 .map_err(|e| classify(name, e))?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| classify(name, e))?;
-            SnapshotPlan::from_kinds(rows as u64, tracked as u64, &counts, |kind| {
-                collect_rows(c, name, &sql::planned_samples(&current, &snapshot, &keys, &differs, kind, samples), &[], &key_columns)
-            })
+            let mut plan = SnapshotPlan::from_counts(rows as u64, tracked as u64, &counts);
+            for (kind, slot) in plan.sample_slots() {
+                *slot = collect_rows(c, name, &sql::planned_samples(&current, &snapshot, &keys, &differs, kind, samples), &[], &key_columns)?;
+            }
+            Ok(plan)
         })
         .await
     }

@@ -131,25 +131,18 @@ pub struct SnapshotPlan {
 }
 
 impl SnapshotPlan {
-    /// Fill counts and samples from per-kind counts and a sampler (both backends share this).
-    pub fn from_kinds(
-        rows: u64,
-        tracked: u64,
-        counts: &[(String, i64)],
-        mut samples: impl FnMut(char) -> Result<Vec<Row>, WarehouseError>,
-    ) -> Result<SnapshotPlan, WarehouseError> {
+    /// Counts from the plan query's (`c` | `u` | `d`, count) rows; samples still empty.
+    pub fn from_counts(rows: u64, tracked: u64, counts: &[(String, i64)]) -> SnapshotPlan {
         let count = |kind: &str| counts.iter().find(|(k, _)| k == kind).map_or(0, |(_, n)| *n as u64);
-        let mut plan = SnapshotPlan { rows, tracked, inserts: count("c"), updates: count("u"), deletes: count("d"), ..SnapshotPlan::default() };
-        if plan.inserts > 0 {
-            plan.insert_samples = samples('c')?;
-        }
-        if plan.updates > 0 {
-            plan.update_samples = samples('u')?;
-        }
-        if plan.deletes > 0 {
-            plan.delete_samples = samples('d')?;
-        }
-        Ok(plan)
+        SnapshotPlan { rows, tracked, inserts: count("c"), updates: count("u"), deletes: count("d"), ..SnapshotPlan::default() }
+    }
+
+    /// The kinds (`c`, `u`, `d`) that have changes, each with its empty sample list to fill.
+    pub fn sample_slots(&mut self) -> impl Iterator<Item = (char, &mut Vec<Row>)> {
+        [('c', self.inserts, &mut self.insert_samples), ('u', self.updates, &mut self.update_samples), ('d', self.deletes, &mut self.delete_samples)]
+            .into_iter()
+            .filter(|(_, count, _)| *count > 0)
+            .map(|(kind, _, samples)| (kind, samples))
     }
 }
 
@@ -302,6 +295,20 @@ pub fn model_schema(model: &ModelConfig, types: Vec<ColumnType>) -> Result<RowSc
         }
     }
     Ok(schema)
+}
+
+/// Refuse a page in which a row has NULL in a key column (nothing of it may be emitted): shared
+/// by every warehouse's keyset pages.
+pub fn refuse_null_keys(model: &str, schema: &RowSchema, rows: &[Row]) -> Result<(), WarehouseError> {
+    for row in rows {
+        if let Some(&k) = schema.primary_key.iter().find(|&&k| row[k].is_null()) {
+            return Err(WarehouseError::Model {
+                model: model.to_string(),
+                message: format!("a row has NULL in key column {:?}; nothing of this page was emitted", schema.columns[k].name),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The cursor tuple's columns, or the model error that the model has no cursor.

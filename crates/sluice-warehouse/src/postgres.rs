@@ -20,7 +20,7 @@ use tokio_postgres::{Client, NoTls};
 mod snapshot;
 
 use crate::sql::ident;
-use crate::{cursor_order, model_schema, value_text, KeyCheck, Warehouse, WarehouseError};
+use crate::{cursor_order, model_schema, refuse_null_keys, value_text, KeyCheck, Warehouse, WarehouseError};
 
 /// A connected PostgreSQL warehouse.
 pub struct Postgres {
@@ -299,24 +299,20 @@ impl Postgres {
         let param_refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
         let rows = self.client.query(&sql, &param_refs).await.map_err(|e| classify(name, e))?;
-        rows.iter()
+        let rows = rows
+            .iter()
             .map(|row| {
-                let values: Row = schema
+                schema
                     .columns
                     .iter()
                     .enumerate()
                     .map(|(i, column)| read_value(row, i, column))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| WarehouseError::Model { model: name.clone(), message: format!("cannot read a row: {e}") })?;
-                if let Some(&k) = schema.primary_key.iter().find(|&&k| values[k].is_null()) {
-                    return Err(WarehouseError::Model {
-                        model: name.clone(),
-                        message: format!("a row has NULL in key column {:?}; nothing of this page was emitted", schema.columns[k].name),
-                    });
-                }
-                Ok(values)
+                    .collect::<Result<Row, _>>()
+                    .map_err(|e| WarehouseError::Model { model: name.clone(), message: format!("cannot read a row: {e}") })
             })
-            .collect()
+            .collect::<Result<Vec<Row>, _>>()?;
+        refuse_null_keys(name, schema, &rows)?;
+        Ok(rows)
     }
 }
 

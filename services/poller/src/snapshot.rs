@@ -100,28 +100,29 @@ pub async fn run_first_snapshot<W: Warehouse>(
         let span = tracing::info_span!("poller.snapshot_chunk", model = %name, run_id = %run_id);
         async {
             let rows = warehouse.fetch_by_key(model, schema, after.as_deref(), batch).await?;
-            // Equal neighbours in key order are duplicates that slipped past the up-front check.
-            if let Some(pair) = rows.windows(2).find(|pair| schema.key_of(&pair[0]) == schema.key_of(&pair[1])) {
+            // Equal neighbours in key order are duplicates that slipped past the up-front check
+            // (compared in place: this runs for every row of the model).
+            if let Some(pair) = rows.windows(2).find(|pair| schema.primary_key.iter().all(|&k| pair[0][k] == pair[1][k])) {
                 return Err(ModelError::Gate(GateError::DuplicateKey {
                     model: name.to_string(),
                     count: 1,
                     samples: crate::diff::key_json(schema, &pair[0]).to_string(),
                 }));
             }
-            let last_key = rows.last().map(|row| schema.key_of(row));
+            // A short page is the end; otherwise the page is full and its last key is the position.
             let done = rows.len() < batch;
+            let last_key = if done { None } else { rows.last().map(|row| schema.key_of(row)) };
             let mut writer = ChangeWriter::new(config, name, codec, &run_id);
             let mut records = Vec::with_capacity(rows.len() + 3);
             let events = rows.len() as u64;
             for row in rows {
                 records.extend(writer.change(Op::Read, None, Some(row), None)?);
             }
-            let position = last_key.as_ref().or(after.as_ref()).map(|key| serde_json::to_string(key).expect("values serialise"));
             let new_state = PollerState {
                 model: name.to_string(),
                 run_id: run_id.clone(),
                 // Once done, the position is the diff modes' (none): the next run compares.
-                position: if done { None } else { position },
+                position: last_key.as_ref().map(|key| serde_json::to_string(key).expect("values serialise")),
                 snapshot_done: done,
                 events_total: state.events_total + events as i64,
                 committed_at_ms: now_ms(),
@@ -129,9 +130,7 @@ pub async fn run_first_snapshot<W: Warehouse>(
             commit(config, codec, producer, schemas_published, records, &new_state).await?;
             count_events(name, &[(Op::Read, events)]);
             *state = new_state;
-            if last_key.is_some() {
-                after = last_key;
-            }
+            after = last_key;
             progress.advanced(name, state.events_total.max(0) as u64, total);
             Ok::<(), ModelError>(())
         }

@@ -191,15 +191,11 @@ impl SnapshotStore for Postgres {
             .iter()
             .map(|row| (row.get(0), row.get(1)))
             .collect();
-        let mut sampled = Vec::new();
-        for kind in ['c', 'u', 'd'] {
-            if counts.iter().any(|(k, _)| k.starts_with(kind)) {
-                sampled.push((kind, super::key_rows(&self.client, name, schema, &sql::planned_samples(&current, &snapshot, &keys, differs, kind, samples)).await?));
-            }
+        let mut plan = SnapshotPlan::from_counts(rows as u64, tracked as u64, &counts);
+        for (kind, slot) in plan.sample_slots() {
+            *slot = super::key_rows(&self.client, name, schema, &sql::planned_samples(&current, &snapshot, &keys, differs, kind, samples)).await?;
         }
-        SnapshotPlan::from_kinds(rows as u64, tracked as u64, &counts, |kind| {
-            Ok(sampled.iter().find(|(k, _)| *k == kind).map(|(_, rows)| rows.clone()).unwrap_or_default())
-        })
+        Ok(plan)
     }
 
     async fn commit_snapshot(&self, model: &ModelConfig) -> Result<(), WarehouseError> {
