@@ -28,7 +28,7 @@ use std::time::Duration;
 use sluice_core::config::{BrazeConfig, BrazeIdentifier, BrazeMode};
 use sluice_core::ErrorClass;
 
-use crate::http::{answered, bearer, header_text, retry_after_of, transport_error, EXCERPT_BYTES};
+use crate::http::{answered, bearer, header_text, retry_after_of, send_json, Answer, EXCERPT_BYTES};
 use crate::identifiers::canonical_email;
 use crate::{Action, DeliveryError, Destination, OutboundRecord, RecordFailure};
 
@@ -147,21 +147,15 @@ impl Destination for Braze {
         if built.attributes.is_empty() {
             return Ok(failures);
         }
-        let response = self
+        let request = self
             .client
             .post(&self.url)
             .header(reqwest::header::AUTHORIZATION, self.authorization.clone())
-            .json(&serde_json::json!({ "attributes": built.attributes }))
-            .send()
-            .await
-            .map_err(|e| transport_error("braze", &e))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
+            .json(&serde_json::json!({ "attributes": built.attributes }));
+        let Answer { status, headers, text, body } = send_json("braze", request).await?;
         if let Some(remaining) = header_text(&headers, "x-ratelimit-remaining").and_then(|v| v.trim().parse::<f64>().ok()) {
             metrics::gauge!("sluice_destination_braze_rate_limit_remaining").set(remaining);
         }
-        let text = response.text().await.unwrap_or_default();
-        let body: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
         if let Some(class) = classify(status, &headers, chrono::Utc::now()) {
             if status == 429 {
                 metrics::counter!("sluice_destination_braze_rate_limited_total").increment(1);

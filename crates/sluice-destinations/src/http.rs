@@ -45,6 +45,26 @@ pub fn transport_error(vendor: &str, error: &reqwest::Error) -> DeliveryError {
     }
 }
 
+/// A vendor's answer, read whole: status, headers, the body as text (for excerpts) and as JSON
+/// (`Null` when it is not JSON; each vendor module decides what that means).
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+    pub body: serde_json::Value,
+}
+
+/// Send a JSON API request and read its whole answer; no answer at all is a
+/// [`transport_error`]. One place for what every vendor module did the same way.
+pub async fn send_json(vendor: &str, request: reqwest::RequestBuilder) -> Result<Answer, DeliveryError> {
+    let response = request.send().await.map_err(|e| transport_error(vendor, &e))?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    Ok(Answer { status, headers, text, body })
+}
+
 /// A whole-request failure with the vendor's answer attached.
 pub fn answered(class: ErrorClass, status: u16, body: &str, message: String) -> DeliveryError {
     DeliveryError { class, status: Some(status), excerpt: excerpt(body, EXCERPT_BYTES), message }

@@ -33,7 +33,7 @@ use chrono::TimeZone as _;
 use sluice_core::config::{HubSpotConfig, UnsupportedDelete};
 use sluice_core::ErrorClass;
 
-use crate::http::{answered, bearer, header_text, retry_after_of, transport_error, EXCERPT_BYTES};
+use crate::http::{answered, bearer, header_text, retry_after_of, send_json, Answer, EXCERPT_BYTES};
 use crate::identifiers::canonical_email;
 use crate::{DeliveryError, Destination, OutboundRecord, RecordFailure};
 
@@ -169,18 +169,12 @@ impl Destination for HubSpot {
         if built.inputs.is_empty() {
             return Ok(failures);
         }
-        let response = self
+        let request = self
             .client
             .post(&self.url)
             .header(reqwest::header::AUTHORIZATION, self.authorization.clone())
-            .json(&serde_json::json!({ "inputs": built.inputs }))
-            .send()
-            .await
-            .map_err(|e| transport_error("hubspot", &e))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
-        let body: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+            .json(&serde_json::json!({ "inputs": built.inputs }));
+        let Answer { status, headers, text, body } = send_json("hubspot", request).await?;
         match status {
             200 | 201 => {}
             207 => {

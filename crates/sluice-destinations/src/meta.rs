@@ -32,7 +32,7 @@ use std::time::Duration;
 use sluice_core::config::{AudienceMode, MetaConfig, TokenPlacement};
 use sluice_core::ErrorClass;
 
-use crate::http::{answered, bearer, header_text, transport_error, EXCERPT_BYTES};
+use crate::http::{answered, bearer, header_text, send_json, Answer, EXCERPT_BYTES};
 use crate::identifiers::{meta_value, MetaKey};
 use crate::{batch_digest, DeliveryError, Destination, OutboundRecord, RecordFailure};
 
@@ -227,11 +227,7 @@ impl Meta {
                 message: m,
             })?),
         };
-        let response = request.send().await.map_err(|e| transport_error("meta", &e))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
-        let body: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        let Answer { status, headers, text, body } = send_json("meta", request).await?;
         if (200..300).contains(&status) && body.get("error").is_none() {
             return Ok(body);
         }

@@ -30,7 +30,7 @@ use std::time::Duration;
 use sluice_core::config::{SalesforceConfig, UnsupportedDelete};
 use sluice_core::ErrorClass;
 
-use crate::http::{answered, bearer, header_text, retry_after_of, transport_error, EXCERPT_BYTES};
+use crate::http::{answered, bearer, header_text, retry_after_of, send_json, Answer, EXCERPT_BYTES};
 use crate::{DeliveryError, Destination, OutboundRecord, RecordFailure};
 
 // ---- client -------------------------------------------------------------------------------
@@ -137,22 +137,16 @@ impl Destination for Salesforce {
         if built.records.is_empty() {
             return Ok(failures);
         }
-        let response = self
+        let request = self
             .client
             .patch(&self.url)
             .header(reqwest::header::AUTHORIZATION, self.authorization.clone())
-            .json(&serde_json::json!({"allOrNone": false, "records": built.records}))
-            .send()
-            .await
-            .map_err(|e| transport_error("salesforce", &e))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
+            .json(&serde_json::json!({"allOrNone": false, "records": built.records}));
+        let Answer { status, headers, text, body } = send_json("salesforce", request).await?;
         let usage = header_text(&headers, "sforce-limit-info").and_then(api_usage);
         if let Some((used, limit)) = usage {
             metrics::gauge!("sluice_destination_salesforce_api_usage_ratio").set(used as f64 / limit.max(1) as f64);
         }
-        let text = response.text().await.unwrap_or_default();
-        let body: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
         if status != 200 {
             let error_code = body[0]["errorCode"].as_str().unwrap_or("");
             let class = self.classify(status, error_code, usage, retry_after_of(&headers));
