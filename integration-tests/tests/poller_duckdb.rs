@@ -312,3 +312,32 @@ async fn duckdb_poller_binary_killed_with_sigkill_at_random_points_loses_and_dup
     assert_eq!(replay(&events), expected, "compacted state equals the table after {kills} SIGKILLs and {changes} concurrent changes");
     eprintln!("duckdb: {} events, {} rows, {kills} kills, {changes} concurrent changes", events.len(), expected.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_warehouse_exec_creates_only_when_asked_and_runs_sql_on_the_file() {
+    let f = duck_fixture(r#"{ mode = "diff" }"#, SNAPSHOT_COLUMNS, 3);
+    let fresh = f.path.with_file_name("fresh.duckdb");
+    let config = f.path.with_extension("exec.toml");
+    std::fs::write(&config, f.config_text.replace(&f.path.display().to_string(), &fresh.display().to_string())).unwrap();
+    let exec_cli = |args: &[&str]| {
+        let mut all = vec!["warehouse", "exec", "--config", config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        std::process::Command::new(sluice_integration_tests::binary("sluice")).args(&all).output().expect("run sluice warehouse exec")
+    };
+    let refused = exec_cli(&["--sql", "SELECT 1"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("does not exist"), "{stderr}");
+    assert!(!fresh.exists(), "without --create nothing is created");
+
+    let created = exec_cli(&["--create", "--sql", "CREATE TABLE members (id BIGINT PRIMARY KEY, email VARCHAR, tier VARCHAR, ltv DECIMAL(10,2))"]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let inserted = exec_cli(&["--sql", "INSERT INTO members VALUES (1, 'a@example.com', 'free', 2.50), (2, 'b@example.com', 'pro', 0)"]);
+    assert!(inserted.status.success(), "{}", String::from_utf8_lossy(&inserted.stderr));
+    let state = duck_state(&fresh).await;
+    assert_eq!(state.len(), 2);
+    assert_eq!(state[&1][3], Value::DecimalText("2.50".into()));
+
+    let bad = exec_cli(&["--sql", "INSERT INTO no_such_table VALUES (1)"]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && stderr.contains("no_such_table"), "a SQL error is reported with its text: {stderr}");
+}
