@@ -2,7 +2,7 @@
 //! the buyer out of a Meta prospecting audience, adds them to the Redis suppression set a
 //! website reads, and unsubscribes them in Braze.
 //!
-//! Shared by the correctness test (`tests/suppression_e2e.rs`) and the latency benchmark
+//! Shared by the correctness test (`tests/it/suppression.rs`) and the latency benchmark
 //! (`src/bin/bench_suppression.rs`), so both run exactly the same pipeline: the real poller and
 //! three real sinks in this process (`sluice_poller::run`, `sluice_sink::run`: what the
 //! binaries' `main` call), the real Kafka, PostgreSQL and Redis, and the Meta and Braze contract

@@ -5,7 +5,7 @@
 //! the buyer from the prospecting audience, Redis holds them in the suppression set, Braze
 //! unsubscribed them. The pipeline, its configuration and how each acknowledgement is observed
 //! are [`sluice_integration_tests::suppression`]'s (shared with the correctness test
-//! `tests/suppression_e2e.rs`). Measuring starts after a warm-up purchase went through, so the
+//! `tests/it/suppression.rs`). Measuring starts after a warm-up purchase went through, so the
 //! figures are steady state, not consumer-group joins.
 //!
 //! Prints p50/p90/p99/max overall and per destination, plus how much of it is the wait for the

@@ -5,14 +5,13 @@
 //!
 //! Built only with the `duckdb` feature (ops/test.sh turns it on).
 
-mod poller_common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use poller_common::*;
+use super::common::*;
 use rand::Rng;
 use sluice_core::config::Config;
 use sluice_core::{ColumnType, Value};

@@ -3,9 +3,8 @@
 //! as exact text, non-ASCII text, timestamps to the microsecond, JSON as documents, NULLs), and
 //! an unmapped type (an array) is refused by name with the fix.
 
-mod poller_common;
 
-use poller_common::*;
+use super::common::*;
 use sluice_core::{naming, Value};
 use sluice_integration_tests::{eventually, read_topic};
 

@@ -2,11 +2,10 @@
 //! schema; a model whose columns or types drift from it is refused with the differences;
 //! additions pass only with `allow_additions = true`.
 
-mod poller_common;
 
 use std::sync::Arc;
 
-use poller_common::*;
+use super::common::*;
 use sluice_core::config::Config;
 use sluice_integration_tests::eventually;
 

@@ -1,8 +1,7 @@
 //! `sluice plan`: the next diff run's changes, with samples, and nothing emitted.
 
-mod poller_common;
 
-use poller_common::*;
+use super::common::*;
 use sluice_integration_tests::eventually;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -2,12 +2,11 @@
 //! warehouse, the snapshot table is swapped only after Kafka committed, a pending snapshot whose
 //! run never reached Kafka is discarded, and crashes at random points lose and duplicate nothing.
 
-mod poller_common;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use poller_common::*;
+use super::common::*;
 use sluice_core::Op;
 use sluice_integration_tests::eventually;
 

@@ -2,12 +2,11 @@
 //! changed columns, deletes followed by tombstones, state rebuilt from the change topic after a
 //! restart, crashes at random points, and the data-quality gates.
 
-mod poller_common;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use poller_common::*;
+use super::common::*;
 use sluice_core::Op;
 use sluice_integration_tests::eventually;
 

@@ -4,12 +4,11 @@
 //! once, a reconciliation that finds nothing committing nothing, and `sluice plan` for a cursor
 //! model. Every test ends with an exact accounting of the change topic.
 
-mod poller_common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use poller_common::*;
+use super::common::*;
 use sluice_core::config::Config;
 use sluice_core::{naming, Op, Value};
 use sluice_integration_tests::eventually;

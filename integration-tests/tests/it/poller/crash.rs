@@ -9,11 +9,10 @@
 //! (default 100000). A longer soak: `SLUICE_CRASH_KILLS=100 cargo test -p
 //! sluice-integration-tests --test poller_crash`.
 
-mod poller_common;
 
 use std::time::Duration;
 
-use poller_common::*;
+use super::common::*;
 use rand::Rng;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

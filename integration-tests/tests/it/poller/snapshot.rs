@@ -2,13 +2,12 @@
 //! transaction each, resumed after the last committed key — by the service or by
 //! `sluice snapshot <model>`, the CLI that shows a progress bar.
 
-mod poller_common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use poller_common::*;
+use super::common::*;
 use sluice_core::naming;
 use sluice_poller::snapshot::{Outcome, Progress};
 use tokio_util::sync::CancellationToken;

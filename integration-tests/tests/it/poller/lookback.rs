@@ -3,11 +3,10 @@
 //! JDBC's #27/#915, and sluice's plain cursor mode, documented); with it, it is emitted, once,
 //! also across a restart.
 
-mod poller_common;
 
 use std::time::Duration;
 
-use poller_common::*;
+use super::common::*;
 use sluice_integration_tests::{eventually, require_postgres};
 
 fn ids(f: &Fixture) -> Vec<i64> {

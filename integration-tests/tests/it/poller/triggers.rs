@@ -1,12 +1,11 @@
 //! Triggers against real PostgreSQL and Kafka: with an hour-long poll interval, a model runs at
 //! once on `POST /run/<model>`, on a PostgreSQL `NOTIFY` on its channel, and at its cron times.
 
-mod poller_common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use poller_common::*;
+use super::common::*;
 use sluice_core::config::Config;
 use sluice_integration_tests::{eventually, unique};
 use sluice_telemetry::ops::Health;

@@ -1,0 +1,13 @@
+//! sluice's integration tests, in one binary: every area is a module, so the suite links once
+//! (each test binary links DuckDB and librdkafka, ~530 MB in a debug build; one per area once
+//! filled a 50 GB disk).
+//!
+//! They run against the real Kafka broker, PostgreSQL and Redis that `ops/services.sh up` starts
+//! (`ops/test.sh` does); a missing service fails the test with the command that starts it.
+//! Filter by area as usual: `cargo test -p sluice-integration-tests --test it poller::cursor`.
+
+mod destinations;
+mod poller;
+mod sink;
+mod suppression;
+mod walking_skeleton;

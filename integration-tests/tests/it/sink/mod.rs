@@ -1,0 +1,3 @@
+//! The sink service against the real broker: delivery, back-pressure, rebalances and kills.
+
+mod delivery;
