@@ -38,7 +38,10 @@ async fn hard_delete(f: &Fixture, id: i64) {
 
 /// (op, id) of every event, tombstones as ("tombstone", id of the preceding key's event).
 fn events_of(f: &Fixture) -> Vec<(String, i64)> {
-    let events = decode_all(f);
+    // In (partition, offset) order: partitions are read concurrently, so the order in which a
+    // read returns them differs between two reads of the same topic.
+    let mut events = decode_all(f);
+    events.sort_by_key(|(record, _)| (record.partition, record.offset));
     let mut last_id = std::collections::HashMap::new();
     events
         .iter()
