@@ -22,12 +22,15 @@
 //! - **SIGTERM drains**: reading stops, lanes finish what they hold (bounded by
 //!   `DRAIN_TIMEOUT`), the finished prefix is committed synchronously.
 
+mod dead_letters;
 mod deliver;
 mod lanes;
 mod limits;
 mod mapping;
 mod offsets;
 mod schemas;
+#[cfg(test)]
+mod testing;
 mod transform;
 
 use std::collections::HashMap;
@@ -144,6 +147,7 @@ async fn run_inner(config: Arc<Config>, destination: &str, health: &Health, shut
         limits: limits::RateLimits::new(&dest.rate_limit),
         concurrency: limits::AdaptiveConcurrency::new(dest.max_concurrency),
         shutdown: lane_stop.clone(),
+        clock: deliver::system_clock,
     };
     let shared = Arc::new(Shared::new());
     let consumer: StreamConsumer<SinkContext> = sluice_kafka::client_config(&config.kafka)
