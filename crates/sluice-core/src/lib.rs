@@ -10,5 +10,5 @@ pub mod error_class;
 pub mod event;
 pub mod naming;
 
-pub use error_class::ErrorClass;
+pub use error_class::{DeadLetterClass, ErrorClass};
 pub use event::{ChangeEvent, Column, ColumnType, Op, Row, RowSchema, SourceInfo, Value};

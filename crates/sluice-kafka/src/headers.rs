@@ -18,7 +18,8 @@ pub const ROW_HASH: &str = "sluice.row.hash";
 
 /// Dead-letter context headers (Kafka Connect's `__connect.errors.*` in spirit).
 pub mod dlq {
-    /// `permanent`, `retryable` (retries exhausted) or `decode` (not a readable event).
+    /// A [`sluice_core::DeadLetterClass`] label: `permanent`, `retryable` (retries exhausted)
+    /// or `decode` (not a readable event).
     pub const ERROR_CLASS: &str = "sluice.error.class";
     /// Human-readable reason.
     pub const ERROR_MESSAGE: &str = "sluice.error.message";

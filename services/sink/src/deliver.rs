@@ -1,19 +1,42 @@
 //! Delivery of one batch: rate limits, adaptive concurrency, retries honouring the vendor's
 //! `Retry-After`, per-record failures, isolation of refused records, dead-lettering.
+//!
+//! [`Deliverer::deliver`] returns `Ok` only once every record of the batch is applied or its
+//! dead letter is durable, so the caller may then count the whole batch as finished. Otherwise:
+//! - **Fatal** (the destination refuses everything, or a record's failure is fatal): stop with
+//!   [`Stop::Failed`], and dead-letter *nothing*, not even records of the same batch refused
+//!   before: they stay unfinished and are delivered again after the restart.
+//! - **Shutdown during a retry wait**: [`Stop::Interrupted`], nothing dead-lettered.
+//! - **A dead-letter write fails**: [`Stop::Failed`]; the batch stays unfinished.
+//!
+//! The decisions, one request at a time ([`Deliverer::attempt`]):
+//! - applied (with no record refused) → done;
+//! - records refused inside a successful answer → the permanent ones are dead-lettered with the
+//!   context of that answer, only the retryable ones are sent again;
+//! - refused as a whole (permanent) with several records → sent one by one to find the bad ones
+//!   (isolation), and only those are dead-lettered; with one record → dead-lettered;
+//! - retryable → sent again after the vendor's `Retry-After` (or reset time) when it gave one,
+//!   which spends no retry budget (throttling is a pause, not a failure), else after jittered
+//!   exponential backoff, which does; once `retry.max_attempts` attempts are spent on backoff
+//!   the records are dead-lettered as [`DeadLetterClass::RetriesExhausted`];
+//! - `retry.retry_on_statuses` turns a permanent status retryable (never a fatal one).
+//!
+//! Every attempt, retries included, takes an adaptive-concurrency slot and rate-limit permits
+//! ([`crate::limits`]): vendors count every call.
 
+use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use rdkafka::message::{Message, OwnedMessage};
 use sluice_core::config::RetryConfig;
-use sluice_core::ErrorClass;
-use sluice_destinations::{AnyDestination, DeliveryError, Destination, OutboundRecord};
-use sluice_kafka::dead_letter::{DeadLetter, DeadLetterWriter};
-use sluice_kafka::headers::dlq;
+use sluice_core::{DeadLetterClass, ErrorClass};
+use sluice_destinations::{DeliveryError, Destination, OutboundRecord, RecordFailure};
 use sluice_kafka::KafkaError;
 use tokio_util::sync::CancellationToken;
 
+use crate::dead_letters::{self, Attempts, Cause, DeadLetterSink, Failure};
 use crate::limits::{AdaptiveConcurrency, RateLimits};
 
 /// Why a sink stopped.
@@ -31,24 +54,13 @@ pub enum SinkError {
 }
 
 /// Why a batch was not finished.
+#[derive(Debug)]
 pub(crate) enum Stop {
     /// The service must stop (fatal destination error, DLQ unwritable).
     Failed(SinkError),
     /// Shutdown interrupted a retry wait: the records stay unfinished and are delivered again
     /// after restart.
     Interrupted,
-}
-
-/// A record that will not be applied, and why.
-#[derive(Clone)]
-struct Failure {
-    class: ErrorClass,
-    message: String,
-    status: Option<u16>,
-    excerpt: String,
-    attempts: usize,
-    first_failure_ms: i64,
-    last_failure_ms: i64,
 }
 
 /// One record of a batch: the source message (for dead-lettering) and what to send.
@@ -58,151 +70,231 @@ pub(crate) struct Item {
     pub bytes: usize,
 }
 
-pub(crate) struct Deliverer {
-    pub destination: String,
-    pub retry: RetryConfig,
-    pub target: AnyDestination,
-    pub dead_letters: DeadLetterWriter,
-    pub limits: RateLimits,
-    pub concurrency: AdaptiveConcurrency,
-    pub shutdown: CancellationToken,
-}
+/// Milliseconds since the epoch, for the failure times of dead letters.
+pub(crate) type Clock = fn() -> i64;
 
-fn now_ms() -> i64 {
+/// The wall clock, for [`Deliverer::clock`] in production.
+pub(crate) fn system_clock() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-impl Deliverer {
+/// Delivers batches to the destination `D` and dead-letters through `L`.
+pub(crate) struct Deliverer<D, L> {
+    /// The destination's configured name (metrics, logs, the dead-letter header).
+    pub destination: String,
+    pub retry: RetryConfig,
+    pub target: D,
+    pub dead_letters: L,
+    pub limits: RateLimits,
+    pub concurrency: AdaptiveConcurrency,
+    /// Cancelled to cut retry waits short (a failure elsewhere, or a drain out of time).
+    pub shutdown: CancellationToken,
+    /// A field, not a call, so tests under paused time can read tokio's clock instead.
+    pub clock: Clock,
+}
+
+/// What the answer to one request means for the records it carried.
+struct Decision {
+    /// Records refused for good by this answer (indexes into the batch), with why.
+    refused: Vec<(usize, Failure)>,
+    /// What to do with the others.
+    next: Next,
+}
+
+enum Next {
+    /// Nothing left to send: the records not refused were applied.
+    Done,
+    /// Send these records (indexes into the batch) again, after `retry_after` when the vendor
+    /// said how long to wait, else after backoff. `cause` is what they are dead-lettered with
+    /// if the budget runs out.
+    Retry { indexes: Vec<usize>, retry_after: Option<Duration>, cause: Cause },
+    /// Refused as a whole while carrying several records: send them one by one to find the bad
+    /// ones, rather than dead-letter good records with them.
+    Isolate,
+}
+
+/// A wait before the next attempt.
+enum Delay {
+    /// The vendor said when to come back (Retry-After, a reset time, a daily quota).
+    Throttled(Duration),
+    /// A failure without instructions: the next step of the backoff.
+    Backoff(Duration),
+}
+
+/// The retry state of one [`Deliverer::attempt`]: attempts made and the backoff budget.
+struct Retries {
+    backoff: ExponentialBackoff,
+    made: usize,
+    first_answer_ms: Option<i64>,
+}
+
+impl Retries {
+    fn new(retry: &RetryConfig) -> Retries {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(retry.initial_backoff_ms))
+            .with_max_delay(Duration::from_millis(retry.max_backoff_ms))
+            .with_jitter()
+            .with_max_times(retry.max_attempts.saturating_sub(1))
+            .build();
+        Retries { backoff, made: 0, first_answer_ms: None }
+    }
+
+    /// Count an answered attempt; what a failure of it would carry. Once a record fails, the
+    /// first answer was a failure too (a success would have finished it), so the first answer
+    /// is its first failure.
+    fn answered(&mut self, now_ms: i64) -> Attempts {
+        self.made += 1;
+        let first = *self.first_answer_ms.get_or_insert(now_ms);
+        Attempts { made: self.made, first_failure_ms: first, last_failure_ms: now_ms }
+    }
+
+    /// The wait before the next attempt, or `None` once the retry budget is spent. A wait the
+    /// vendor asked for is throttling, not failure, and spends no budget, so a daily limit
+    /// pauses the destination instead of dead-lettering.
+    fn next_delay(&mut self, retry_after: Option<Duration>) -> Option<Delay> {
+        match retry_after {
+            Some(wait) => Some(Delay::Throttled(wait)),
+            None => self.backoff.next().map(Delay::Backoff),
+        }
+    }
+}
+
+impl<D: Destination, L: DeadLetterSink> Deliverer<D, L> {
     /// Deliver `records` (parallel to their source `messages`); returns once each is applied
     /// or dead-lettered (and the dead letter acknowledged).
     pub(crate) async fn deliver(&self, messages: &[Arc<OwnedMessage>], records: &[OutboundRecord]) -> Result<(), Stop> {
-        let all: Vec<usize> = (0..records.len()).collect();
-        let dead = self.attempt(records, all).await?;
-        let applied = records.len() - dead.len();
-        self.count("delivered", applied as u64);
-        for (i, failure) in dead {
-            self.dead_letter_failure(&messages[i], &failure).await.map_err(Stop::Failed)?;
+        let refused = self.attempt(records, (0..records.len()).collect()).await?;
+        self.count("delivered", (records.len() - refused.len()) as u64);
+        for (i, failure) in refused {
+            self.dead_letter_refused(&messages[i], &failure).await.map_err(Stop::Failed)?;
         }
         Ok(())
     }
 
-    /// Send the records at `indexes`, retrying what is retryable; returns the records that
-    /// failed for good.
+    /// Send the records at `indexes` until each is applied or refused for good; returns the
+    /// refused ones.
     async fn attempt(&self, records: &[OutboundRecord], mut indexes: Vec<usize>) -> Result<Vec<(usize, Failure)>, Stop> {
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(self.retry.initial_backoff_ms))
-            .with_max_delay(Duration::from_millis(self.retry.max_backoff_ms))
-            .with_jitter()
-            .with_max_times(self.retry.max_attempts.saturating_sub(1))
-            .build();
-        let mut dead = Vec::new();
-        let mut attempts = 0;
-        let mut first_failure_ms = None;
-        let mut last_error: (String, Option<u16>, String);
+        let mut retries = Retries::new(&self.retry);
+        let mut refused = Vec::new();
         loop {
-            attempts += 1;
-            // The whole batch goes as it is; only a retried subset is copied.
-            let batch: std::borrow::Cow<'_, [OutboundRecord]> = if indexes.len() == records.len() {
-                std::borrow::Cow::Borrowed(records)
-            } else {
-                std::borrow::Cow::Owned(indexes.iter().map(|&i| records[i].clone()).collect())
-            };
-            let result = {
-                let _slot = self.concurrency.acquire().await;
-                let _permit = self.limits.acquire(batch.len()).await;
-                let started = std::time::Instant::now();
-                let result = self.target.send(&batch).await;
-                metrics::histogram!("sluice_sink_request_seconds", "destination" => self.destination.clone()).record(started.elapsed().as_secs_f64());
-                result
-            };
-            let now = now_ms();
-            let first = *first_failure_ms.get_or_insert(now);
-            let failure = |class: ErrorClass, message: String, status: Option<u16>, excerpt: String| Failure {
-                class,
-                message,
-                status,
-                excerpt,
-                attempts,
-                first_failure_ms: first,
-                last_failure_ms: now,
-            };
-            let retry_after = match result {
-                Ok(failures) => {
-                    self.concurrency.success();
-                    self.request("success");
-                    if failures.is_empty() {
-                        return Ok(dead);
+            let answer = self.request(records, &indexes).await;
+            let attempts = retries.answered((self.clock)());
+            let decision = self.decide(answer, &indexes, attempts)?;
+            refused.extend(decision.refused);
+            match decision.next {
+                Next::Done => return Ok(refused),
+                Next::Isolate => {
+                    for i in indexes {
+                        refused.extend(Box::pin(self.attempt(records, vec![i])).await?);
                     }
-                    let mut retry = Vec::new();
-                    let mut retry_after = None;
-                    for f in failures {
-                        let Some(&original) = indexes.get(f.index) else { continue };
-                        match self.effective_class(f.class, f.status) {
-                            ErrorClass::Retryable { retry_after: ra } => {
-                                retry.push(original);
-                                retry_after = retry_after.max(ra);
-                            }
-                            ErrorClass::Fatal => return Err(Stop::Failed(SinkError::Fatal { message: f.message, status: f.status })),
-                            ErrorClass::Permanent => dead.push((original, failure(ErrorClass::Permanent, f.message, f.status, f.excerpt))),
-                        }
-                    }
-                    if retry.is_empty() {
-                        return Ok(dead);
-                    }
-                    indexes = retry;
-                    last_error = ("records refused as retryable inside a successful request".to_string(), None, String::new());
-                    retry_after
+                    return Ok(refused);
                 }
-                Err(error) => {
-                    let class = self.effective_class(error.class.clone(), error.status);
-                    self.request(class.label());
-                    match class {
-                        ErrorClass::Fatal => return Err(Stop::Failed(SinkError::Fatal { message: error.message, status: error.status })),
-                        ErrorClass::Permanent if indexes.len() > 1 => {
-                            // Refused as a whole: find the bad records by sending them one by one.
-                            tracing::info!(destination = %self.destination, records = indexes.len(), status = ?error.status, "request refused, isolating its records");
-                            for i in indexes {
-                                dead.extend(Box::pin(self.attempt(records, vec![i])).await?);
-                            }
-                            return Ok(dead);
-                        }
-                        ErrorClass::Permanent => {
-                            dead.push((indexes[0], failure(ErrorClass::Permanent, error.message, error.status, error.excerpt)));
-                            return Ok(dead);
-                        }
-                        ErrorClass::Retryable { retry_after } => {
-                            self.concurrency.backoff();
-                            log_retry(&self.destination, attempts, &error);
-                            last_error = (error.message, error.status, error.excerpt);
-                            retry_after
-                        }
-                    }
+                Next::Retry { indexes: again, retry_after, cause } => {
+                    let Some(delay) = retries.next_delay(retry_after) else {
+                        let message = format!("retries exhausted: {}", cause.message);
+                        let exhausted = Failure { class: DeadLetterClass::RetriesExhausted, cause: Cause { message, ..cause }, attempts };
+                        refused.extend(again.into_iter().map(|i| (i, exhausted.clone())));
+                        return Ok(refused);
+                    };
+                    self.wait(delay).await?;
+                    indexes = again;
                 }
-            };
-            let delay = match retry_after {
-                // The vendor said when to come back (Retry-After, a reset time, a daily quota):
-                // that is throttling, not failure. Waiting it out does not spend the retry
-                // budget, so a daily limit pauses the destination instead of dead-lettering.
-                Some(delay) => {
-                    metrics::counter!("sluice_sink_throttled_seconds_total", "destination" => self.destination.clone()).increment(delay.as_secs());
-                    delay
-                }
-                None => match backoff.next() {
-                    Some(delay) => delay,
-                    None => {
-                        let (message, status, excerpt) = last_error;
-                        let exhausted =
-                            failure(ErrorClass::Retryable { retry_after: None }, format!("retries exhausted: {message}"), status, excerpt);
-                        dead.extend(indexes.iter().map(|&i| (i, exhausted.clone())));
-                        return Ok(dead);
-                    }
-                },
-            };
-            metrics::counter!("sluice_sink_retries_total", "destination" => self.destination.clone()).increment(1);
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.shutdown.cancelled() => return Err(Stop::Interrupted),
             }
+        }
+    }
+
+    /// One request with the records at `indexes`, under a concurrency slot and rate permits.
+    async fn request(&self, records: &[OutboundRecord], indexes: &[usize]) -> Result<Vec<RecordFailure>, DeliveryError> {
+        // The whole batch goes as it is; only a retried subset is copied.
+        let batch: Cow<'_, [OutboundRecord]> = if indexes.len() == records.len() {
+            Cow::Borrowed(records)
+        } else {
+            Cow::Owned(indexes.iter().map(|&i| records[i].clone()).collect())
+        };
+        let _slot = self.concurrency.acquire().await;
+        let _permit = self.limits.acquire(batch.len()).await;
+        let started = Instant::now();
+        let answer = self.target.send(&batch).await;
+        metrics::histogram!("sluice_sink_request_seconds", "destination" => self.destination.clone()).record(started.elapsed().as_secs_f64());
+        answer
+    }
+
+    /// What the answer to the request that carried `indexes` means; `Err` for a fatal failure.
+    fn decide(&self, answer: Result<Vec<RecordFailure>, DeliveryError>, indexes: &[usize], attempts: Attempts) -> Result<Decision, Stop> {
+        let error = match answer {
+            Ok(failures) => {
+                self.concurrency.success();
+                self.request_outcome("success");
+                return self.decide_refusals(failures, indexes, attempts);
+            }
+            Err(error) => error,
+        };
+        let class = self.effective_class(error.class.clone(), error.status);
+        self.request_outcome(class.label());
+        let nothing_refused = |next| Ok(Decision { refused: Vec::new(), next });
+        match class {
+            ErrorClass::Fatal => Err(fatal(error.message, error.status)),
+            ErrorClass::Permanent if indexes.len() > 1 => {
+                tracing::info!(destination = %self.destination, records = indexes.len(), status = ?error.status, "request refused, isolating its records");
+                nothing_refused(Next::Isolate)
+            }
+            ErrorClass::Permanent => {
+                let failure = Failure { class: DeadLetterClass::Permanent, cause: cause(error.message, error.status, error.excerpt), attempts };
+                Ok(Decision { refused: vec![(indexes[0], failure)], next: Next::Done })
+            }
+            ErrorClass::Retryable { retry_after } => {
+                self.concurrency.backoff();
+                tracing::info!(destination = %self.destination, attempt = attempts.made, status = ?error.status, error = %error.message, "retrying request");
+                let cause = cause(error.message, error.status, error.excerpt);
+                nothing_refused(Next::Retry { indexes: indexes.to_vec(), retry_after, cause })
+            }
+        }
+    }
+
+    /// A successful request with `failures` refused inside it (indexes into the request).
+    fn decide_refusals(&self, failures: Vec<RecordFailure>, indexes: &[usize], attempts: Attempts) -> Result<Decision, Stop> {
+        let mut refused = Vec::new();
+        let mut retry = Vec::new();
+        let mut retry_after = None;
+        for f in failures {
+            // A failure naming a record the request did not carry is ignored: that record
+            // counts as applied.
+            let Some(&original) = indexes.get(f.index) else { continue };
+            match self.effective_class(f.class, f.status) {
+                ErrorClass::Retryable { retry_after: wait } => {
+                    retry.push(original);
+                    // The longest wait any record asked for (`None` orders below any `Some`).
+                    retry_after = retry_after.max(wait);
+                }
+                ErrorClass::Fatal => return Err(fatal(f.message, f.status)),
+                ErrorClass::Permanent => {
+                    let failure = Failure { class: DeadLetterClass::Permanent, cause: cause(f.message, f.status, f.excerpt), attempts };
+                    refused.push((original, failure));
+                }
+            }
+        }
+        let next = if retry.is_empty() {
+            Next::Done
+        } else {
+            let cause = cause("records refused as retryable inside a successful request".to_string(), None, String::new());
+            Next::Retry { indexes: retry, retry_after, cause }
+        };
+        Ok(Decision { refused, next })
+    }
+
+    /// Wait before the next attempt; a shutdown cuts the wait short.
+    async fn wait(&self, delay: Delay) -> Result<(), Stop> {
+        let delay = match delay {
+            Delay::Throttled(wait) => {
+                metrics::counter!("sluice_sink_throttled_seconds_total", "destination" => self.destination.clone()).increment(wait.as_secs());
+                wait
+            }
+            Delay::Backoff(wait) => wait,
+        };
+        metrics::counter!("sluice_sink_retries_total", "destination" => self.destination.clone()).increment(1);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => Ok(()),
+            _ = self.shutdown.cancelled() => Err(Stop::Interrupted),
         }
     }
 
@@ -214,7 +306,7 @@ impl Deliverer {
         }
     }
 
-    fn request(&self, outcome: &'static str) {
+    fn request_outcome(&self, outcome: &'static str) {
         metrics::counter!("sluice_sink_requests_total", "destination" => self.destination.clone(), "outcome" => outcome).increment(1);
         metrics::gauge!("sluice_sink_concurrency_limit", "destination" => self.destination.clone()).set(self.concurrency.limit() as f64);
     }
@@ -225,73 +317,42 @@ impl Deliverer {
         }
     }
 
-    async fn dead_letter_failure(&self, message: &OwnedMessage, failure: &Failure) -> Result<(), SinkError> {
+    async fn dead_letter_refused(&self, message: &OwnedMessage, failure: &Failure) -> Result<(), SinkError> {
         tracing::warn!(
             destination = %self.destination, topic = message.topic(), partition = message.partition(), offset = message.offset(),
-            class = failure.class.label(), status = ?failure.status, attempts = failure.attempts, error = %failure.message,
+            class = failure.class.label(), status = ?failure.cause.status, attempts = failure.attempts.made, error = %failure.cause.message,
             "record dead-lettered"
         );
-        let context = DeadLetterContext {
-            class: failure.class.label(),
-            reason: &failure.message,
-            status: failure.status,
-            excerpt: &failure.excerpt,
-            attempts: failure.attempts,
-            first_failure_ms: failure.first_failure_ms,
-            last_failure_ms: failure.last_failure_ms,
-        };
-        self.dead_letter(message, context).await
+        self.dead_letter(message, failure).await
     }
 
-    /// An unreadable message: dead-letter it with class `decode`.
+    /// An unreadable message: dead-letter it as [`DeadLetterClass::Undecodable`].
     pub(crate) async fn dead_letter_unreadable(&self, message: &OwnedMessage, reason: &str) -> Result<(), SinkError> {
         tracing::warn!(destination = %self.destination, topic = message.topic(), partition = message.partition(), offset = message.offset(), %reason, "unreadable record dead-lettered");
-        let now = now_ms();
-        let context = DeadLetterContext { class: "decode", reason, status: None, excerpt: "", attempts: 0, first_failure_ms: now, last_failure_ms: now };
-        self.dead_letter(message, context).await
+        let now = (self.clock)();
+        let failure = Failure {
+            class: DeadLetterClass::Undecodable,
+            cause: cause(reason.to_string(), None, String::new()),
+            attempts: Attempts { made: 0, first_failure_ms: now, last_failure_ms: now },
+        };
+        self.dead_letter(message, &failure).await
     }
 
-    async fn dead_letter(&self, message: &OwnedMessage, context: DeadLetterContext<'_>) -> Result<(), SinkError> {
-        let mut headers: Vec<(String, Vec<u8>)> = message
-            .headers()
-            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
-            .unwrap_or_default();
-        let mut add = |key: &str, value: String| headers.push((key.to_string(), value.into_bytes()));
-        add(dlq::ERROR_CLASS, context.class.to_string());
-        add(dlq::ERROR_MESSAGE, context.reason.to_string());
-        if let Some(status) = context.status {
-            add(dlq::RESPONSE_STATUS, status.to_string());
-        }
-        add(dlq::RESPONSE_EXCERPT, context.excerpt.to_string());
-        add(dlq::ATTEMPTS, context.attempts.to_string());
-        add(dlq::FIRST_FAILURE_MS, context.first_failure_ms.to_string());
-        add(dlq::LAST_FAILURE_MS, context.last_failure_ms.to_string());
-        add(dlq::DESTINATION, self.destination.clone());
-        add(dlq::ORIGINAL_TOPIC, message.topic().to_string());
-        add(dlq::ORIGINAL_PARTITION, message.partition().to_string());
-        add(dlq::ORIGINAL_OFFSET, message.offset().to_string());
-        if let Some(ts) = message.timestamp().to_millis() {
-            add(dlq::ORIGINAL_TIMESTAMP_MS, ts.to_string());
-        }
-        self.dead_letters
-            .write(DeadLetter { key: message.key(), payload: message.payload(), headers })
-            .await
-            .map_err(SinkError::Kafka)?;
+    async fn dead_letter(&self, message: &OwnedMessage, failure: &Failure) -> Result<(), SinkError> {
+        let headers = dead_letters::context_headers(&self.destination, message, failure);
+        self.dead_letters.write(dead_letters::letter(message, headers)).await.map_err(SinkError::Kafka)?;
         self.count("dead_lettered", 1);
         Ok(())
     }
 }
 
-struct DeadLetterContext<'a> {
-    class: &'static str,
-    reason: &'a str,
-    status: Option<u16>,
-    excerpt: &'a str,
-    attempts: usize,
-    first_failure_ms: i64,
-    last_failure_ms: i64,
+fn cause(message: String, status: Option<u16>, excerpt: String) -> Cause {
+    Cause { message, status, excerpt }
 }
 
-fn log_retry(destination: &str, attempt: usize, error: &DeliveryError) {
-    tracing::info!(%destination, attempt, status = ?error.status, error = %error.message, "retrying request");
+fn fatal(message: String, status: Option<u16>) -> Stop {
+    Stop::Failed(SinkError::Fatal { message, status })
 }
+
+#[cfg(test)]
+mod tests;

@@ -15,12 +15,13 @@ use std::time::Duration;
 
 use rdkafka::message::{Message, OwnedMessage};
 use sluice_core::config::SyncConfig;
-use sluice_destinations::OutboundRecord;
+use sluice_destinations::{Destination, OutboundRecord};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::dead_letters::DeadLetterSink;
 use crate::deliver::{Deliverer, Item, SinkError, Stop};
 use crate::mapping::{self, Prepared};
 use crate::offsets::OffsetTracker;
@@ -132,17 +133,18 @@ impl Batch {
     }
 }
 
-/// What every lane shares.
-pub(crate) struct LaneContext {
+/// What every lane shares. Generic over the destination and the dead-letter sink only so
+/// tests can use fakes of both.
+pub(crate) struct LaneContext<D, L> {
     pub destination: String,
     pub syncs: HashMap<String, SyncConfig>,
     pub schemas: SchemaCache,
-    pub deliverer: Deliverer,
+    pub deliverer: Deliverer<D, L>,
     pub shared: Arc<Shared>,
     pub limits: BatchLimits,
 }
 
-impl LaneContext {
+impl<D: Destination, L: DeadLetterSink> LaneContext<D, L> {
     /// Decode and map a message; a record to deliver comes back as an item, anything else is
     /// finished here (skipped, or dead-lettered and acknowledged).
     async fn admit(&self, message: Arc<OwnedMessage>) -> Result<Option<Item>, SinkError> {
@@ -193,7 +195,7 @@ impl LaneContext {
 }
 
 /// Run one lane until its channel closes (shutdown) or a stop.
-pub(crate) async fn run_lane(mut rx: mpsc::UnboundedReceiver<Arc<OwnedMessage>>, cx: Arc<LaneContext>) {
+pub(crate) async fn run_lane<D: Destination, L: DeadLetterSink>(mut rx: mpsc::UnboundedReceiver<Arc<OwnedMessage>>, cx: Arc<LaneContext<D, L>>) {
     let mut batch = Batch::new();
     let mut deadline = tokio::time::Instant::now();
     loop {
@@ -243,23 +245,55 @@ pub(crate) async fn run_lane(mut rx: mpsc::UnboundedReceiver<Arc<OwnedMessage>>,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rdkafka::message::OwnedMessage;
-    use rdkafka::Timestamp;
-    use sluice_destinations::Action;
+    use sluice_core::config::{KafkaConfig, RetryConfig};
+    use sluice_core::ErrorClass;
+
+    use crate::testing::{self, message, record, refused, Answer, RecordingDeadLetters, ScriptedDestination};
 
     fn item(key: &str, offset: i64) -> Item {
-        let message = OwnedMessage::new(Some(b"v".to_vec()), Some(key.as_bytes().to_vec()), "t".into(), Timestamp::NotAvailable, 0, offset, None);
-        let record = OutboundRecord {
-            id: format!("t/0/{offset}"),
-            model: "m".into(),
-            action: Action::Upsert,
-            op: "u".into(),
-            key: Default::default(),
-            fields: Default::default(),
-            previous: None,
-            ts_ms: 0,
+        Item { message: message(key, offset), record: record(offset), bytes: 10 }
+    }
+
+    fn lane_context(answers: impl IntoIterator<Item = Answer>) -> LaneContext<ScriptedDestination, RecordingDeadLetters> {
+        // Nothing connects: the schema cache only reads its topic on a lookup.
+        let kafka = KafkaConfig {
+            bootstrap_servers: "127.0.0.1:1".into(),
+            topic_prefix: "test".into(),
+            partitions: 1,
+            replication_factor: 1,
+            properties: Default::default(),
         };
-        Item { message: Arc::new(message), record, bytes: 10 }
+        LaneContext {
+            destination: "crm".into(),
+            syncs: HashMap::new(),
+            schemas: SchemaCache::new(kafka, "test.schemas".into()),
+            deliverer: testing::deliverer(RetryConfig::default(), answers),
+            shared: Arc::new(Shared::new()),
+            limits: BatchLimits { max_records: 10, max_bytes: 1000, linger: Duration::ZERO },
+        }
+    }
+
+    /// A batch's records finish (and may be committed) only once every one of them is applied
+    /// or dead-lettered: a dead letter that cannot be written leaves the whole batch unfinished.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_finishes_only_once_delivered_and_dead_lettered() {
+        for (dead_letters_fail, committable) in [(false, 2), (true, 0)] {
+            let cx = lane_context([Ok(vec![refused(0, ErrorClass::Permanent, Some(207), "bad email")])]);
+            if dead_letters_fail {
+                cx.deliverer.dead_letters.fail_writes();
+            }
+            let mut batch = Batch::new();
+            for offset in 0..2 {
+                cx.shared.tracker.lock().unwrap().register("t", 0, offset);
+                cx.shared.buffered.fetch_add(1, Ordering::SeqCst);
+                batch.push(item(&format!("k{offset}"), offset));
+            }
+            let outcome = cx.flush(batch).await;
+            assert_eq!(outcome.is_ok(), !dead_letters_fail, "{outcome:?}");
+            assert_eq!(cx.shared.tracker.lock().unwrap().committable(), [(("t".to_string(), 0), committable)], "dead letters fail: {dead_letters_fail}");
+            assert_eq!(cx.shared.buffered.load(Ordering::SeqCst), 0, "out of the buffer either way");
+            assert_eq!(cx.deliverer.dead_letters.written().len(), usize::from(!dead_letters_fail));
+        }
     }
 
     #[test]

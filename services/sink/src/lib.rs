@@ -21,13 +21,34 @@
 //!   dead-letters nothing.
 //! - **SIGTERM drains**: reading stops, lanes finish what they hold (bounded by
 //!   `DRAIN_TIMEOUT`), the finished prefix is committed synchronously.
+//!
+//! ## Where each guarantee is kept
+//!
+//! [`run`] is three steps: `Sink::start` (setup: topics, destination, dead-letter writer,
+//! consumer, lanes; then `/readyz` turns true), `Sink::consume` (the loop) and `Sink::drain`
+//! (shutdown). Then:
+//! - at-least-once: `OffsetTracker` ([`offsets`]) computes the finished prefix; a lane finishes
+//!   a batch only when `Deliverer::deliver` returned `Ok` (`LaneContext::flush`), which it does
+//!   only once every dead letter is acknowledged ([`deliver`]); the prefix is committed by
+//!   `Sink::consume` (every `COMMIT_EVERY`), `SinkContext::pre_rebalance` and `Sink::drain`;
+//! - per-key order: `Sink::dispatch` routes by `lane_of`, `lanes::run_lane` sends one batch at a
+//!   time;
+//! - bounded memory: `BackPressure` decides, `Sink::consume` stops receiving, pauses and resumes;
+//! - rebalance-safe: `SinkContext::pre_rebalance` waits, commits and forgets the partitions;
+//!   `LaneContext::flush` drops unsent records of partitions no longer owned;
+//! - failure classes: the decisions are `Deliverer::attempt`'s ([`deliver`]); a lane's fatal
+//!   error reaches `Sink::consume` through `Shared::failed`, and [`run`] turns `/readyz` false;
+//! - SIGTERM drains: `Sink::drain`.
 
+mod dead_letters;
 mod deliver;
 mod lanes;
 mod limits;
 mod mapping;
 mod offsets;
 mod schemas;
+#[cfg(test)]
+mod testing;
 mod transform;
 
 use std::collections::HashMap;
@@ -37,15 +58,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use sluice_core::config::{Config, SyncConfig};
+use sluice_core::config::{Config, DestinationConfig, SyncConfig};
 use sluice_core::naming;
-use sluice_destinations::Destination;
+use sluice_destinations::{AnyDestination, Destination};
 use sluice_kafka::admin::{ensure_topics, TopicRole};
 use sluice_kafka::dead_letter::DeadLetterWriter;
 use sluice_telemetry::ops::Health;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use deliver::SinkError;
@@ -60,7 +82,7 @@ const REVOKE_DRAIN: Duration = Duration::from_secs(15);
 /// How long SIGTERM waits for lanes to finish what they hold.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
-/// How long the buffer may stay full before the partitions are paused (see the loop).
+/// How long the buffer may stay full before the partitions are paused ([`BackPressure`]).
 const PAUSE_AFTER: Duration = Duration::from_secs(5);
 
 /// Commits finished offsets of partitions being revoked, inside librdkafka's rebalance callback.
@@ -114,28 +136,187 @@ pub async fn run(config: Arc<Config>, destination: &str, health: Arc<Health>, sh
 }
 
 async fn run_inner(config: Arc<Config>, destination: &str, health: &Health, shutdown: CancellationToken) -> Result<(), SinkError> {
-    let dest = config
-        .destination(destination)
-        .ok_or_else(|| SinkError::Config(format!("destination {destination:?} is not in the config")))?;
+    let sink = Sink::start(&config, destination).await?;
+    // Ready once subscribed with lanes running; a fatal error turns it false again (`run`).
+    health.set_ready();
+    let stopped = sink.consume(&shutdown).await;
+    sink.drain(stopped).await
+}
+
+/// A lane's input: consumed messages, routed by key.
+type LaneSender = mpsc::UnboundedSender<Arc<OwnedMessage>>;
+
+/// A started sink: its consumer, the lanes it feeds, and the state they share.
+struct Sink {
+    destination: String,
+    consumer: StreamConsumer<SinkContext>,
+    shared: Arc<Shared>,
+    /// One sender per lane; dropping them is what tells the lanes to finish and stop.
+    lanes: Vec<LaneSender>,
+    lane_tasks: JoinSet<()>,
+    /// Cuts the lanes' retry waits short: after a failure, or when the drain runs out of time.
+    lane_stop: CancellationToken,
+    max_buffered_records: usize,
+}
+
+impl Sink {
+    /// Setup: check the config, create the topics, build the destination and the dead-letter
+    /// writer, subscribe, start the lanes. Nothing is consumed yet.
+    async fn start(config: &Config, destination: &str) -> Result<Sink, SinkError> {
+        let dest = config
+            .destination(destination)
+            .ok_or_else(|| SinkError::Config(format!("destination {destination:?} is not in the config")))?;
+        let syncs = syncs_by_topic(config, destination)?;
+        ensure_sink_topics(config, destination, &syncs).await?;
+        let lane_stop = CancellationToken::new();
+        let (deliverer, batch_limits) = build_deliverer(config, dest, lane_stop.clone())?;
+        let shared = Arc::new(Shared::new());
+        let consumer = subscribe(config, destination, &syncs, &shared)?;
+        tracing::info!(
+            %destination, kind = deliverer.target.kind(), topics = ?syncs.keys().collect::<Vec<_>>(), lanes = dest.max_concurrency,
+            rate_limited = deliverer.limits.is_limited(), "sink started"
+        );
+        let lane_context = Arc::new(lanes::LaneContext {
+            destination: destination.to_string(),
+            syncs,
+            schemas: schemas::SchemaCache::new(config.kafka.clone(), naming::schema_topic(&config.kafka.topic_prefix)),
+            deliverer,
+            shared: Arc::clone(&shared),
+            limits: batch_limits,
+        });
+        let mut lanes = Vec::with_capacity(dest.max_concurrency);
+        let mut lane_tasks = JoinSet::new();
+        for _ in 0..dest.max_concurrency {
+            let (tx, rx) = mpsc::unbounded_channel();
+            lanes.push(tx);
+            lane_tasks.spawn(lanes::run_lane(rx, Arc::clone(&lane_context)));
+        }
+        Ok(Sink {
+            destination: destination.to_string(),
+            consumer,
+            shared,
+            lanes,
+            lane_tasks,
+            lane_stop,
+            max_buffered_records: dest.max_buffered_records,
+        })
+    }
+
+    /// The consume loop, until shutdown (`Ok`) or a failure: hands messages to lanes, applies
+    /// back-pressure ([`BackPressure`]) and commits the finished prefix every `COMMIT_EVERY`.
+    async fn consume(&self, shutdown: &CancellationToken) -> Result<(), SinkError> {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut last_commit = Instant::now();
+        let mut pressure = BackPressure::new(self.max_buffered_records);
+        loop {
+            let buffered = self.shared.buffered.load(Ordering::SeqCst);
+            let full = pressure.observe(buffered, Instant::now());
+            let paused = pressure.paused;
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = self.shared.failed.cancelled() => {
+                    return Err(self.shared.fatal.lock().expect("fatal lock").take().unwrap_or(SinkError::Config("lane failed".into())));
+                }
+                _ = self.shared.progress.notified(), if paused || full => {
+                    if pressure.resume_due(self.shared.buffered.load(Ordering::SeqCst)) {
+                        set_paused(&self.consumer, false);
+                    }
+                }
+                _ = tick.tick() => {
+                    metrics::gauge!("sluice_sink_buffered_records", "destination" => self.destination.clone()).set(buffered as f64);
+                    if pressure.pause_due(Instant::now()) {
+                        set_paused(&self.consumer, true);
+                        metrics::counter!("sluice_sink_pauses_total", "destination" => self.destination.clone()).increment(1);
+                    }
+                    if last_commit.elapsed() >= COMMIT_EVERY {
+                        commit(&self.consumer, &self.shared, CommitMode::Async);
+                        last_commit = Instant::now();
+                    }
+                }
+                message = self.consumer.recv(), if !full || paused => match message {
+                    Ok(message) => self.dispatch(&message)?,
+                    Err(error) => tracing::warn!(%error, "consume error"),
+                },
+            }
+        }
+    }
+
+    /// Register a consumed message as in flight and hand it to its key's lane.
+    fn dispatch(&self, message: &BorrowedMessage<'_>) -> Result<(), SinkError> {
+        self.shared.tracker.lock().expect("tracker lock").register(message.topic(), message.partition(), message.offset());
+        self.shared.buffered.fetch_add(1, Ordering::SeqCst);
+        // Decoding and mapping happen in the lane, so they use every core; the key picks the
+        // lane, so per-key order holds.
+        let lane = lane_of(message.topic(), message.key().unwrap_or_default(), self.lanes.len());
+        self.lanes[lane].send(Arc::new(message.detach())).map_err(|_| SinkError::Config("a delivery lane stopped".into()))
+    }
+
+    /// Drain and stop: no more input; lanes finish what they hold (or stop at once after a
+    /// failure), bounded by `DRAIN_TIMEOUT`; then the finished prefix is committed
+    /// synchronously. A lane's fatal error wins over a clean stop.
+    async fn drain(self, stopped: Result<(), SinkError>) -> Result<(), SinkError> {
+        let Sink { destination, consumer, shared, lanes, mut lane_tasks, lane_stop, .. } = self;
+        drop(lanes);
+        if stopped.is_err() {
+            lane_stop.cancel();
+        }
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while lane_tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(%destination, "lanes did not drain in time; unfinished records will be delivered after restart");
+            lane_stop.cancel();
+            while lane_tasks.join_next().await.is_some() {}
+        }
+        commit(&consumer, &shared, CommitMode::Sync);
+        let result = match (stopped, shared.fatal.lock().expect("fatal lock").take()) {
+            (Ok(()), Some(error)) => Err(error),
+            (result, _) => result,
+        };
+        if result.is_ok() {
+            tracing::info!(%destination, "sink drained and stopped");
+        }
+        result
+    }
+}
+
+/// The syncs delivering to `destination`, by change topic; at least one.
+fn syncs_by_topic(config: &Config, destination: &str) -> Result<HashMap<String, SyncConfig>, SinkError> {
     let prefix = &config.kafka.topic_prefix;
     let syncs: HashMap<String, SyncConfig> =
         config.syncs_to(destination).map(|s| (naming::change_topic(prefix, s.model.get_ref()), s.clone())).collect();
     if syncs.is_empty() {
         return Err(SinkError::Config(format!("no [[syncs]] deliver to destination {destination:?}")));
     }
-    let dlq_topic = naming::dead_letter_topic(prefix, destination);
-    let mut topics: Vec<(String, TopicRole)> = syncs.keys().map(|t| (t.clone(), TopicRole::Compacted)).collect();
-    topics.push((dlq_topic.clone(), TopicRole::DeadLetter));
-    topics.push((naming::schema_topic(prefix), TopicRole::Compacted));
-    ensure_topics(&config.kafka, &topics).await.map_err(SinkError::Kafka)?;
+    Ok(syncs)
+}
 
+/// Create (or check) the change topics, the destination's dead-letter topic and the schema topic.
+async fn ensure_sink_topics(config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>) -> Result<(), SinkError> {
+    let prefix = &config.kafka.topic_prefix;
+    let mut topics: Vec<(String, TopicRole)> = syncs.keys().map(|t| (t.clone(), TopicRole::Compacted)).collect();
+    topics.push((naming::dead_letter_topic(prefix, destination), TopicRole::DeadLetter));
+    topics.push((naming::schema_topic(prefix), TopicRole::Compacted));
+    ensure_topics(&config.kafka, &topics).await.map_err(SinkError::Kafka)
+}
+
+/// The destination with its dead-letter writer, limits and retry policy, and the batch limits
+/// (the configured ones, capped by the vendor's records per request).
+fn build_deliverer(
+    config: &Config,
+    dest: &DestinationConfig,
+    lane_stop: CancellationToken,
+) -> Result<(Deliverer<AnyDestination, DeadLetterWriter>, BatchLimits), SinkError> {
+    let destination = dest.name.get_ref();
     let target = sluice_destinations::build(dest).map_err(SinkError::Config)?;
     let batch_limits = BatchLimits {
         max_records: dest.batch_max_records.min(target.max_batch_records()),
         max_bytes: dest.batch_max_bytes,
         linger: Duration::from_millis(dest.batch_linger_ms),
     };
-    let lane_stop = CancellationToken::new();
+    let dlq_topic = naming::dead_letter_topic(&config.kafka.topic_prefix, destination);
     let deliverer = Deliverer {
         destination: destination.to_string(),
         retry: dest.retry.clone(),
@@ -143,123 +324,79 @@ async fn run_inner(config: Arc<Config>, destination: &str, health: &Health, shut
         dead_letters: DeadLetterWriter::new(&config.kafka, dlq_topic).map_err(SinkError::Kafka)?,
         limits: limits::RateLimits::new(&dest.rate_limit),
         concurrency: limits::AdaptiveConcurrency::new(dest.max_concurrency),
-        shutdown: lane_stop.clone(),
+        shutdown: lane_stop,
+        clock: deliver::system_clock,
     };
-    let shared = Arc::new(Shared::new());
+    Ok((deliverer, batch_limits))
+}
+
+/// The destination's consumer (manual commits, `read_committed`), subscribed to its change topics.
+fn subscribe(
+    config: &Config,
+    destination: &str,
+    syncs: &HashMap<String, SyncConfig>,
+    shared: &Arc<Shared>,
+) -> Result<StreamConsumer<SinkContext>, SinkError> {
     let consumer: StreamConsumer<SinkContext> = sluice_kafka::client_config(&config.kafka)
-        .set("group.id", naming::sink_group(prefix, destination))
+        .set("group.id", naming::sink_group(&config.kafka.topic_prefix, destination))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "false")
-        .create_with_context(SinkContext { shared: Arc::clone(&shared) })
+        .create_with_context(SinkContext { shared: Arc::clone(shared) })
         .map_err(|e| SinkError::Kafka(sluice_kafka::KafkaError::Fatal { operation: "create consumer", source: e }))?;
-    let topic_names: Vec<String> = syncs.keys().cloned().collect();
-    let topic_refs: Vec<&str> = topic_names.iter().map(String::as_str).collect();
+    let topics: Vec<&str> = syncs.keys().map(String::as_str).collect();
     consumer
-        .subscribe(&topic_refs)
+        .subscribe(&topics)
         .map_err(|e| SinkError::Kafka(sluice_kafka::KafkaError::Fatal { operation: "subscribe", source: e }))?;
+    Ok(consumer)
+}
 
-    tracing::info!(%destination, kind = deliverer.target.kind(), topics = ?topic_names, lanes = dest.max_concurrency, rate_limited = deliverer.limits.is_limited(), "sink started");
-    let lane_context = Arc::new(lanes::LaneContext {
-        destination: destination.to_string(),
-        syncs,
-        schemas: schemas::SchemaCache::new(config.kafka.clone(), naming::schema_topic(prefix)),
-        deliverer,
-        shared: Arc::clone(&shared),
-        limits: batch_limits,
-    });
-    let mut lanes = Vec::with_capacity(dest.max_concurrency);
-    let mut lane_tasks = tokio::task::JoinSet::new();
-    for _ in 0..dest.max_concurrency {
-        let (tx, rx) = mpsc::unbounded_channel();
-        lanes.push(tx);
-        lane_tasks.spawn(lanes::run_lane(rx, Arc::clone(&lane_context)));
+/// Back-pressure in two steps. A full buffer (`max_buffered_records` unfinished records) first
+/// just stops taking messages (cheap, and short: lanes are working). If it stays full past
+/// `PAUSE_AFTER` (a throttled or stalled destination), the partitions are paused so the consumer
+/// can keep polling — staying in its group, serving rebalances — without receiving; they resume
+/// once lanes have worked the buffer down to half. Pausing at once would make every momentary
+/// peak cost librdkafka's whole prefetch.
+struct BackPressure {
+    max_buffered: usize,
+    /// Since when the buffer has been full, while it is.
+    full_since: Option<Instant>,
+    /// Whether the partitions are paused.
+    paused: bool,
+}
+
+impl BackPressure {
+    fn new(max_buffered: usize) -> BackPressure {
+        BackPressure { max_buffered, full_since: None, paused: false }
     }
-    health.set_ready();
 
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut last_commit = Instant::now();
-    let mut paused = false;
-    // Back-pressure in two steps. A full buffer first just stops taking messages (cheap, and
-    // short: lanes are working). If it stays full past `PAUSE_AFTER` (a throttled or stalled
-    // destination), the partitions are paused so the consumer can keep polling — staying in
-    // its group, serving rebalances — without receiving. Pausing at once would make every
-    // momentary peak cost librdkafka's whole prefetch.
-    let mut full_since: Option<Instant> = None;
-    let result = loop {
-        let buffered = shared.buffered.load(Ordering::SeqCst);
-        let full = buffered >= dest.max_buffered_records;
-        if full && full_since.is_none() {
-            full_since = Some(Instant::now());
+    /// Note how many records are buffered; returns whether the buffer is full.
+    fn observe(&mut self, buffered: usize, now: Instant) -> bool {
+        let full = buffered >= self.max_buffered;
+        if full && self.full_since.is_none() {
+            self.full_since = Some(now);
         } else if !full {
-            full_since = None;
+            self.full_since = None;
         }
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break Ok(()),
-            _ = shared.failed.cancelled() => break Err(shared.fatal.lock().expect("fatal lock").take().unwrap_or(SinkError::Config("lane failed".into()))),
-            _ = shared.progress.notified(), if paused || full => {
-                if paused && shared.buffered.load(Ordering::SeqCst) <= dest.max_buffered_records / 2 {
-                    set_paused(&consumer, false);
-                    paused = false;
-                }
-            }
-            _ = tick.tick() => {
-                metrics::gauge!("sluice_sink_buffered_records", "destination" => destination.to_string()).set(buffered as f64);
-                if !paused && full_since.is_some_and(|since| since.elapsed() >= PAUSE_AFTER) {
-                    set_paused(&consumer, true);
-                    paused = true;
-                    metrics::counter!("sluice_sink_pauses_total", "destination" => destination.to_string()).increment(1);
-                }
-                if last_commit.elapsed() >= COMMIT_EVERY {
-                    commit(&consumer, &shared, CommitMode::Async);
-                    last_commit = Instant::now();
-                }
-            }
-            message = consumer.recv(), if !full || paused => {
-                let message = match message {
-                    Ok(m) => m,
-                    Err(error) => {
-                        tracing::warn!(%error, "consume error");
-                        continue;
-                    }
-                };
-                shared.tracker.lock().expect("tracker lock").register(message.topic(), message.partition(), message.offset());
-                shared.buffered.fetch_add(1, Ordering::SeqCst);
-                // Decoding and mapping happen in the lane, so they use every core; the key
-                // picks the lane, so per-key order holds.
-                let lane = lane_of(message.topic(), message.key().unwrap_or_default(), lanes.len());
-                if lanes[lane].send(Arc::new(message.detach())).is_err() {
-                    break Err(SinkError::Config("a delivery lane stopped".into()));
-                }
-            }
-        }
-    };
+        full
+    }
 
-    // Drain: no more input; lanes finish what they hold (or stop at once after a failure).
-    drop(lanes);
-    if result.is_err() {
-        lane_stop.cancel();
+    /// Whether to pause the partitions now (full for `PAUSE_AFTER`, not paused yet); if so,
+    /// they count as paused from here.
+    fn pause_due(&mut self, now: Instant) -> bool {
+        let due = !self.paused && self.full_since.is_some_and(|since| now.duration_since(since) >= PAUSE_AFTER);
+        self.paused |= due;
+        due
     }
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while lane_tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(%destination, "lanes did not drain in time; unfinished records will be delivered after restart");
-        lane_stop.cancel();
-        while lane_tasks.join_next().await.is_some() {}
+
+    /// Whether to resume the partitions now (paused, and `buffered` down to half); if so, they
+    /// count as resumed from here.
+    fn resume_due(&mut self, buffered: usize) -> bool {
+        let due = self.paused && buffered <= self.max_buffered / 2;
+        self.paused &= !due;
+        due
     }
-    commit(&consumer, &shared, CommitMode::Sync);
-    let result = match (result, shared.fatal.lock().expect("fatal lock").take()) {
-        (Ok(()), Some(error)) => Err(error),
-        (result, _) => result,
-    };
-    if result.is_ok() {
-        tracing::info!(%destination, "sink drained and stopped");
-    }
-    result
 }
 
 /// Route a record to a lane: one lane per key, so per-key order holds.
@@ -289,5 +426,31 @@ fn commit(consumer: &StreamConsumer<SinkContext>, shared: &Shared, mode: CommitM
     match consumer.commit(&offset_list(&offsets), mode) {
         Ok(()) => tracker.committed(&offsets),
         Err(error) => tracing::warn!(%error, "offset commit failed; retried at the next commit"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_pressure_pauses_only_after_the_buffer_stayed_full_and_resumes_at_half() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut pressure = BackPressure::new(100);
+        assert!(!pressure.observe(99, at(0)), "below the bound");
+        assert!(pressure.observe(100, at(0)), "full at the bound");
+        assert!(!pressure.pause_due(at(4_999)), "a momentary peak does not pause");
+        // A dip below the bound restarts the clock.
+        assert!(!pressure.observe(80, at(4_000)));
+        assert!(pressure.observe(120, at(4_500)));
+        assert!(!pressure.pause_due(at(9_499)));
+        assert!(pressure.pause_due(at(9_500)), "full for PAUSE_AFTER");
+        assert!(pressure.paused);
+        assert!(!pressure.pause_due(at(20_000)), "paused once");
+        assert!(!pressure.resume_due(51), "not before half");
+        assert!(pressure.resume_due(50), "at half");
+        assert!(!pressure.paused);
+        assert!(!pressure.resume_due(10), "resumed once");
     }
 }

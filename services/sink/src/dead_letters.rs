@@ -1,0 +1,89 @@
+//! Dead letters: why a record will not be applied ([`Failure`]), the headers that say so, and
+//! the sink they are written to ([`DeadLetterSink`]).
+//!
+//! Guarantees:
+//! - A dead letter carries the original key, value and headers untouched, followed by the
+//!   context headers of `schemas/README.md` ([`context_headers`]): class, reason, status,
+//!   excerpt, attempts, first and last failure, destination, and where the record came from.
+//! - The class is a [`DeadLetterClass`], never free text, so its header holds only the labels
+//!   the contract lists.
+//! - [`DeadLetterSink::write`] returns `Ok` only once the dead letter is durable (for Kafka:
+//!   acknowledged by the broker with `acks=all`); only then may the record count as finished.
+
+use std::future::Future;
+
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use sluice_core::DeadLetterClass;
+use sluice_kafka::dead_letter::{DeadLetter, DeadLetterWriter};
+use sluice_kafka::headers::dlq;
+use sluice_kafka::KafkaError;
+
+/// Where dead letters go. A trait so the delivery logic can be tested without a broker.
+pub(crate) trait DeadLetterSink: Send + Sync {
+    /// Write one dead letter; `Ok` only once it is durable.
+    fn write(&self, letter: DeadLetter<'_>) -> impl Future<Output = Result<(), KafkaError>> + Send;
+}
+
+impl DeadLetterSink for DeadLetterWriter {
+    fn write(&self, letter: DeadLetter<'_>) -> impl Future<Output = Result<(), KafkaError>> + Send {
+        DeadLetterWriter::write(self, letter)
+    }
+}
+
+/// What a failure said: the reason, and the destination's status and words when it answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Cause {
+    /// Human-readable reason, without personal data.
+    pub message: String,
+    /// The destination's HTTP status, when there was one.
+    pub status: Option<u16>,
+    /// Start of the destination's response body (bounded by the destination).
+    pub excerpt: String,
+}
+
+/// How many attempts a record had, and when they failed (ms since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Attempts {
+    pub made: usize,
+    pub first_failure_ms: i64,
+    pub last_failure_ms: i64,
+}
+
+/// A record that will not be applied, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub class: DeadLetterClass,
+    pub cause: Cause,
+    pub attempts: Attempts,
+}
+
+/// The headers of a dead letter: the original record's own, kept, followed by the context.
+pub(crate) fn context_headers(destination: &str, message: &OwnedMessage, failure: &Failure) -> Vec<(String, Vec<u8>)> {
+    let mut headers: Vec<(String, Vec<u8>)> = message
+        .headers()
+        .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+        .unwrap_or_default();
+    let mut add = |key: &str, value: String| headers.push((key.to_string(), value.into_bytes()));
+    add(dlq::ERROR_CLASS, failure.class.label().to_string());
+    add(dlq::ERROR_MESSAGE, failure.cause.message.clone());
+    if let Some(status) = failure.cause.status {
+        add(dlq::RESPONSE_STATUS, status.to_string());
+    }
+    add(dlq::RESPONSE_EXCERPT, failure.cause.excerpt.clone());
+    add(dlq::ATTEMPTS, failure.attempts.made.to_string());
+    add(dlq::FIRST_FAILURE_MS, failure.attempts.first_failure_ms.to_string());
+    add(dlq::LAST_FAILURE_MS, failure.attempts.last_failure_ms.to_string());
+    add(dlq::DESTINATION, destination.to_string());
+    add(dlq::ORIGINAL_TOPIC, message.topic().to_string());
+    add(dlq::ORIGINAL_PARTITION, message.partition().to_string());
+    add(dlq::ORIGINAL_OFFSET, message.offset().to_string());
+    if let Some(ts) = message.timestamp().to_millis() {
+        add(dlq::ORIGINAL_TIMESTAMP_MS, ts.to_string());
+    }
+    headers
+}
+
+/// The dead letter of `message`: its bytes, untouched, with `headers`.
+pub(crate) fn letter(message: &OwnedMessage, headers: Vec<(String, Vec<u8>)>) -> DeadLetter<'_> {
+    DeadLetter { key: message.key(), payload: message.payload(), headers }
+}
