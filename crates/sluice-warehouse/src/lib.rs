@@ -14,12 +14,14 @@
 pub mod sql;
 
 mod backends;
+mod notifications;
 mod session;
 
 use std::future::Future;
 
 // The backends (`postgres`, `duckdb`) and `AnyWarehouse`, listed in one place.
 pub use backends::*;
+pub use notifications::{ChangeNotifications, Notifications};
 
 use sluice_core::config::ModelConfig;
 use sluice_core::{ColumnType, Row, RowSchema, Value};
@@ -41,8 +43,8 @@ pub enum WarehouseError {
 
 /// A warehouse that can serve models.
 ///
-/// The engine (`sluice-poller`) only speaks through this trait (and [`SnapshotStore`]),
-/// reached through [`AnyWarehouse`]. An SQL warehouse implements it
+/// The engine (`sluice-poller`) only speaks through this trait (and [`SnapshotStore`],
+/// [`ChangeNotifications`]), reached through [`AnyWarehouse`]. An SQL warehouse implements it
 /// with the shared statements of [`sql`] and operations of `session`: it maps its types to
 /// [`ColumnType`] in `describe`, states its [`sql::Dialect`], and runs statements on its
 /// connection; `docs/warehouses.md` lists the files of a new one. Nothing here assumes a server,

@@ -15,7 +15,7 @@ pub mod duckdb;
 pub mod postgres;
 
 use postgres::Postgres;
-use crate::{KeyCheck, Page, PreparedSnapshot, SnapshotChange, SnapshotPlan, SnapshotStore, Warehouse, WarehouseError};
+use crate::{ChangeNotifications, KeyCheck, Notifications, Page, PreparedSnapshot, SnapshotChange, SnapshotPlan, SnapshotStore, Warehouse, WarehouseError};
 
 /// One of the warehouses this build supports.
 pub enum AnyWarehouse {
@@ -125,5 +125,11 @@ impl SnapshotStore for AnyWarehouse {
 
     async fn discard_snapshot(&self, model: &ModelConfig) -> Result<(), WarehouseError> {
         on_backend!(self, w => w.discard_snapshot(model).await)
+    }
+}
+
+impl ChangeNotifications for AnyWarehouse {
+    fn notifications(&self, channels: &[String]) -> Option<Notifications> {
+        on_backend!(self, w => w.notifications(channels))
     }
 }

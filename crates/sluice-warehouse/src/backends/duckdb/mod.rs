@@ -33,6 +33,7 @@ use sluice_core::{Column, Row, RowSchema};
 mod snapshot;
 mod types;
 
+use crate::notifications::ChangeNotifications;
 use crate::session::{self, Session};
 use crate::sql;
 use crate::{model_schema, KeyCheck, Page, Warehouse, WarehouseError};
@@ -286,3 +287,7 @@ impl Warehouse for DuckDb {
         Ok(consumed)
     }
 }
+
+/// A file has no server to hold a connection open and announce changes: `notify_channel` is
+/// refused for DuckDB at config load.
+impl ChangeNotifications for DuckDb {}

@@ -1,5 +1,5 @@
-//! PostgreSQL as a warehouse: one shared connection for reads, and a private one for each
-//! `warehouse_diff` transaction.
+//! PostgreSQL as a warehouse: one shared connection for reads, a private one for each
+//! `warehouse_diff` transaction, and one for `LISTEN`.
 //!
 //! Guarantees:
 //! - **Reads are exact and consistent.** Every page, scan and key check is one statement (one
@@ -9,33 +9,42 @@
 //!   serialization) failures and timeouts are `Unavailable` (retried); any other database error
 //!   is the model's (bad SQL, missing column) and stops it with PostgreSQL's message.
 //! - **A full read streams**: memory stays flat however large the model is.
+//! - **Notifications** (`notify_channel`) come from a dedicated connection that is re-established
+//!   2 s after it drops ([`ChangeNotifications`]).
 //!
 //! Layout, the same for every warehouse: `mod.rs` (connection, session, [`Warehouse`]),
 //! `types.rs` (type mapping, value reading, dialect), `snapshot.rs` ([`crate::SnapshotStore`]).
 
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use sluice_core::config::ModelConfig;
 use sluice_core::{Column, Row, RowSchema};
+use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 mod snapshot;
 mod types;
 
+use crate::notifications::{ChangeNotifications, Notifications};
 use crate::session::{self, Session};
-use crate::sql;
+use crate::sql::{self, ident};
 use crate::{model_schema, KeyCheck, Page, Warehouse, WarehouseError};
 use types::DIALECT;
 
 /// How long connecting may take before it counts as `Unavailable`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long the notification listener waits before reconnecting.
+const LISTEN_RETRY: Duration = Duration::from_secs(2);
+
 /// A connected PostgreSQL warehouse.
 pub struct Postgres {
     client: Client,
-    /// Kept to open a private connection for multi-statement transactions (`warehouse_diff`):
-    /// `client` is shared by every model, so a BEGIN on it would swallow their queries.
+    /// Kept to open private connections: for multi-statement transactions (`warehouse_diff`;
+    /// `client` is shared by every model, so a BEGIN on it would swallow their queries) and for
+    /// `LISTEN`.
     url: String,
 }
 
@@ -151,4 +160,62 @@ impl Warehouse for Postgres {
         }
         Ok(count)
     }
+}
+
+impl ChangeNotifications for Postgres {
+    fn notifications(&self, channels: &[String]) -> Option<Notifications> {
+        let (url, channels) = (self.url.clone(), channels.to_vec());
+        Some(Notifications::spawn(move |sender| async move {
+            // Reconnect with a delay when the connection drops: a NOTIFY missed meanwhile only
+            // delays a run to the model's next interval; it loses nothing.
+            while !sender.is_closed() {
+                if let Err(error) = listen(&url, &channels, &sender).await {
+                    tracing::warn!(%error, "notify listener failed, reconnecting in 2 s");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(LISTEN_RETRY) => {}
+                    _ = sender.closed() => {}
+                }
+            }
+        }))
+    }
+}
+
+/// `LISTEN` on `channels` over a new connection and send each notification's channel on
+/// `sender`, until the connection ends or the receiver is dropped.
+async fn listen(url: &str, channels: &[String], sender: &mpsc::UnboundedSender<String>) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
+    // The connection must be polled for the LISTENs to be sent and notifications to arrive: a
+    // task drives it, forwarding notifications, until it fails or nobody listens any more.
+    let forward = sender.clone();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        loop {
+            let message = tokio::select! {
+                message = messages.next() => message,
+                _ = forward.closed() => break,
+            };
+            match message {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if forward.send(n.channel().to_string()).is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "notify connection failed");
+                    break;
+                }
+                None => break,
+            }
+        }
+    });
+    for channel in channels {
+        client.batch_execute(&format!("LISTEN {}", ident(channel))).await?;
+    }
+    tracing::info!(channels = ?channels, "listening for NOTIFY");
+    // The driver ends when the connection does (then this returns and the caller reconnects) or
+    // when the stream was dropped.
+    let _ended = driver.await;
+    Ok(())
 }
