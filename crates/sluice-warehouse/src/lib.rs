@@ -11,16 +11,17 @@
 //! already read (out-of-order commits) — those need the look-back window and reconciliation of
 //! the `diff` modes.
 
-#[cfg(feature = "duckdb")]
-pub mod duckdb;
-pub mod postgres;
 pub mod sql;
 
-mod any;
+mod backends;
+mod notifications;
+mod session;
 
 use std::future::Future;
 
-pub use any::AnyWarehouse;
+// The backends (`postgres`, `duckdb`) and `AnyWarehouse`, listed in one place.
+pub use backends::*;
+pub use notifications::{ChangeNotifications, Notifications};
 
 use sluice_core::config::ModelConfig;
 use sluice_core::{ColumnType, Row, RowSchema, Value};
@@ -42,13 +43,19 @@ pub enum WarehouseError {
 
 /// A warehouse that can serve models.
 ///
-/// The engine (`sluice-poller`) only speaks through this trait, so another warehouse
-/// (DuckDB, Snowflake, BigQuery, Redshift) is one more implementation: map its types to
-/// [`ColumnType`] in `describe`, page by tuple comparison in `fetch_after`, stream a full read in
-/// `scan`. Nothing here assumes a server, a connection pool or Kafka.
+/// The engine (`sluice-poller`) only speaks through this trait (and [`SnapshotStore`],
+/// [`ChangeNotifications`]), reached through [`AnyWarehouse`]. An SQL warehouse implements it
+/// with the shared statements of [`sql`] and operations of `session`: it maps its types to
+/// [`ColumnType`] in `describe`, states its [`sql::Dialect`], and runs statements on its
+/// connection; `docs/warehouses.md` lists the files of a new one. Nothing here assumes a server,
+/// a connection pool or Kafka.
 pub trait Warehouse: Send + Sync {
     /// The model's columns and types, in config order, with its primary key.
     fn describe(&self, model: &ModelConfig) -> impl Future<Output = Result<RowSchema, WarehouseError>> + Send;
+
+    /// One keyset page ([`Page`]): the read the three `fetch_*` methods are made of. A row with
+    /// NULL in a key column refuses the whole page (nothing of it may be emitted).
+    fn fetch_page(&self, model: &ModelConfig, schema: &RowSchema, page: Page) -> impl Future<Output = Result<Vec<Row>, WarehouseError>> + Send;
 
     /// Up to `limit` rows ordered by (cursor column, primary key), strictly after `after`
     /// (the cursor tuple of the last row already emitted; `None` = from the beginning).
@@ -58,7 +65,9 @@ pub trait Warehouse: Send + Sync {
         schema: &RowSchema,
         after: Option<&[Value]>,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<Row>, WarehouseError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Row>, WarehouseError>> + Send {
+        self.fetch_page(model, schema, Page { order: PageOrder::Cursor, since: None, after: after.map(<[Value]>::to_vec), limit })
+    }
 
     /// Like [`fetch_after`](Warehouse::fetch_after), restricted to rows whose cursor column is
     /// at least `since` (the look-back window's lower bound): the window is read again on every
@@ -70,7 +79,9 @@ pub trait Warehouse: Send + Sync {
         since: &Value,
         after: Option<&[Value]>,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<Row>, WarehouseError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Row>, WarehouseError>> + Send {
+        self.fetch_page(model, schema, Page { order: PageOrder::Cursor, since: Some(since.clone()), after: after.map(<[Value]>::to_vec), limit })
+    }
 
     /// Up to `limit` rows in primary-key order, strictly after the key tuple `after` (`None` =
     /// from the first key). The first snapshot reads a model in these chunks, one Kafka
@@ -83,7 +94,9 @@ pub trait Warehouse: Send + Sync {
         schema: &RowSchema,
         after: Option<&[Value]>,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<Row>, WarehouseError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Row>, WarehouseError>> + Send {
+        self.fetch_page(model, schema, Page { order: PageOrder::Key, since: None, after: after.map(<[Value]>::to_vec), limit })
+    }
 
     /// Row count and key health of the model, computed inside the warehouse in one statement:
     /// the first snapshot checks its key gates with this before it emits anything.
@@ -96,6 +109,26 @@ pub trait Warehouse: Send + Sync {
     fn scan<F>(&self, model: &ModelConfig, schema: &RowSchema, each: F) -> impl Future<Output = Result<u64, WarehouseError>> + Send
     where
         F: FnMut(Row) -> Result<(), WarehouseError> + Send;
+}
+
+/// The columns a keyset page is ordered by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageOrder {
+    /// The cursor tuple: cursor column, then the key (cursor mode). Refused for a model
+    /// without a cursor.
+    Cursor,
+    /// The key (the first snapshot's chunks).
+    Key,
+}
+
+/// One page of a keyset read: ordered by `order`, strictly after the tuple `after` (`None` =
+/// from the beginning), with the first ordering column at least `since`, at most `limit` rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub order: PageOrder,
+    pub since: Option<Value>,
+    pub after: Option<Vec<Value>>,
+    pub limit: usize,
 }
 
 /// One change found by an in-warehouse diff: `before` absent for inserts, `after` for deletes.

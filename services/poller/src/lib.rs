@@ -98,9 +98,9 @@ pub async fn run_with(
     if let Some(addr) = options.trigger_listen {
         triggers::serve_http(addr, Arc::clone(&wakers), shutdown.clone()).await.with_context(|| format!("serving POST /run on {addr}"))?;
     }
-    triggers::spawn_notify_listener(&config, &models, Arc::clone(&wakers), shutdown.clone());
 
     let warehouse = Arc::new(AnyWarehouse::connect(&config.warehouse).await.context("connecting to the warehouse")?);
+    triggers::spawn_notify_listener(&config, &models, &warehouse, Arc::clone(&wakers), shutdown.clone());
     health.set_ready();
     tracing::info!(models = ?models, warehouse = warehouse.kind(), "poller started");
 

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Router;
 use sluice_core::config::{Config, ModelConfig};
+use sluice_warehouse::{AnyWarehouse, ChangeNotifications as _};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -121,10 +121,11 @@ pub async fn serve_http(addr: SocketAddr, wakers: Arc<Wakers>, shutdown: Cancell
     Ok(bound)
 }
 
-/// LISTEN on every model's `notify_channel` and wake the model on each NOTIFY, until shutdown.
-/// Reconnects with a delay when the connection drops (a missed NOTIFY only delays a run to the
-/// next interval; it loses nothing).
-pub fn spawn_notify_listener(config: &Config, models: &[String], wakers: Arc<Wakers>, shutdown: CancellationToken) {
+/// Wake each model on every notification on its `notify_channel`, until shutdown. The warehouse
+/// listens ([`ChangeNotifications`]: it reconnects on its own after a drop, and a missed
+/// notification only delays a run to the next interval; it loses nothing); this only maps
+/// channels to models.
+pub fn spawn_notify_listener(config: &Config, models: &[String], warehouse: &AnyWarehouse, wakers: Arc<Wakers>, shutdown: CancellationToken) {
     let mut channels: HashMap<String, Vec<String>> = HashMap::new();
     for model in models {
         if let Some(channel) = config.model(model).and_then(|m| m.notify_channel.clone()) {
@@ -134,68 +135,25 @@ pub fn spawn_notify_listener(config: &Config, models: &[String], wakers: Arc<Wak
     if channels.is_empty() {
         return;
     }
-    let sluice_core::config::WarehouseLocation::Postgres { url } = config.warehouse.location() else {
-        unreachable!("validated: notify_channel needs a PostgreSQL warehouse")
+    let listened: Vec<String> = channels.keys().cloned().collect();
+    let Some(mut notifications) = warehouse.notifications(&listened) else {
+        unreachable!("validated: notify_channel needs a warehouse that can notify")
     };
-    let url = url.to_string();
     tokio::spawn(async move {
-        while !shutdown.is_cancelled() {
-            if let Err(error) = listen(&url, &channels, &wakers, &shutdown).await {
-                tracing::warn!(%error, "notify listener failed, reconnecting in 2 s");
-            }
+        use futures::StreamExt as _;
+        loop {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                _ = shutdown.cancelled() => {}
+                channel = notifications.next() => match channel {
+                    Some(channel) => {
+                        for model in channels.get(&channel).into_iter().flatten() {
+                            wakers.wake(model, "notify");
+                        }
+                    }
+                    None => break,
+                },
+                // Dropping the stream stops the warehouse's listener.
+                _ = shutdown.cancelled() => break,
             }
         }
     });
-}
-
-async fn listen(
-    url: &str,
-    channels: &HashMap<String, Vec<String>>,
-    wakers: &Wakers,
-    shutdown: &CancellationToken,
-) -> Result<(), tokio_postgres::Error> {
-    use futures::StreamExt as _;
-    let config = tokio_postgres::Config::from_str(url)?;
-    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
-    let (sender, mut notifications) = tokio::sync::mpsc::unbounded_channel();
-    // The connection must be polled for notifications to arrive; forward them to this task.
-    let driver = tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(message) = messages.next().await {
-            match message {
-                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                    if sender.send(n.channel().to_string()).is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(%error, "notify connection failed");
-                    break;
-                }
-            }
-        }
-    });
-    for channel in channels.keys() {
-        client.batch_execute(&format!("LISTEN \"{}\"", channel.replace('"', "\"\""))).await?;
-    }
-    tracing::info!(channels = ?channels.keys().collect::<Vec<_>>(), "listening for NOTIFY");
-    loop {
-        tokio::select! {
-            channel = notifications.recv() => match channel {
-                Some(channel) => {
-                    for model in channels.get(&channel).into_iter().flatten() {
-                        wakers.wake(model, "notify");
-                    }
-                }
-                None => break,
-            },
-            _ = shutdown.cancelled() => break,
-        }
-    }
-    driver.abort();
-    Ok(())
 }

@@ -100,12 +100,61 @@ pub struct WarehouseConfig {
     pub path: Option<PathBuf>,
 }
 
+/// The warehouses sluice reads. What the config knows of a kind is in its `impl` below (its
+/// name, the setting that locates it, whether it can notify), so a new warehouse is a variant
+/// and one arm in each of those methods and in [`WarehouseConfig::location`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WarehouseKind {
     Postgres,
     /// Embedded and file-backed; needs a build with the `duckdb` cargo feature.
     Duckdb,
+}
+
+/// The `[warehouse]` setting that locates a warehouse; a kind takes exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WarehouseSetting {
+    /// `url`: a connection string, by reference (it usually holds a password).
+    Url,
+    /// `path`: a database file.
+    Path,
+}
+
+impl WarehouseKind {
+    /// The kind as written in the config (`kind = "postgres"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            WarehouseKind::Postgres => "postgres",
+            WarehouseKind::Duckdb => "duckdb",
+        }
+    }
+
+    /// The setting that locates it, and an example of it for error messages.
+    pub fn setting(self) -> (WarehouseSetting, &'static str) {
+        match self {
+            WarehouseKind::Postgres => (WarehouseSetting::Url, "url = { env = \"SLUICE_WAREHOUSE_URL\" } (a postgres:// connection string)"),
+            WarehouseKind::Duckdb => (WarehouseSetting::Path, "path = \"warehouse.duckdb\" (the database file)"),
+        }
+    }
+
+    /// Whether it can wake models when their data changes (`notify_channel`): the warehouse
+    /// crate's `ChangeNotifications` gives a stream exactly for these kinds.
+    pub fn can_notify(self) -> bool {
+        match self {
+            WarehouseKind::Postgres => true,
+            WarehouseKind::Duckdb => false,
+        }
+    }
+}
+
+impl WarehouseSetting {
+    /// The setting's key in `[warehouse]`.
+    pub fn key(self) -> &'static str {
+        match self {
+            WarehouseSetting::Url => "url",
+            WarehouseSetting::Path => "path",
+        }
+    }
 }
 
 /// Where the warehouse is, by kind (validated: each kind has its own setting and only that).
@@ -310,14 +359,12 @@ impl Config {
                 "use letters, digits, '_' and '-' only",
             ));
         }
-        match (self.warehouse.kind, &self.warehouse.url, &self.warehouse.path) {
-            (WarehouseKind::Postgres, Some(_), None) | (WarehouseKind::Duckdb, None, Some(_)) => {}
-            (WarehouseKind::Postgres, _, _) => {
-                return Err(whole("[warehouse] kind = \"postgres\" needs `url` and no `path`".into(), "url = { env = \"SLUICE_WAREHOUSE_URL\" } (a postgres:// connection string)"))
-            }
-            (WarehouseKind::Duckdb, _, _) => {
-                return Err(whole("[warehouse] kind = \"duckdb\" needs `path` and no `url`".into(), "path = \"warehouse.duckdb\" (the database file)"))
-            }
+        let kind = self.warehouse.kind;
+        let (setting, example) = kind.setting();
+        let given = [(WarehouseSetting::Url, self.warehouse.url.is_some()), (WarehouseSetting::Path, self.warehouse.path.is_some())];
+        if given.iter().any(|&(key, is_set)| is_set != (key == setting)) {
+            let others: Vec<String> = given.iter().filter(|(key, _)| *key != setting).map(|(key, _)| format!("`{}`", key.key())).collect();
+            return Err(whole(format!("[warehouse] kind = \"{}\" needs `{}` and no {}", kind.name(), setting.key(), others.join(" or ")), example));
         }
         let mut names = HashSet::new();
         for model in &self.models {
@@ -350,8 +397,12 @@ impl Config {
                     return Err(err(model.name.span(), format!("model {name:?}: detection column {column:?} is not in `columns`"), "add it to `columns`"));
                 }
             }
-            if model.notify_channel.is_some() && self.warehouse.kind != WarehouseKind::Postgres {
-                return Err(err(model.name.span(), format!("model {name:?}: notify_channel needs a PostgreSQL warehouse (LISTEN/NOTIFY)"), "remove it and use poll_interval_ms, cron or POST /run/<model>"));
+            if model.notify_channel.is_some() && !self.warehouse.kind.can_notify() {
+                return Err(err(
+                    model.name.span(),
+                    format!("model {name:?}: notify_channel needs a warehouse that can notify (PostgreSQL's LISTEN/NOTIFY); kind = \"{}\" cannot", self.warehouse.kind.name()),
+                    "remove it and use poll_interval_ms, cron or POST /run/<model>",
+                ));
             }
             if let Detection::Cursor { cursor_column, deleted_column, reconcile_interval_ms, .. } = &model.detection {
                 if let Some(deleted) = deleted_column {
@@ -553,7 +604,8 @@ fields = { email = "email" }
 
         let notify = duck.replace("primary_key = [\"id\"]", "primary_key = [\"id\"]\nnotify_channel = \"members_changed\"");
         let e = parse(&notify).unwrap_err();
-        assert!(e.message.contains("notify_channel needs a PostgreSQL warehouse"), "{e}");
+        assert!(e.message.contains("notify_channel needs a warehouse that can notify (PostgreSQL's LISTEN/NOTIFY); kind = \"duckdb\" cannot"), "{e}");
+        assert_eq!(e.fix, "remove it and use poll_interval_ms, cron or POST /run/<model>");
         assert!(e.line.is_some(), "points at the model");
     }
 

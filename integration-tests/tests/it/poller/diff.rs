@@ -3,67 +3,10 @@
 //! restart, crashes at random points, and the data-quality gates.
 
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use super::common::*;
-use sluice_core::Op;
 use sluice_integration_tests::eventually;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn diff_emits_inserts_updates_and_deletes_then_continues_from_the_topic_after_restart() {
-    let f = fixture("diff", None, "").await;
-    for id in 1..=10 {
-        upsert(&f, id, "free", "10.00").await;
-    }
-    let (stop, poller) = start_poller(&f.config, &[]);
-    eventually("snapshot of 10 rows", WAIT, || count(&decode_all(&f), "r") == 10).await;
-
-    upsert(&f, 3, "pro", "10.00").await; // one column changes
-    upsert(&f, 4, "pro", "99.95").await; // two columns change
-    f.db.execute(&format!("DELETE FROM {} WHERE id IN (5, 6)", f.table), &[]).await.unwrap();
-    upsert(&f, 11, "free", "0.00").await;
-    eventually("1 insert, 2 updates, 2 deletes", WAIT, || {
-        let events = decode_all(&f);
-        count(&events, "c") == 1 && count(&events, "u") == 2 && count(&events, "d") == 2 && count(&events, "tombstone") == 2
-    })
-    .await;
-    let events = decode_all(&f);
-    let updates: HashMap<i64, Vec<String>> = events
-        .iter()
-        .filter_map(|(_, d)| d.as_ref())
-        .filter(|(op, ..)| *op == Op::Update)
-        .map(|(_, _, after, changed)| (id_of(after.as_ref().unwrap()), changed.clone().unwrap()))
-        .collect();
-    assert_eq!(updates[&3], vec!["tier".to_string()]);
-    assert_eq!(updates[&4], vec!["tier".to_string(), "ltv".to_string()]);
-    // The tombstone is the record right after its delete, in the same partition.
-    for (i, (record, decoded)) in events.iter().enumerate() {
-        if matches!(decoded, Some((Op::Delete, ..))) {
-            let next = events.iter().skip(i + 1).find(|(r, _)| r.partition == record.partition).expect("a record after the delete");
-            assert!(next.1.is_none() && next.0.key == record.key, "delete then tombstone for the same key");
-        }
-        if decoded.is_some() {
-            assert_eq!(record.header("sluice.run.id").map(str::len), Some(36), "run id header");
-        }
-    }
-    assert_eq!(replay(&events), table_state(&f).await, "the compacted topic's state equals the table");
-
-    // Stop, change while stopped, restart: the state comes back from the topic; only the new
-    // change is emitted, nothing again.
-    stop.cancel();
-    poller.await.unwrap().unwrap();
-    let before_restart = events.len();
-    upsert(&f, 7, "gold", "10.00").await;
-    let (stop, poller) = start_poller(&f.config, &[]);
-    eventually("the change made while stopped", WAIT, || count(&decode_all(&f), "u") == 3).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await; // several more runs: nothing new
-    stop.cancel();
-    poller.await.unwrap().unwrap();
-    let events = decode_all(&f);
-    assert_eq!(events.len(), before_restart + 1, "exactly one new event after the restart: {:?}", ops(&events));
-    assert_eq!(replay(&events), table_state(&f).await);
-}
 
 /// The poller task is aborted at random points (mid-scan, mid-transaction, between the
 /// transactions of one run) while rows are inserted, updated and deleted; afterwards the log is

@@ -3,49 +3,10 @@
 //! run never reached Kafka is discarded, and crashes at random points lose and duplicate nothing.
 
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use super::common::*;
-use sluice_core::Op;
 use sluice_integration_tests::eventually;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn warehouse_diff_emits_changes_with_before_images_and_swaps_the_snapshot_after_commit() {
-    let f = fixture("warehouse_diff", None, "").await;
-    for id in 1..=10 {
-        upsert(&f, id, "free", "10.00").await;
-    }
-    let (stop, poller) = start_poller(&f.config, &[]);
-    eventually("snapshot of 10 rows", WAIT, || count(&decode_all(&f), "r") == 10).await;
-
-    upsert(&f, 3, "pro", "10.00").await;
-    upsert(&f, 4, "pro", "99.95").await;
-    f.db.execute(&format!("DELETE FROM {} WHERE id IN (5, 6)", f.table), &[]).await.unwrap();
-    upsert(&f, 11, "free", "0.00").await;
-    eventually("1 insert, 2 updates, 2 deletes", WAIT, || {
-        let events = decode_all(&f);
-        count(&events, "c") == 1 && count(&events, "u") == 2 && count(&events, "d") == 2 && count(&events, "tombstone") == 2
-    })
-    .await;
-    let events = decode_all(&f);
-    let updates: HashMap<i64, Vec<String>> = events
-        .iter()
-        .filter_map(|(_, d)| d.as_ref())
-        .filter(|(op, ..)| *op == Op::Update)
-        .map(|(_, _, after, changed)| (id_of(after.as_ref().unwrap()), changed.clone().unwrap()))
-        .collect();
-    assert_eq!(updates[&3], vec!["tier".to_string()]);
-    assert_eq!(updates[&4], vec!["tier".to_string(), "ltv".to_string()]);
-    assert_eq!(replay(&events), table_state(&f).await, "the compacted topic's state equals the table");
-    stop.cancel();
-    poller.await.unwrap().unwrap();
-    let model = &f.model;
-    let snapshot: i64 = f.db.query_one(&format!(r#"SELECT count(*) FROM sluice_state."{model}_snapshot""#), &[]).await.unwrap().get(0);
-    assert_eq!(snapshot, 9, "the swapped-in snapshot holds the table's rows");
-    let pending: Option<String> = f.db.query_one(&format!(r#"SELECT to_regclass('sluice_state."{model}_pending"')::text"#), &[]).await.unwrap().get(0);
-    assert_eq!(pending, None, "no pending snapshot after a completed run");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pending_snapshot_whose_run_never_reached_kafka_is_discarded() {

@@ -1,18 +1,27 @@
-//! The configured warehouse as one concrete type, so services and tools hold `AnyWarehouse`
-//! and never name a backend. Adding a warehouse is a variant here and an implementation of
-//! [`Warehouse`] (plus [`SnapshotStore`] if it can keep snapshots); the engine is untouched.
+//! The warehouses this build supports, listed in one place: a module per backend, each with the
+//! same split (`mod.rs`: connection, session, `Warehouse`; `types.rs`: type mapping, value
+//! reading, the SQL dialect; `snapshot.rs`: `SnapshotStore`), and [`AnyWarehouse`], the
+//! configured one as a concrete type, so services and tools never name a backend.
+//!
+//! Guarantee: every `AnyWarehouse` method is its backend's own, passed through unchanged.
+//! Besides its own folder, a new warehouse touches this file only (a `mod` line, a variant and
+//! its arms in `connect`, `execute_script`, `kind` and `on_backend!`): see `docs/warehouses.md`.
 
 use sluice_core::config::{ModelConfig, WarehouseConfig, WarehouseLocation};
-use sluice_core::{Row, RowSchema, Value};
+use sluice_core::{Row, RowSchema};
 
-use crate::postgres::Postgres;
-use crate::{KeyCheck, PreparedSnapshot, SnapshotChange, SnapshotPlan, SnapshotStore, Warehouse, WarehouseError};
+#[cfg(feature = "duckdb")]
+pub mod duckdb;
+pub mod postgres;
+
+use postgres::Postgres;
+use crate::{ChangeNotifications, KeyCheck, Notifications, Page, PreparedSnapshot, SnapshotChange, SnapshotPlan, SnapshotStore, Warehouse, WarehouseError};
 
 /// One of the warehouses this build supports.
 pub enum AnyWarehouse {
     Postgres(Postgres),
     #[cfg(feature = "duckdb")]
-    DuckDb(crate::duckdb::DuckDb),
+    DuckDb(self::duckdb::DuckDb),
 }
 
 impl AnyWarehouse {
@@ -21,7 +30,7 @@ impl AnyWarehouse {
         match config.location() {
             WarehouseLocation::Postgres { url } => Ok(AnyWarehouse::Postgres(Postgres::connect(url).await?)),
             #[cfg(feature = "duckdb")]
-            WarehouseLocation::Duckdb { path } => Ok(AnyWarehouse::DuckDb(crate::duckdb::DuckDb::open(path).await?)),
+            WarehouseLocation::Duckdb { path } => Ok(AnyWarehouse::DuckDb(self::duckdb::DuckDb::open(path).await?)),
             #[cfg(not(feature = "duckdb"))]
             WarehouseLocation::Duckdb { .. } => Err(WarehouseError::Unsupported(
                 "this build of sluice has no DuckDB support; build it with `--features duckdb` (ops/quickstart.sh, ops/test.sh and the Docker image do)".into(),
@@ -35,7 +44,7 @@ impl AnyWarehouse {
     pub async fn connect_for_script(config: &WarehouseConfig, create: bool) -> Result<AnyWarehouse, WarehouseError> {
         #[cfg(feature = "duckdb")]
         if let (true, WarehouseLocation::Duckdb { path }) = (create, config.location()) {
-            return Ok(AnyWarehouse::DuckDb(crate::duckdb::DuckDb::create(path).await?));
+            return Ok(AnyWarehouse::DuckDb(self::duckdb::DuckDb::create(path).await?));
         }
         let _ = create;
         AnyWarehouse::connect(config).await
@@ -77,23 +86,8 @@ impl Warehouse for AnyWarehouse {
         on_backend!(self, w => w.describe(model).await)
     }
 
-    async fn fetch_after(&self, model: &ModelConfig, schema: &RowSchema, after: Option<&[Value]>, limit: usize) -> Result<Vec<Row>, WarehouseError> {
-        on_backend!(self, w => w.fetch_after(model, schema, after, limit).await)
-    }
-
-    async fn fetch_since(
-        &self,
-        model: &ModelConfig,
-        schema: &RowSchema,
-        since: &Value,
-        after: Option<&[Value]>,
-        limit: usize,
-    ) -> Result<Vec<Row>, WarehouseError> {
-        on_backend!(self, w => w.fetch_since(model, schema, since, after, limit).await)
-    }
-
-    async fn fetch_by_key(&self, model: &ModelConfig, schema: &RowSchema, after: Option<&[Value]>, limit: usize) -> Result<Vec<Row>, WarehouseError> {
-        on_backend!(self, w => w.fetch_by_key(model, schema, after, limit).await)
+    async fn fetch_page(&self, model: &ModelConfig, schema: &RowSchema, page: Page) -> Result<Vec<Row>, WarehouseError> {
+        on_backend!(self, w => w.fetch_page(model, schema, page).await)
     }
 
     async fn check_keys(&self, model: &ModelConfig, schema: &RowSchema) -> Result<KeyCheck, WarehouseError> {
@@ -131,5 +125,11 @@ impl SnapshotStore for AnyWarehouse {
 
     async fn discard_snapshot(&self, model: &ModelConfig) -> Result<(), WarehouseError> {
         on_backend!(self, w => w.discard_snapshot(model).await)
+    }
+}
+
+impl ChangeNotifications for AnyWarehouse {
+    fn notifications(&self, channels: &[String]) -> Option<Notifications> {
+        on_backend!(self, w => w.notifications(channels))
     }
 }
