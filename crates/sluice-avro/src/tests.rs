@@ -266,3 +266,31 @@ fn all_types_row() -> Vec<Value> {
 fn insert(row: Vec<Value>) -> ChangeEvent {
     ChangeEvent { op: Op::Create, before: None, after: Some(row), source: source_for_tests("all_types"), ts_ms: 1, changed: None }
 }
+
+/// The example model of `schemas/examples/` (and of docs/consumers.md).
+fn customers_example() -> RowSchema {
+    let col = |name: &str, ty, nullable| Column { name: name.into(), ty, nullable };
+    RowSchema {
+        columns: vec![
+            col("id", ColumnType::Long, false),
+            col("email", ColumnType::String, false),
+            col("plan", ColumnType::String, true),
+            col("mrr", ColumnType::Decimal { precision: 12, scale: 2 }, true),
+            col("signed_up", ColumnType::Date, true),
+            col("updated_at", ColumnType::TimestampMicros { utc: true }, false),
+            col("attrs", ColumnType::Json, true),
+        ],
+        primary_key: vec![0],
+    }
+}
+
+/// `schemas/examples/customers.*.avsc` are exactly what sluice publishes for that model (and
+/// what `sluice schema export customers --writer DIR` writes), so the examples cannot drift.
+#[test]
+fn schema_examples_are_what_sluice_publishes() {
+    let codec = ModelCodec::new("customers", customers_example()).unwrap();
+    let [key, value] = codec.schemas();
+    assert_eq!(include_str!("../../../schemas/examples/customers.key.avsc"), format!("{}\n", key.json));
+    assert_eq!(include_str!("../../../schemas/examples/customers.value.avsc"), format!("{}\n", value.json));
+}
+
