@@ -38,5 +38,7 @@ log "cargo: ok ($(cargo --version 2>/dev/null || command -v cargo))"
 
 # fastavro: the outside decoder of the integration tests (an Avro implementation that is not
 # ours computes every fingerprint itself). Pinned, so the vectors it produced stay reproducible.
-py_install fastavro==1.13.1
+# confluent-kafka: the Kafka client of the Python consumer example (docs/examples/), which the
+# same tests run against the live broker.
+py_install fastavro==1.13.1 confluent-kafka==2.16.1
 log "deps: all present"

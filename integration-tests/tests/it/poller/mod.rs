@@ -1,7 +1,7 @@
 //! The poller against the real broker and warehouses: every detection mode, gates, contracts,
 //! triggers, plans, first snapshots and crash tests.
 
-mod common;
+pub(crate) mod common;
 mod crash;
 mod cursor;
 mod diff;
