@@ -125,13 +125,11 @@ pub fn envelope_schema_json(model: &str, row: &RowSchema) -> Result<Json, CodecE
         "fields": fields(model, row.columns.iter())?,
     });
     envelope["namespace"] = json!(namespace(model)?);
-    let envelope_fields = envelope["fields"].as_array_mut().expect("envelope has fields");
-    for field in envelope_fields.iter_mut() {
-        match field["name"].as_str() {
-            // The first use defines Row; the second (`after`) refers to it by name, as Avro requires.
-            Some("before") => field["type"] = json!(["null", row_record.clone()]),
-            _ => {}
-        }
-    }
+    // `before` is the first use, so it defines Row; `after` refers to it by name, as Avro requires.
+    let before = envelope["fields"]
+        .as_array_mut()
+        .and_then(|fields| fields.iter_mut().find(|f| f["name"] == "before"))
+        .expect("the envelope template has a `before` field");
+    before["type"] = json!(["null", row_record]);
     Ok(envelope)
 }
