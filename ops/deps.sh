@@ -11,7 +11,7 @@ set -euo pipefail
 apt_install \
     postgresql redis-server redis-tools \
     cmake build-essential pkg-config libssl-dev zlib1g-dev libcurl4-openssl-dev \
-    curl ca-certificates unzip
+    curl ca-certificates unzip python3 python3-venv
 
 # Toolchains can't be fetched from outside the package registries here, so we
 # only check for them and say clearly what is missing.
@@ -35,4 +35,10 @@ command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain (r
 log "cargo: ok ($(cargo --version 2>/dev/null || command -v cargo))"
 
 "$OPS_DIR/kafka.sh" fetch
+
+# fastavro: the outside decoder of the integration tests (an Avro implementation that is not
+# ours computes every fingerprint itself). Pinned, so the vectors it produced stay reproducible.
+# confluent-kafka: the Kafka client of the Python consumer example (docs/examples/), which the
+# same tests run against the live broker.
+py_install fastavro==1.13.1 confluent-kafka==2.16.1
 log "deps: all present"

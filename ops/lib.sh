@@ -69,6 +69,41 @@ _apt_get_install() {
         >>"$SLUICE_LOG_DIR/apt.log" 2>&1
 }
 
+# --- Python tools of the tests -------------------------------------------------
+# A virtualenv outside the clone (per machine, like the Kafka jars) with the pinned Python
+# packages the integration tests run: fastavro, an Avro implementation independent of ours,
+# decodes sluice's topics by fingerprints it computes itself (tests/it/outside_decoder.rs).
+# The tests find its interpreter at $SLUICE_CACHE_DIR/py/bin/python.
+SLUICE_PY_VENV="$SLUICE_CACHE_DIR/py"
+
+# py_install NAME==VERSION... — make the venv and pip-install the pins it lacks.
+# Like apt_install: when every pin is already installed it touches neither pip nor the
+# network. Only exact pins are accepted, so "installed" has one meaning.
+py_install() {
+    local missing=() req name want have
+    for req in "$@"; do
+        case "$req" in *==*) ;; *) die "py_install: $req is not pinned (NAME==VERSION)" ;; esac
+    done
+    if [ ! -x "$SLUICE_PY_VENV/bin/python" ]; then
+        command -v python3 >/dev/null || die "python3 not found: needed for the test venv (apt-get install python3 python3-venv)"
+        log "python: creating venv $SLUICE_PY_VENV"
+        python3 -m venv "$SLUICE_PY_VENV" >>"$SLUICE_LOG_DIR/pip.log" 2>&1 \
+            || { tail -n 20 "$SLUICE_LOG_DIR/pip.log" >&2; die "python3 -m venv $SLUICE_PY_VENV failed (log: $SLUICE_LOG_DIR/pip.log)"; }
+    fi
+    for req in "$@"; do
+        name="${req%%==*}" want="${req#*==}"
+        have="$("$SLUICE_PY_VENV/bin/python" -c 'import importlib.metadata as m, sys; print(m.version(sys.argv[1]))' "$name" 2>/dev/null || true)"
+        [ "$have" = "$want" ] || missing+=("$req")
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        log "python: already installed in $SLUICE_PY_VENV: $*"
+        return 0
+    fi
+    log "python: installing ${missing[*]} into $SLUICE_PY_VENV (log: $SLUICE_LOG_DIR/pip.log)"
+    "$SLUICE_PY_VENV/bin/python" -m pip install -q "${missing[@]}" >>"$SLUICE_LOG_DIR/pip.log" 2>&1 \
+        || { tail -n 20 "$SLUICE_LOG_DIR/pip.log" >&2; die "pip install ${missing[*]} failed (log: $SLUICE_LOG_DIR/pip.log)"; }
+}
+
 # port_open HOST PORT — true if something accepts TCP connections there.
 # bash's /dev/tcp needs no extra packages (nc is not installed everywhere).
 port_open() {

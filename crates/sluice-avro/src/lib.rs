@@ -6,18 +6,25 @@
 //! the `<prefix>.schemas` compacted topic, keyed by that fingerprint, so any consumer can decode
 //! any event ever written — including during a replay long after the model changed.
 //!
+//! Fingerprints are the specification's ([`canonical`]): a consumer in any language computes
+//! the same value from the published schema text. Events written before that carry
+//! apache-avro's (AVRO-4004) fingerprint of the same schema; the decoders here accept both, and
+//! [`ModelCodec::is_own_value_fingerprint`] recognises both.
+//!
 //! Performance: schemas are parsed once per model ([`ModelCodec::new`]); encoding goes through
 //! apache-avro's schema-aware serde serializer (`write_avro_datum_ref`) straight into the output
 //! buffer, never through an intermediate `Value` or a per-record `ResolvedSchema` (which costs
 //! 80–90% of encode time, see apache/avro-rs issues 310 and 371). Decoding uses
 //! `GenericSingleObjectReader`, which resolves its schema once.
 
+pub mod canonical;
 mod model_schema;
 mod poller_state;
 mod ser;
 
 use std::sync::Arc;
 
+use apache_avro::headers::HeaderBuilder;
 use apache_avro::{GenericSingleObjectReader, Schema};
 use sluice_core::{ChangeEvent, Row, RowSchema, Value};
 
@@ -30,6 +37,8 @@ pub use poller_state::{decode_state, encode_state, PollerState};
 pub enum CodecError {
     #[error("invalid schema for model {model}: {source}")]
     Schema { model: String, source: apache_avro::Error },
+    #[error("no canonical form for a schema of model {model}: {source}")]
+    CanonicalForm { model: String, source: canonical::CanonicalFormError },
     #[error("column {column:?} of model {model} cannot be an Avro field name")]
     ColumnName { model: String, column: String },
     #[error("encoding failed: {0}")]
@@ -76,26 +85,38 @@ fn hex(bytes: &[u8]) -> String {
 struct WriterSchema {
     write_schema: Schema,
     header: [u8; HEADER_LEN],
+    /// The specification's fingerprint of `json`, as 16 hex digits (the schema topic's key).
     fingerprint: String,
+    /// apache-avro's fingerprint of the same schema: what events written before carry.
+    legacy_fingerprint: [u8; 8],
+    /// The schema text published on the schema topic; `fingerprint` is computed from it.
     json: String,
 }
 
 impl WriterSchema {
-    fn new(schema: Schema) -> WriterSchema {
-        let fingerprint = schema.fingerprint::<apache_avro::rabin::Rabin>();
+    fn new(model: &str, schema: Schema) -> Result<WriterSchema, CodecError> {
+        let json = serde_json::to_string(&schema).expect("a parsed schema serialises");
+        // Fingerprint the very text consumers get, so what they compute from it is what we wrote.
+        let published: serde_json::Value = serde_json::from_str(&json).expect("serialised schema is JSON");
+        let fingerprint = canonical::fingerprint(&published)
+            .map_err(|source| CodecError::CanonicalForm { model: model.to_string(), source })?;
         let mut header = [0u8; HEADER_LEN];
         header[0] = 0xC3;
         header[1] = 0x01;
-        header[2..].copy_from_slice(&fingerprint.bytes);
-        let json = serde_json::to_string(&schema).expect("a parsed schema serialises");
+        header[2..].copy_from_slice(&fingerprint);
+        let legacy_fingerprint = canonical::legacy_fingerprint(&schema);
         let write_schema = inline_refs(&schema, &mut std::collections::HashMap::new());
-        WriterSchema { write_schema, header, fingerprint: hex(&fingerprint.bytes), json }
+        Ok(WriterSchema { write_schema, header, fingerprint: hex(&fingerprint), legacy_fingerprint, json })
     }
 
     fn encode(&self, value: &impl serde::Serialize, out: &mut Vec<u8>) -> Result<(), CodecError> {
         out.extend_from_slice(&self.header);
         apache_avro::write_avro_datum_ref(&self.write_schema, value, out).map_err(CodecError::Encode)?;
         Ok(())
+    }
+
+    fn is_own_fingerprint(&self, fingerprint: &[u8; 8]) -> bool {
+        self.header[2..] == fingerprint[..] || self.legacy_fingerprint == *fingerprint
     }
 }
 
@@ -151,8 +172,8 @@ impl ModelCodec {
         let parse = |json: serde_json::Value| {
             Schema::parse(&json).map_err(|source| CodecError::Schema { model: model.to_string(), source })
         };
-        let key = WriterSchema::new(parse(key_schema_json(model, &row)?)?);
-        let value = WriterSchema::new(parse(envelope_schema_json(model, &row)?)?);
+        let key = WriterSchema::new(model, parse(key_schema_json(model, &row)?)?)?;
+        let value = WriterSchema::new(model, parse(envelope_schema_json(model, &row)?)?)?;
         let names = ser::ColumnNames::leak(&row);
         Ok(ModelCodec { model: model.to_string(), row: Arc::new(row), names, key, value })
     }
@@ -168,6 +189,24 @@ impl ModelCodec {
     /// Fingerprint of the value (envelope) schema, as 16 hex digits; carried in a header too.
     pub fn value_fingerprint(&self) -> &str {
         &self.value.fingerprint
+    }
+
+    /// Whether `fingerprint` names this codec's value schema: its specification fingerprint, or
+    /// the legacy (apache-avro) one that events of the same schema written before carry.
+    pub fn is_own_value_fingerprint(&self, fingerprint: &[u8; 8]) -> bool {
+        self.value.is_own_fingerprint(fingerprint)
+    }
+
+    /// Whether `fingerprint` names this codec's key schema (specification or legacy fingerprint).
+    pub fn is_own_key_fingerprint(&self, fingerprint: &[u8; 8]) -> bool {
+        self.key.is_own_fingerprint(fingerprint)
+    }
+
+    /// The legacy (apache-avro, AVRO-4004) fingerprints of the key and value schemas, as 16 hex
+    /// digits each: the schema-topic keys a model had before sluice fingerprinted by the
+    /// specification. For tests and migration checks; sluice writes only the new ones.
+    pub fn legacy_fingerprints(&self) -> [String; 2] {
+        [hex(&self.key.legacy_fingerprint), hex(&self.value.legacy_fingerprint)]
     }
 
     /// The key and value schemas to publish before the first event that uses them.
@@ -189,9 +228,56 @@ impl ModelCodec {
     }
 }
 
+/// Reads the single-object encoded datums of one writer schema, whichever of the schema's two
+/// fingerprints (specification or legacy, see [`canonical`]) their header carries.
+///
+/// Why not apache-avro's reader alone: it accepts only the header with its own (legacy)
+/// fingerprint. So the header is checked here and its reader, built to expect no header, gets
+/// the bare datum; names are still resolved once, when the reader is built.
+struct DatumReader {
+    reader: GenericSingleObjectReader,
+    /// Specification fingerprint first, then the legacy one.
+    fingerprints: [[u8; 8]; 2],
+}
+
+/// The empty header: apache-avro's reader then reads the datum straight away.
+struct NoHeader;
+
+impl HeaderBuilder for NoHeader {
+    fn build_header(&self) -> Vec<u8> {
+        Vec::new()
+    }
+}
+
+impl DatumReader {
+    /// Parse a schema published on the schema topic; `what` names it in errors.
+    fn new(what: &str, schema_json: &str) -> Result<(Schema, DatumReader), CodecError> {
+        let bad = |e: &dyn std::fmt::Display| CodecError::Decode(format!("bad {what} schema: {e}"));
+        let schema = Schema::parse_str(schema_json).map_err(|e| bad(&e))?;
+        let json: serde_json::Value = serde_json::from_str(schema_json).map_err(|e| bad(&e))?;
+        let fingerprints = [canonical::fingerprint(&json).map_err(|e| bad(&e))?, canonical::legacy_fingerprint(&schema)];
+        let reader = GenericSingleObjectReader::new_with_header_builder(schema.clone(), NoHeader).map_err(|e| bad(&e))?;
+        Ok((schema, DatumReader { reader, fingerprints }))
+    }
+
+    fn read(&self, message: &[u8]) -> Result<apache_avro::types::Value, CodecError> {
+        let fingerprint = fingerprint_bytes(message)?;
+        if !self.fingerprints.contains(&fingerprint) {
+            return Err(CodecError::Decode(format!(
+                "message names writer schema {}, this decoder reads {} (legacy {})",
+                hex(&fingerprint),
+                hex(&self.fingerprints[0]),
+                hex(&self.fingerprints[1]),
+            )));
+        }
+        let mut datum = &message[HEADER_LEN..];
+        self.reader.read_value(&mut datum).map_err(|e| CodecError::Decode(e.to_string()))
+    }
+}
+
 /// Decoder for events written with one writer schema (a value schema from the schema topic).
 pub struct EventDecoder {
-    reader: GenericSingleObjectReader,
+    reader: DatumReader,
     model: String,
     columns: Arc<Vec<String>>,
     text_kinds: Arc<Vec<Option<String>>>,
@@ -216,7 +302,7 @@ impl DecodedEvent {
 impl EventDecoder {
     /// Parse a writer schema published on the schema topic.
     pub fn new(schema_json: &str) -> Result<EventDecoder, CodecError> {
-        let schema = Schema::parse_str(schema_json).map_err(|e| CodecError::Decode(format!("bad writer schema: {e}")))?;
+        let (schema, reader) = DatumReader::new("writer", schema_json)?;
         let Schema::Record(envelope) = &schema else {
             return Err(CodecError::Decode("writer schema is not a record".into()));
         };
@@ -256,14 +342,12 @@ impl EventDecoder {
                 })
                 .collect(),
         );
-        let reader = GenericSingleObjectReader::new(schema).map_err(|e| CodecError::Decode(e.to_string()))?;
         Ok(EventDecoder { reader, model, columns, text_kinds })
     }
 
     /// Decode one single-object encoded change event.
     pub fn decode(&self, message: &[u8]) -> Result<DecodedEvent, CodecError> {
-        let mut input = message;
-        let value = self.reader.read_value(&mut input).map_err(|e| CodecError::Decode(e.to_string()))?;
+        let value = self.reader.read(message)?;
         ser::envelope_from_avro(value, &self.columns, &self.text_kinds)
             .map_err(|e| CodecError::Decode(format!("{} (schema {})", e, self.model)))
     }
@@ -280,18 +364,17 @@ mod tests;
 
 /// Decoder for keys written with one key schema: yields the key's fields by name.
 pub struct KeyDecoder {
-    reader: GenericSingleObjectReader,
+    reader: DatumReader,
     field_names: Vec<String>,
 }
 
 impl KeyDecoder {
     pub fn new(schema_json: &str) -> Result<KeyDecoder, CodecError> {
-        let schema = Schema::parse_str(schema_json).map_err(|e| CodecError::Decode(format!("bad key schema: {e}")))?;
+        let (schema, reader) = DatumReader::new("key", schema_json)?;
         let field_names = match &schema {
             Schema::Record(record) => record.fields.iter().map(|f| f.name.clone()).collect(),
             _ => return Err(CodecError::Decode("key schema is not a record".into())),
         };
-        let reader = GenericSingleObjectReader::new(schema).map_err(|e| CodecError::Decode(e.to_string()))?;
         Ok(KeyDecoder { reader, field_names })
     }
 
@@ -304,8 +387,7 @@ impl KeyDecoder {
 
     /// The key's fields, in key order.
     pub fn decode(&self, message: &[u8]) -> Result<Vec<(String, Value)>, CodecError> {
-        let mut input = message;
-        match self.reader.read_value(&mut input).map_err(|e| CodecError::Decode(e.to_string()))? {
+        match self.reader.read(message)? {
             apache_avro::types::Value::Record(fields) => fields
                 .into_iter()
                 .map(|(name, value)| ser::core_value(&value).map(|v| (name, v)).map_err(CodecError::Decode))

@@ -1,5 +1,5 @@
-//! Per-model Avro schemas, built from the fixed envelope parts in `schemas/envelope/` and the
-//! model's columns.
+//! Per-model Avro schemas, built from the envelope template `schemas/envelope/envelope.avsc`
+//! (a schema that parses on its own, with an empty `Row`) and the model's columns.
 //!
 //! Each model gets its own namespace, `sluice.models.<model>`, so the `Row`, `Key` and
 //! `Envelope` records of different models never clash in a registry. Type mapping, one Avro
@@ -26,7 +26,6 @@ use sluice_core::{ColumnType, RowSchema};
 use crate::CodecError;
 
 const ENVELOPE: &str = include_str!("../../../schemas/envelope/envelope.avsc");
-const SOURCE: &str = include_str!("../../../schemas/envelope/source.avsc");
 
 /// A valid Avro name for a model or column: `[A-Za-z_][A-Za-z0-9_]*`, with `-` turned into `_`.
 /// Returns `None` when the name cannot be made valid that way.
@@ -115,11 +114,10 @@ pub fn key_schema_json(model: &str, row: &RowSchema) -> Result<Json, CodecError>
     }))
 }
 
-/// The value schema of a model: the envelope with the model's `Row` record and the `Source`
-/// record inlined, so the schema stands alone.
+/// The value schema of a model: the envelope template in the model's namespace, with the
+/// model's `Row` record in place of the template's empty one, so the schema stands alone.
 pub fn envelope_schema_json(model: &str, row: &RowSchema) -> Result<Json, CodecError> {
     let mut envelope: Json = serde_json::from_str(ENVELOPE).expect("schemas/envelope/envelope.avsc is JSON");
-    let source: Json = serde_json::from_str(SOURCE).expect("schemas/envelope/source.avsc is JSON");
     let row_record = json!({
         "type": "record",
         "name": "Row",
@@ -127,14 +125,11 @@ pub fn envelope_schema_json(model: &str, row: &RowSchema) -> Result<Json, CodecE
         "fields": fields(model, row.columns.iter())?,
     });
     envelope["namespace"] = json!(namespace(model)?);
-    let envelope_fields = envelope["fields"].as_array_mut().expect("envelope has fields");
-    for field in envelope_fields.iter_mut() {
-        match field["name"].as_str() {
-            // The first use defines Row; the second refers to it by name, as Avro requires.
-            Some("before") => field["type"] = json!(["null", row_record.clone()]),
-            Some("source") => field["type"] = source.clone(),
-            _ => {}
-        }
-    }
+    // `before` is the first use, so it defines Row; `after` refers to it by name, as Avro requires.
+    let before = envelope["fields"]
+        .as_array_mut()
+        .and_then(|fields| fields.iter_mut().find(|f| f["name"] == "before"))
+        .expect("the envelope template has a `before` field");
+    before["type"] = json!(["null", row_record]);
     Ok(envelope)
 }

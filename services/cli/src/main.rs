@@ -14,7 +14,9 @@
 //!   against the configured warehouse (a DuckDB file has no server to `psql` into); the
 //!   quickstart loads and changes its demo warehouse with it.
 //! - `sluice schema export MODEL --config FILE [--out PATH]`: write the model's row schema (its
-//!   data contract) to `schemas/models/MODEL.avsc`; point `schema_contract` at it.
+//!   data contract) to `schemas/models/MODEL.avsc`; point `schema_contract` at it. With
+//!   `--writer DIR`: write the model's full key and value writer schemas instead (the exact
+//!   text published on the schema topic, for consumers in other languages; docs/consumers.md).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -91,7 +93,8 @@ enum WarehouseCommand {
 
 #[derive(Subcommand, Debug)]
 enum SchemaCommand {
-    /// Write the model's current row schema (Avro) as its contract.
+    /// Write the model's current row schema (Avro) as its contract, or with `--writer` its key
+    /// and value writer schemas.
     Export {
         /// The model's name in the config.
         model: String,
@@ -100,6 +103,10 @@ enum SchemaCommand {
         /// Where to write it; default `schemas/models/<model>.avsc`.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Write `<model>.key.avsc` and `<model>.value.avsc` (exactly as published on the schema
+        /// topic) to this directory instead of the contract, and print their fingerprints.
+        #[arg(long, conflicts_with = "out")]
+        writer: Option<PathBuf>,
     },
 }
 
@@ -145,7 +152,7 @@ async fn main() -> std::process::ExitCode {
                 }
             }
         }
-        Command::Schema { command: SchemaCommand::Export { model, config, out } } => {
+        Command::Schema { command: SchemaCommand::Export { model, config, out, writer } } => {
             let config = match sluice_core::config::Config::load(&config) {
                 Ok(config) => config,
                 Err(error) => {
@@ -153,6 +160,20 @@ async fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::from(2);
                 }
             };
+            if let Some(dir) = writer {
+                return match sluice_poller::contract::export_writer_model(&config, &model, &dir).await {
+                    Ok(written) => {
+                        for (path, fingerprint) in written {
+                            println!("wrote {} (fingerprint {fingerprint})", path.display());
+                        }
+                        std::process::ExitCode::SUCCESS
+                    }
+                    Err(error) => {
+                        eprintln!("error: {error:#}");
+                        std::process::ExitCode::FAILURE
+                    }
+                };
+            }
             let out = out.unwrap_or_else(|| PathBuf::from(format!("schemas/models/{model}.avsc")));
             match sluice_poller::contract::export_model(&config, &model, &out).await {
                 Ok(()) => {

@@ -85,15 +85,40 @@ pub fn export(model: &str, schema: &RowSchema, path: &Path) -> anyhow::Result<()
     Ok(())
 }
 
-/// Describe `model` in the configured warehouse and write its row schema to `path`
-/// (`sluice schema export`).
-pub async fn export_model(config: &sluice_core::config::Config, model: &str, path: &Path) -> anyhow::Result<()> {
+/// Write the model's key and value writer schemas to `<dir>/<model>.key.avsc` and
+/// `<dir>/<model>.value.avsc`: exactly the text the poller publishes on the schema topic (plus a
+/// newline), so a consumer elsewhere can decode with them. Returns each path and fingerprint.
+pub fn export_writer(model: &str, schema: RowSchema, dir: &Path) -> anyhow::Result<Vec<(std::path::PathBuf, String)>> {
+    let codec = sluice_avro::ModelCodec::new(model, schema)?;
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    for (kind, published) in ["key", "value"].into_iter().zip(codec.schemas()) {
+        let path = dir.join(format!("{model}.{kind}.avsc"));
+        std::fs::write(&path, published.json + "\n")?;
+        written.push((path, published.fingerprint));
+    }
+    Ok(written)
+}
+
+/// Describe `model` in the configured warehouse (what `sluice schema export` writes from).
+async fn describe_model(config: &sluice_core::config::Config, model: &str) -> anyhow::Result<RowSchema> {
     use anyhow::Context as _;
     use sluice_warehouse::Warehouse as _;
     let model_config = config.model(model).with_context(|| format!("no model named {model:?} in the config"))?;
     let warehouse = sluice_warehouse::AnyWarehouse::connect(&config.warehouse).await?;
-    let schema = warehouse.describe(model_config).await?;
-    export(model, &schema, path)
+    Ok(warehouse.describe(model_config).await?)
+}
+
+/// Describe `model` in the configured warehouse and write its row schema to `path`
+/// (`sluice schema export`).
+pub async fn export_model(config: &sluice_core::config::Config, model: &str, path: &Path) -> anyhow::Result<()> {
+    export(model, &describe_model(config, model).await?, path)
+}
+
+/// Describe `model` in the configured warehouse and write its writer schemas to `dir`
+/// (`sluice schema export --writer`); see [`export_writer`].
+pub async fn export_writer_model(config: &sluice_core::config::Config, model: &str, dir: &Path) -> anyhow::Result<Vec<(std::path::PathBuf, String)>> {
+    export_writer(model, describe_model(config, model).await?, dir)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_avro::{decoder_for, fingerprint_of, ModelCodec, PollerState};
+use sluice_avro::{decoder_for, fingerprint_bytes, ModelCodec, PollerState};
 use sluice_core::config::{Config, ModelConfig};
 use sluice_core::{naming, Op, Row, RowSchema, Value};
 use sluice_kafka::producer::{OutRecord, TransactionalProducer};
@@ -216,7 +216,7 @@ pub async fn previous_records(config: &Config, topic: &str, locs: Vec<u64>) -> R
 /// in an older schema would be positionally wrong: then `before` is left out).
 fn image_of(decoder: &sluice_avro::EventDecoder, codec: &ModelCodec, stored: Option<&Stored>) -> Option<Row> {
     let payload = stored?.payload.as_deref()?;
-    if fingerprint_of(payload).ok()?.as_str() != codec.value_fingerprint() {
+    if !codec.is_own_value_fingerprint(&fingerprint_bytes(payload).ok()?) {
         return None;
     }
     decoder.decode(payload).ok()?.event.after

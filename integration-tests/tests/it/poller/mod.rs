@@ -3,7 +3,7 @@
 //! conformance suite (`conformance`), run on PostgreSQL and DuckDB; the other modules are
 //! PostgreSQL's (look-back, soft deletes, reconciliation, NOTIFY, gates…).
 
-mod common;
+pub(crate) mod common;
 mod conformance;
 mod cursor;
 mod diff;
