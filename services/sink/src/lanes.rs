@@ -253,7 +253,7 @@ mod tests {
             id: format!("t/0/{offset}"),
             model: "m".into(),
             action: Action::Upsert,
-            op: "u".into(),
+            op: sluice_core::Op::Update,
             key: Default::default(),
             fields: Default::default(),
             previous: None,

@@ -129,7 +129,7 @@ async fn run_inner(config: Arc<Config>, destination: &str, health: &Health, shut
     topics.push((naming::schema_topic(prefix), TopicRole::Compacted));
     ensure_topics(&config.kafka, &topics).await.map_err(SinkError::Kafka)?;
 
-    let target = sluice_destinations::build(dest).map_err(SinkError::Config)?;
+    let target = sluice_destinations::build(&config, dest).map_err(|e| SinkError::Config(e.to_string()))?;
     let batch_limits = BatchLimits {
         max_records: dest.batch_max_records.min(target.max_batch_records()),
         max_bytes: dest.batch_max_bytes,
