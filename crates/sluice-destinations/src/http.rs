@@ -12,13 +12,16 @@
 //! | other 4xx (400, 413, 422, ...)  | permanent   | this request's records were refused |
 //!
 //! Vendor destinations override it where the vendor signals differently (Meta throttles with
-//! 400, Salesforce with 403).
+//! 400, Salesforce with 403), in their `classify.rs`. Everything an HTTP kind's `call` needs is
+//! here too: the client, [`send_json`] (an [`Answer`], or a transport failure), bearer headers.
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sluice_core::ErrorClass;
 
-use crate::DeliveryError;
+use crate::destination::DeliveryError;
+use crate::settings::Invalid;
 
 /// Bytes of a response body kept for dead-letter headers and logs.
 pub const EXCERPT_BYTES: usize = 1024;
@@ -26,12 +29,57 @@ pub const EXCERPT_BYTES: usize = 1024;
 /// An HTTP client with the destination's per-request timeout; TLS by rustls (no system
 /// OpenSSL), redirects not followed (a redirect from an API is a misconfiguration: Standard
 /// Webhooks says 3xx is a failure).
-pub fn client(timeout_ms: u64) -> Result<reqwest::Client, String> {
+pub fn client(timeout_ms: u64) -> Result<reqwest::Client, Invalid> {
     reqwest::Client::builder()
         .timeout(Duration::from_millis(timeout_ms))
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .map_err(|e| format!("http client: {e}"))
+        .map_err(|e| Invalid::new("", format!("cannot build the HTTP client: {e}"), "check the TLS setup of the host"))
+}
+
+/// Where an HTTP kind sends its requests: a client with the kind's timeout, the URL, and how
+/// requests authenticate. One place for what every HTTP kind's `call` does the same way.
+pub struct Endpoint {
+    client: reqwest::Client,
+    url: String,
+    auth: Auth,
+}
+
+/// How an HTTP kind's requests authenticate.
+pub enum Auth {
+    /// `Authorization: Bearer <token>` ([`bearer`]).
+    Bearer(reqwest::header::HeaderValue),
+    /// The token as a query parameter (`?access_token=`).
+    Query(&'static str, String),
+    /// Configured headers (values marked sensitive).
+    Headers(reqwest::header::HeaderMap),
+}
+
+impl Endpoint {
+    /// An endpoint; nothing connects.
+    pub fn new(timeout_ms: u64, url: String, auth: Auth) -> Result<Endpoint, Invalid> {
+        Ok(Endpoint { client: client(timeout_ms)?, url, auth })
+    }
+
+    /// The URL requests go to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A request to the endpoint, authenticated; the caller adds the body.
+    pub fn request(&self, method: reqwest::Method) -> reqwest::RequestBuilder {
+        let request = self.client.request(method, &self.url);
+        match &self.auth {
+            Auth::Bearer(value) => request.header(reqwest::header::AUTHORIZATION, value.clone()),
+            Auth::Query(name, token) => request.query(&[(*name, token.as_str())]),
+            Auth::Headers(headers) => request.headers(headers.clone()),
+        }
+    }
+
+    /// Send `body` as JSON and read the whole answer ([`send_json`]).
+    pub async fn send_json(&self, vendor: &str, method: reqwest::Method, body: &impl serde::Serialize) -> Result<Answer, DeliveryError> {
+        send_json(vendor, self.request(method).json(body)).await
+    }
 }
 
 /// A request that got no answer (timeout, refused or reset connection): retryable, the
@@ -46,12 +94,45 @@ pub fn transport_error(vendor: &str, error: &reqwest::Error) -> DeliveryError {
 }
 
 /// A vendor's answer, read whole: status, headers, the body as text (for excerpts) and as JSON
-/// (`Null` when it is not JSON; each vendor module decides what that means).
+/// (`Null` when it is not JSON; each vendor's classifier decides what that means), and when it
+/// arrived (waits such as "until midnight" or an HTTP-date `Retry-After` count from it, which
+/// keeps classification a pure function of the answer).
+#[derive(Debug, Clone)]
 pub struct Answer {
+    /// HTTP status.
     pub status: u16,
+    /// Response headers.
     pub headers: reqwest::header::HeaderMap,
+    /// The body as text.
     pub text: String,
+    /// The body as JSON, `Null` when it is not JSON.
     pub body: serde_json::Value,
+    /// When the answer arrived.
+    pub at: DateTime<Utc>,
+}
+
+impl Answer {
+    /// An answer from its parts, arrived at `at` (what `send_json` reads; tests build them).
+    pub fn new(status: u16, headers: reqwest::header::HeaderMap, text: impl Into<String>, at: DateTime<Utc>) -> Answer {
+        let text = text.into();
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        Answer { status, headers, text, body, at }
+    }
+
+    /// `Retry-After`, if present and readable.
+    pub fn retry_after(&self) -> Option<Duration> {
+        retry_after_of(&self.headers, self.at)
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header_text(&self.headers, name)
+    }
+
+    /// A whole-request failure quoting this answer.
+    pub fn failure(&self, class: ErrorClass, message: String) -> DeliveryError {
+        answered(class, self.status, &self.text, message)
+    }
 }
 
 /// Send a JSON API request and read its whole answer; no answer at all is a
@@ -61,8 +142,7 @@ pub async fn send_json(vendor: &str, request: reqwest::RequestBuilder) -> Result
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let text = response.text().await.unwrap_or_default();
-    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
-    Ok(Answer { status, headers, text, body })
+    Ok(Answer::new(status, headers, text, Utc::now()))
 }
 
 /// A whole-request failure with the vendor's answer attached.
@@ -70,12 +150,9 @@ pub fn answered(class: ErrorClass, status: u16, body: &str, message: String) -> 
     DeliveryError { class, status: Some(status), excerpt: excerpt(body, EXCERPT_BYTES), message }
 }
 
-/// `Retry-After` of a response, if present and readable.
-pub fn retry_after_of(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, chrono::Utc::now()))
+/// `Retry-After` of a response that arrived at `now`, if present and readable.
+pub fn retry_after_of(headers: &reqwest::header::HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
+    headers.get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| parse_retry_after(v, now))
 }
 
 /// A header as text.
@@ -83,10 +160,11 @@ pub fn header_text<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> O
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// `Authorization: Bearer <token>`, marked sensitive so it never prints.
-pub fn bearer(token: &str, what: &str) -> Result<reqwest::header::HeaderValue, String> {
+/// `Authorization: Bearer <token>`, marked sensitive so it never prints; `key` names the
+/// setting the token came from.
+pub fn bearer(token: &str, key: &'static str) -> Result<reqwest::header::HeaderValue, Invalid> {
     let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
-        .map_err(|_| format!("{what} contains characters not allowed in an HTTP header"))?;
+        .map_err(|_| Invalid::new(key, "contains characters not allowed in an HTTP header", "check the secret's value (no line breaks)"))?;
     value.set_sensitive(true);
     Ok(value)
 }
@@ -142,6 +220,12 @@ pub fn excerpt(body: &str, max: usize) -> String {
         end -= 1;
     }
     body[..end].to_string()
+}
+
+/// Headers from name/value pairs (for classifier table tests).
+#[cfg(test)]
+pub(crate) fn headers(pairs: &[(&'static str, &str)]) -> reqwest::header::HeaderMap {
+    pairs.iter().map(|(name, value)| (reqwest::header::HeaderName::from_static(name), value.parse().expect("header value"))).collect()
 }
 
 #[cfg(test)]

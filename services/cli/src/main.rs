@@ -1,6 +1,7 @@
 //! `sluice`: the operator's command line.
 //!
-//! - `sluice check --config FILE`: validate a config file (exit 2 with file:line and the fix).
+//! - `sluice check --config FILE`: validate a config file, every destination's kind table and
+//!   its secrets included (exit 2 with file:line and the fix).
 //! - `sluice demo-receiver --listen ADDR`: a webhook receiver that prints every record it gets,
 //!   one line each; used by the quickstart and docker-compose to show changes arriving.
 //! - `sluice plan MODEL --config FILE`: dry run of the next run of a model in any mode —
@@ -113,7 +114,9 @@ enum SchemaCommand {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match Cli::parse().command {
-        Command::Check { config } => match sluice_core::config::Config::load(&config) {
+        // Config::load checks all but the destinations' kind tables, which only their kinds
+        // can parse: checking those too means a config `check` accepts starts every sink.
+        Command::Check { config } => match sluice_core::config::Config::load(&config).and_then(|c| sluice_destinations::check(&c).map(|()| c)) {
             Ok(c) => {
                 println!(
                     "{}: ok ({} models, {} destinations, {} syncs)",

@@ -310,7 +310,7 @@ fn build_deliverer(
     lane_stop: CancellationToken,
 ) -> Result<(Deliverer<AnyDestination, DeadLetterWriter>, BatchLimits), SinkError> {
     let destination = dest.name.get_ref();
-    let target = sluice_destinations::build(dest).map_err(SinkError::Config)?;
+    let target = sluice_destinations::build(config, dest).map_err(|e| SinkError::Config(e.to_string()))?;
     let batch_limits = BatchLimits {
         max_records: dest.batch_max_records.min(target.max_batch_records()),
         max_bytes: dest.batch_max_bytes,

@@ -77,7 +77,7 @@ async fn prepare_inner(message: &OwnedMessage, sync: &SyncConfig, schemas: &Sche
         id: format!("{}/{}/{}", message.topic(), message.partition(), message.offset()),
         model: decoded.event.source.model.clone(),
         action,
-        op: decoded.event.op.code().to_string(),
+        op: decoded.event.op,
         key,
         fields,
         previous,

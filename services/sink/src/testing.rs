@@ -174,7 +174,7 @@ pub(crate) fn record(offset: i64) -> OutboundRecord {
         id: format!("t/0/{offset}"),
         model: "m".into(),
         action: Action::Upsert,
-        op: "u".into(),
+        op: sluice_core::Op::Update,
         key: Default::default(),
         fields: Default::default(),
         previous: None,

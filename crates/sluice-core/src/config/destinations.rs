@@ -1,559 +1,356 @@
-//! Destination kinds and their settings.
+//! Destinations: the settings every kind shares, and the kind's own table kept as written.
 //!
-//! Each kind is a sub-table of its `[[destinations]]` entry named after the kind
-//! (`[destinations.webhook]`), and exactly one must be present. To add a kind: a struct here, a
-//! field in [`DestinationConfig`] and its name in [`DestinationConfig::KIND_NAMES`], and a module in
-//! `sluice-destinations`.
+//! A `[[destinations]]` entry holds the common settings (name, batching, retries, rate limits,
+//! concurrency, buffering) and exactly one more table, named after its kind
+//! (`[destinations.hubspot]`). This crate knows no kinds: it keeps that table unparsed
+//! ([`KindTable`]: its name, its span and every key and value with theirs), and the
+//! `sluice-destinations` registry parses it into the kind's typed settings. So a service
+//! resolves only the secrets of the kind it runs (a sink its destination's; `sluice check`
+//! every destination's), and every error about a kind's setting still points at its line
+//! ([`KindTable::deserialize`], [`super::Config::kind_error`]).
+//!
+//! Guaranteed here: an unknown key that is not a table is refused like any unknown field; no
+//! table or two tables besides the common settings are refused with the line of the entry or of
+//! the second table. Not checked here: whether the table names a known kind, and its contents.
 
-use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
 
+use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess};
+use serde::Deserialize;
 use toml::Spanned;
 
-use serde::Deserialize;
-
+use super::defaults;
 use super::delivery::{RateLimitConfig, RetryConfig};
-use super::{defaults, Secret};
 
 /// A destination: where one sink service delivers.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct DestinationConfig {
     /// Names the service instance, its consumer group and its dead-letter topic.
     pub name: Spanned<String>,
     /// Records per request, at most.
-    #[serde(default = "defaults::batch_max_records")]
     pub batch_max_records: usize,
     /// How long a partial batch waits for more records before it is sent.
-    #[serde(default = "defaults::batch_linger_ms")]
     pub batch_linger_ms: u64,
     /// Retries of retryable failures.
-    #[serde(default)]
     pub retry: RetryConfig,
     /// JSON bytes per request, at most (a single larger record is still sent alone).
-    #[serde(default = "defaults::batch_max_bytes")]
     pub batch_max_bytes: usize,
     /// Requests in flight at most; adaptive concurrency (AIMD) moves between 1 and this.
-    #[serde(default = "defaults::max_concurrency")]
     pub max_concurrency: usize,
     /// Records consumed but not finished, at most; beyond it the sink pauses its partitions
     /// (staying in its consumer group) instead of buffering without bound.
-    #[serde(default = "defaults::max_buffered_records")]
     pub max_buffered_records: usize,
     /// The destination's rate limits; never exceeded, used fully.
-    #[serde(default)]
     pub rate_limit: RateLimitConfig,
-    /// Generic HTTP destination receiving JSON batches.
-    pub webhook: Option<WebhookConfig>,
-    /// Redis: attributes as hashes, or audience / suppression lists as sets.
-    pub redis: Option<RedisConfig>,
-    /// HubSpot CRM v3 batch upsert.
-    pub hubspot: Option<HubSpotConfig>,
-    /// Braze `/users/track`.
-    pub braze: Option<BrazeConfig>,
-    /// Meta (Facebook) Custom Audiences membership.
-    pub meta: Option<MetaConfig>,
-    /// Salesforce sObject Collections upsert by external ID.
-    pub salesforce: Option<SalesforceConfig>,
+    /// The kind's table (`[destinations.<kind>]`), unparsed.
+    pub kind: KindTable,
 }
 
-impl DestinationConfig {
-    /// Every kind's table name.
-    pub const KIND_NAMES: &'static [&'static str] = &["webhook", "redis", "hubspot", "braze", "meta", "salesforce"];
+/// The common keys of a `[[destinations]]` entry; any other key must be the kind's table.
+const COMMON_KEYS: &[&str] =
+    &["name", "batch_max_records", "batch_linger_ms", "retry", "batch_max_bytes", "max_concurrency", "max_buffered_records", "rate_limit"];
 
-    /// Exactly one kind must be configured, and its settings must be consistent.
-    pub fn validate_kind(&self) -> Result<(), String> {
-        let present = [
-            self.webhook.is_some(),
-            self.redis.is_some(),
-            self.hubspot.is_some(),
-            self.braze.is_some(),
-            self.meta.is_some(),
-            self.salesforce.is_some(),
-        ]
-        .iter()
-        .filter(|p| **p)
-        .count();
-        match present {
-            1 => {}
-            0 => return Err("has no kind table".into()),
-            _ => return Err("has more than one kind table".into()),
-        }
-        if let Some(redis) = &self.redis {
-            redis.validate()?;
-        }
-        if let Some(hubspot) = &self.hubspot {
-            nonempty("hubspot.id_property", &hubspot.id_property)?;
-            nonempty("hubspot.object_type", &hubspot.object_type)?;
-            positive("hubspot.max_inputs_per_request", hubspot.max_inputs_per_request)?;
-        }
-        if let Some(braze) = &self.braze {
-            nonempty("braze.base_url", &braze.base_url)?;
-            positive("braze.max_objects_per_request", braze.max_objects_per_request)?;
-            if braze.mode == BrazeMode::Suppression && !braze.unsubscribe_email && braze.subscription_group_ids.is_empty() {
-                return Err("braze.mode = \"suppression\" needs unsubscribe_email = true or subscription_group_ids".into());
-            }
-        }
-        if let Some(meta) = &self.meta {
-            nonempty("meta.audience_id", &meta.audience_id)?;
-            positive("meta.max_rows_per_request", meta.max_rows_per_request)?;
-            if meta.identifiers.is_empty() {
-                return Err("meta.identifiers maps no field, e.g. identifiers = { email = \"EMAIL\" }".into());
-            }
-        }
-        if let Some(salesforce) = &self.salesforce {
-            nonempty("salesforce.instance_url", &salesforce.instance_url)?;
-            nonempty("salesforce.sobject", &salesforce.sobject)?;
-            nonempty("salesforce.external_id_field", &salesforce.external_id_field)?;
-            positive("salesforce.max_records_per_request", salesforce.max_records_per_request)?;
-        }
-        Ok(())
+/// A destination kind's table as written: its name, where it is, and each top-level key and
+/// value with their places, so the kind's parser can say which line is wrong.
+#[derive(Debug, Clone)]
+pub struct KindTable {
+    name: Spanned<String>,
+    span: Range<usize>,
+    entries: Vec<(Spanned<String>, Spanned<toml::Value>)>,
+}
+
+impl KindTable {
+    /// The kind's name: the table's key (`hubspot` in `[destinations.hubspot]`).
+    pub fn name(&self) -> &str {
+        self.name.get_ref()
     }
 
-    /// Name of the configured kind, for metrics and logs.
-    pub fn kind_name(&self) -> &'static str {
-        if self.webhook.is_some() {
-            "webhook"
-        } else if self.redis.is_some() {
-            "redis"
-        } else if self.hubspot.is_some() {
-            "hubspot"
-        } else if self.braze.is_some() {
-            "braze"
-        } else if self.meta.is_some() {
-            "meta"
-        } else if self.salesforce.is_some() {
-            "salesforce"
+    /// Where the kind's name is written (the table header, or the inline table's key).
+    pub fn name_span(&self) -> Range<usize> {
+        self.name.span()
+    }
+
+    /// Where a top-level key of the table is written, if it is.
+    pub fn key_span(&self, key: &str) -> Option<Range<usize>> {
+        self.entries.iter().find(|(k, _)| k.get_ref() == key).map(|(k, _)| k.span())
+    }
+
+    /// The table's settings as `T` (a kind's settings struct). An error carries the span of the
+    /// key or value it is about; errors about the whole table (a missing key) carry none.
+    /// Secrets inside are resolved here, not before.
+    pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, KindTableError> {
+        T::deserialize(RawTable { entries: &self.entries })
+    }
+
+    /// The span of the table itself, when toml gave one; else its name's.
+    pub fn span(&self) -> Range<usize> {
+        if self.span.is_empty() {
+            self.name.span()
         } else {
-            "none"
+            self.span.clone()
         }
     }
 }
 
-fn nonempty(what: &str, value: &str) -> Result<(), String> {
-    if value.trim().is_empty() {
-        return Err(format!("{what} is empty"));
-    }
-    Ok(())
+/// An error deserializing a kind's table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindTableError {
+    /// serde's (or the setting's own) words.
+    pub message: String,
+    /// The key or value it is about, when there is one.
+    pub span: Option<Range<usize>>,
 }
 
-fn positive(what: &str, value: usize) -> Result<(), String> {
-    if value == 0 {
-        return Err(format!("{what} must be positive"));
-    }
-    Ok(())
-}
-
-/// The generic webhook destination.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    /// Where batches are POSTed (`https://` in production; TLS by rustls).
-    pub url: String,
-    /// Extra request headers; values may be secrets (`{ env = "TOKEN" }`) or plain text.
-    #[serde(default)]
-    pub headers: BTreeMap<String, HeaderValue>,
-    /// Per-request timeout; a timeout is retryable.
-    #[serde(default = "defaults::request_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Standard Webhooks signing secret (`whsec_` + base64 of 24-64 random bytes). When set,
-    /// every request carries `webhook-id`, `webhook-timestamp` and `webhook-signature`.
-    pub signing_secret: Option<Secret>,
-}
-
-/// A header value: plain text, or a secret by reference.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum HeaderValue {
-    /// Written in the file.
-    Plain(String),
-    /// Resolved from the environment or a file.
-    Secret(Secret),
-}
-
-impl HeaderValue {
-    /// The value to send; keep it out of logs.
-    pub fn expose(&self) -> &str {
-        match self {
-            HeaderValue::Plain(s) => s,
-            HeaderValue::Secret(secret) => secret.expose(),
-        }
+impl fmt::Display for KindTableError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
     }
 }
 
-/// What a Delete does at a vendor whose documented API has no delete by our identifier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum UnsupportedDelete {
-    /// Confirm the record without a request, and count it
-    /// (`sluice_destination_<vendor>_deletes_skipped_total`).
-    #[default]
-    Skip,
-    /// Refuse the record (permanent): it lands in the dead-letter topic for a person to act on.
-    Reject,
+impl std::error::Error for KindTableError {}
+
+impl de::Error for KindTableError {
+    fn custom<M: fmt::Display>(message: M) -> Self {
+        KindTableError { message: message.to_string(), span: None }
+    }
 }
 
-/// The Redis destination: the low-latency store a website reads (on-site suppression,
-/// personalisation attributes).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS); a secret because it may
-    /// carry a password.
-    pub url: Secret,
-    /// How records are stored.
-    #[serde(default)]
-    pub mode: RedisMode,
-    /// Hash mode: the key of a record's hash. `{model}` is the model name and `{key}` the
-    /// primary-key values joined by `:` (in key-column name order).
-    #[serde(default = "defaults_redis::key_template")]
-    pub key_template: String,
-    /// Set mode: the set holding the members (an audience or a suppression list).
-    #[serde(default)]
-    pub set_key: String,
-    /// Set mode: the mapped field whose value is the member (e.g. `email`).
-    #[serde(default)]
-    pub member_field: String,
-    /// Time to live of a written key (the hash, or the whole set), refreshed on every write;
-    /// absent: keys never expire.
-    pub ttl_secs: Option<u64>,
-    /// Per-batch timeout (connect and the pipelined round trip); a timeout is retryable.
-    #[serde(default = "defaults::request_timeout_ms")]
-    pub timeout_ms: u64,
+/// A kind table's entries as a serde map: keys and values are fed to the kind's settings one
+/// by one, and an error is given the span of the key or value being read.
+struct RawTable<'a> {
+    entries: &'a [(Spanned<String>, Spanned<toml::Value>)],
 }
 
-/// How the Redis destination stores records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum RedisMode {
-    /// One hash per record: `HSET` of the mapped fields (a null field is `HDEL`ed); Delete is
-    /// `DEL`.
-    #[default]
-    Hash,
-    /// One set for all records: Upsert/Update/Create `SADD` the member, Delete `SREM`s it.
-    Set,
+impl<'de> Deserializer<'de> for RawTable<'_> {
+    type Error = KindTableError;
+
+    fn deserialize_any<V: de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, KindTableError> {
+        visitor.visit_map(RawEntries { entries: self.entries.iter(), value: None })
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit unit_struct
+        newtype_struct seq tuple tuple_struct map struct enum identifier ignored_any
+    }
 }
 
-impl RedisConfig {
-    fn validate(&self) -> Result<(), String> {
-        match self.mode {
-            RedisMode::Hash => {
-                if !self.key_template.contains("{key}") {
-                    return Err("redis.key_template must contain {key}, or records would overwrite each other".into());
+struct RawEntries<'a> {
+    entries: std::slice::Iter<'a, (Spanned<String>, Spanned<toml::Value>)>,
+    value: Option<&'a Spanned<toml::Value>>,
+}
+
+impl<'de> MapAccess<'de> for RawEntries<'_> {
+    type Error = KindTableError;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, KindTableError> {
+        let Some((key, value)) = self.entries.next() else { return Ok(None) };
+        self.value = Some(value);
+        let key_text: de::value::StrDeserializer<'_, KindTableError> = key.get_ref().as_str().into_deserializer();
+        seed.deserialize(key_text)
+            .map(Some)
+            .map_err(|e| KindTableError { message: e.message, span: Some(e.span.unwrap_or_else(|| key.span())) })
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, KindTableError> {
+        let value = self.value.take().expect("serde reads a value after its key");
+        seed.deserialize(value.get_ref().clone())
+            .map_err(|e: toml::de::Error| KindTableError { message: e.message().to_string(), span: Some(value.span()) })
+    }
+}
+
+impl<'de> Deserialize<'de> for DestinationConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(EntryVisitor)
+    }
+}
+
+/// Reads a `[[destinations]]` entry: the common keys typed, any other key as the kind.
+struct EntryVisitor;
+
+impl<'de> de::Visitor<'de> for EntryVisitor {
+    type Value = DestinationConfig;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a destination table: name, common settings and one kind table")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<DestinationConfig, A::Error> {
+        let mut name = None;
+        let mut batch_max_records = None;
+        let mut batch_linger_ms = None;
+        let mut retry = None;
+        let mut batch_max_bytes = None;
+        let mut max_concurrency = None;
+        let mut max_buffered_records = None;
+        let mut rate_limit = None;
+        let mut kind: Option<KindTable> = None;
+        while let Some(key) = map.next_key::<Spanned<String>>()? {
+            match key.get_ref().as_str() {
+                "name" => name = Some(map.next_value()?),
+                "batch_max_records" => batch_max_records = Some(map.next_value()?),
+                "batch_linger_ms" => batch_linger_ms = Some(map.next_value()?),
+                "retry" => retry = Some(map.next_value()?),
+                "batch_max_bytes" => batch_max_bytes = Some(map.next_value()?),
+                "max_concurrency" => max_concurrency = Some(map.next_value()?),
+                "max_buffered_records" => max_buffered_records = Some(map.next_value()?),
+                "rate_limit" => rate_limit = Some(map.next_value()?),
+                _ => {
+                    // The seed refuses (so toml gives the error this value's line): a non-table,
+                    // or a second table.
+                    let first = kind.as_ref().map(|k| k.name().to_string());
+                    kind = Some(map.next_value_seed(KindSeed { name: key, first })?);
                 }
             }
-            RedisMode::Set => {
-                nonempty("redis.set_key (needed by mode = \"set\")", &self.set_key)?;
-                nonempty("redis.member_field (needed by mode = \"set\")", &self.member_field)?;
+        }
+        let name = name.ok_or_else(|| de::Error::missing_field("name"))?;
+        let Some(kind) = kind else {
+            return Err(de::Error::custom(
+                "destination has no kind table; add one, e.g. [destinations.webhook] (the kinds are listed in docs/destinations/README.md)",
+            ));
+        };
+        Ok(DestinationConfig {
+            name,
+            batch_max_records: batch_max_records.unwrap_or_else(defaults::batch_max_records),
+            batch_linger_ms: batch_linger_ms.unwrap_or_else(defaults::batch_linger_ms),
+            retry: retry.unwrap_or_default(),
+            batch_max_bytes: batch_max_bytes.unwrap_or_else(defaults::batch_max_bytes),
+            max_concurrency: max_concurrency.unwrap_or_else(defaults::max_concurrency),
+            max_buffered_records: max_buffered_records.unwrap_or_else(defaults::max_buffered_records),
+            rate_limit: rate_limit.unwrap_or_default(),
+            kind,
+        })
+    }
+}
+
+/// The value of a key that is not a common setting: it must be the (first) kind table.
+struct KindSeed {
+    name: Spanned<String>,
+    /// The kind table already read, if any.
+    first: Option<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for KindSeed {
+    type Value = KindTable;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<KindTable, D::Error> {
+        let value = Spanned::<KindValue>::deserialize(deserializer)?;
+        let span = value.span();
+        let KindValue::Table(entries) = value.into_inner() else {
+            return Err(de::Error::unknown_field(self.name.get_ref(), COMMON_KEYS));
+        };
+        if let Some(first) = self.first {
+            return Err(de::Error::custom(format!(
+                "destination has two kind tables, `{first}` and `{}`; a destination has exactly one kind",
+                self.name.get_ref()
+            )));
+        }
+        Ok(KindTable { name: self.name, span, entries })
+    }
+}
+
+/// A value that may be a kind table: its entries with their spans, or something else.
+enum KindValue {
+    Table(Vec<(Spanned<String>, Spanned<toml::Value>)>),
+    NotATable,
+}
+
+impl<'de> Deserialize<'de> for KindValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = KindValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a kind table")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KindValue, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(key) = map.next_key::<Spanned<String>>()? {
+                    entries.push((key, map.next_value::<Spanned<toml::Value>>()?));
+                }
+                // toml hands a date-time to serde as a one-key map of its own.
+                if entries.iter().any(|(key, _)| key.get_ref().starts_with("$__toml_private")) {
+                    return Ok(KindValue::NotATable);
+                }
+                Ok(KindValue::Table(entries))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<KindValue, E> {
+                Ok(KindValue::NotATable)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<KindValue, E> {
+                Ok(KindValue::NotATable)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<KindValue, E> {
+                Ok(KindValue::NotATable)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<KindValue, E> {
+                Ok(KindValue::NotATable)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<KindValue, E> {
+                Ok(KindValue::NotATable)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<KindValue, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(KindValue::NotATable)
             }
         }
-        if self.ttl_secs == Some(0) {
-            return Err("redis.ttl_secs must be positive (leave it out for no expiry)".into());
-        }
-        Ok(())
+        deserializer.deserialize_any(Visitor)
     }
-}
-
-mod defaults_redis {
-    pub fn key_template() -> String {
-        "sluice:{model}:{key}".into()
-    }
-}
-
-/// HubSpot CRM v3: `POST /crm/v3/objects/<object_type>/batch/upsert`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HubSpotConfig {
-    /// API root; change it only for tests or a proxy.
-    #[serde(default = "defaults_hubspot::base_url")]
-    pub base_url: String,
-    /// Private-app or OAuth access token, sent as `Authorization: Bearer`.
-    pub access_token: Secret,
-    /// CRM object type in the path (`contacts`, `companies`, ...).
-    #[serde(default = "defaults_hubspot::object_type")]
-    pub object_type: String,
-    /// The unique HubSpot property records are matched on (`email`, or a property with
-    /// `hasUniqueValue`).
-    #[serde(default = "defaults_hubspot::id_property")]
-    pub id_property: String,
-    /// The mapped field holding the `id_property` value; defaults to `id_property` itself.
-    pub id_field: Option<String>,
-    /// Inputs per request; HubSpot's batch endpoints take at most 100.
-    #[serde(default = "defaults_hubspot::max_inputs")]
-    pub max_inputs_per_request: usize,
-    /// IANA time zone of the HubSpot account: the daily limit resets at its midnight.
-    #[serde(default = "defaults_hubspot::portal_time_zone")]
-    pub portal_time_zone: String,
-    /// Wait after a `TEN_SECONDLY_ROLLING`/`SECONDLY` 429 when the response names no interval.
-    #[serde(default = "defaults_hubspot::ten_secondly_backoff_ms")]
-    pub ten_secondly_backoff_ms: u64,
-    /// Send an `objectWriteTraceId` per input, so a 207 multi-status answer names the refused
-    /// records (without it one bad input fails the whole batch with 400).
-    #[serde(default = "yes")]
-    pub multi_status: bool,
-    /// What a Delete does: HubSpot's batch archive takes HubSpot record ids, not `id_property`
-    /// values.
-    #[serde(default)]
-    pub on_delete: UnsupportedDelete,
-    /// Per-request timeout; a timeout is retryable.
-    #[serde(default = "defaults::request_timeout_ms")]
-    pub timeout_ms: u64,
-}
-
-mod defaults_hubspot {
-    pub fn base_url() -> String {
-        "https://api.hubapi.com".into()
-    }
-    pub fn object_type() -> String {
-        "contacts".into()
-    }
-    pub fn id_property() -> String {
-        "email".into()
-    }
-    pub fn max_inputs() -> usize {
-        100
-    }
-    pub fn portal_time_zone() -> String {
-        "UTC".into()
-    }
-    pub fn ten_secondly_backoff_ms() -> u64 {
-        10_000
-    }
-}
-
-/// Braze: `POST <base_url>/users/track`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BrazeConfig {
-    /// The REST endpoint of the workspace's instance, e.g. `https://rest.iad-01.braze.com`.
-    pub base_url: String,
-    /// REST API key with the `users.track` permission, sent as `Authorization: Bearer`.
-    pub api_key: Secret,
-    /// Which Braze identifier the user objects carry.
-    #[serde(default)]
-    pub identifier: BrazeIdentifier,
-    /// The mapped field holding the identifier's value; defaults to the identifier's name
-    /// (`external_id` or `email`).
-    pub identifier_field: Option<String>,
-    /// What an upsert and a delete mean.
-    #[serde(default)]
-    pub mode: BrazeMode,
-    /// Objects per request: 75 (50 for accounts on the MAU pricing of 2024-25).
-    #[serde(default = "defaults_braze::max_objects")]
-    pub max_objects_per_request: usize,
-    /// Suppression sets `email_subscribe = "unsubscribed"`.
-    #[serde(default = "yes")]
-    pub unsubscribe_email: bool,
-    /// Suppression also unsubscribes from these subscription groups.
-    #[serde(default)]
-    pub subscription_group_ids: Vec<String>,
-    /// Per-request timeout; a timeout is retryable.
-    #[serde(default = "defaults::request_timeout_ms")]
-    pub timeout_ms: u64,
-}
-
-/// The identifier in Braze user objects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum BrazeIdentifier {
-    /// The customer's own user id.
-    #[default]
-    ExternalId,
-    /// The email address (trimmed and lowercased before sending).
-    Email,
-}
-
-/// What records do in Braze.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum BrazeMode {
-    /// Upsert/Update/Create write the mapped fields as attributes; Delete (a row leaving, or
-    /// consent revoked) unsubscribes. Braze user deletion is irreversible and never done.
-    #[default]
-    Attributes,
-    /// A row's presence suppresses: Upsert/Update/Create unsubscribe (with the mapped fields as
-    /// attributes); Delete does nothing (a suppression ending never re-subscribes anyone).
-    Suppression,
-}
-
-mod defaults_braze {
-    pub fn max_objects() -> usize {
-        75
-    }
-}
-
-/// Meta Custom Audiences: `POST` (add) and `DELETE` (remove) `/<version>/<audience_id>/users`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetaConfig {
-    /// Graph API root; change it only for tests or a proxy.
-    #[serde(default = "defaults_meta::base_url")]
-    pub base_url: String,
-    /// Graph API version in the path.
-    #[serde(default = "defaults_meta::api_version")]
-    pub api_version: String,
-    /// Access token of a system user with `ads_management` on the ad account.
-    pub access_token: Secret,
-    /// How the token is sent: `query` (`?access_token=`, as documented) or `bearer`
-    /// (`Authorization: Bearer`, unconfirmed for this endpoint).
-    #[serde(default)]
-    pub token_placement: TokenPlacement,
-    /// The Custom Audience's id.
-    pub audience_id: String,
-    /// Mapped field → Meta schema key (`EMAIL`, `PHONE`, `FN`, `LN`, `FI`, `CT`, `ST`, `ZIP`,
-    /// `COUNTRY`, `GEN`, `DOBY`, `DOBM`, `DOBD`, `MADID`, `EXTERN_ID`). Values are normalised
-    /// and SHA-256 hashed as Meta documents (MADID and EXTERN_ID are sent as is).
-    pub identifiers: BTreeMap<String, String>,
-    /// What an upsert and a delete mean.
-    #[serde(default)]
-    pub mode: AudienceMode,
-    /// Rows per request; Meta takes at most 10,000.
-    #[serde(default = "defaults_meta::max_rows")]
-    pub max_rows_per_request: usize,
-    /// Per-request timeout; a timeout is retryable.
-    #[serde(default = "defaults::request_timeout_ms")]
-    pub timeout_ms: u64,
-}
-
-/// How an access token travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum TokenPlacement {
-    /// `?access_token=...`
-    #[default]
-    Query,
-    /// `Authorization: Bearer ...`
-    Bearer,
-}
-
-/// What records do to an audience.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum AudienceMode {
-    /// A row is a member: Upsert/Update/Create add it, Delete removes it.
-    #[default]
-    Audience,
-    /// A row's presence removes the person (a buyer leaves a prospecting audience): Upsert/Update/
-    /// Create remove; Delete does nothing.
-    Suppression,
-}
-
-mod defaults_meta {
-    pub fn base_url() -> String {
-        "https://graph.facebook.com".into()
-    }
-    pub fn api_version() -> String {
-        "v21.0".into()
-    }
-    pub fn max_rows() -> usize {
-        10_000
-    }
-}
-
-/// Salesforce: `PATCH /services/data/<api_version>/composite/sobjects/<sobject>/<external_id_field>`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SalesforceConfig {
-    /// The org's My Domain URL, e.g. `https://acme.my.salesforce.com`.
-    pub instance_url: String,
-    /// OAuth access token, sent as `Authorization: Bearer`. sluice does not refresh it: a 401
-    /// stops the destination until a valid token is configured.
-    pub access_token: Secret,
-    /// REST API version in the path (46.0 or later has sObject Collections upsert).
-    #[serde(default = "defaults_salesforce::api_version")]
-    pub api_version: String,
-    /// The sObject type (`Contact`, `Lead`, `Account`, a custom `X__c`).
-    pub sobject: String,
-    /// The external-ID field records are matched on.
-    pub external_id_field: String,
-    /// Records per request; Salesforce takes at most 200.
-    #[serde(default = "defaults_salesforce::max_records")]
-    pub max_records_per_request: usize,
-    /// Per-record error codes that are retried instead of dead-lettered (lock contention is
-    /// commonly transient; not confirmed by Salesforce's docs, hence configurable).
-    #[serde(default = "defaults_salesforce::retryable_error_codes")]
-    pub retryable_error_codes: Vec<String>,
-    /// Wait after `REQUEST_LIMIT_EXCEEDED` when `Sforce-Limit-Info` shows the rolling 24-hour
-    /// allocation spent (otherwise the limit hit is on concurrency and backoff decides).
-    #[serde(default = "defaults_salesforce::allocation_exhausted_wait_secs")]
-    pub allocation_exhausted_wait_secs: u64,
-    /// What a Delete does: sObject Collections delete takes record ids, not external ids.
-    #[serde(default)]
-    pub on_delete: UnsupportedDelete,
-    /// Per-request timeout; a timeout is retryable.
-    #[serde(default = "defaults::request_timeout_ms")]
-    pub timeout_ms: u64,
-}
-
-mod defaults_salesforce {
-    pub fn api_version() -> String {
-        "v62.0".into()
-    }
-    pub fn max_records() -> usize {
-        200
-    }
-    pub fn retryable_error_codes() -> Vec<String> {
-        vec!["UNABLE_TO_LOCK_ROW".into()]
-    }
-    pub fn allocation_exhausted_wait_secs() -> u64 {
-        3600
-    }
-}
-
-fn yes() -> bool {
-    true
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(kind_table: &str) -> Result<DestinationConfig, String> {
-        std::env::set_var("SLUICE_TEST_DESTINATION_TOKEN", "t0k3n");
-        let text = format!("name = \"d\"\n{kind_table}");
-        let config: DestinationConfig = toml::from_str(&text).map_err(|e| e.message().to_string())?;
-        config.validate_kind()?;
-        Ok(config)
+    fn parse(text: &str) -> Result<DestinationConfig, toml::de::Error> {
+        toml::from_str(text)
     }
 
     #[test]
-    fn every_kind_parses_with_its_defaults() {
-        let token = "{ env = \"SLUICE_TEST_DESTINATION_TOKEN\" }";
-        let redis = parse(&format!("[redis]\nurl = {token}\nmode = \"set\"\nset_key = \"s\"\nmember_field = \"email\"\nttl_secs = 60")).unwrap();
-        assert_eq!(redis.kind_name(), "redis");
-        assert_eq!(redis.redis.unwrap().key_template, "sluice:{model}:{key}");
-        let hubspot = parse(&format!("[hubspot]\naccess_token = {token}")).unwrap().hubspot.unwrap();
-        assert_eq!((hubspot.max_inputs_per_request, hubspot.id_property.as_str(), hubspot.portal_time_zone.as_str()), (100, "email", "UTC"));
-        assert!(hubspot.multi_status);
-        let braze = parse(&format!("[braze]\nbase_url = \"https://rest.iad-01.braze.com\"\napi_key = {token}")).unwrap().braze.unwrap();
-        assert_eq!((braze.max_objects_per_request, braze.mode, braze.identifier), (75, BrazeMode::Attributes, BrazeIdentifier::ExternalId));
-        let meta = parse(&format!("[meta]\naccess_token = {token}\naudience_id = \"1\"\nidentifiers = {{ email = \"EMAIL\" }}")).unwrap().meta.unwrap();
-        assert_eq!((meta.max_rows_per_request, meta.mode, meta.token_placement), (10_000, AudienceMode::Audience, TokenPlacement::Query));
-        let salesforce = parse(&format!(
-            "[salesforce]\ninstance_url = \"https://x.my.salesforce.com\"\naccess_token = {token}\nsobject = \"Contact\"\nexternal_id_field = \"W__c\""
-        ))
-        .unwrap()
-        .salesforce
-        .unwrap();
-        assert_eq!(salesforce.max_records_per_request, 200);
-        assert_eq!(salesforce.retryable_error_codes, ["UNABLE_TO_LOCK_ROW"]);
-        let webhook = parse(&format!("[webhook]\nurl = \"https://x\"\nsigning_secret = {token}")).unwrap().webhook.unwrap();
-        assert_eq!(webhook.signing_secret.unwrap().expose(), "t0k3n");
-    }
-
-    #[test]
-    fn inconsistent_kind_settings_are_refused() {
-        let token = "{ env = \"SLUICE_TEST_DESTINATION_TOKEN\" }";
-        let cases = [
-            (format!("[redis]\nurl = {token}\nmode = \"set\""), "set_key"),
-            (format!("[redis]\nurl = {token}\nkey_template = \"x:{{model}}\""), "{key}"),
-            (format!("[meta]\naccess_token = {token}\naudience_id = \"1\"\nidentifiers = {{}}"), "identifiers"),
-            (format!("[braze]\nbase_url = \"b\"\napi_key = {token}\nmode = \"suppression\"\nunsubscribe_email = false"), "suppression"),
-            ("[hubspot]\naccess_token = \"inline\"".to_string(), "never written inline"),
-            (format!("[webhook]\nurl = \"u\"\n[redis]\nurl = {token}"), "more than one kind"),
-        ];
-        for (table, expected) in cases {
-            let error = parse(&table).unwrap_err();
-            assert!(error.contains(expected), "{table}: {error}");
+    fn common_settings_are_typed_and_the_kind_kept_as_written() {
+        let d = parse("name = \"d\"\nbatch_max_records = 7\n[hubspot]\naccess_token = { env = \"UNSET_IS_FINE_HERE\" }\nid_property = \"email\"\n").unwrap();
+        assert_eq!((d.name.get_ref().as_str(), d.batch_max_records, d.batch_linger_ms), ("d", 7, 100));
+        assert_eq!(d.kind.name(), "hubspot");
+        assert!(d.kind.key_span("id_property").is_some() && d.kind.key_span("nope").is_none());
+        #[derive(Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        struct Settings {
+            #[allow(dead_code)]
+            access_token: toml::Value,
+            id_property: String,
         }
+        assert_eq!(d.kind.deserialize::<Settings>().unwrap().id_property, "email");
+    }
+
+    #[test]
+    fn kind_table_errors_carry_the_key_or_value_span() {
+        let text = "name = \"d\"\n[hubspot]\nid_property = \"email\"\nid_propertyy = 1\n";
+        let d = parse(text).unwrap();
+        #[derive(Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Settings {
+            id_property: String,
+        }
+        let error = d.kind.deserialize::<Settings>().unwrap_err();
+        assert!(error.message.contains("unknown field `id_propertyy`"), "{error}");
+        assert_eq!(&text[error.span.unwrap()], "id_propertyy");
+        #[derive(Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Typed {
+            id_property: u32,
+        }
+        let error = d.kind.deserialize::<Typed>().unwrap_err();
+        assert_eq!(&text[error.span.unwrap()], "\"email\"");
+    }
+
+    #[test]
+    fn a_non_table_unknown_key_no_kind_and_two_kinds_are_refused() {
+        let e = parse("name = \"d\"\nbatch_max_record = 5\n[webhook]\nurl = \"u\"\n").unwrap_err();
+        assert!(e.message().contains("unknown field `batch_max_record`"), "{e}");
+        let e = parse("name = \"d\"\n").unwrap_err();
+        assert!(e.message().contains("no kind table"), "{e}");
+        let e = parse("name = \"d\"\n[webhook]\nurl = \"u\"\n[redis]\nurl = \"r\"\n").unwrap_err();
+        assert!(e.message().contains("two kind tables, `webhook` and `redis`"), "{e}");
     }
 }

@@ -11,13 +11,17 @@
 //! - Precedence: environment over file, for the few settings an operator overrides per
 //!   deployment (`SLUICE_KAFKA_BOOTSTRAP_SERVERS`, `SLUICE_KAFKA_TOPIC_PREFIX`).
 //!
-//! Every destination kind is a sub-table named after the kind (`[destinations.webhook]`), which
-//! keeps `deny_unknown_fields` working (serde cannot combine it with flattened enums) and reads
-//! naturally.
+//! Every destination kind is a sub-table named after the kind (`[destinations.webhook]`). This
+//! crate knows no kinds: it keeps that table as written ([`KindTable`]) and the
+//! `sluice-destinations` registry parses and validates it, with errors placed by
+//! [`Config::error_at`] and [`Config::kind_error`] from the source text kept in the [`Config`]. So
+//! [`Config::load`] checks everything but the kinds' tables; `sluice check` checks those too.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
@@ -59,6 +63,22 @@ pub struct Config {
     pub destinations: Vec<DestinationConfig>,
     #[serde(default)]
     pub syncs: Vec<SyncConfig>,
+    /// The file and its text, so an error found after parsing still names its line.
+    #[serde(skip)]
+    source: Source,
+}
+
+/// Where a config came from: its path and its text (spans index into it).
+#[derive(Clone, Default)]
+struct Source {
+    path: PathBuf,
+    text: Arc<str>,
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Source({}, {} bytes)", self.path.display(), self.text.len())
+    }
 }
 
 /// How to reach Kafka and how to name and create topics.
@@ -285,9 +305,6 @@ pub(crate) mod defaults {
     pub fn batch_linger_ms() -> u64 {
         100
     }
-    pub(crate) fn request_timeout_ms() -> u64 {
-        10_000
-    }
 }
 
 impl Config {
@@ -318,8 +335,38 @@ impl Config {
         if let Ok(prefix) = std::env::var("SLUICE_KAFKA_TOPIC_PREFIX") {
             config.kafka.topic_prefix = prefix;
         }
-        config.validate(path, text)?;
+        config.source = Source { path: path.to_path_buf(), text: text.into() };
+        config.validate()?;
         Ok(config)
+    }
+
+    /// An error at a place in the file (a span from a [`toml::Spanned`] value or a
+    /// [`KindTable`]), naming its line and the fix.
+    pub fn error_at(&self, span: Range<usize>, message: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+        ConfigError { file: self.source.path.clone(), line: Some(line_of(&self.source.text, span.start)), message: message.into(), fix: fix.into() }
+    }
+
+    /// An error about a destination's kind table: `destination "<name>": <kind>.<key>: <message>`
+    /// at the key's line (the table's when the key is not written, or `key` is empty).
+    pub fn kind_error(&self, destination: &DestinationConfig, key: &str, message: &str, fix: &str) -> ConfigError {
+        let kind = &destination.kind;
+        let span = kind.key_span(key).unwrap_or_else(|| kind.span());
+        let place = if key.is_empty() { kind.name().to_string() } else { format!("{}.{key}", kind.name()) };
+        self.error_at(span, format!("destination {:?}: {place}: {message}", destination.name.get_ref()), fix)
+    }
+
+    /// A destination's kind table deserialized into `T` (the kind's settings), its secrets
+    /// resolved; an error names the destination, the kind, the line of the key at fault and the
+    /// fix.
+    pub fn kind_settings<T: serde::de::DeserializeOwned>(&self, destination: &DestinationConfig) -> Result<T, ConfigError> {
+        let kind = &destination.kind;
+        kind.deserialize().map_err(|error| {
+            self.error_at(
+                error.span.unwrap_or_else(|| kind.span()),
+                format!("destination {:?}: {}: {}", destination.name.get_ref(), kind.name(), error.message),
+                fix_for_parse_error(&error.message),
+            )
+        })
     }
 
     /// The model of that name.
@@ -337,15 +384,10 @@ impl Config {
         self.syncs.iter().filter(move |s| s.destination.get_ref() == destination)
     }
 
-    fn validate(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
-        let err = |span: std::ops::Range<usize>, message: String, fix: &str| ConfigError {
-            file: path.to_path_buf(),
-            line: Some(line_of(text, span.start)),
-            message,
-            fix: fix.to_string(),
-        };
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |span: Range<usize>, message: String, fix: &str| self.error_at(span, message, fix);
         let whole = |message: String, fix: &str| ConfigError {
-            file: path.to_path_buf(),
+            file: self.source.path.clone(),
             line: None,
             message,
             fix: fix.to_string(),
@@ -426,9 +468,6 @@ impl Config {
             }
             if !names.insert(name.clone()) {
                 return Err(err(destination.name.span(), format!("destination {name:?} is defined twice"), "give each destination a unique name"));
-            }
-            if let Err(message) = destination.validate_kind() {
-                return Err(err(destination.name.span(), format!("destination {name:?}: {message}"), &format!("give it exactly one of: {}", DestinationConfig::KIND_NAMES.join(", "))));
             }
             if destination.batch_max_records == 0 || destination.retry.max_attempts == 0 || destination.max_concurrency == 0 || destination.batch_max_bytes == 0 {
                 return Err(err(destination.name.span(), format!("destination {name:?}: batch_max_records, batch_max_bytes, max_concurrency and retry.max_attempts must be positive"), "use e.g. batch_max_records = 500, max_concurrency = 8"));
@@ -638,6 +677,44 @@ fields = { email = "email" }
         );
         let e = parse(&with("reconcile_every = 5")).unwrap_err();
         assert!(e.message.contains("unknown field `reconcile_every`"), "{e}");
+    }
+
+    #[test]
+    fn destination_entries_need_exactly_one_kind_table_and_errors_name_the_line() {
+        // GOOD's destination: `[[destinations]]` on line 16, `[destinations.webhook]` on 18.
+        let two = GOOD.replace("url = \"http://127.0.0.1:1/hook\"", "url = \"http://127.0.0.1:1/hook\"\n[destinations.redis]\nurl = \"r\"");
+        let e = parse(&two).unwrap_err();
+        assert!(e.message.contains("two kind tables, `webhook` and `redis`"), "{e}");
+        assert_eq!(e.line, Some(20), "{e}");
+        let none = GOOD.replace("[destinations.webhook]\nurl = \"http://127.0.0.1:1/hook\"\n", "");
+        let e = parse(&none).unwrap_err();
+        assert!(e.message.contains("no kind table"), "{e}");
+        assert_eq!(e.line, Some(16), "{e}");
+        let typo = GOOD.replace("name = \"crm\"", "name = \"crm\"\nbatch_max_record = 5");
+        let e = parse(&typo).unwrap_err();
+        assert!(e.message.contains("unknown field `batch_max_record`"), "{e}");
+        assert_eq!(e.line, Some(18), "{e}");
+    }
+
+    #[test]
+    fn kind_errors_point_at_the_key_of_the_kind_table() {
+        let text = GOOD.replace("url = \"http://127.0.0.1:1/hook\"", "url = \"http://127.0.0.1:1/hook\"\ntimeout_ms = \"soon\"");
+        let config = parse(&text).expect("kind tables are not parsed by Config::load");
+        let destination = &config.destinations[0];
+        assert_eq!(destination.kind.name(), "webhook");
+        let e = config.kind_error(destination, "timeout_ms", "must be a number", "timeout_ms = 5000");
+        assert_eq!(e.to_string(), "sluice.toml:20: destination \"crm\": webhook.timeout_ms: must be a number\n  fix: timeout_ms = 5000");
+        let e = config.kind_error(destination, "absent", "x", "");
+        assert_eq!(e.line, Some(18), "a key not written: the table's line");
+        #[derive(Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Settings {
+            url: String,
+            timeout_ms: u64,
+        }
+        let e = config.kind_settings::<Settings>(destination).unwrap_err();
+        assert_eq!(e.line, Some(20), "{e}");
+        assert!(e.message.starts_with("destination \"crm\": webhook: "), "{e}");
     }
 
     #[test]

@@ -1,0 +1,100 @@
+//! Meta Custom Audiences: membership add and remove.
+//!
+//! Requests: `POST` (add) and `DELETE` (remove) `<base_url>/<api_version>/<audience_id>/users`,
+//! JSON body `{"payload":{"schema":["EMAIL","PHONE"],"data":[["<sha256>",""],...]},
+//! "session":{"session_id":n,"batch_seq":1,"last_batch_flag":true,"estimated_num_total":k}}`,
+//! at most 10,000 rows. The token travels as `?access_token=` (documented) or as a bearer header
+//! (`token_placement`). Every configured field is normalised and hashed by
+//! [`crate::identifiers`]; a missing value is `""`. `session_id` is derived from the batch, so a
+//! retried batch re-sends the same session.
+//!
+//! Actions, by `mode`: `audience`: Upsert/Update/Create/Event add, Delete removes;
+//! `suppression`: Upsert/Update/Create/Event remove, Delete is skipped. An identifier change
+//! (the `before` image hashes differently) removes the old row and adds the new one. Within a
+//! batch the last action per row wins (membership is a set), so one request never both adds
+//! and removes a row; removes are sent before adds.
+//!
+//! Answers (`classify.rs`):
+//! - 200 `{num_received, num_invalid_entries, invalid_entry_samples}`: both counts become
+//!   metrics (`sluice_destination_vendor_rows_received_total`, `..._invalid_total`). A sample
+//!   whose key is a value we sent refuses the records of that row (permanent); invalid entries
+//!   that cannot be traced to a row are logged as a count and counted
+//!   (`sluice_destination_vendor_rows_untraceable_total`): Meta reports samples, not row
+//!   indices, so they cannot be dead-lettered.
+//! - Error envelope `{"error":{"code","error_subcode",...}}`, usually with HTTP 400, classified by
+//!   code: throttles (4 `app`, 17 `user`, 32 `page`, 613 `ad_account`, 80000-80014
+//!   `business_use_case`: the throttle signals) and temporary errors (1, 2, 2650) are retryable,
+//!   with `estimated_time_to_regain_access` from `X-Business-Use-Case-Usage` as the wait; 190
+//!   (token), 200/294 (permissions), 368 and a flagged or unreachable audience are fatal; other
+//!   codes refuse the request (permanent).
+
+mod classify;
+mod config;
+mod request;
+
+pub use config::{AudienceMode, MetaConfig, TokenPlacement};
+
+use crate::http::{bearer, Answer, Auth, Endpoint};
+use crate::identifiers::MetaKey;
+use crate::{DeliveryError, Invalid, Kind, Metrics, OutboundRecord, Plan};
+
+/// The Meta Custom Audiences destination.
+pub struct Meta {
+    /// The audience's `users` edge; the token in the query or as a bearer header.
+    endpoint: Endpoint,
+    /// (mapped field, schema key), in schema order.
+    columns: Vec<(String, MetaKey)>,
+    mode: AudienceMode,
+    max_rows: usize,
+    metrics: Metrics,
+}
+
+impl Kind for Meta {
+    const NAME: &'static str = "meta";
+    type Config = MetaConfig;
+
+    fn new(config: &MetaConfig, metrics: Metrics) -> Result<Meta, Invalid> {
+        Ok(Meta {
+            endpoint: Endpoint::new(
+                config.timeout_ms,
+                format!("{}/{}/{}/users", config.base_url.trim_end_matches('/'), config.api_version.trim_matches('/'), config.audience_id.trim()),
+                match config.token_placement {
+                    TokenPlacement::Query => Auth::Query("access_token", config.access_token.expose().to_string()),
+                    TokenPlacement::Bearer => Auth::Bearer(bearer(config.access_token.expose(), "access_token")?),
+                },
+            )?,
+            columns: config.columns()?,
+            mode: config.mode,
+            max_rows: config.max_rows_per_request,
+            metrics,
+        })
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn request_limit(&self) -> usize {
+        self.max_rows
+    }
+
+    fn plan(&self, batch: &[OutboundRecord]) -> Plan<request::Request> {
+        self.plan_requests(batch)
+    }
+
+    async fn call(&self, request: &request::Request) -> Result<Answer, DeliveryError> {
+        self.endpoint.send_json(Self::NAME, request.operation.method(), &self.body(request)).await
+    }
+
+    /// Meta's own counts of an accepted request, and the invalid rows no record can answer for.
+    fn observe(&self, request: &request::Request, answer: &Answer) {
+        if !classify::accepted(answer) {
+            return;
+        }
+        let operation = request.operation.label();
+        let invalid = answer.body["num_invalid_entries"].as_u64().unwrap_or(0);
+        self.metrics.vendor_rows(operation, answer.body["num_received"].as_u64().unwrap_or(0), invalid);
+        let traced = classify::invalid_entries(request, answer).traced_rows;
+        self.metrics.vendor_rows_untraceable(operation, invalid.saturating_sub(traced));
+    }
+}

@@ -1,0 +1,226 @@
+//! Batch → membership rows → remove requests, then add requests, each within Meta's row limit.
+
+use super::{AudienceMode, Meta};
+use crate::identifiers::meta_value;
+use crate::plan::{Keyed, RefusalReason, SkipReason};
+use crate::{batch_digest, OutboundRecord, Plan};
+
+/// Add or remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Operation {
+    Add,
+    Remove,
+}
+
+impl Operation {
+    /// The metric label and the word in messages.
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Operation::Add => "add",
+            Operation::Remove => "remove",
+        }
+    }
+
+    /// `POST` adds, `DELETE` removes.
+    pub(super) fn method(self) -> reqwest::Method {
+        match self {
+            Operation::Add => reqwest::Method::POST,
+            Operation::Remove => reqwest::Method::DELETE,
+        }
+    }
+}
+
+/// One add or remove request: its rows, which records each row carries, and its session.
+pub struct Request {
+    pub(super) operation: Operation,
+    pub(super) rows: Vec<Vec<String>>,
+    pub(super) owners: Vec<Vec<usize>>,
+    session_id: i64,
+}
+
+/// Each row and what to do with it, with the records it carries, in first-seen order.
+type Membership = Keyed<Vec<String>, (Vec<String>, Operation)>;
+
+impl Meta {
+    /// Removes first, then adds, each chunked to `max_rows` (an identifier change can turn one
+    /// record into two rows, so the limit is kept per request anyway).
+    pub(super) fn plan_requests(&self, batch: &[OutboundRecord]) -> Plan<Request> {
+        let mut plan = Plan::default();
+        let membership = self.membership(batch, &mut plan);
+        for operation in [Operation::Remove, Operation::Add] {
+            let group: Vec<(&Vec<String>, &Vec<usize>)> =
+                membership.items.iter().zip(&membership.owners).filter(|((_, op), _)| *op == operation).map(|((row, _), owners)| (row, owners)).collect();
+            for chunk in group.chunks(self.max_rows.max(1)) {
+                plan.requests.push(Request {
+                    operation,
+                    rows: chunk.iter().map(|(row, _)| (*row).clone()).collect(),
+                    owners: chunk.iter().map(|(_, owners)| (*owners).clone()).collect(),
+                    session_id: session_id(batch, operation),
+                });
+            }
+        }
+        plan
+    }
+
+    /// Each record's rows and what to do with them; the last action per row wins.
+    fn membership(&self, batch: &[OutboundRecord], plan: &mut Plan<Request>) -> Membership {
+        let mut rows = Membership::default();
+        let set = |rows: &mut Membership, row: Vec<String>, operation: Operation, index: usize| match rows.existing(&row, index) {
+            Some(item) => item.1 = operation,
+            None => rows.push(row.clone(), index, (row, operation)),
+        };
+        for (index, record) in batch.iter().enumerate() {
+            let leaving = record.removes();
+            let operation = match (self.mode, leaving) {
+                (AudienceMode::Audience, false) => Operation::Add,
+                (AudienceMode::Audience, true) | (AudienceMode::Suppression, false) => Operation::Remove,
+                (AudienceMode::Suppression, true) => {
+                    plan.skip(SkipReason::SuppressionMode);
+                    continue;
+                }
+            };
+            let Some(row) = self.row(record, false) else {
+                plan.refuse(index, RefusalReason::NoIdentifier, "record has no usable identifier after normalisation");
+                continue;
+            };
+            if operation == Operation::Add {
+                if let Some(old) = self.row(record, true).filter(|old| *old != row) {
+                    set(&mut rows, old, Operation::Remove, index);
+                }
+            }
+            set(&mut rows, row, operation, index);
+        }
+        rows
+    }
+
+    /// A record's row from one image (`false`: the record's best value of each field, see
+    /// [`OutboundRecord::text`]; `true`: the `before` image only).
+    fn row(&self, record: &OutboundRecord, before: bool) -> Option<Vec<String>> {
+        let row: Vec<String> = self
+            .columns
+            .iter()
+            .map(|(field, key)| {
+                let raw = if before { record.previous.as_ref().and_then(|p| p.get(field)).and_then(crate::value_text) } else { record.text(field) };
+                raw.and_then(|raw| meta_value(*key, &raw)).unwrap_or_default()
+            })
+            .collect();
+        row.iter().any(|v| !v.is_empty()).then_some(row)
+    }
+
+    /// The JSON body of a request.
+    pub(super) fn body(&self, request: &Request) -> serde_json::Value {
+        let schema: Vec<&str> = self.columns.iter().map(|(_, key)| key.name()).collect();
+        serde_json::json!({
+            "payload": {"schema": schema, "data": request.rows},
+            "session": {"session_id": request.session_id, "batch_seq": 1, "last_batch_flag": true, "estimated_num_total": request.rows.len()},
+        })
+    }
+}
+
+/// A positive int64 session id for a batch and operation: the same on every retry.
+fn session_id(batch: &[OutboundRecord], operation: Operation) -> i64 {
+    let digest = batch_digest(batch);
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    let id = (u64::from_be_bytes(bytes) >> 2) as i64;
+    match operation {
+        Operation::Add => id,
+        Operation::Remove => id ^ 1,
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::super::{AudienceMode, Meta, MetaConfig, TokenPlacement};
+    use super::*;
+    use crate::identifiers::sha256_hex;
+    use crate::{Action, Kind, Metrics};
+    use sluice_core::config::Secret;
+
+    pub(in super::super) fn meta(mode: AudienceMode) -> Meta {
+        let config = MetaConfig {
+            base_url: "http://127.0.0.1:1".into(),
+            api_version: "v21.0".into(),
+            access_token: Secret::literal("t"),
+            token_placement: TokenPlacement::Query,
+            audience_id: "123".into(),
+            identifiers: [("email".to_string(), "EMAIL".to_string()), ("phone".to_string(), "PHONE".to_string())].into(),
+            mode,
+            max_rows_per_request: 10_000,
+            timeout_ms: 1000,
+        };
+        Meta::new(&config, Metrics::new("test", Meta::NAME)).unwrap()
+    }
+
+    pub(in super::super) use crate::record::test_record as record;
+
+    /// (row, operation, records) per row, in first-seen order.
+    fn flat(membership: Membership) -> Vec<(Vec<String>, Operation, Vec<usize>)> {
+        membership.items.into_iter().zip(membership.owners).map(|((row, op), owners)| (row, op, owners)).collect()
+    }
+
+    #[test]
+    fn rows_are_hashed_in_schema_order_and_changes_move_members() {
+        let m = meta(AudienceMode::Audience);
+        let mut plan = Plan::default();
+        let rows = flat(m.membership(
+            &[
+                record("t/0/1", Action::Upsert, serde_json::json!({"email": "New@X.com", "phone": "+1 650 555 1234"}), Some(serde_json::json!({"email": "old@x.com", "phone": "+1 650 555 1234"}))),
+                record("t/0/2", Action::Delete, serde_json::json!({}), Some(serde_json::json!({"email": "gone@x.com"}))),
+                record("t/0/3", Action::Upsert, serde_json::json!({"email": "no-at-sign"}), None),
+            ],
+            &mut plan,
+        ));
+        let phone = sha256_hex("16505551234");
+        assert_eq!(
+            rows,
+            vec![
+                (vec![sha256_hex("old@x.com"), phone.clone()], Operation::Remove, vec![0]),
+                (vec![sha256_hex("new@x.com"), phone], Operation::Add, vec![0]),
+                (vec![sha256_hex("gone@x.com"), String::new()], Operation::Remove, vec![1]),
+            ]
+        );
+        assert_eq!(plan.refused_indexes(), [2]);
+    }
+
+    #[test]
+    fn last_action_per_row_wins_and_suppression_inverts() {
+        let m = meta(AudienceMode::Suppression);
+        let mut plan = Plan::default();
+        let rows = flat(m.membership(
+            &[
+                record("t/0/1", Action::Upsert, serde_json::json!({"email": "a@x.com"}), None),
+                record("t/0/2", Action::Delete, serde_json::json!({}), Some(serde_json::json!({"email": "a@x.com"}))),
+            ],
+            &mut plan,
+        ));
+        assert_eq!(rows, vec![(vec![sha256_hex("a@x.com"), String::new()], Operation::Remove, vec![0])]);
+        assert_eq!(plan.skipped, [SkipReason::SuppressionMode]);
+        let m = meta(AudienceMode::Audience);
+        let rows = flat(m.membership(
+            &[
+                record("t/0/1", Action::Upsert, serde_json::json!({"email": "a@x.com"}), None),
+                record("t/0/2", Action::Delete, serde_json::json!({"email": "a@x.com"}), None),
+            ],
+            &mut Plan::default(),
+        ));
+        assert_eq!(rows, vec![(vec![sha256_hex("a@x.com"), String::new()], Operation::Remove, vec![0, 1])]);
+    }
+
+    #[test]
+    fn removes_go_before_adds_with_one_session_per_operation() {
+        let m = meta(AudienceMode::Audience);
+        let batch = [
+            record("t/0/1", Action::Upsert, serde_json::json!({"email": "new@x.com"}), Some(serde_json::json!({"email": "old@x.com"}))),
+            record("t/0/2", Action::Upsert, serde_json::json!({"email": "b@x.com"}), None),
+        ];
+        let plan = m.plan_requests(&batch);
+        let ops: Vec<(Operation, Vec<Vec<usize>>)> = plan.requests.iter().map(|r| (r.operation, r.owners.clone())).collect();
+        assert_eq!(ops, [(Operation::Remove, vec![vec![0]]), (Operation::Add, vec![vec![0], vec![1]])]);
+        let body = m.body(&plan.requests[1]);
+        assert_eq!(body["payload"]["schema"], serde_json::json!(["EMAIL", "PHONE"]));
+        assert_eq!(body["session"]["session_id"], session_id(&batch, Operation::Add));
+        assert_eq!(body["session"]["estimated_num_total"], 2);
+        assert_ne!(session_id(&batch, Operation::Add), session_id(&batch, Operation::Remove));
+    }
+}

@@ -1,0 +1,121 @@
+//! Redis: the low-latency store a website reads (on-site suppression, personalisation).
+//!
+//! Two shapes, chosen by `mode`:
+//! - `hash`: one hash per record at `key_template` (`{model}`, `{key}` = primary-key values
+//!   joined by `:`). Upsert/Update/Create/Event `HSET` the mapped fields (a null field is
+//!   `HDEL`ed, arrays and objects are stored as JSON text); Delete (and an Event with op `d`)
+//!   `DEL`s the key. Update and Create behave as upsert: Redis has no cheap conditional
+//!   multi-field write, and a website store wants the latest state.
+//! - `set`: one set (`set_key`) of members (`member_field`'s value): Upsert/Update/Create/Event
+//!   `SADD`; Delete `SREM`. When the member changed (the `before` image has another value), the
+//!   old member is `SREM`ed first, so the set never keeps a stale identifier.
+//!
+//! `ttl_secs` sets `EXPIRE` on every written hash, or on the set after each batch.
+//!
+//! Delivery: the whole batch is one pipelined round trip (not MULTI/EXEC: Redis transactions do
+//! not roll back failed commands, and a pipeline lets each command answer on its own). Commands
+//! are idempotent, so a retried batch converges.
+//!
+//! Answers (`classify.rs`, over Redis's own answer: the replies, a failed round trip, or no
+//! answer in time): no answer (connect refused, reset, timeout) is retryable; `NOAUTH`,
+//! `WRONGPASS` and `NOPERM` are fatal (every record would fail); `LOADING`, `BUSY`, `TRYAGAIN`,
+//! `MASTERDOWN`, `CLUSTERDOWN`, `OOM` and `READONLY` (a failover) are retryable for the record;
+//! any other error reply (`WRONGTYPE`, ...) refuses that record only (permanent).
+
+mod classify;
+mod config;
+mod request;
+
+pub use classify::Answer;
+pub use config::{RedisConfig, RedisMode};
+
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::RedisError;
+
+use crate::{DeliveryError, Invalid, Kind, Metrics, OutboundRecord, Plan};
+
+/// The Redis destination.
+pub struct Redis {
+    client: ::redis::Client,
+    /// Connected on first use (building a destination never connects); a failed connect leaves
+    /// it empty, so the next batch tries again.
+    connection: tokio::sync::OnceCell<ConnectionManager>,
+    mode: RedisMode,
+    key_template: String,
+    set_key: String,
+    member_field: String,
+    ttl_secs: Option<u64>,
+    timeout: Duration,
+    metrics: Metrics,
+}
+
+impl Kind for Redis {
+    const NAME: &'static str = "redis";
+    type Config = RedisConfig;
+
+    /// The URL is parsed, nothing connects.
+    fn new(config: &RedisConfig, metrics: Metrics) -> Result<Redis, Invalid> {
+        Ok(Redis {
+            client: config.client()?,
+            connection: tokio::sync::OnceCell::new(),
+            mode: config.mode,
+            key_template: config.key_template.clone(),
+            set_key: config.set_key.clone(),
+            member_field: config.member_field.clone(),
+            ttl_secs: config.ttl_secs,
+            timeout: Duration::from_millis(config.timeout_ms),
+            metrics,
+        })
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// A pipeline has no protocol limit; the destination's `batch_max_records` decides.
+    fn request_limit(&self) -> usize {
+        usize::MAX
+    }
+
+    fn plan(&self, batch: &[OutboundRecord]) -> Plan<request::Request> {
+        self.plan_commands(batch)
+    }
+
+    /// One pipelined round trip, bounded by the timeout; every outcome is an answer to classify.
+    async fn call(&self, request: &request::Request) -> Result<Answer, DeliveryError> {
+        let round_trip = async {
+            let mut connection = self.connection().await?;
+            connection.req_packed_commands(&request.pipeline, 0, request.owners.len()).await
+        };
+        Ok(match tokio::time::timeout(self.timeout, round_trip).await {
+            Err(_) => Answer::TimedOut(self.timeout),
+            Ok(Err(error)) => Answer::Failed(error),
+            Ok(Ok(replies)) => Answer::Replies(replies),
+        })
+    }
+
+    fn observe(&self, request: &request::Request, answer: &Answer) {
+        if let Answer::Replies(_) = answer {
+            self.metrics.commands(request.owners.len());
+        }
+    }
+}
+
+impl Redis {
+    async fn connection(&self) -> Result<ConnectionManager, RedisError> {
+        let manager = self
+            .connection
+            .get_or_try_init(|| {
+                // One quick attempt: the sink's backoff, not the client's, paces reconnects.
+                let config = ConnectionManagerConfig::new()
+                    .set_number_of_retries(1)
+                    .set_connection_timeout(self.timeout)
+                    .set_response_timeout(self.timeout);
+                ConnectionManager::new_with_config(self.client.clone(), config)
+            })
+            .await?;
+        Ok(manager.clone())
+    }
+}

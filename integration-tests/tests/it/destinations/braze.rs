@@ -1,0 +1,94 @@
+//! Braze against its contract server.
+
+use std::time::Duration;
+
+use sluice_core::config::Secret;
+use sluice_core::ErrorClass;
+use sluice_destinations::braze::{Braze, BrazeConfig, BrazeIdentifier, BrazeMode};
+use sluice_destinations::{Action, Destination, Kind};
+use sluice_integration_tests::contract;
+
+use super::{indices, metrics, record, retry_after, with_previous};
+
+fn braze(base_url: &str, key: &str, mode: BrazeMode) -> Braze {
+    Braze::new(&BrazeConfig {
+        base_url: base_url.into(),
+        api_key: Secret::literal(key),
+        identifier: BrazeIdentifier::ExternalId,
+        identifier_field: None,
+        mode,
+        max_objects_per_request: 75,
+        unsubscribe_email: true,
+        subscription_group_ids: vec!["sg-marketing".into()],
+        timeout_ms: 5_000,
+    },
+        metrics::<Braze>(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn braze_writes_attributes_and_unsubscribes_on_delete() {
+    let (url, server) = contract::braze::start("key-1").await;
+    let destination = braze(&url, "key-1", BrazeMode::Attributes);
+    let batch = [
+        record(1, Action::Upsert, serde_json::json!({"external_id": "u1", "email": "a@example.com", "plan": "pro"})),
+        record(2, Action::Upsert, serde_json::json!({"external_id": "u2", "plan": "free"})),
+    ];
+    assert!(destination.send(&batch).await.unwrap().is_empty());
+    assert_eq!(server.user("u1").unwrap()["plan"], "pro");
+    let leaving = with_previous(record(2, Action::Delete, serde_json::json!({})), serde_json::json!({"external_id": "u2"}));
+    assert!(destination.send(&[leaving]).await.unwrap().is_empty());
+    let u2 = server.user("u2").unwrap();
+    assert_eq!(u2["email_subscribe"], "unsubscribed");
+    assert_eq!(u2["subscription_groups"], serde_json::json!([{"subscription_group_id": "sg-marketing", "subscription_state": "unsubscribed"}]));
+    assert_eq!(u2["plan"], "free", "a delete never wipes attributes");
+    assert!(server.requests().iter().all(|r| r.body.get("events").is_none() && r.body.get("purchases").is_none()));
+}
+
+#[tokio::test]
+async fn braze_suppression_mode_unsubscribes_a_buyer() {
+    let (url, server) = contract::braze::start("key-1").await;
+    braze(&url, "key-1", BrazeMode::Attributes).send(&[record(1, Action::Upsert, serde_json::json!({"external_id": "u1"}))]).await.unwrap();
+    let destination = braze(&url, "key-1", BrazeMode::Suppression);
+    assert!(destination.send(&[record(1, Action::Upsert, serde_json::json!({"external_id": "u1"}))]).await.unwrap().is_empty());
+    assert_eq!(server.user("u1").unwrap()["email_subscribe"], "unsubscribed");
+}
+
+#[tokio::test]
+async fn braze_rate_limit_waits_for_the_reset() {
+    let (url, server) = contract::braze::start("key-1").await;
+    server.faults.push(contract::braze::Fault::RateLimited { reset_in_secs: 3 });
+    let destination = braze(&url, "key-1", BrazeMode::Attributes);
+    let batch = [record(1, Action::Upsert, serde_json::json!({"external_id": "u1"}))];
+    let error = destination.send(&batch).await.unwrap_err();
+    let wait = retry_after(&error).expect("X-RateLimit-Reset");
+    assert!((Duration::from_secs(2)..=Duration::from_secs(3)).contains(&wait), "{wait:?}");
+    server.faults.push(contract::braze::Fault::Status(503));
+    assert_eq!(retry_after(&destination.send(&batch).await.unwrap_err()), None);
+    assert!(server.user("u1").is_none());
+}
+
+#[tokio::test]
+async fn braze_object_errors_refuse_only_those_records() {
+    let (url, server) = contract::braze::start("key-1").await;
+    let destination = braze(&url, "key-1", BrazeMode::Attributes);
+    let batch = [
+        record(1, Action::Upsert, serde_json::json!({"external_id": "u1", "email": "a@example.com"})),
+        record(2, Action::Upsert, serde_json::json!({"external_id": "u2", "email": "bob-at-example"})),
+        record(3, Action::Upsert, serde_json::json!({"plan": "no identifier"})),
+        record(4, Action::Upsert, serde_json::json!({"external_id": "u4"})),
+    ];
+    let failures = destination.send(&batch).await.unwrap();
+    assert_eq!(indices(&failures), [1, 2], "the server's error for object 1 and the missing identifier");
+    assert!(failures.iter().all(|f| f.class == ErrorClass::Permanent));
+    assert_eq!(failures[0].status, Some(201));
+    assert!(server.user("u1").is_some() && server.user("u4").is_some() && server.user("u2").is_none());
+}
+
+#[tokio::test]
+async fn braze_bad_key_is_fatal() {
+    let (url, _server) = contract::braze::start("key-1").await;
+    let error = braze(&url, "revoked", BrazeMode::Attributes).send(&[record(1, Action::Upsert, serde_json::json!({"external_id": "u1"}))]).await.unwrap_err();
+    assert_eq!((error.class, error.status), (ErrorClass::Fatal, Some(401)));
+}

@@ -1,0 +1,114 @@
+//! HubSpot against its contract server.
+
+use std::time::Duration;
+
+use sluice_core::config::Secret;
+use sluice_core::ErrorClass;
+use sluice_destinations::hubspot::{HubSpot, HubSpotConfig};
+use sluice_destinations::{Action, Destination, Kind, UnsupportedDelete};
+use sluice_integration_tests::contract;
+
+use super::{indices, metrics, record, retry_after, with_previous};
+
+fn hubspot(base_url: &str, token: &str, multi_status: bool, zone: &str) -> HubSpot {
+    HubSpot::new(&HubSpotConfig {
+        base_url: base_url.into(),
+        access_token: Secret::literal(token),
+        object_type: "contacts".into(),
+        id_property: "email".into(),
+        id_field: None,
+        max_inputs_per_request: 100,
+        portal_time_zone: zone.into(),
+        ten_secondly_backoff_ms: 10_000,
+        multi_status,
+        on_delete: UnsupportedDelete::Skip,
+        timeout_ms: 5_000,
+    },
+        metrics::<HubSpot>(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn hubspot_upserts_by_email_and_renames_on_identifier_change() {
+    let (url, server) = contract::hubspot::start("pat-1").await;
+    let destination = hubspot(&url, "pat-1", true, "UTC");
+    let batch = [
+        record(1, Action::Upsert, serde_json::json!({"email": " Jane@Example.com", "firstname": "Jane", "ltv": 37.5})),
+        record(2, Action::Upsert, serde_json::json!({"email": "old@example.com", "firstname": "Bob"})),
+        record(3, Action::Delete, serde_json::json!({})),
+    ];
+    assert!(destination.send(&batch).await.unwrap().is_empty());
+    let jane = server.contact("jane@example.com").expect("jane created under her lowercased email");
+    assert_eq!((jane["firstname"].as_str(), jane["ltv"].as_str()), (Some("Jane"), Some("37.5")));
+    let sent = &server.requests()[0].body["inputs"];
+    assert_eq!(sent.as_array().unwrap().len(), 2, "the delete is skipped, not sent");
+    assert_eq!(sent[0]["idProperty"], "email");
+    assert_eq!(sent[0]["objectWriteTraceId"], "sluice.changes.customers/0/1");
+
+    let renamed = with_previous(record(2, Action::Upsert, serde_json::json!({"email": "new@example.com", "firstname": "Bob"})), serde_json::json!({"email": "old@example.com"}));
+    assert!(destination.send(&[renamed]).await.unwrap().is_empty());
+    assert!(server.contact("old@example.com").is_none(), "no record left under the old email");
+    assert_eq!(server.contact("new@example.com").unwrap()["firstname"], "Bob");
+}
+
+#[tokio::test]
+async fn hubspot_ten_secondly_limit_is_retried_after_the_window() {
+    let (url, server) = contract::hubspot::start("pat-1").await;
+    *server.ten_secondly_max.lock().unwrap() = 1;
+    let destination = hubspot(&url, "pat-1", true, "UTC");
+    let batch = [record(1, Action::Upsert, serde_json::json!({"email": "a@example.com"}))];
+    destination.send(&batch).await.unwrap();
+    let error = destination.send(&batch).await.unwrap_err();
+    assert_eq!(error.status, Some(429));
+    assert_eq!(retry_after(&error), Some(Duration::from_secs(10)), "X-HubSpot-RateLimit-Interval-Milliseconds");
+    assert!(error.excerpt.contains("TEN_SECONDLY_ROLLING"));
+}
+
+#[tokio::test]
+async fn hubspot_daily_limit_pauses_until_midnight_in_the_portal_zone() {
+    let (url, server) = contract::hubspot::start("pat-1").await;
+    *server.daily_max.lock().unwrap() = 0;
+    let destination = hubspot(&url, "pat-1", true, "America/New_York");
+    let before = chrono::Utc::now();
+    let error = destination.send(&[record(1, Action::Upsert, serde_json::json!({"email": "a@example.com"}))]).await.unwrap_err();
+    let wait = retry_after(&error).expect("a daily limit names its reset");
+    let expected = sluice_destinations::hubspot::until_next_midnight(before, "America/New_York".parse().unwrap());
+    assert!(expected.saturating_sub(wait) <= Duration::from_secs(5) && wait <= expected, "wait {wait:?}, expected about {expected:?}");
+    assert_ne!(error.class, ErrorClass::Permanent, "a spent daily allowance is never dead-lettered");
+}
+
+#[tokio::test]
+async fn hubspot_multi_status_refuses_only_the_invalid_inputs() {
+    let (url, server) = contract::hubspot::start("pat-1").await;
+    let destination = hubspot(&url, "pat-1", true, "UTC");
+    let batch = [
+        record(1, Action::Upsert, serde_json::json!({"email": "a@example.com"})),
+        record(2, Action::Upsert, serde_json::json!({"email": "not-an-email"})),
+        record(3, Action::Upsert, serde_json::json!({"email": "c@example.com"})),
+    ];
+    let failures = destination.send(&batch).await.unwrap();
+    assert_eq!(indices(&failures), [1]);
+    assert_eq!((failures[0].class.clone(), failures[0].status), (ErrorClass::Permanent, Some(207)));
+    assert!(failures[0].excerpt.contains("INVALID_EMAIL"));
+    assert!(server.contact("a@example.com").is_some() && server.contact("c@example.com").is_some());
+
+    // Without trace ids, HubSpot refuses the whole batch: the sink then isolates the record.
+    let whole = hubspot(&url, "pat-1", false, "UTC");
+    let error = whole.send(&batch).await.unwrap_err();
+    assert_eq!((error.class, error.status), (ErrorClass::Permanent, Some(400)));
+}
+
+#[tokio::test]
+async fn hubspot_bad_token_is_fatal_and_outages_retry() {
+    let (url, server) = contract::hubspot::start("pat-1").await;
+    let batch = [record(1, Action::Upsert, serde_json::json!({"email": "a@example.com"}))];
+    let error = hubspot(&url, "expired", true, "UTC").send(&batch).await.unwrap_err();
+    assert_eq!((error.class, error.status), (ErrorClass::Fatal, Some(401)));
+    server.faults.push(contract::hubspot::Fault::Status(502));
+    server.faults.push(contract::hubspot::Fault::Status(423));
+    let destination = hubspot(&url, "pat-1", true, "UTC");
+    assert_eq!(retry_after(&destination.send(&batch).await.unwrap_err()), None);
+    assert_eq!(retry_after(&destination.send(&batch).await.unwrap_err()), Some(Duration::from_secs(2)));
+    assert!(server.contact("a@example.com").is_none());
+}

@@ -1,0 +1,91 @@
+//! Salesforce against its contract server.
+
+use std::time::Duration;
+
+use sluice_core::config::Secret;
+use sluice_core::ErrorClass;
+use sluice_destinations::salesforce::{Salesforce, SalesforceConfig};
+use sluice_destinations::{Action, Destination, Kind, UnsupportedDelete};
+use sluice_integration_tests::contract;
+
+use super::{indices, metrics, record, retry_after};
+
+fn salesforce(base_url: &str, token: &str) -> Salesforce {
+    Salesforce::new(&SalesforceConfig {
+        instance_url: base_url.into(),
+        access_token: Secret::literal(token),
+        api_version: "v62.0".into(),
+        sobject: "Contact".into(),
+        external_id_field: "Warehouse_Id__c".into(),
+        max_records_per_request: 200,
+        retryable_error_codes: vec!["UNABLE_TO_LOCK_ROW".into()],
+        allocation_exhausted_wait_secs: 3600,
+        on_delete: UnsupportedDelete::Reject,
+        timeout_ms: 5_000,
+    },
+        metrics::<Salesforce>(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn salesforce_upserts_by_external_id() {
+    let (url, server) = contract::salesforce::start("00D-token").await;
+    let destination = salesforce(&url, "00D-token");
+    let batch = [
+        record(1, Action::Upsert, serde_json::json!({"Warehouse_Id__c": "W-1", "LastName": "Doe", "Email": "jane@example.com"})),
+        record(2, Action::Upsert, serde_json::json!({"Warehouse_Id__c": "W-2", "LastName": "Roe"})),
+    ];
+    assert!(destination.send(&batch).await.unwrap().is_empty());
+    assert_eq!(server.record("W-1").unwrap()["Email"], "jane@example.com");
+    let update = [record(1, Action::Upsert, serde_json::json!({"Warehouse_Id__c": "W-1", "Email": null}))];
+    assert!(destination.send(&update).await.unwrap().is_empty());
+    assert_eq!(server.record("W-1").unwrap()["Email"], serde_json::Value::Null, "null clears the field");
+    let sent = &server.requests()[0];
+    assert_eq!(sent.path, "/composite/sobjects/Contact/Warehouse_Id__c");
+    assert_eq!(sent.body["allOrNone"], false);
+    assert_eq!(sent.body["records"][0]["attributes"]["type"], "Contact");
+    let deleted = destination.send(&[record(2, Action::Delete, serde_json::json!({}))]).await.unwrap();
+    assert_eq!(indices(&deleted), [0], "on_delete = reject dead-letters deletes");
+}
+
+#[tokio::test]
+async fn salesforce_request_limit_is_throttling_not_auth() {
+    let (url, server) = contract::salesforce::start("00D-token").await;
+    let destination = salesforce(&url, "00D-token");
+    let batch = [record(1, Action::Upsert, serde_json::json!({"Warehouse_Id__c": "W-1", "LastName": "Doe"}))];
+    server.faults.push(contract::salesforce::Fault::ConcurrentLimit);
+    let error = destination.send(&batch).await.unwrap_err();
+    assert_eq!((error.status, retry_after(&error)), (Some(403), None), "concurrency: backoff decides");
+    *server.allocation.lock().unwrap() = (5_000, 5_000);
+    let error = destination.send(&batch).await.unwrap_err();
+    assert_eq!(retry_after(&error), Some(Duration::from_secs(3600)), "allocation spent: a long pause");
+    assert!(error.excerpt.contains("REQUEST_LIMIT_EXCEEDED"));
+    assert!(server.record("W-1").is_none());
+}
+
+#[tokio::test]
+async fn salesforce_per_record_results_refuse_or_retry_only_those_records() {
+    let (url, server) = contract::salesforce::start("00D-token").await;
+    server.locked.lock().unwrap().insert("W-3".into());
+    let destination = salesforce(&url, "00D-token");
+    let batch = [
+        record(1, Action::Upsert, serde_json::json!({"Warehouse_Id__c": "W-1", "LastName": "Doe"})),
+        record(2, Action::Upsert, serde_json::json!({"Warehouse_Id__c": "W-2", "Email": "no-lastname@example.com"})),
+        record(3, Action::Upsert, serde_json::json!({"Warehouse_Id__c": "W-3", "LastName": "Locked"})),
+    ];
+    let failures = destination.send(&batch).await.unwrap();
+    assert_eq!(indices(&failures), [1, 2]);
+    assert_eq!(failures[0].class, ErrorClass::Permanent);
+    assert!(failures[0].message.contains("REQUIRED_FIELD_MISSING"));
+    assert_eq!(failures[1].class, ErrorClass::Retryable { retry_after: None }, "UNABLE_TO_LOCK_ROW is retried");
+    assert!(server.record("W-1").is_some() && server.record("W-2").is_none() && server.record("W-3").is_none());
+}
+
+#[tokio::test]
+async fn salesforce_invalid_session_is_fatal() {
+    let (url, _server) = contract::salesforce::start("00D-token").await;
+    let error = salesforce(&url, "expired").send(&[record(1, Action::Upsert, serde_json::json!({"Warehouse_Id__c": "W-1", "LastName": "Doe"}))]).await.unwrap_err();
+    assert_eq!((error.class, error.status), (ErrorClass::Fatal, Some(401)));
+    assert!(error.excerpt.contains("INVALID_SESSION_ID"));
+}
