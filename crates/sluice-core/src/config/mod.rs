@@ -101,6 +101,18 @@ pub struct KafkaConfig {
     /// Extra librdkafka properties applied to every client (e.g. security settings).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// `min.compaction.lag.ms` of change topics: how long every change event, `d` events
+    /// included, stays in the topic before compaction may drop it for a newer record of its key.
+    /// A sink that lags less than this sees every delete as its `d` event. Applied when topics
+    /// are created and to existing change topics at every start (default 7 days).
+    #[serde(default = "defaults::min_compaction_lag_ms")]
+    pub min_compaction_lag_ms: u64,
+    /// `delete.retention.ms` of change topics: how long a tombstone stays after compaction
+    /// reached it. A sink that lags more than `min_compaction_lag_ms` but less than both together
+    /// still sees the delete, as a tombstone whose `d` event is gone (docs/sink.md). Applied like
+    /// `min_compaction_lag_ms` (default 7 days).
+    #[serde(default = "defaults::delete_retention_ms")]
+    pub delete_retention_ms: u64,
 }
 
 /// The warehouse models are read from.
@@ -280,6 +292,12 @@ pub(crate) mod defaults {
     }
     pub fn replication_factor() -> i32 {
         1
+    }
+    pub fn min_compaction_lag_ms() -> u64 {
+        7 * 24 * 3600 * 1000
+    }
+    pub fn delete_retention_ms() -> u64 {
+        7 * 24 * 3600 * 1000
     }
     pub fn warehouse_name() -> String {
         "warehouse".into()
@@ -568,6 +586,7 @@ fields = { email = "email" }
     fn a_valid_config_loads() {
         let config = parse(GOOD).expect("valid");
         assert_eq!(config.kafka.topic_prefix, "sluice");
+        assert_eq!((config.kafka.min_compaction_lag_ms, config.kafka.delete_retention_ms), (604_800_000, 604_800_000), "deletes kept a week by default");
         assert_eq!(config.warehouse.url.as_ref().unwrap().expose(), "postgres://u:p@h/db");
         assert_eq!(config.syncs_to("crm").count(), 1);
         assert!(!format!("{:?}", config.warehouse.url).contains("u:p"), "secrets never print");
