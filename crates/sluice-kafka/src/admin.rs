@@ -1,54 +1,238 @@
-//! Topic creation. Every topic sluice uses is created up front with the settings its role needs,
-//! rather than relying on broker auto-creation (off in production clusters, and wrong for
-//! compaction).
+//! Topic creation and topic settings. Every topic sluice uses is created up front with the
+//! settings its role needs, rather than relying on broker auto-creation (off in production
+//! clusters, and wrong for compaction).
+//!
+//! Guarantees:
+//! - [`ensure_topics`] creates the topics that do not exist, each with its role's settings, and
+//!   brings the *reconciled* settings of a role ([`TopicRole::reconciled`]: the compaction lag
+//!   and tombstone retention of change topics) to the configured values on topics that already
+//!   exist. It changes nothing when they already hold (idempotent) and logs every value it
+//!   changes, with the old one.
+//! - A topic's other settings are kept: Kafka's `AlterConfigs` replaces a topic's whole set of
+//!   overrides, so the current overrides are read first and sent back with ours (a settings
+//!   change by someone else in the milliseconds between the two calls would be lost; an override
+//!   whose value the broker hides, a sensitive one, makes us leave the topic alone and say so).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ConfigSource, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use sluice_core::config::KafkaConfig;
 
 use crate::{client_config, KafkaError};
 
-/// What a topic is for, which decides its cleanup policy.
+/// How long side records are kept: longer than a sink is expected to be down, bounded so a
+/// large backfill does not stay on disk forever. Raise it per topic with `kafka-configs.sh`.
+pub const SIDE_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// What a topic is for, which decides its settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopicRole {
-    /// Change topics, the schema topic and the poller-state topic: compacted, so they keep the
-    /// latest record per key forever (the current state of every row → backfill by replay).
+    /// Change topics: compacted, so they keep the latest record per key forever (the current
+    /// state of every row → backfill by replay), with `min.compaction.lag.ms` and
+    /// `delete.retention.ms` from the `[kafka]` config so that a lagging sink or a replay still
+    /// sees every delete ([`TopicRole::reconciled`]).
+    Changes,
+    /// The schema topic and the poller-state topic: compacted, the latest record per key.
     Compacted,
     /// Dead-letter topics: never compacted (two rejects of one key are two records) and kept
     /// until an operator redrives or deletes them (`retention.ms = -1`).
     DeadLetter,
+    /// A destination's side topic (backfill, redrive): not compacted (two side records of one
+    /// key are two requests), kept [`SIDE_RETENTION_MS`].
+    Side,
 }
 
-/// Create the topics that do not exist yet; existing topics are left as they are.
+impl TopicRole {
+    /// The settings a topic of this role is created with.
+    pub fn settings(self, kafka: &KafkaConfig) -> Vec<(&'static str, String)> {
+        match self {
+            TopicRole::Changes => {
+                let mut settings = vec![("cleanup.policy", "compact".to_string())];
+                settings.extend(self.reconciled(kafka));
+                settings
+            }
+            TopicRole::Compacted => vec![
+                ("cleanup.policy", "compact".to_string()),
+                // Tombstones outlive a slow reader's lag.
+                ("delete.retention.ms", "604800000".to_string()),
+            ],
+            TopicRole::DeadLetter => vec![("cleanup.policy", "delete".to_string()), ("retention.ms", "-1".to_string())],
+            TopicRole::Side => vec![("cleanup.policy", "delete".to_string()), ("retention.ms", SIDE_RETENTION_MS.to_string())],
+        }
+    }
+
+    /// The settings brought to the configured values on existing topics too (an operator who
+    /// raises the compaction lag in the config expects it to hold for the topics already there).
+    pub fn reconciled(self, kafka: &KafkaConfig) -> Vec<(&'static str, String)> {
+        match self {
+            TopicRole::Changes => vec![
+                ("min.compaction.lag.ms", kafka.min_compaction_lag_ms.to_string()),
+                ("delete.retention.ms", kafka.delete_retention_ms.to_string()),
+            ],
+            TopicRole::Compacted | TopicRole::DeadLetter | TopicRole::Side => Vec::new(),
+        }
+    }
+}
+
+/// Create the topics that do not exist yet, with `kafka.partitions` partitions; reconcile the
+/// settings of those that do ([`TopicRole::reconciled`]).
 pub async fn ensure_topics(kafka: &KafkaConfig, topics: &[(String, TopicRole)]) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(kafka).create().map_err(|e| KafkaError::classify("create admin client", e))?;
+    let with_partitions: Vec<(String, TopicRole, i32)> = topics.iter().map(|(name, role)| (name.clone(), *role, kafka.partitions)).collect();
+    ensure_topics_with_partitions(kafka, &with_partitions).await
+}
+
+/// [`ensure_topics`], with each topic's partition count for when it is created.
+pub async fn ensure_topics_with_partitions(kafka: &KafkaConfig, topics: &[(String, TopicRole, i32)]) -> Result<(), KafkaError> {
+    let admin = admin(kafka)?;
+    let settings: Vec<Vec<(&'static str, String)>> = topics.iter().map(|(_, role, _)| role.settings(kafka)).collect();
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|(name, role)| {
-            let topic = NewTopic::new(name, kafka.partitions, TopicReplication::Fixed(kafka.replication_factor));
-            match role {
-                TopicRole::Compacted => topic
-                    .set("cleanup.policy", "compact")
-                    // Tombstones must outlive the slowest sink's lag so a delete is never missed.
-                    .set("delete.retention.ms", "604800000"),
-                TopicRole::DeadLetter => topic.set("cleanup.policy", "delete").set("retention.ms", "-1"),
-            }
+        .zip(&settings)
+        .map(|((name, _, partitions), settings)| {
+            settings.iter().fold(NewTopic::new(name, *partitions, TopicReplication::Fixed(kafka.replication_factor)), |topic, (key, value)| {
+                topic.set(key, value)
+            })
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin.create_topics(new_topics.iter(), &options).await.map_err(|e| KafkaError::classify("create topics", e))?;
+    let mut existing = Vec::new();
     for result in results {
         match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Ok(_) => {}
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => existing.push(topic),
             Err((topic, code)) => {
                 tracing::error!(%topic, error = %code, "cannot create topic");
                 return Err(KafkaError::classify("create topics", rdkafka::error::KafkaError::AdminOp(code)));
             }
         }
     }
+    for (name, role, _) in topics {
+        let wanted = role.reconciled(kafka);
+        if !wanted.is_empty() && existing.contains(name) {
+            reconcile(&admin, name, &wanted).await?;
+        }
+    }
     Ok(())
+}
+
+fn admin(kafka: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+    client_config(kafka).create().map_err(|e| KafkaError::classify("create admin client", e))
+}
+
+/// One setting that changes: (setting, old value, new value).
+type Change = (&'static str, Option<String>, String);
+
+/// What must change on a topic to hold `wanted`, given its current overrides and its effective
+/// settings: `None` when nothing does, else the full set of overrides to send (the current ones
+/// with ours applied) and the changes.
+fn plan_settings(
+    current: &HashMap<String, Option<String>>,
+    effective: &HashMap<String, Option<String>>,
+    wanted: &[(&'static str, String)],
+) -> Option<(HashMap<String, String>, Vec<Change>)> {
+    let changes: Vec<Change> = wanted
+        .iter()
+        .filter(|(key, value)| effective.get(*key).cloned().flatten().as_deref() != Some(value.as_str()))
+        .map(|(key, value)| (*key, effective.get(*key).cloned().flatten(), value.clone()))
+        .collect();
+    if changes.is_empty() {
+        return None;
+    }
+    let mut full: HashMap<String, String> = current.iter().filter_map(|(k, v)| Some((k.clone(), v.clone()?))).collect();
+    for (key, value) in wanted {
+        full.insert(key.to_string(), value.clone());
+    }
+    Some((full, changes))
+}
+
+/// Bring `wanted` to hold on the existing topic `name`, keeping its other overrides.
+async fn reconcile(admin: &AdminClient<DefaultClientContext>, name: &str, wanted: &[(&'static str, String)]) -> Result<(), KafkaError> {
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let described = admin.describe_configs([&ResourceSpecifier::Topic(name)], &options).await.map_err(|e| KafkaError::classify("describe topic", e))?;
+    let Some(Ok(resource)) = described.into_iter().next() else {
+        tracing::warn!(topic = %name, "cannot read the topic's settings; its compaction lag is left as it is");
+        return Ok(());
+    };
+    let effective: HashMap<String, Option<String>> = resource.entries.iter().map(|e| (e.name.clone(), e.value.clone())).collect();
+    let overrides: Vec<_> = resource.entries.iter().filter(|e| e.source == ConfigSource::DynamicTopic).collect();
+    if overrides.iter().any(|e| e.value.is_none()) {
+        tracing::warn!(
+            topic = %name,
+            "the topic has a setting whose value the broker hides, which changing its settings would drop; set them by hand: kafka-configs.sh --alter --entity-type topics --entity-name {name} --add-config {}",
+            wanted.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+        );
+        return Ok(());
+    }
+    let current: HashMap<String, Option<String>> = overrides.iter().map(|e| (e.name.clone(), e.value.clone())).collect();
+    let Some((full, changes)) = plan_settings(&current, &effective, wanted) else { return Ok(()) };
+    let alter = full.iter().fold(AlterConfig::new(ResourceSpecifier::Topic(name)), |alter, (k, v)| alter.set(k, v));
+    let results = admin.alter_configs([&alter], &options).await.map_err(|e| KafkaError::classify("alter topic settings", e))?;
+    for result in results {
+        if let Err((_, code)) = result {
+            tracing::error!(topic = %name, error = %code, "cannot change the topic's settings");
+            return Err(KafkaError::classify("alter topic settings", rdkafka::error::KafkaError::AdminOp(code)));
+        }
+    }
+    for (setting, old, new) in changes {
+        tracing::info!(topic = %name, setting, old = old.as_deref().unwrap_or("unset"), new = %new, "topic setting changed to the configured value");
+    }
+    Ok(())
+}
+
+/// The partition count of each of `topics` that exists (blocking; call from `spawn_blocking`).
+pub fn partition_counts(kafka: &KafkaConfig, topics: &[String]) -> Result<HashMap<String, i32>, KafkaError> {
+    let consumer: rdkafka::consumer::BaseConsumer =
+        client_config(kafka).create().map_err(|e| KafkaError::classify("create metadata client", e))?;
+    let mut counts = HashMap::new();
+    for topic in topics {
+        let metadata = rdkafka::consumer::Consumer::fetch_metadata(&consumer, Some(topic), Duration::from_secs(10))
+            .map_err(|e| KafkaError::classify("fetch metadata", e))?;
+        for t in metadata.topics() {
+            if t.error().is_none() && !t.partitions().is_empty() {
+                counts.insert(t.name().to_string(), t.partitions().len() as i32);
+            }
+        }
+    }
+    Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, Option<String>> {
+        pairs.iter().map(|(k, v)| (k.to_string(), Some(v.to_string()))).collect()
+    }
+
+    #[test]
+    fn settings_change_only_when_they_differ_and_keep_the_other_overrides() {
+        let wanted = vec![("min.compaction.lag.ms", "604800000".to_string()), ("delete.retention.ms", "86400000".to_string())];
+        let current = map(&[("cleanup.policy", "compact"), ("segment.ms", "100"), ("delete.retention.ms", "86400000")]);
+        let mut effective = current.clone();
+        effective.insert("min.compaction.lag.ms".into(), Some("0".into()));
+        let (full, changes) = plan_settings(&current, &effective, &wanted).expect("the lag differs");
+        assert_eq!(changes, [("min.compaction.lag.ms", Some("0".to_string()), "604800000".to_string())], "only what differs is reported");
+        assert_eq!(full.get("segment.ms").map(String::as_str), Some("100"), "another override is kept");
+        assert_eq!(full.get("cleanup.policy").map(String::as_str), Some("compact"));
+        assert_eq!(full.get("min.compaction.lag.ms").map(String::as_str), Some("604800000"));
+        assert_eq!(full.len(), 4);
+
+        effective.insert("min.compaction.lag.ms".into(), Some("604800000".into()));
+        assert!(plan_settings(&current, &effective, &wanted).is_none(), "nothing to do when every value holds");
+    }
+
+    #[test]
+    fn change_topics_carry_the_configured_lag_and_retention() {
+        let kafka: KafkaConfig = toml::from_str("bootstrap_servers = \"x\"\nmin_compaction_lag_ms = 5\ndelete_retention_ms = 6").unwrap();
+        let settings = TopicRole::Changes.settings(&kafka);
+        assert!(settings.contains(&("cleanup.policy", "compact".to_string())));
+        assert!(settings.contains(&("min.compaction.lag.ms", "5".to_string())));
+        assert!(settings.contains(&("delete.retention.ms", "6".to_string())));
+        assert!(TopicRole::Compacted.reconciled(&kafka).is_empty(), "only change topics are reconciled");
+        assert_eq!(TopicRole::Side.settings(&kafka)[0], ("cleanup.policy", "delete".to_string()), "side records of one key are distinct requests");
+    }
 }

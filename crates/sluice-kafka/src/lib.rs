@@ -9,13 +9,18 @@
 //! - [`dead_letter::DeadLetterWriter::write`] returns only after the broker acknowledged the
 //!   record with `acks=all` (idempotent producer), so callers can move offsets past it.
 //! - [`compacted::read_to_end`] returns every committed record of a topic up to the high
-//!   watermarks observed when it started.
+//!   watermarks observed when it started; [`compacted::scan`] visits every committed record of
+//!   ranges of its partitions, in offset order.
+//! - [`groups::commit_empty`] moves a consumer group's offsets only while the group is empty.
+//! - [`side::SideProducer`] writes a side record to the partition its sink expects.
 
 pub mod admin;
 pub mod compacted;
 pub mod dead_letter;
+pub mod groups;
 pub mod headers;
 pub mod producer;
+pub mod side;
 
 use rdkafka::ClientConfig;
 use sluice_core::config::KafkaConfig;

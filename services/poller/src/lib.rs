@@ -66,7 +66,7 @@ pub struct RunOptions {
 /// Create (if missing) the change topics of `models` and the poller's schema and state topics.
 pub async fn ensure_model_topics(config: &Config, models: &[String]) -> anyhow::Result<()> {
     let prefix = &config.kafka.topic_prefix;
-    let mut topics: Vec<(String, TopicRole)> = models.iter().map(|m| (naming::change_topic(prefix, m), TopicRole::Compacted)).collect();
+    let mut topics: Vec<(String, TopicRole)> = models.iter().map(|m| (naming::change_topic(prefix, m), TopicRole::Changes)).collect();
     topics.push((naming::schema_topic(prefix), TopicRole::Compacted));
     topics.push((naming::poller_state_topic(prefix), TopicRole::Compacted));
     ensure_topics(&config.kafka, &topics).await.context("creating topics")
