@@ -41,12 +41,15 @@
 //! - SIGTERM drains: `Sink::drain`.
 
 mod dead_letters;
+mod deletes;
 mod deliver;
+mod guard;
 mod lanes;
 mod limits;
 mod mapping;
 mod offsets;
 mod schemas;
+mod side;
 #[cfg(test)]
 mod testing;
 mod transform;
@@ -54,13 +57,13 @@ mod transform;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use sluice_core::config::{Config, DestinationConfig, SyncConfig};
+use sluice_core::config::{Config, DestinationConfig, KafkaConfig, SyncConfig};
 use sluice_core::naming;
 use sluice_destinations::{AnyDestination, Destination};
 use sluice_kafka::admin::{ensure_topics, TopicRole};
@@ -71,8 +74,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use deliver::SinkError;
+pub use guard::predict::{predict_replay, ReplayCounts};
 
 use crate::deliver::Deliverer;
+use crate::guard::{Admission, OrderGuard};
 use crate::lanes::{BatchLimits, Shared};
 use crate::offsets::Partition;
 
@@ -85,9 +90,12 @@ const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// How long the buffer may stay full before the partitions are paused ([`BackPressure`]).
 const PAUSE_AFTER: Duration = Duration::from_secs(5);
 
-/// Commits finished offsets of partitions being revoked, inside librdkafka's rebalance callback.
+/// Commits finished offsets of partitions being revoked, and brings the order guard up to the
+/// partitions assigned, inside librdkafka's rebalance callback.
 struct SinkContext {
     shared: Arc<Shared>,
+    guard: Arc<Mutex<OrderGuard>>,
+    kafka: KafkaConfig,
 }
 
 impl ClientContext for SinkContext {}
@@ -105,7 +113,7 @@ impl ConsumerContext for SinkContext {
         let mut tracker = self.shared.tracker.lock().expect("tracker lock");
         let offsets: Vec<(Partition, i64)> = tracker.committable().into_iter().filter(|(p, _)| partitions.contains(p)).collect();
         if !offsets.is_empty() {
-            match consumer.commit(&offset_list(&offsets), CommitMode::Sync) {
+            match consumer.commit(&offset_list(&offsets, &self.guard), CommitMode::Sync) {
                 Ok(()) => tracker.committed(&offsets),
                 Err(error) => tracing::warn!(%error, "commit on revocation failed; the new owner re-delivers those records"),
             }
@@ -114,12 +122,30 @@ impl ConsumerContext for SinkContext {
         tracker.revoke(&partitions);
         tracing::info!(partitions = partitions.len(), unfinished, "partitions revoked");
     }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(assigned) = rebalance else { return };
+        // Before any record of these partitions is consumed: the guard must know what the
+        // group already delivered there (another instance may have moved them on).
+        if let Err(error) = guard::load::on_assign(&self.kafka, &self.guard, consumer, assigned) {
+            tracing::error!(%error, "cannot bring the order guard up to the assigned partitions; stopping");
+            self.shared.fatal.lock().expect("fatal lock").get_or_insert(SinkError::Kafka(error));
+            self.shared.failed.cancel();
+        }
+    }
 }
 
-fn offset_list(offsets: &[(Partition, i64)]) -> TopicPartitionList {
+/// The offsets to commit, each carrying the replay frontier while it is below it (the order
+/// guard rebuilds from it after a restart, `sluice_kafka::groups`).
+fn offset_list(offsets: &[(Partition, i64)], guard: &Mutex<OrderGuard>) -> TopicPartitionList {
+    let guard = guard.lock().expect("guard lock");
     let mut list = TopicPartitionList::new();
     for ((topic, partition), offset) in offsets {
-        list.add_partition_offset(topic, *partition, Offset::Offset(*offset)).expect("valid offset");
+        let mut element = list.add_partition(topic, *partition);
+        element.set_offset(Offset::Offset(*offset)).expect("valid offset");
+        if let Some(frontier) = guard.carried_frontier(topic, *partition, *offset) {
+            element.set_metadata(sluice_kafka::groups::frontier_metadata(frontier));
+        }
     }
     list
 }
@@ -151,6 +177,8 @@ struct Sink {
     destination: String,
     consumer: StreamConsumer<SinkContext>,
     shared: Arc<Shared>,
+    /// Decides, in dispatch order, which records reach the destination ([`guard`]).
+    guard: Arc<Mutex<OrderGuard>>,
     /// One sender per lane; dropping them is what tells the lanes to finish and stop.
     lanes: Vec<LaneSender>,
     lane_tasks: JoinSet<()>,
@@ -167,11 +195,12 @@ impl Sink {
             .destination(destination)
             .ok_or_else(|| SinkError::Config(format!("destination {destination:?} is not in the config")))?;
         let syncs = syncs_by_topic(config, destination)?;
-        ensure_sink_topics(config, destination, &syncs).await?;
+        let side_topic = ensure_sink_topics(config, destination, &syncs).await?;
+        let guard = Arc::new(Mutex::new(guard::load::build(config, destination, &syncs).await?));
         let lane_stop = CancellationToken::new();
         let (deliverer, batch_limits) = build_deliverer(config, dest, lane_stop.clone())?;
         let shared = Arc::new(Shared::new());
-        let consumer = subscribe(config, destination, &syncs, &shared)?;
+        let consumer = subscribe(config, destination, &syncs, &side_topic, SinkContext { shared: Arc::clone(&shared), guard: Arc::clone(&guard), kafka: config.kafka.clone() })?;
         tracing::info!(
             %destination, kind = deliverer.target.kind(), topics = ?syncs.keys().collect::<Vec<_>>(), lanes = dest.max_concurrency,
             rate_limited = deliverer.limits.is_limited(), "sink started"
@@ -195,6 +224,7 @@ impl Sink {
             destination: destination.to_string(),
             consumer,
             shared,
+            guard,
             lanes,
             lane_tasks,
             lane_stop,
@@ -230,7 +260,7 @@ impl Sink {
                         metrics::counter!("sluice_sink_pauses_total", "destination" => self.destination.clone()).increment(1);
                     }
                     if last_commit.elapsed() >= COMMIT_EVERY {
-                        commit(&self.consumer, &self.shared, CommitMode::Async);
+                        commit(&self.consumer, &self.shared, &self.guard, CommitMode::Async);
                         last_commit = Instant::now();
                     }
                 }
@@ -242,13 +272,26 @@ impl Sink {
         }
     }
 
-    /// Register a consumed message as in flight and hand it to its key's lane.
+    /// Register a consumed message as in flight, let the order guard decide it, and hand it to
+    /// the lane of its key, or finish it here.
     fn dispatch(&self, message: &BorrowedMessage<'_>) -> Result<(), SinkError> {
         self.shared.tracker.lock().expect("tracker lock").register(message.topic(), message.partition(), message.offset());
+        // Decided here, one record at a time in dispatch order, which is what makes the
+        // guard's decisions the order the destination sees (`guard` module doc).
+        let admission = self.guard.lock().expect("guard lock").admit(message);
+        let lane_topic = match admission {
+            Admission::Deliver { lane_topic } => lane_topic,
+            Admission::Finish(outcome) => {
+                tracing::debug!(destination = %self.destination, topic = message.topic(), partition = message.partition(), offset = message.offset(), outcome = outcome.label(), "finished without a request");
+                metrics::counter!("sluice_sink_records_total", "destination" => self.destination.clone(), "outcome" => outcome.label()).increment(1);
+                self.shared.tracker.lock().expect("tracker lock").finish(message.topic(), message.partition(), message.offset());
+                return Ok(());
+            }
+        };
         self.shared.buffered.fetch_add(1, Ordering::SeqCst);
-        // Decoding and mapping happen in the lane, so they use every core; the key picks the
-        // lane, so per-key order holds.
-        let lane = lane_of(message.topic(), message.key().unwrap_or_default(), self.lanes.len());
+        // Decoding and mapping happen in the lane, so they use every core; the change topic and
+        // key pick the lane, so per-key order holds, side records included.
+        let lane = lane_of(&lane_topic, message.key().unwrap_or_default(), self.lanes.len());
         self.lanes[lane].send(Arc::new(message.detach())).map_err(|_| SinkError::Config("a delivery lane stopped".into()))
     }
 
@@ -256,7 +299,7 @@ impl Sink {
     /// failure), bounded by `DRAIN_TIMEOUT`; then the finished prefix is committed
     /// synchronously. A lane's fatal error wins over a clean stop.
     async fn drain(self, stopped: Result<(), SinkError>) -> Result<(), SinkError> {
-        let Sink { destination, consumer, shared, lanes, mut lane_tasks, lane_stop, .. } = self;
+        let Sink { destination, consumer, shared, guard, lanes, mut lane_tasks, lane_stop, .. } = self;
         drop(lanes);
         if stopped.is_err() {
             lane_stop.cancel();
@@ -270,7 +313,7 @@ impl Sink {
             lane_stop.cancel();
             while lane_tasks.join_next().await.is_some() {}
         }
-        commit(&consumer, &shared, CommitMode::Sync);
+        commit(&consumer, &shared, &guard, CommitMode::Sync);
         let result = match (stopped, shared.fatal.lock().expect("fatal lock").take()) {
             (Ok(()), Some(error)) => Err(error),
             (result, _) => result,
@@ -293,13 +336,15 @@ fn syncs_by_topic(config: &Config, destination: &str) -> Result<HashMap<String, 
     Ok(syncs)
 }
 
-/// Create (or check) the change topics, the destination's dead-letter topic and the schema topic.
-async fn ensure_sink_topics(config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>) -> Result<(), SinkError> {
+/// Create (or check) the change topics, the destination's dead-letter topic, the schema topic
+/// and the destination's side topic (returned).
+async fn ensure_sink_topics(config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>) -> Result<String, SinkError> {
     let prefix = &config.kafka.topic_prefix;
-    let mut topics: Vec<(String, TopicRole)> = syncs.keys().map(|t| (t.clone(), TopicRole::Compacted)).collect();
+    let mut topics: Vec<(String, TopicRole)> = syncs.keys().map(|t| (t.clone(), TopicRole::Changes)).collect();
     topics.push((naming::dead_letter_topic(prefix, destination), TopicRole::DeadLetter));
     topics.push((naming::schema_topic(prefix), TopicRole::Compacted));
-    ensure_topics(&config.kafka, &topics).await.map_err(SinkError::Kafka)
+    ensure_topics(&config.kafka, &topics).await.map_err(SinkError::Kafka)?;
+    side::ensure_side_topic(config, destination, syncs).await
 }
 
 /// The destination with its dead-letter writer, limits and retry policy, and the batch limits
@@ -330,12 +375,14 @@ fn build_deliverer(
     Ok((deliverer, batch_limits))
 }
 
-/// The destination's consumer (manual commits, `read_committed`), subscribed to its change topics.
+/// The destination's consumer (manual commits, `read_committed`), subscribed to its change topics
+/// and its side topic.
 fn subscribe(
     config: &Config,
     destination: &str,
     syncs: &HashMap<String, SyncConfig>,
-    shared: &Arc<Shared>,
+    side_topic: &str,
+    context: SinkContext,
 ) -> Result<StreamConsumer<SinkContext>, SinkError> {
     let consumer: StreamConsumer<SinkContext> = sluice_kafka::client_config(&config.kafka)
         .set("group.id", naming::sink_group(&config.kafka.topic_prefix, destination))
@@ -343,9 +390,13 @@ fn subscribe(
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "false")
-        .create_with_context(SinkContext { shared: Arc::clone(shared) })
+        // Range gives partition p of every subscribed topic (they have equal counts) to one
+        // instance: the side records of partition p meet the live records of their keys there
+        // (`sluice_kafka::side`). Set after the user's properties, so it always holds.
+        .set("partition.assignment.strategy", "range")
+        .create_with_context(context)
         .map_err(|e| SinkError::Kafka(sluice_kafka::KafkaError::Fatal { operation: "create consumer", source: e }))?;
-    let topics: Vec<&str> = syncs.keys().map(String::as_str).collect();
+    let topics: Vec<&str> = syncs.keys().map(String::as_str).chain([side_topic]).collect();
     consumer
         .subscribe(&topics)
         .map_err(|e| SinkError::Kafka(sluice_kafka::KafkaError::Fatal { operation: "subscribe", source: e }))?;
@@ -417,13 +468,13 @@ fn set_paused(consumer: &StreamConsumer<SinkContext>, pause: bool) {
 }
 
 /// Commit the finished prefix of every owned partition.
-fn commit(consumer: &StreamConsumer<SinkContext>, shared: &Shared, mode: CommitMode) {
+fn commit(consumer: &StreamConsumer<SinkContext>, shared: &Shared, guard: &Mutex<OrderGuard>, mode: CommitMode) {
     let mut tracker = shared.tracker.lock().expect("tracker lock");
     let offsets = tracker.committable();
     if offsets.is_empty() {
         return;
     }
-    match consumer.commit(&offset_list(&offsets), mode) {
+    match consumer.commit(&offset_list(&offsets, guard), mode) {
         Ok(()) => tracker.committed(&offsets),
         Err(error) => tracing::warn!(%error, "offset commit failed; retried at the next commit"),
     }

@@ -1,0 +1,175 @@
+//! Side records in the sink: which change a consumed record carries ([`origin`]), the side topic
+//! ([`ensure_side_topic`]), and the dead-letter context of a record that failed again
+//! ([`prior_failures`]). The producer's half, and what a side record is, is
+//! [`sluice_kafka::side`].
+//!
+//! Guarantees:
+//! - A record of a change topic carries itself. A record of the side topic carries the change
+//!   its `sluice.original.*` headers name, and only if that change is on one of this
+//!   destination's change topics and in the side partition equal to its original partition
+//!   (the one owned with it, see [`sluice_kafka::side`]); otherwise [`origin`] says why, and the
+//!   record is dead-lettered as unreadable, never applied out of order.
+//! - A side record that fails is dead-lettered with its original coordinates and with the
+//!   attempts and first failure time its headers carried added to the new ones.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use rdkafka::message::{Headers, Message};
+use sluice_core::config::{Config, SyncConfig};
+use sluice_core::naming;
+use sluice_kafka::admin::{ensure_topics_with_partitions, partition_counts, TopicRole};
+use sluice_kafka::headers::dlq;
+use sluice_kafka::side::Original;
+
+use crate::SinkError;
+
+/// The change a consumed record carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Origin<'m> {
+    /// The change topic.
+    pub topic: Cow<'m, str>,
+    pub partition: i32,
+    pub offset: i64,
+    /// Whether it came through the side topic.
+    pub side: bool,
+}
+
+impl Origin<'_> {
+    /// The stable id of the change at the destination: `topic/partition/offset`, the same
+    /// whether it arrives live, replayed or through the side topic.
+    pub(crate) fn id(&self) -> String {
+        format!("{}/{}/{}", self.topic, self.partition, self.offset)
+    }
+}
+
+/// The change `message` carries. `is_change_topic` says which topics are this destination's
+/// change topics; a side record naming another topic, or sitting in a side partition other than
+/// its original partition, is refused with the reason.
+pub(crate) fn origin<'m>(message: &'m impl Message, is_change_topic: impl Fn(&str) -> bool) -> Result<Origin<'m>, String> {
+    if !naming::is_side_topic(message.topic()) {
+        return Ok(Origin { topic: Cow::Borrowed(message.topic()), partition: message.partition(), offset: message.offset(), side: false });
+    }
+    let original = Original::from_headers(message.headers())?;
+    if !is_change_topic(&original.topic) {
+        return Err(format!("side record names topic {:?}, which no sync of this destination reads", original.topic));
+    }
+    if original.partition != message.partition() {
+        return Err(format!(
+            "side record of {}:{} was written to side partition {}; write it to partition {} (sluice_kafka::side::SideProducer does)",
+            original.topic,
+            original.partition,
+            message.partition(),
+            original.partition
+        ));
+    }
+    Ok(Origin { topic: Cow::Owned(original.topic), partition: original.partition, offset: original.offset, side: true })
+}
+
+/// The change topic whose lane a consumed record belongs to: the one it carries, or its own
+/// when it carries none that can be read (it is then dead-lettered).
+pub(crate) fn lane_topic(message: &impl Message) -> Cow<'_, str> {
+    origin(message, |_| true).map_or(Cow::Borrowed(message.topic()), |origin| origin.topic)
+}
+
+/// The context a record's headers carry from earlier failures (a redriven dead letter):
+/// attempts made and the first failure time.
+pub(crate) fn prior_failures(message: &impl Message) -> (usize, Option<i64>) {
+    let Some(headers) = message.headers() else { return (0, None) };
+    let get = |name: &str| headers.iter().find(|h| h.key == name).and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<i64>().ok());
+    (get(dlq::ATTEMPTS).map_or(0, |n| n.max(0) as usize), get(dlq::FIRST_FAILURE_MS))
+}
+
+/// Whether a header is dead-letter or side context, written afresh on every dead letter rather
+/// than copied from the record (a redriven record carries its last dead letter's).
+pub(crate) fn is_context_header(name: &str) -> bool {
+    name.starts_with("sluice.error.") || name.starts_with("sluice.original.") || name == sluice_kafka::side::SOURCE
+}
+
+/// Create (or check) the destination's side topic, with as many partitions as its change topics,
+/// which must all have the same count: a side record of partition `p` is applied by the instance
+/// owning partition `p` of every change topic, which the range assignor guarantees only then.
+pub(crate) async fn ensure_side_topic(config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>) -> Result<String, SinkError> {
+    let side = naming::side_topic(&config.kafka.topic_prefix, destination);
+    let mut topics: Vec<String> = syncs.keys().cloned().collect();
+    topics.sort();
+    let counts = blocking_counts(config, topics.clone()).await?;
+    let mut by_count: Vec<(i32, &String)> = topics.iter().filter_map(|t| counts.get(t).map(|&n| (n, t))).collect();
+    by_count.sort();
+    let Some(&(partitions, _)) = by_count.first() else {
+        return Err(SinkError::Config(format!("the change topics of destination {destination:?} do not exist")));
+    };
+    if by_count.iter().any(|&(n, _)| n != partitions) {
+        let listed: Vec<String> = by_count.iter().map(|(n, t)| format!("{t}: {n}")).collect();
+        return Err(SinkError::Config(format!(
+            "the change topics of destination {destination:?} have different partition counts ({}), so side records (backfill, redrive) could not be kept in order with live records across sink instances; give every change topic the same count (recreate the odd one out, or replay it into a new model)",
+            listed.join(", ")
+        )));
+    }
+    ensure_topics_with_partitions(&config.kafka, &[(side.clone(), TopicRole::Side, partitions)]).await.map_err(SinkError::Kafka)?;
+    let side_count = blocking_counts(config, vec![side.clone()]).await?.get(&side).copied();
+    if side_count != Some(partitions) {
+        return Err(SinkError::Config(format!(
+            "side topic {side} has {} partitions, the change topics of destination {destination:?} have {partitions}; delete the side topic once it is drained (kafka-topics.sh --delete --topic {side}) and the sink recreates it",
+            side_count.map_or("no".to_string(), |n| n.to_string())
+        )));
+    }
+    Ok(side)
+}
+
+async fn blocking_counts(config: &Config, topics: Vec<String>) -> Result<HashMap<String, i32>, SinkError> {
+    let kafka = config.kafka.clone();
+    tokio::task::spawn_blocking(move || partition_counts(&kafka, &topics)).await.expect("metadata read does not panic").map_err(SinkError::Kafka)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rdkafka::message::OwnedMessage;
+    use rdkafka::Timestamp;
+    use sluice_kafka::side::SideRecord;
+
+    use super::*;
+
+    fn side_message(original: Original, partition: i32, extra: &[(&str, &str)]) -> Arc<OwnedMessage> {
+        let mut record = SideRecord::new(original, b"k".to_vec(), Some(b"v".to_vec()), "test");
+        record.kept = extra.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect();
+        let headers = record.headers().iter().fold(rdkafka::message::OwnedHeaders::new(), |h, (k, v)| {
+            h.insert(rdkafka::message::Header { key: k, value: Some(v.as_slice()) })
+        });
+        Arc::new(OwnedMessage::new(Some(b"v".to_vec()), Some(b"k".to_vec()), "p.side.crm".into(), Timestamp::NotAvailable, partition, 9, Some(headers)))
+    }
+
+    fn original(topic: &str, partition: i32) -> Original {
+        Original { topic: topic.into(), partition, offset: 41, timestamp_ms: None }
+    }
+
+    #[test]
+    fn a_live_record_carries_itself_and_a_side_record_its_original() {
+        let live = crate::testing::message("k", 5);
+        assert_eq!(origin(live.as_ref(), |_| false).unwrap(), Origin { topic: "t".into(), partition: 0, offset: 5, side: false });
+        let side = side_message(original("p.changes.customers", 2), 2, &[]);
+        let carried = origin(side.as_ref(), |t| t == "p.changes.customers").unwrap();
+        assert_eq!(carried, Origin { topic: "p.changes.customers".into(), partition: 2, offset: 41, side: true });
+        assert_eq!(carried.id(), "p.changes.customers/2/41");
+    }
+
+    #[test]
+    fn a_side_record_for_another_topic_or_partition_is_refused_by_name() {
+        let foreign = side_message(original("p.changes.orders", 0), 0, &[]);
+        assert!(origin(foreign.as_ref(), |t| t == "p.changes.customers").unwrap_err().contains("no sync of this destination reads"));
+        let misplaced = side_message(original("p.changes.customers", 1), 0, &[]);
+        let error = origin(misplaced.as_ref(), |_| true).unwrap_err();
+        assert!(error.contains("written to side partition 0; write it to partition 1"), "{error}");
+    }
+
+    #[test]
+    fn prior_failures_come_from_a_redriven_record() {
+        let redriven = side_message(original("t", 0), 0, &[(dlq::ATTEMPTS, "3"), (dlq::FIRST_FAILURE_MS, "1000")]);
+        assert_eq!(prior_failures(redriven.as_ref()), (3, Some(1000)));
+        assert_eq!(prior_failures(crate::testing::message("k", 1).as_ref()), (0, None));
+        assert!(is_context_header(dlq::ATTEMPTS) && is_context_header(dlq::ORIGINAL_OFFSET) && is_context_header(sluice_kafka::side::SOURCE));
+        assert!(!is_context_header("traceparent") && !is_context_header("sluice.op"));
+    }
+}
