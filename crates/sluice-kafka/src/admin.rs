@@ -3,7 +3,7 @@
 //! clusters, and wrong for compaction).
 //!
 //! Guarantees:
-//! - [`ensure_topics`] creates the topics that do not exist, each with its role's settings, and
+//! - [`ensure_topics`] (or [`Admin::ensure`]) creates the topics that do not exist, each with its role's settings, and
 //!   brings the *reconciled* settings of a role ([`TopicRole::reconciled`]: the compaction lag
 //!   and tombstone retention of change topics) to the configured values on topics that already
 //!   exist. It changes nothing when they already hold (idempotent) and logs every value it
@@ -14,6 +14,7 @@
 //!   whose value the broker hides, a sensitive one, makes us leave the topic alone and say so).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ConfigSource, NewTopic, ResourceSpecifier, TopicReplication};
@@ -81,46 +82,78 @@ impl TopicRole {
 /// settings of those that do ([`TopicRole::reconciled`]).
 pub async fn ensure_topics(kafka: &KafkaConfig, topics: &[(String, TopicRole)]) -> Result<(), KafkaError> {
     let with_partitions: Vec<(String, TopicRole, i32)> = topics.iter().map(|(name, role)| (name.clone(), *role, kafka.partitions)).collect();
-    ensure_topics_with_partitions(kafka, &with_partitions).await
+    Admin::new(kafka)?.ensure(&with_partitions).await
 }
 
-/// [`ensure_topics`], with each topic's partition count for when it is created.
-pub async fn ensure_topics_with_partitions(kafka: &KafkaConfig, topics: &[(String, TopicRole, i32)]) -> Result<(), KafkaError> {
-    let admin = admin(kafka)?;
-    let settings: Vec<Vec<(&'static str, String)>> = topics.iter().map(|(_, role, _)| role.settings(kafka)).collect();
-    let new_topics: Vec<NewTopic<'_>> = topics
-        .iter()
-        .zip(&settings)
-        .map(|((name, _, partitions), settings)| {
-            settings.iter().fold(NewTopic::new(name, *partitions, TopicReplication::Fixed(kafka.replication_factor)), |topic, (key, value)| {
-                topic.set(key, value)
+/// One admin connection for a series of topic operations (each new client costs a bootstrap).
+pub struct Admin {
+    client: Arc<AdminClient<DefaultClientContext>>,
+    kafka: KafkaConfig,
+}
+
+impl Admin {
+    pub fn new(kafka: &KafkaConfig) -> Result<Admin, KafkaError> {
+        let client = client_config(kafka).create().map_err(|e| KafkaError::classify("create admin client", e))?;
+        Ok(Admin { client: Arc::new(client), kafka: kafka.clone() })
+    }
+
+    /// [`ensure_topics`], with each topic's partition count for when it is created.
+    pub async fn ensure(&self, topics: &[(String, TopicRole, i32)]) -> Result<(), KafkaError> {
+        let kafka = &self.kafka;
+        let settings: Vec<Vec<(&'static str, String)>> = topics.iter().map(|(_, role, _)| role.settings(kafka)).collect();
+        let new_topics: Vec<NewTopic<'_>> = topics
+            .iter()
+            .zip(&settings)
+            .map(|((name, _, partitions), settings)| {
+                settings.iter().fold(NewTopic::new(name, *partitions, TopicReplication::Fixed(kafka.replication_factor)), |topic, (key, value)| {
+                    topic.set(key, value)
+                })
             })
-        })
-        .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin.create_topics(new_topics.iter(), &options).await.map_err(|e| KafkaError::classify("create topics", e))?;
-    let mut existing = Vec::new();
-    for result in results {
-        match result {
-            Ok(_) => {}
-            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => existing.push(topic),
-            Err((topic, code)) => {
-                tracing::error!(%topic, error = %code, "cannot create topic");
-                return Err(KafkaError::classify("create topics", rdkafka::error::KafkaError::AdminOp(code)));
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = self.client.create_topics(new_topics.iter(), &options).await.map_err(|e| KafkaError::classify("create topics", e))?;
+        let mut existing = Vec::new();
+        for result in results {
+            match result {
+                Ok(_) => {}
+                Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => existing.push(topic),
+                Err((topic, code)) => {
+                    tracing::error!(%topic, error = %code, "cannot create topic");
+                    return Err(KafkaError::classify("create topics", rdkafka::error::KafkaError::AdminOp(code)));
+                }
             }
         }
-    }
-    for (name, role, _) in topics {
-        let wanted = role.reconciled(kafka);
-        if !wanted.is_empty() && existing.contains(name) {
-            reconcile(&admin, name, &wanted).await?;
+        let reconciled: Vec<(&str, Vec<(&'static str, String)>)> = topics
+            .iter()
+            .filter(|(name, _, _)| existing.contains(name))
+            .map(|(name, role, _)| (name.as_str(), role.reconciled(kafka)))
+            .filter(|(_, wanted)| !wanted.is_empty())
+            .collect();
+        if reconciled.is_empty() {
+            return Ok(());
         }
+        reconcile(&self.client, &reconciled).await
     }
-    Ok(())
-}
 
-fn admin(kafka: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
-    client_config(kafka).create().map_err(|e| KafkaError::classify("create admin client", e))
+    /// The partition count of each of `topics` that exists.
+    pub async fn partition_counts(&self, topics: &[String]) -> Result<HashMap<String, i32>, KafkaError> {
+        let client = Arc::clone(&self.client);
+        let topics = topics.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let mut counts = HashMap::new();
+            for topic in &topics {
+                let metadata = client.inner().fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(|e| KafkaError::classify("fetch metadata", e))?;
+                for t in metadata.topics() {
+                    if t.error().is_none() && !t.partitions().is_empty() {
+                        counts.insert(t.name().to_string(), t.partitions().len() as i32);
+                    }
+                }
+            }
+            Ok(counts)
+        })
+        .await
+        .expect("reading metadata does not panic")
+    }
 }
 
 /// One setting that changes: (setting, old value, new value).
@@ -149,55 +182,52 @@ fn plan_settings(
     Some((full, changes))
 }
 
-/// Bring `wanted` to hold on the existing topic `name`, keeping its other overrides.
-async fn reconcile(admin: &AdminClient<DefaultClientContext>, name: &str, wanted: &[(&'static str, String)]) -> Result<(), KafkaError> {
+/// Bring each topic's `wanted` settings to hold, keeping its other overrides: one read of every
+/// topic's settings, one write of those that differ.
+async fn reconcile(admin: &AdminClient<DefaultClientContext>, topics: &[(&str, Vec<(&'static str, String)>)]) -> Result<(), KafkaError> {
     let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
-    let described = admin.describe_configs([&ResourceSpecifier::Topic(name)], &options).await.map_err(|e| KafkaError::classify("describe topic", e))?;
-    let Some(Ok(resource)) = described.into_iter().next() else {
-        tracing::warn!(topic = %name, "cannot read the topic's settings; its compaction lag is left as it is");
-        return Ok(());
-    };
-    let effective: HashMap<String, Option<String>> = resource.entries.iter().map(|e| (e.name.clone(), e.value.clone())).collect();
-    let overrides: Vec<_> = resource.entries.iter().filter(|e| e.source == ConfigSource::DynamicTopic).collect();
-    if overrides.iter().any(|e| e.value.is_none()) {
-        tracing::warn!(
-            topic = %name,
-            "the topic has a setting whose value the broker hides, which changing its settings would drop; set them by hand: kafka-configs.sh --alter --entity-type topics --entity-name {name} --add-config {}",
-            wanted.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
-        );
+    let specifiers: Vec<ResourceSpecifier<'_>> = topics.iter().map(|(name, _)| ResourceSpecifier::Topic(name)).collect();
+    let described = admin.describe_configs(specifiers.iter(), &options).await.map_err(|e| KafkaError::classify("describe topics", e))?;
+    let mut writes: Vec<(&str, HashMap<String, String>, Vec<Change>)> = Vec::new();
+    for ((name, wanted), resource) in topics.iter().zip(described) {
+        let Ok(resource) = resource else {
+            tracing::warn!(topic = %name, "cannot read the topic's settings; its compaction settings are left as they are");
+            continue;
+        };
+        let effective: HashMap<String, Option<String>> = resource.entries.iter().map(|e| (e.name.clone(), e.value.clone())).collect();
+        let overrides: Vec<_> = resource.entries.iter().filter(|e| e.source == ConfigSource::DynamicTopic).collect();
+        let current: HashMap<String, Option<String>> = overrides.iter().map(|e| (e.name.clone(), e.value.clone())).collect();
+        let Some((full, changes)) = plan_settings(&current, &effective, wanted) else { continue };
+        if overrides.iter().any(|e| e.value.is_none()) {
+            tracing::warn!(
+                topic = %name,
+                "the topic has a setting whose value the broker hides, which changing its settings would drop; set them by hand: kafka-configs.sh --alter --entity-type topics --entity-name {name} --add-config {}",
+                wanted.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+            );
+            continue;
+        }
+        writes.push((name, full, changes));
+    }
+    if writes.is_empty() {
         return Ok(());
     }
-    let current: HashMap<String, Option<String>> = overrides.iter().map(|e| (e.name.clone(), e.value.clone())).collect();
-    let Some((full, changes)) = plan_settings(&current, &effective, wanted) else { return Ok(()) };
-    let alter = full.iter().fold(AlterConfig::new(ResourceSpecifier::Topic(name)), |alter, (k, v)| alter.set(k, v));
-    let results = admin.alter_configs([&alter], &options).await.map_err(|e| KafkaError::classify("alter topic settings", e))?;
+    let alters: Vec<AlterConfig<'_>> = writes
+        .iter()
+        .map(|(name, full, _)| full.iter().fold(AlterConfig::new(ResourceSpecifier::Topic(name)), |alter, (k, v)| alter.set(k, v)))
+        .collect();
+    let results = admin.alter_configs(alters.iter(), &options).await.map_err(|e| KafkaError::classify("alter topic settings", e))?;
     for result in results {
-        if let Err((_, code)) = result {
-            tracing::error!(topic = %name, error = %code, "cannot change the topic's settings");
+        if let Err((topic, code)) = result {
+            tracing::error!(?topic, error = %code, "cannot change the topic's settings");
             return Err(KafkaError::classify("alter topic settings", rdkafka::error::KafkaError::AdminOp(code)));
         }
     }
-    for (setting, old, new) in changes {
-        tracing::info!(topic = %name, setting, old = old.as_deref().unwrap_or("unset"), new = %new, "topic setting changed to the configured value");
-    }
-    Ok(())
-}
-
-/// The partition count of each of `topics` that exists (blocking; call from `spawn_blocking`).
-pub fn partition_counts(kafka: &KafkaConfig, topics: &[String]) -> Result<HashMap<String, i32>, KafkaError> {
-    let consumer: rdkafka::consumer::BaseConsumer =
-        client_config(kafka).create().map_err(|e| KafkaError::classify("create metadata client", e))?;
-    let mut counts = HashMap::new();
-    for topic in topics {
-        let metadata = rdkafka::consumer::Consumer::fetch_metadata(&consumer, Some(topic), Duration::from_secs(10))
-            .map_err(|e| KafkaError::classify("fetch metadata", e))?;
-        for t in metadata.topics() {
-            if t.error().is_none() && !t.partitions().is_empty() {
-                counts.insert(t.name().to_string(), t.partitions().len() as i32);
-            }
+    for (name, _, changes) in writes {
+        for (setting, old, new) in changes {
+            tracing::info!(topic = %name, setting, old = old.as_deref().unwrap_or("unset"), new = %new, "topic setting changed to the configured value");
         }
     }
-    Ok(counts)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sluice_core::config::{Config, DestinationConfig, KafkaConfig, SyncConfig};
 use sluice_core::naming;
 use sluice_destinations::{AnyDestination, Destination};
-use sluice_kafka::admin::{ensure_topics, TopicRole};
+use sluice_kafka::admin::{Admin, TopicRole};
 use sluice_kafka::dead_letter::DeadLetterWriter;
 use sluice_telemetry::ops::Health;
 use tokio::sync::mpsc;
@@ -195,8 +195,8 @@ impl Sink {
             .destination(destination)
             .ok_or_else(|| SinkError::Config(format!("destination {destination:?} is not in the config")))?;
         let syncs = syncs_by_topic(config, destination)?;
-        let side_topic = ensure_sink_topics(config, destination, &syncs).await?;
-        let guard = Arc::new(Mutex::new(guard::load::build(config, destination, &syncs).await?));
+        let (side_topic, partitions) = ensure_sink_topics(config, destination, &syncs).await?;
+        let guard = Arc::new(Mutex::new(guard::load::build(config, destination, &syncs, partitions).await?));
         let lane_stop = CancellationToken::new();
         let (deliverer, batch_limits) = build_deliverer(config, dest, lane_stop.clone())?;
         let shared = Arc::new(Shared::new());
@@ -337,14 +337,19 @@ fn syncs_by_topic(config: &Config, destination: &str) -> Result<HashMap<String, 
 }
 
 /// Create (or check) the change topics, the destination's dead-letter topic, the schema topic
-/// and the destination's side topic (returned).
-async fn ensure_sink_topics(config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>) -> Result<String, SinkError> {
+/// and the destination's side topic, in one round; returns the side topic and the partition
+/// count it shares with the change topics.
+async fn ensure_sink_topics(config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>) -> Result<(String, i32), SinkError> {
     let prefix = &config.kafka.topic_prefix;
-    let mut topics: Vec<(String, TopicRole)> = syncs.keys().map(|t| (t.clone(), TopicRole::Changes)).collect();
-    topics.push((naming::dead_letter_topic(prefix, destination), TopicRole::DeadLetter));
-    topics.push((naming::schema_topic(prefix), TopicRole::Compacted));
-    ensure_topics(&config.kafka, &topics).await.map_err(SinkError::Kafka)?;
-    side::ensure_side_topic(config, destination, syncs).await
+    let admin = Admin::new(&config.kafka).map_err(SinkError::Kafka)?;
+    let (side_topic, partitions) = side::side_topic(&admin, config, destination, syncs).await?;
+    let created = config.kafka.partitions;
+    let mut topics: Vec<(String, TopicRole, i32)> = syncs.keys().map(|t| (t.clone(), TopicRole::Changes, created)).collect();
+    topics.push((naming::dead_letter_topic(prefix, destination), TopicRole::DeadLetter, created));
+    topics.push((naming::schema_topic(prefix), TopicRole::Compacted, created));
+    topics.push((side_topic.clone(), TopicRole::Side, partitions));
+    admin.ensure(&topics).await.map_err(SinkError::Kafka)?;
+    Ok((side_topic, partitions))
 }
 
 /// The destination with its dead-letter writer, limits and retry policy, and the batch limits

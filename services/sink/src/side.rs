@@ -1,5 +1,5 @@
 //! Side records in the sink: which change a consumed record carries ([`origin`]), the side topic
-//! ([`ensure_side_topic`]), and the dead-letter context of a record that failed again
+//! and its partition count ([`side_topic`]), and the dead-letter context of a record that failed again
 //! ([`prior_failures`]). The producer's half, and what a side record is, is
 //! [`sluice_kafka::side`].
 //!
@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use rdkafka::message::{Headers, Message};
 use sluice_core::config::{Config, SyncConfig};
 use sluice_core::naming;
-use sluice_kafka::admin::{ensure_topics_with_partitions, partition_counts, TopicRole};
+use sluice_kafka::admin::Admin;
 use sluice_kafka::headers::dlq;
 use sluice_kafka::side::Original;
 
@@ -86,40 +86,32 @@ pub(crate) fn is_context_header(name: &str) -> bool {
     name.starts_with("sluice.error.") || name.starts_with("sluice.original.") || name == sluice_kafka::side::SOURCE
 }
 
-/// Create (or check) the destination's side topic, with as many partitions as its change topics,
-/// which must all have the same count: a side record of partition `p` is applied by the instance
-/// owning partition `p` of every change topic, which the range assignor guarantees only then.
-pub(crate) async fn ensure_side_topic(config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>) -> Result<String, SinkError> {
+/// The destination's side topic and its partition count: that of its change topics (those that
+/// exist, and `kafka.partitions` for those about to be created), which must all be the same — a
+/// side record of partition `p` is applied by the instance owning partition `p` of every change
+/// topic, which the range assignor guarantees only then. An existing side topic must have it too.
+pub(crate) async fn side_topic(admin: &Admin, config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>) -> Result<(String, i32), SinkError> {
     let side = naming::side_topic(&config.kafka.topic_prefix, destination);
     let mut topics: Vec<String> = syncs.keys().cloned().collect();
     topics.sort();
-    let counts = blocking_counts(config, topics.clone()).await?;
-    let mut by_count: Vec<(i32, &String)> = topics.iter().filter_map(|t| counts.get(t).map(|&n| (n, t))).collect();
-    by_count.sort();
-    let Some(&(partitions, _)) = by_count.first() else {
-        return Err(SinkError::Config(format!("the change topics of destination {destination:?} do not exist")));
-    };
-    if by_count.iter().any(|&(n, _)| n != partitions) {
-        let listed: Vec<String> = by_count.iter().map(|(n, t)| format!("{t}: {n}")).collect();
+    let counts = admin.partition_counts(&[topics.clone(), vec![side.clone()]].concat()).await.map_err(SinkError::Kafka)?;
+    let expected: Vec<(i32, &String)> = topics.iter().map(|t| (counts.get(t).copied().unwrap_or(config.kafka.partitions), t)).collect();
+    let partitions = expected[0].0;
+    if expected.iter().any(|&(n, _)| n != partitions) {
+        let listed: Vec<String> = expected.iter().map(|(n, t)| format!("{t}: {n}")).collect();
         return Err(SinkError::Config(format!(
             "the change topics of destination {destination:?} have different partition counts ({}), so side records (backfill, redrive) could not be kept in order with live records across sink instances; give every change topic the same count (recreate the odd one out, or replay it into a new model)",
             listed.join(", ")
         )));
     }
-    ensure_topics_with_partitions(&config.kafka, &[(side.clone(), TopicRole::Side, partitions)]).await.map_err(SinkError::Kafka)?;
-    let side_count = blocking_counts(config, vec![side.clone()]).await?.get(&side).copied();
-    if side_count != Some(partitions) {
-        return Err(SinkError::Config(format!(
-            "side topic {side} has {} partitions, the change topics of destination {destination:?} have {partitions}; delete the side topic once it is drained (kafka-topics.sh --delete --topic {side}) and the sink recreates it",
-            side_count.map_or("no".to_string(), |n| n.to_string())
-        )));
+    if let Some(&existing) = counts.get(&side) {
+        if existing != partitions {
+            return Err(SinkError::Config(format!(
+                "side topic {side} has {existing} partitions, the change topics of destination {destination:?} have {partitions}; delete the side topic once it is drained (kafka-topics.sh --delete --topic {side}) and the sink recreates it"
+            )));
+        }
     }
-    Ok(side)
-}
-
-async fn blocking_counts(config: &Config, topics: Vec<String>) -> Result<HashMap<String, i32>, SinkError> {
-    let kafka = config.kafka.clone();
-    tokio::task::spawn_blocking(move || partition_counts(&kafka, &topics)).await.expect("metadata read does not panic").map_err(SinkError::Kafka)
+    Ok((side, partitions))
 }
 
 #[cfg(test)]

@@ -29,9 +29,9 @@ use crate::SinkError;
 /// records a second: an hour covers far more than any table sluice syncs).
 const READ_DEADLINE: Duration = Duration::from_secs(3600);
 
-/// Build the guard of `syncs`' change topics before consuming: every partition, up to the frontier
-/// of `destination`'s group.
-pub(crate) async fn build(config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>) -> Result<OrderGuard, SinkError> {
+/// Build the guard of `syncs`' change topics (of `partitions` partitions each) before consuming:
+/// every partition, up to the frontier of `destination`'s group.
+pub(crate) async fn build(config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>, partitions: i32) -> Result<OrderGuard, SinkError> {
     let kafka = config.kafka.clone();
     let group = naming::sink_group(&config.kafka.topic_prefix, destination);
     let syncs = syncs.clone();
@@ -39,12 +39,9 @@ pub(crate) async fn build(config: &Config, destination: &str, syncs: &HashMap<St
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         let mut guard = OrderGuard::new(&syncs);
-        let mut read = 0;
-        for topic in syncs.keys() {
-            let partitions: Vec<Partition> = groups::watermarks(&kafka, topic)?.into_iter().map(|(p, _, _)| (topic.clone(), p)).collect();
-            let committed = groups::committed(&kafka, &group, &partitions)?;
-            read += catch_up(&kafka, &mut guard, &committed)?;
-        }
+        let all: Vec<Partition> = syncs.keys().flat_map(|topic| (0..partitions).map(move |p| (topic.clone(), p))).collect();
+        let committed = groups::committed(&kafka, &group, &all)?;
+        let read = catch_up(&kafka, &mut guard, &committed)?;
         let (keys, bytes) = guard.size();
         metrics::gauge!("sluice_sink_guard_keys", "destination" => destination.clone()).set(keys as f64);
         tracing::info!(%destination, keys, bytes, records_read = read, elapsed_ms = started.elapsed().as_millis() as u64, "order guard built");
