@@ -158,11 +158,14 @@ pub struct Spec<'a> {
     pub webhook_extra: &'a str,
     /// The `[[syncs]]` body after `model` and `destination`.
     pub sync: &'a str,
+    /// The model's `detection` table; default: cursor on `updated_at` with `created_at`.
+    pub detection: Option<&'a str>,
 }
 
 /// Create a table and a config for it; see [`Pipeline`].
 pub async fn pipeline(hook_url: &str, spec: Spec<'_>) -> Pipeline {
-    let Spec { kafka_extra, columns_sql, columns, model_extra, destination_extra, webhook_extra, sync } = spec;
+    let Spec { kafka_extra, columns_sql, columns, model_extra, destination_extra, webhook_extra, sync, detection } = spec;
+    let detection = detection.unwrap_or(r#"{ mode = "cursor", cursor_column = "updated_at", created_column = "created_at" }"#);
     telemetry();
     require_kafka();
     let db = require_postgres().await;
@@ -187,7 +190,7 @@ name = "customers"
 table = "{table}"
 primary_key = ["id"]
 columns = [{columns}]
-detection = {{ mode = "cursor", cursor_column = "updated_at", created_column = "created_at" }}
+detection = {detection}
 poll_interval_ms = 200
 {model_extra}
 
@@ -210,10 +213,14 @@ destination = "crm"
 }
 
 /// Path of a workspace binary built next to the test executables (`cargo build --bins`, which
-/// `ops/test.sh` runs before the tests).
+/// `ops/test.sh` runs before the tests), or in `SLUICE_TEST_BIN_DIR` when set (a copy of the
+/// binaries that builds of other checkouts sharing the target directory cannot replace).
 pub fn binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target profile directory");
+    let dir = match std::env::var_os("SLUICE_TEST_BIN_DIR") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => exe.parent().and_then(|deps| deps.parent()).expect("target profile directory").to_path_buf(),
+    };
     let path = dir.join(name);
     assert!(path.exists(), "{} is not built; run `cargo build --workspace --bins` first (ops/test.sh does)", path.display());
     path
@@ -231,11 +238,21 @@ pub fn start_sink(
     config: &std::sync::Arc<sluice_core::config::Config>,
     health: std::sync::Arc<sluice_telemetry::ops::Health>,
 ) -> (tokio_util::sync::CancellationToken, tokio::task::JoinHandle<Result<(), sluice_sink::SinkError>>) {
+    start_sink_of(config, "crm", health)
+}
+
+/// Run the sink of `destination` in-process until the returned token is cancelled.
+pub fn start_sink_of(
+    config: &std::sync::Arc<sluice_core::config::Config>,
+    destination: &str,
+    health: std::sync::Arc<sluice_telemetry::ops::Health>,
+) -> (tokio_util::sync::CancellationToken, tokio::task::JoinHandle<Result<(), sluice_sink::SinkError>>) {
     let token = tokio_util::sync::CancellationToken::new();
     let config = std::sync::Arc::clone(config);
+    let destination = destination.to_string();
     let handle = tokio::spawn({
         let token = token.clone();
-        async move { sluice_sink::run(config, "crm", health, token).await }
+        async move { sluice_sink::run(config, &destination, health, token).await }
     });
     (token, handle)
 }
