@@ -18,8 +18,9 @@ pub const ROW_HASH: &str = "sluice.row.hash";
 
 /// Dead-letter context headers (Kafka Connect's `__connect.errors.*` in spirit).
 pub mod dlq {
-    /// A [`sluice_core::DeadLetterClass`] label: `permanent`, `retryable` (retries exhausted)
-    /// or `decode` (not a readable event).
+    /// A [`sluice_core::DeadLetterClass`] label: `permanent`, `retryable` (retries exhausted),
+    /// `decode` (not a readable event) or `compacted_delete` (a delete known only by its key
+    /// that the destination could not apply).
     pub const ERROR_CLASS: &str = "sluice.error.class";
     /// Human-readable reason.
     pub const ERROR_MESSAGE: &str = "sluice.error.message";
@@ -34,7 +35,8 @@ pub mod dlq {
     pub const LAST_FAILURE_MS: &str = "sluice.error.last_failure_ms";
     /// Destination that rejected the record.
     pub const DESTINATION: &str = "sluice.error.destination";
-    /// Where the record came from.
+    /// Where the record came from (also the required headers of a side record,
+    /// [`crate::side`]).
     pub const ORIGINAL_TOPIC: &str = "sluice.original.topic";
     pub const ORIGINAL_PARTITION: &str = "sluice.original.partition";
     pub const ORIGINAL_OFFSET: &str = "sluice.original.offset";

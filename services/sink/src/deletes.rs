@@ -82,4 +82,24 @@ mod tests {
         assert_eq!(refused_class(&tombstone, DeadLetterClass::RetriesExhausted), DeadLetterClass::RetriesExhausted, "a failing destination is not the tombstone's fault");
         assert_eq!(refused_class(&event, DeadLetterClass::Permanent), DeadLetterClass::Permanent);
     }
+
+    /// Through the delivery path: a key-only delete the destination refuses for lack of an
+    /// identifier lands on the dead-letter topic as `compacted_delete`, its (empty) value
+    /// untouched.
+    #[tokio::test(start_paused = true)]
+    async fn a_key_only_delete_refused_by_the_destination_is_dead_lettered_as_compacted_delete() {
+        use std::sync::Arc;
+
+        use sluice_core::ErrorClass;
+
+        use crate::testing::{deliverer, record, refused};
+        let d = deliverer(Default::default(), [Ok(vec![refused(0, ErrorClass::Permanent, None, "no identifier")])]);
+        let tombstone = Arc::new(OwnedMessage::new(None, Some(b"k".to_vec()), "t".into(), rdkafka::Timestamp::CreateTime(5), 0, 7, None));
+        d.deliver(&[tombstone], &[record(7)]).await.expect("dead-lettered");
+        let dead = d.dead_letters.written();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].header("sluice.error.class"), Some("compacted_delete"));
+        assert_eq!(dead[0].header("sluice.original.offset"), Some("7"));
+        assert_eq!((dead[0].key.as_deref(), dead[0].payload.as_deref()), (Some(b"k".as_slice()), None));
+    }
 }

@@ -21,6 +21,9 @@
 //!   dead-letters nothing.
 //! - **SIGTERM drains**: reading stops, lanes finish what they hold (bounded by
 //!   `DRAIN_TIMEOUT`), the finished prefix is committed synchronously.
+//! - **No key moves backwards** ([`guard`]): a replay, a side record (backfill, redrive) or the
+//!   live stream never hands the destination a state of a key older than one it has or is about
+//!   to have; a delete whose `d` event compaction removed still reaches it ([`deletes`]).
 //!
 //! ## Where each guarantee is kept
 //!
@@ -38,7 +41,11 @@
 //!   `LaneContext::flush` drops unsent records of partitions no longer owned;
 //! - failure classes: the decisions are `Deliverer::attempt`'s ([`deliver`]); a lane's fatal
 //!   error reaches `Sink::consume` through `Shared::failed`, and [`run`] turns `/readyz` false;
-//! - SIGTERM drains: `Sink::drain`.
+//! - SIGTERM drains: `Sink::drain`;
+//! - no key backwards: `Sink::dispatch` asks `OrderGuard::admit` about every record, live or
+//!   from the side topic, in dispatch order; `guard::load` builds the guard before consuming and
+//!   on every assignment (`SinkContext::post_rebalance`); `offset_list` carries a replay's
+//!   frontier on every commit below it.
 
 mod dead_letters;
 mod deletes;

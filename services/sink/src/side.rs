@@ -157,6 +157,30 @@ mod tests {
     }
 
     #[test]
+    fn a_side_record_that_fails_again_is_dead_lettered_as_its_original_with_its_attempts_carried_on() {
+        use crate::dead_letters::{context_headers, Attempts, Cause, Failure};
+        let original = Original { topic: "p.changes.customers".into(), partition: 2, offset: 41, timestamp_ms: Some(1_000) };
+        let stale = [(dlq::ATTEMPTS, "3"), (dlq::FIRST_FAILURE_MS, "500"), (dlq::ERROR_CLASS, "retryable"), ("traceparent", "00-x")];
+        let message = side_message(original, 2, &stale);
+        let failure = Failure {
+            class: sluice_core::DeadLetterClass::Permanent,
+            cause: Cause { message: "refused".into(), status: Some(422), excerpt: String::new() },
+            attempts: Attempts { made: 1, first_failure_ms: 2_000, last_failure_ms: 2_000 },
+        };
+        let headers: Vec<(String, String)> = context_headers("crm", &message, &failure).into_iter().map(|(k, v)| (k, String::from_utf8(v).unwrap())).collect();
+        let get = |name: &str| sluice_kafka::headers::get(&headers, name);
+        assert_eq!(get(dlq::ORIGINAL_TOPIC), Some("p.changes.customers"));
+        assert_eq!((get(dlq::ORIGINAL_PARTITION), get(dlq::ORIGINAL_OFFSET), get(dlq::ORIGINAL_TIMESTAMP_MS)), (Some("2"), Some("41"), Some("1000")));
+        assert_eq!(get(dlq::ATTEMPTS), Some("4"), "three before, one now");
+        assert_eq!(get(dlq::FIRST_FAILURE_MS), Some("500"), "the first failure ever");
+        assert_eq!(get(dlq::ERROR_CLASS), Some("permanent"), "this failure's class, not the stale one");
+        for name in [dlq::ATTEMPTS, dlq::ERROR_CLASS, dlq::ORIGINAL_OFFSET, sluice_kafka::side::SOURCE] {
+            assert!(headers.iter().filter(|(k, _)| k == name).count() <= 1, "{name} once");
+        }
+        assert_eq!(get("traceparent"), Some("00-x"), "the record's own headers are kept");
+    }
+
+    #[test]
     fn prior_failures_come_from_a_redriven_record() {
         let redriven = side_message(original("t", 0), 0, &[(dlq::ATTEMPTS, "3"), (dlq::FIRST_FAILURE_MS, "1000")]);
         assert_eq!(prior_failures(redriven.as_ref()), (3, Some(1000)));
