@@ -35,8 +35,7 @@ pub mod dlq {
     pub const LAST_FAILURE_MS: &str = "sluice.error.last_failure_ms";
     /// Destination that rejected the record.
     pub const DESTINATION: &str = "sluice.error.destination";
-    /// Where the record came from (also the required headers of a side record,
-    /// [`crate::side`]).
+    /// Where the record came from (also the required headers of a side record, `side.rs`).
     pub const ORIGINAL_TOPIC: &str = "sluice.original.topic";
     pub const ORIGINAL_PARTITION: &str = "sluice.original.partition";
     pub const ORIGINAL_OFFSET: &str = "sluice.original.offset";

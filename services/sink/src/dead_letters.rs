@@ -101,7 +101,32 @@ pub(crate) fn context_headers(destination: &str, message: &OwnedMessage, failure
     headers
 }
 
+/// The dead-letter class of a record the destination refused for good: a delete known only by
+/// its key (a tombstone whose `d` event was compacted away) is [`DeadLetterClass::CompactedDelete`], whatever the
+/// destination said about it.
+pub(crate) fn refused_class(message: &OwnedMessage, class: DeadLetterClass) -> DeadLetterClass {
+    if class == DeadLetterClass::Permanent && message.payload().is_none() {
+        DeadLetterClass::CompactedDelete
+    } else {
+        class
+    }
+}
+
 /// The dead letter of `message`: its bytes, untouched, with `headers`.
 pub(crate) fn letter(message: &OwnedMessage, headers: Vec<(String, Vec<u8>)>) -> DeadLetter<'_> {
     DeadLetter { key: message.key(), payload: message.payload(), headers }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_tombstone_is_a_compacted_delete_and_nothing_else_changes_class() {
+        let tombstone = OwnedMessage::new(None, Some(b"k".to_vec()), "t".into(), rdkafka::Timestamp::NotAvailable, 0, 1, None);
+        let event = crate::testing::message("k", 1);
+        assert_eq!(refused_class(&tombstone, DeadLetterClass::Permanent), DeadLetterClass::CompactedDelete);
+        assert_eq!(refused_class(&tombstone, DeadLetterClass::RetriesExhausted), DeadLetterClass::RetriesExhausted, "a failing destination is not the tombstone's fault");
+        assert_eq!(refused_class(&event, DeadLetterClass::Permanent), DeadLetterClass::Permanent);
+    }
 }

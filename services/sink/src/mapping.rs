@@ -10,6 +10,7 @@ use sluice_avro::{fingerprint_bytes, KeyDecoder};
 use sluice_core::config::SyncConfig;
 use sluice_destinations::{Action, OutboundRecord};
 
+use crate::deletes;
 use crate::schemas::{Lookup, SchemaCache};
 use crate::side::Origin;
 use crate::transform::{before, consents, current, map_fields};
@@ -36,7 +37,7 @@ pub(crate) async fn prepare(message: &OwnedMessage, origin: &Origin<'_>, sync: &
 }
 
 async fn prepare_inner(message: &OwnedMessage, origin: &Origin<'_>, sync: &SyncConfig, schemas: &SchemaCache) -> Result<Result<Prepared, String>, SinkError> {
-    let Some(payload) = message.payload() else { return crate::deletes::prepare_key_only(message, origin, sync, schemas).await };
+    let Some(payload) = message.payload() else { return key_only(message, origin, sync, schemas).await };
     let fingerprint = match fingerprint_bytes(payload) {
         Ok(f) => f,
         Err(error) => return Ok(Err(format!("value: {error}"))),
@@ -87,9 +88,26 @@ async fn prepare_inner(message: &OwnedMessage, origin: &Origin<'_>, sync: &SyncC
     Ok(Ok(Prepared::Deliver { bytes: json_len(&record), record }))
 }
 
+/// A tombstone that reached a lane: a delete known only by its key ([`crate::deletes`]).
+async fn key_only(message: &OwnedMessage, origin: &Origin<'_>, sync: &SyncConfig, schemas: &SchemaCache) -> Result<Result<Prepared, String>, SinkError> {
+    let Some(key_bytes) = message.key() else { return Ok(Err("tombstone has no key".into())) };
+    let decoder = match key_decoder(key_bytes, schemas).await? {
+        Ok(decoder) => decoder,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let key = match decoder.decode(key_bytes) {
+        Ok(key) => key,
+        Err(error) => return Ok(Err(format!("key: {error}"))),
+    };
+    Ok(Ok(match deletes::key_only_record(message, origin, sync, key) {
+        Some(record) => Prepared::Deliver { bytes: json_len(&record), record },
+        None => Prepared::Skip,
+    }))
+}
+
 /// The decoder of a key's writer schema (by the fingerprint in its bytes); the inner `Err` says
 /// why there is none.
-pub(crate) async fn key_decoder(key_bytes: &[u8], schemas: &SchemaCache) -> Result<Result<Arc<KeyDecoder>, String>, SinkError> {
+async fn key_decoder(key_bytes: &[u8], schemas: &SchemaCache) -> Result<Result<Arc<KeyDecoder>, String>, SinkError> {
     let key_fingerprint = match fingerprint_bytes(key_bytes) {
         Ok(f) => f,
         Err(error) => return Ok(Err(format!("key: {error}"))),
@@ -103,7 +121,7 @@ pub(crate) async fn key_decoder(key_bytes: &[u8], schemas: &SchemaCache) -> Resu
 
 /// Length of a record's JSON, counted without building it (it is serialised again, once, into
 /// the request body).
-pub(crate) fn json_len(record: &OutboundRecord) -> usize {
+fn json_len(record: &OutboundRecord) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
