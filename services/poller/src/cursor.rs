@@ -20,7 +20,8 @@ use sluice_core::{Op, Row, Value};
 use sluice_kafka::producer::{OutRecord, TransactionalProducer};
 
 use crate::emit::{commit, ChangeWriter};
-use crate::model_loop::{now_ms, ModelError};
+use crate::clock::now_ms;
+use crate::error::ModelError;
 
 /// The columns that decide a row's op.
 #[derive(Debug, Clone, Copy, Default)]

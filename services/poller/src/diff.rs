@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use sluice_avro::{decoder_for, fingerprint_of, ModelCodec, PollerState};
 use sluice_core::config::{Config, ModelConfig};
-use sluice_core::{naming, Op, Row, RowSchema, Value};
+use sluice_core::{naming, Op, Row};
 use sluice_kafka::producer::{OutRecord, TransactionalProducer};
 use sluice_warehouse::{Warehouse, WarehouseError};
 use tokio_util::sync::CancellationToken;
@@ -28,64 +28,13 @@ use tracing::Instrument;
 
 use crate::emit::{commit, count_events, ChangeWriter};
 use crate::gates::{check_volume, GateError, RunCounts, MAX_SAMPLES};
-use crate::model_loop::{now_ms, ModelError};
-use crate::tracked::{fetch_records, key_hash, KeyMap, Stored, Tracked};
+use crate::clock::now_ms;
+use crate::error::ModelError;
+use crate::keys::{key_hash, key_json, row_hash};
+use crate::tracked::{fetch_records, KeyMap, Stored, Tracked};
 
 /// How long reading the change topic may take before the run is retried.
 const READ_DEADLINE: Duration = Duration::from_secs(300);
-
-/// xxh3 of a row's values in a canonical byte form (type tag, length-prefixed payload), so
-/// equal rows hash equal whatever the warehouse and different types never collide by layout.
-/// `buf` is reused between rows to avoid an allocation per row.
-pub fn row_hash(row: &Row, buf: &mut Vec<u8>) -> u64 {
-    buf.clear();
-    for value in row {
-        match value {
-            Value::Null => buf.push(0),
-            Value::Boolean(b) => buf.extend_from_slice(&[1, u8::from(*b)]),
-            Value::Int(i) => {
-                buf.push(2);
-                buf.extend_from_slice(&i.to_le_bytes());
-            }
-            Value::Long(i) => {
-                buf.push(3);
-                buf.extend_from_slice(&i.to_le_bytes());
-            }
-            Value::Double(d) => {
-                buf.push(4);
-                buf.extend_from_slice(&d.to_bits().to_le_bytes());
-            }
-            Value::TimestampMicros(t) => {
-                buf.push(5);
-                buf.extend_from_slice(&t.to_le_bytes());
-            }
-            Value::Date(d) => {
-                buf.push(6);
-                buf.extend_from_slice(&d.to_le_bytes());
-            }
-            Value::String(s) | Value::Json(s) | Value::Uuid(s) | Value::DecimalText(s) => {
-                buf.push(7);
-                buf.extend_from_slice(&(s.len() as u64).to_le_bytes());
-                buf.extend_from_slice(s.as_bytes());
-            }
-            Value::Bytes(b) => {
-                buf.push(8);
-                buf.extend_from_slice(&(b.len() as u64).to_le_bytes());
-                buf.extend_from_slice(b);
-            }
-        }
-    }
-    xxhash_rust::xxh3::xxh3_64(buf)
-}
-
-/// The key of a row as JSON (`{"id": 7}`), for samples in errors and `sluice plan`.
-pub fn key_json(schema: &RowSchema, row: &Row) -> serde_json::Value {
-    let mut object = serde_json::Map::new();
-    for &i in &schema.primary_key {
-        object.insert(schema.columns[i].name.clone(), row[i].to_json());
-    }
-    serde_json::Value::Object(object)
-}
 
 /// What the next run would emit, before the previous images are read back.
 pub struct DiffPlan {
@@ -385,22 +334,4 @@ pub async fn emit(
     }
     count_events(name, &counts);
     Ok(total)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn row_hash_separates_types_and_boundaries() {
-        let mut buf = Vec::new();
-        let a = row_hash(&vec![Value::String("ab".into()), Value::String("c".into())], &mut buf);
-        let b = row_hash(&vec![Value::String("a".into()), Value::String("bc".into())], &mut buf);
-        assert_ne!(a, b, "length prefixes keep field boundaries");
-        let int = row_hash(&vec![Value::Int(1)], &mut buf);
-        let date = row_hash(&vec![Value::Date(1)], &mut buf);
-        assert_ne!(int, date, "type tags keep types apart");
-        assert_ne!(row_hash(&vec![Value::Null], &mut buf), row_hash(&vec![Value::String(String::new())], &mut buf));
-        assert_eq!(a, row_hash(&vec![Value::String("ab".into()), Value::String("c".into())], &mut buf));
-    }
 }

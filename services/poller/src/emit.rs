@@ -11,8 +11,9 @@ use sluice_core::{naming, ChangeEvent, Op, Row, RowSchema, SourceInfo};
 use sluice_kafka::headers;
 use sluice_kafka::producer::{OutRecord, TransactionalProducer};
 
-use crate::diff::row_hash;
-use crate::model_loop::{now_ms, ModelError};
+use crate::clock::now_ms;
+use crate::error::ModelError;
+use crate::keys::row_hash;
 use crate::tracked::ROW_HASH_HEADER;
 
 /// Names of the columns whose value differs between two images.

@@ -10,7 +10,7 @@ use sluice_avro::ModelCodec;
 use sluice_core::config::Gates;
 use sluice_warehouse::KeyCheck;
 
-use crate::diff::key_json;
+use crate::keys::key_tuple_json;
 
 /// Most sample keys an error carries.
 pub const MAX_SAMPLES: usize = 5;
@@ -61,18 +61,7 @@ pub struct RunCounts {
 
 /// Sample key tuples (in key order, as the warehouse's key checks return them) as JSON objects.
 pub fn key_samples(codec: &ModelCodec, keys: &[sluice_core::Row]) -> String {
-    keys.iter().map(|key| key_tuple_json(codec, key).to_string()).collect::<Vec<_>>().join(", ")
-}
-
-/// A key tuple (key columns in key order) as a JSON object, like [`key_json`] of a row.
-pub fn key_tuple_json(codec: &ModelCodec, key: &sluice_core::Row) -> serde_json::Value {
-    let schema = codec.row_schema();
-    // Place the key values into a row-shaped vector for key_json.
-    let mut row = vec![sluice_core::Value::Null; schema.columns.len()];
-    for (value, &i) in key.iter().zip(&schema.primary_key) {
-        row[i] = value.clone();
-    }
-    key_json(schema, &row)
+    keys.iter().map(|key| key_tuple_json(codec.row_schema(), key).to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// The key gates over a warehouse's [`KeyCheck`]: NULL keys first, then duplicates.

@@ -18,10 +18,13 @@
 //! `diff` mode sees inserts, updates and deletes of any query by comparing full snapshots (see
 //! [`diff`]); data-quality [`gates`] refuse a run before it emits anything.
 
+mod clock;
 pub mod contract;
 mod cursor;
 pub mod diff;
 mod emit;
+mod error;
+mod keys;
 mod lookback;
 pub mod gates;
 mod model_loop;
@@ -43,7 +46,7 @@ use sluice_warehouse::AnyWarehouse;
 use tokio_util::sync::CancellationToken;
 
 pub use diff::ModelOptions;
-pub use model_loop::ModelError;
+pub use error::ModelError;
 
 /// Run the poller for every model in `config` (or only `only`) until `shutdown` is cancelled.
 ///

@@ -30,9 +30,10 @@ use tracing::Instrument;
 
 use crate::cursor::{complete_snapshot, CursorRules, OpCounts};
 use crate::emit::{commit, count_events, ChangeWriter};
-use crate::model_loop::{now_ms, ModelError};
+use crate::clock::now_ms;
+use crate::error::ModelError;
+use crate::keys::key_hash;
 use crate::reconcile::Reconciler;
-use crate::tracked::key_hash;
 
 /// Most (key, cursor) pairs the state record may hold.
 pub const MAX_RECENT: usize = 20_000;

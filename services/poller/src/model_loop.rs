@@ -9,51 +9,19 @@ use sluice_core::config::{Config, Detection, ModelConfig};
 use sluice_core::{naming, Value};
 use sluice_kafka::compacted::read_to_end;
 use sluice_kafka::producer::TransactionalProducer;
-use sluice_kafka::KafkaError;
-use sluice_warehouse::{cursor_indexes, cursor_of, SnapshotStore, Warehouse, WarehouseError};
+use sluice_warehouse::{cursor_indexes, cursor_of, SnapshotStore, Warehouse};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::clock::now_ms;
 use crate::cursor::{complete_snapshot, CursorRules, OpCounts};
 use crate::emit::{commit, count_events, ChangeWriter};
+use crate::error::ModelError;
 use crate::reconcile::Reconciler;
-
-/// Why a model stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    #[error(transparent)]
-    Warehouse(#[from] WarehouseError),
-    #[error(transparent)]
-    Kafka(#[from] KafkaError),
-    #[error(transparent)]
-    Codec(#[from] sluice_avro::CodecError),
-    #[error("stored poller state is unreadable: {0}")]
-    State(String),
-    /// A data-quality gate refused the run: nothing was emitted; an operator must act.
-    #[error(transparent)]
-    Gate(#[from] crate::gates::GateError),
-    /// The model drifted from its checked-in schema: nothing is read until it is fixed.
-    #[error(transparent)]
-    Contract(#[from] crate::contract::ContractError),
-}
-
-impl ModelError {
-    /// Whether the loop should back off and try the same page again.
-    fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            ModelError::Warehouse(WarehouseError::Unavailable(_)) | ModelError::Kafka(KafkaError::Retryable { .. }) | ModelError::State(_)
-        )
-    }
-}
 
 /// The position as stored: the cursor tuple as tagged JSON values.
 fn decode_position(position: &Option<String>) -> Result<Option<Vec<Value>>, ModelError> {
     position.as_deref().map(|p| serde_json::from_str(p).map_err(|e| ModelError::State(format!("position {p:?}: {e}")))).transpose()
-}
-
-pub(crate) fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// Last committed state of `model`, read back from the state topic.

@@ -20,13 +20,14 @@ use sluice_warehouse::AnyWarehouse;
 use sluice_warehouse::{cursor_indexes, cursor_of, Warehouse};
 
 use crate::cursor::{CursorRules, OpCounts};
-use crate::diff::{compute, key_json, previous_records};
+use crate::diff::{compute, previous_records};
 use crate::emit::changed_columns;
 use crate::gates::{check_volume, RunCounts};
 use crate::lookback::{micros, parse, window_start};
+use crate::keys::{key_hash, key_json, key_tuple_json};
 use crate::model_loop::load_state;
 use crate::reconcile::find_deletes;
-use crate::tracked::{key_hash, KeyMap, Stored, Tracked};
+use crate::tracked::{KeyMap, Stored, Tracked};
 
 /// What the next run would do.
 #[derive(Debug, Clone)]
@@ -143,7 +144,7 @@ async fn plan_warehouse_diff(
     let plan = warehouse.plan_snapshot(model_config, schema, samples).await?;
     report.counts = RunCounts { rows: plan.rows, tracked: plan.tracked, inserts: plan.inserts, updates: plan.updates, deletes: plan.deletes };
     report.refused = check_volume(model, &model_config.gates, report.counts, first_snapshot, false).err().map(|e| e.to_string());
-    let json = |keys: &[sluice_core::Row]| keys.iter().map(|k| crate::gates::key_tuple_json(codec, k)).collect::<Vec<_>>();
+    let json = |keys: &[sluice_core::Row]| keys.iter().map(|k| key_tuple_json(schema, k)).collect::<Vec<_>>();
     report.insert_samples = json(&plan.insert_samples);
     report.update_samples = json(&plan.update_samples).into_iter().map(|k| (k, Vec::new())).collect();
     report.delete_samples = json(&plan.delete_samples);

@@ -32,8 +32,9 @@ use tracing::Instrument;
 
 use crate::diff::{catch_up, emit, DiffPlan};
 use crate::gates::{check_volume, RunCounts};
-use crate::model_loop::ModelError;
-use crate::tracked::{key_hash, Tracked};
+use crate::error::ModelError;
+use crate::keys::key_hash;
+use crate::tracked::Tracked;
 
 /// The hard deletes a reconciliation found.
 pub struct Found {

@@ -30,7 +30,9 @@ use tracing::Instrument;
 
 use crate::emit::{commit, count_events, ChangeWriter};
 use crate::gates::{check_keys, check_volume, GateError, RunCounts};
-use crate::model_loop::{now_ms, ModelError};
+use crate::clock::now_ms;
+use crate::error::ModelError;
+use crate::keys::key_json;
 
 /// Receives first-snapshot progress: rows emitted so far (across restarts) and the model's
 /// row count when this incarnation started.
@@ -106,7 +108,7 @@ pub async fn run_first_snapshot<W: Warehouse>(
                 return Err(ModelError::Gate(GateError::DuplicateKey {
                     model: name.to_string(),
                     count: 1,
-                    samples: crate::diff::key_json(schema, &pair[0]).to_string(),
+                    samples: key_json(schema, &pair[0]).to_string(),
                 }));
             }
             // A short page is the end; otherwise the page is full and its last key is the position.

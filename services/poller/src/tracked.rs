@@ -24,6 +24,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use sluice_core::config::KafkaConfig;
 use sluice_kafka::{client_config, KafkaError};
 
+use crate::keys::key_hash;
+
 /// Header carrying the xxh3 hash (16 hex digits) of an event's `after` row, so the tracked
 /// state is rebuilt from headers alone. Absent on deletes and tombstones.
 pub use sluice_kafka::headers::ROW_HASH as ROW_HASH_HEADER;
@@ -75,11 +77,6 @@ impl Entry {
     pub fn loc(&self) -> u64 {
         self.loc & !SEEN
     }
-}
-
-/// Hash of a record key's bytes: the identity of a row in the tracked state.
-pub fn key_hash(key: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(key)
 }
 
 /// The committed state of one change topic, kept current by tailing it.

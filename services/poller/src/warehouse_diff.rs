@@ -28,7 +28,8 @@ use tracing::Instrument;
 use crate::diff::ModelOptions;
 use crate::emit::{commit, count_events, ChangeWriter};
 use crate::gates::{check_volume, key_samples, GateError, RunCounts};
-use crate::model_loop::{now_ms, ModelError};
+use crate::clock::now_ms;
+use crate::error::ModelError;
 
 /// Progress of a `warehouse_diff` run, stored as the state record's `position`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
