@@ -4,12 +4,14 @@
 //! errors that leave nothing half done and may pass on their own (an unreachable warehouse, a
 //! retryable Kafka error, a state record that could not be read back this time) are retried,
 //! from the committed position; everything that needs an operator — a gate refusal, a schema
-//! contract drift, a bad model — stops the model with a message that says what to do.
+//! contract drift, a stored position that cannot be used, a bad model — stops the model with a
+//! message that says what to do.
 
 use sluice_kafka::KafkaError;
 use sluice_warehouse::WarehouseError;
 
 use crate::gates::GateError;
+use crate::position::PositionError;
 
 /// Why a model stopped.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,9 @@ pub enum ModelError {
     /// The state could not be read back this time (retried from the committed position).
     #[error("stored poller state is unreadable: {0}")]
     State(String),
+    /// The stored position cannot be used: nothing is read until an operator resets it.
+    #[error(transparent)]
+    Position(#[from] PositionError),
     /// A data-quality gate refused the run: nothing was emitted; an operator must act.
     #[error(transparent)]
     Gate(#[from] GateError),
@@ -41,7 +46,7 @@ impl ModelError {
             ModelError::Warehouse(error) => matches!(error, WarehouseError::Unavailable(_)),
             ModelError::Kafka(error) => matches!(error, KafkaError::Retryable { .. }),
             ModelError::State(_) => true,
-            ModelError::Codec(_) | ModelError::Gate(_) | ModelError::Contract(_) => false,
+            ModelError::Codec(_) | ModelError::Position(_) | ModelError::Gate(_) | ModelError::Contract(_) => false,
         }
     }
 }
