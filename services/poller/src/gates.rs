@@ -1,6 +1,7 @@
 //! Data-quality gates: checks a run of the snapshot modes (`diff`, `warehouse_diff`, the first
 //! snapshot in key chunks) and a cursor model's reconciliation must pass before they emit
-//! anything. Pure: the callers count, these functions judge.
+//! anything. No I/O: the callers count, these functions judge (and log a refusal or an operator's
+//! bypass).
 //!
 //! A refused run emits nothing, the model stops with a [`GateError`] naming the model, what was
 //! found (with up to five sample keys — keys only, never other column values) and the fix; the

@@ -59,8 +59,8 @@ pub async fn run_model<W: Warehouse + SnapshotStore>(
 
 /// One incarnation of the loop: fence, recover state, then poll in the model's mode. Any error
 /// returns; the caller decides whether to start over (which re-reads the committed state, so
-/// nothing is repeated or skipped). The options are the incarnation's own copy: an operator's
-/// confirmation not spent before a retry still applies after it.
+/// nothing is repeated or skipped). The mode takes its `Confirmation` from `options` afresh, so
+/// an operator's `--confirm-large-change` is spent at most once per incarnation.
 async fn poll_model<W: Warehouse + SnapshotStore>(
     config: &Config,
     warehouse: &W,

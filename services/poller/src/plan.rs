@@ -288,16 +288,14 @@ impl Planner<'_> {
                 break;
             }
         }
-        let (mut hard, mut refused) = (None, None);
-        if reconciled && snapshot_done {
-            let found = find_deletes(self.config, self.warehouse, self.model, codec).await?;
-            refused = check_volume(model, &self.model.gates, found.counts(), false, false).err().map(|e| e.to_string());
+        let (hard, refused) = if reconciled && snapshot_done {
             let room = samples.saturating_sub(delete_samples.len());
-            let topic = naming::change_topic(&self.config.kafka.topic_prefix, model);
-            let previous = previous_records(&self.config.kafka, &topic, found.deletes.iter().take(room).copied().collect()).await?;
-            delete_samples.extend(self.stored_keys(&previous, found.deletes.iter().take(room))?);
-            hard = Some(found.deletes.len() as u64);
-        }
+            let (deletes, verdict, keys) = self.reconciliation(room).await?;
+            delete_samples.extend(keys);
+            (Some(deletes), verdict)
+        } else {
+            (None, None)
+        };
         let counts = RunCounts {
             rows,
             tracked: self.state.as_ref().map_or(0, |s| s.events_total as u64),
@@ -313,5 +311,16 @@ impl Planner<'_> {
             cursor: Some(CursorDeletes { soft: ops.deletes, hard }),
             ..PlanReport::new(model, counts, !snapshot_done)
         })
+    }
+
+    /// The hard deletes a reconciliation would find now: their number, the gate verdict on them
+    /// and up to `room` sample keys.
+    async fn reconciliation(&self, room: usize) -> anyhow::Result<(u64, Option<String>, Vec<serde_json::Value>)> {
+        let found = find_deletes(self.config, self.warehouse, self.model, &self.codec).await?;
+        let refused = check_volume(self.name(), &self.model.gates, found.counts(), false, false).err().map(|e| e.to_string());
+        let topic = naming::change_topic(&self.config.kafka.topic_prefix, self.name());
+        let previous = previous_records(&self.config.kafka, &topic, found.deletes.iter().take(room).copied().collect()).await?;
+        let samples = self.stored_keys(&previous, found.deletes.iter().take(room))?;
+        Ok((found.deletes.len() as u64, refused, samples))
     }
 }

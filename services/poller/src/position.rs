@@ -294,6 +294,16 @@ mod tests {
     }
 
     #[test]
+    fn the_error_reads_as_documented() {
+        // docs/poller.md, "The stored position", shows this message.
+        let error = Position::parse("members", &Detection::Diff {}, false, Some("garbage")).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            r#"model members: its stored position cannot be used: it is not JSON (expected value at line 1 column 1). Found: "garbage". Nothing was read or emitted. Fix: if the model's detection mode was just changed, change it back; otherwise reset the model's progress: produce a tombstone (a null value) with key "members" to the poller's state topic (<kafka.topic_prefix>.poller.state) and restart, and the model takes its first snapshot again (or give it new topics with a new kafka.topic_prefix)"#
+        );
+    }
+
+    #[test]
     fn a_long_position_is_shortened_in_the_error() {
         let text = format!(r#"{{"cursor":null,"recent":[{}"#, "[1,2],".repeat(5000));
         let error = Position::parse("m", &cursor_mode(Some(1)), true, Some(&text)).unwrap_err();

@@ -1,6 +1,9 @@
 //! Cursor mode without a look-back window: pages of `batch_rows` rows strictly after the
-//! committed cursor tuple, each committed with the page's last tuple as the new position.
+//! committed cursor tuple, each committed with the page's last tuple as the new position, so a
+//! restart continues strictly after the last committed page. A short page, or a poll that finds
+//! nothing after a full one, completes the first snapshot.
 
+use sluice_core::Value;
 use sluice_warehouse::{cursor_indexes, cursor_of, Warehouse};
 use tracing::Instrument;
 
@@ -10,7 +13,6 @@ use crate::context::ModelContext;
 use crate::emit::ChangeWriter;
 use crate::error::ModelError;
 use crate::position::tuple_text;
-use sluice_core::Value;
 
 /// Poll `ctx`'s model after the cursor tuple `start` (`None`: from the beginning) until
 /// shutdown or a fatal error.
