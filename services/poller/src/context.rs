@@ -45,7 +45,12 @@ impl<'a, W: Warehouse> ModelContext<'a, W> {
         let name = model.name.get_ref().as_str();
         let schema = warehouse.describe(model).await?;
         crate::contract::check(model, &schema)?;
-        let codec = ModelCodec::new(name, schema)?;
+        let mut codec = ModelCodec::new(name, schema)?;
+        if codec.key_fingerprints_differ() && crate::state::keys_written_with_legacy_fingerprint(config, &codec).await? {
+            // A row's key bytes must never change (see `with_legacy_key_fingerprint`).
+            codec = codec.with_legacy_key_fingerprint();
+            tracing::info!(model = %name, "keys keep their legacy schema fingerprint: this model's topic was written before standard fingerprints");
+        }
         // Fence first: once this returns, no older instance can commit, so the state read next is final.
         let producer = TransactionalProducer::new(&config.kafka, &naming::poller_transactional_id(&config.kafka.topic_prefix, name)).await?;
         let state = load_state(config, name).await?.unwrap_or(PollerState {

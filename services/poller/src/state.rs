@@ -43,3 +43,18 @@ pub async fn load_state(config: &Config, model: &str) -> Result<Option<PollerSta
     }
     Ok(last)
 }
+
+/// Whether the model's keys were written with the legacy fingerprint of its key schema (by a
+/// sluice from before standard fingerprints): the schema topic holds the key schema under its
+/// legacy fingerprint and not under its standard one. Only asked for keys whose two
+/// fingerprints differ ([`sluice_avro::ModelCodec::key_fingerprints_differ`]).
+pub async fn keys_written_with_legacy_fingerprint(config: &Config, codec: &sluice_avro::ModelCodec) -> Result<bool, ModelError> {
+    let kafka = config.kafka.clone();
+    let topic = naming::schema_topic(&config.kafka.topic_prefix);
+    let records =
+        tokio::task::spawn_blocking(move || read_to_end(&kafka, &topic, Duration::from_secs(90))).await.expect("reader does not panic")?;
+    let standard = codec.schemas()[0].fingerprint.clone();
+    let legacy = codec.legacy_fingerprints()[0].clone();
+    let published = |fingerprint: &str| records.iter().any(|r| r.key.as_deref() == Some(fingerprint.as_bytes()) && r.payload.is_some());
+    Ok(published(&legacy) && !published(&standard))
+}
