@@ -129,16 +129,17 @@ impl Scenario {
     }
 
     /// Wait until every sink has finished (applied, skipped or dead-lettered, and committed)
-    /// every change event on the topic, once the topic holds at least `events` records
-    /// (tombstones included).
-    pub(super) async fn wait_until_all_finished(&self, events: usize) {
+    /// every change event: once the `append` webhook, which receives every change as an event,
+    /// holds `changes` of them, the change topic must hold exactly `records` (tombstones
+    /// included: nothing invented), and every sink's group must have committed past them.
+    pub(super) async fn wait_until_all_finished(&self, changes: usize, records: usize) {
+        let Some(Vendor::Webhook(append)) = self.destinations.iter().find(|d| d.name == "webhook-append").map(|d| &d.vendor) else {
+            panic!("the append webhook is configured")
+        };
+        eventually(&format!("{changes} changes at the append webhook"), WAIT, || append.records().len() >= changes).await;
         let topic = naming::change_topic(&self.prefix, "customers");
-        let mut log: Vec<ReadRecord> = Vec::new();
-        eventually(&format!("{events} change records on the topic"), WAIT, || {
-            log = read_topic(&topic);
-            log.len() >= events
-        })
-        .await;
+        let log = read_topic(&topic);
+        assert_eq!(log.len(), records, "the change topic: {log:?}");
         let mut ends: HashMap<i32, i64> = HashMap::new();
         for record in &log {
             let end = ends.entry(record.partition).or_default();

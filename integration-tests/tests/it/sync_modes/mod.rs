@@ -18,24 +18,25 @@ use fixture::{insert, Scenario, Vendor, EVE};
 use sluice_destinations::identifiers::{sha256_hex, EMPTY_SHA256};
 use sluice_integration_tests::receiver::Received;
 
-/// Records on the change topic after the snapshot: rows 1-5 (`r`).
-const SNAPSHOT_EVENTS: usize = 5;
-/// ... and after the changes: Ada updated, Eve inserted, Dee deleted (with its tombstone), Bob's
-/// consent revoked.
-const ALL_EVENTS: usize = SNAPSHOT_EVENTS + 5;
+/// Changes in the snapshot: rows 1-5 (`r`).
+const SNAPSHOT_CHANGES: usize = 5;
+/// ... and after the changes: Ada updated, Eve inserted, Dee deleted, Bob's consent revoked.
+const ALL_CHANGES: usize = SNAPSHOT_CHANGES + 4;
+/// Records on the change topic by then: every change, and Dee's tombstone.
+const ALL_RECORDS: usize = ALL_CHANGES + 1;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_supported_mode_ends_each_vendor_as_its_doc_page_says() {
     let s = Scenario::start().await;
     // The snapshot lands everywhere before anything changes, so each key's changes arrive in
     // batches of their own (a batch holding two changes of a key sends only the latest).
-    s.wait_until_all_finished(SNAPSHOT_EVENTS).await;
+    s.wait_until_all_finished(SNAPSHOT_CHANGES, SNAPSHOT_CHANGES).await;
 
     s.db.execute(&format!("UPDATE {} SET name = 'Ada L', plan = 'pro' WHERE id = 1", s.table), &[]).await.unwrap();
     insert(&s.db, &s.table, &EVE).await;
     s.db.execute(&format!("DELETE FROM {} WHERE id = 4", s.table), &[]).await.unwrap();
     s.db.execute(&format!("UPDATE {} SET opt_in = false WHERE id = 2", s.table), &[]).await.unwrap();
-    s.wait_until_all_finished(ALL_EVENTS).await;
+    s.wait_until_all_finished(ALL_CHANGES, ALL_RECORDS).await;
 
     for destination in &s.destinations {
         let name = destination.name.as_str();
