@@ -166,7 +166,7 @@ async fn batch(
     let body: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
     let limit_headers = match admit(&state, &format!("batch/{operation}"), &headers, &body) {
         Ok(limit_headers) => limit_headers,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let inputs = body["inputs"].as_array().cloned().unwrap_or_default();
     if inputs.is_empty() || inputs.len() > 100 {
@@ -190,7 +190,7 @@ async fn batch(
 
 /// Record the request, then check the token, the injected faults and the rate limits; the
 /// rate-limit headers of the answer, or the answer refusing it.
-fn admit(state: &HubSpotState, path: &str, headers: &HeaderMap, body: &serde_json::Value) -> Result<Headers, axum::response::Response> {
+fn admit(state: &HubSpotState, path: &str, headers: &HeaderMap, body: &serde_json::Value) -> Result<Headers, Box<axum::response::Response>> {
     state.requests.lock().unwrap().push(Recorded {
         method: "POST".into(),
         path: path.into(),
@@ -199,7 +199,7 @@ fn admit(state: &HubSpotState, path: &str, headers: &HeaderMap, body: &serde_jso
         body: body.clone(),
     });
     if authorization(headers).as_deref() != Some(&format!("Bearer {}", state.token)) {
-        return Err(error(401, vec![], "INVALID_AUTHENTICATION", "Authentication credentials not found. This API supports OAuth 2.0 authentication."));
+        return Err(Box::new(error(401, vec![], "INVALID_AUTHENTICATION", "Authentication credentials not found. This API supports OAuth 2.0 authentication.")));
     }
     // The rolling window and daily count, with the headers HubSpot sends.
     let ten_max = *state.ten_secondly_max.lock().unwrap();
@@ -221,16 +221,16 @@ fn admit(state: &HubSpotState, path: &str, headers: &HeaderMap, body: &serde_jso
         ("x-hubspot-ratelimit-daily-remaining", daily_max.saturating_sub(daily_used + 1).to_string()),
     ];
     match state.faults.next() {
-        Some(Fault::TenSecondly) => return Err(rate_limited("TEN_SECONDLY_ROLLING", limit_headers)),
-        Some(Fault::Daily) => return Err(rate_limited("DAILY", limit_headers)),
-        Some(Fault::Status(status)) => return Err(error(status, limit_headers, "INTERNAL_ERROR", "injected failure")),
+        Some(Fault::TenSecondly) => return Err(Box::new(rate_limited("TEN_SECONDLY_ROLLING", limit_headers))),
+        Some(Fault::Daily) => return Err(Box::new(rate_limited("DAILY", limit_headers))),
+        Some(Fault::Status(status)) => return Err(Box::new(error(status, limit_headers, "INTERNAL_ERROR", "injected failure"))),
         None => {}
     }
     if daily_used >= daily_max {
-        return Err(rate_limited("DAILY", limit_headers));
+        return Err(Box::new(rate_limited("DAILY", limit_headers)));
     }
     if in_window >= ten_max {
-        return Err(rate_limited("TEN_SECONDLY_ROLLING", limit_headers));
+        return Err(Box::new(rate_limited("TEN_SECONDLY_ROLLING", limit_headers)));
     }
     state.window.lock().unwrap().push_back(now);
     *state.daily_used.lock().unwrap() += 1;

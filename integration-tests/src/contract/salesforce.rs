@@ -40,11 +40,14 @@ pub enum Fault {
     Status(u16, &'static str),
 }
 
+/// A record: its id and fields.
+pub type Record = (String, serde_json::Map<String, serde_json::Value>);
+
 /// The server's state.
 pub struct SalesforceState {
     token: String,
-    /// Records by external-ID value: (record id, fields).
-    pub records: Mutex<HashMap<String, (String, serde_json::Map<String, serde_json::Value>)>>,
+    /// Records by external-ID value.
+    pub records: Mutex<HashMap<String, Record>>,
     pub requests: Mutex<Vec<Recorded>>,
     pub faults: Faults<Fault>,
     /// Fields a new record must have.
@@ -131,20 +134,20 @@ type Headers = Vec<(&'static str, String)>;
 
 /// Record the request, then check the token, the injected faults and the allocation (every
 /// call counts); the `Sforce-Limit-Info` header of the answer, or the answer refusing it.
-fn admit(state: &SalesforceState, recorded: Recorded, headers: &HeaderMap) -> Result<Headers, axum::response::Response> {
+fn admit(state: &SalesforceState, recorded: Recorded, headers: &HeaderMap) -> Result<Headers, Box<axum::response::Response>> {
     state.requests.lock().unwrap().push(recorded);
     if authorization(headers).as_deref() != Some(&format!("Bearer {}", state.token)) {
-        return Err(errors(401, vec![], "INVALID_SESSION_ID", "Session expired or invalid"));
+        return Err(Box::new(errors(401, vec![], "INVALID_SESSION_ID", "Session expired or invalid")));
     }
     let (used, limit) = *state.allocation.lock().unwrap();
     let usage = vec![("sforce-limit-info", format!("api-usage={used}/{limit}"))];
     match state.faults.next() {
-        Some(Fault::ConcurrentLimit) => return Err(errors(403, usage, "REQUEST_LIMIT_EXCEEDED", "ConcurrentPerOrgLongTxn Limit exceeded.")),
-        Some(Fault::Status(status, code)) => return Err(errors(status, usage, code, "injected failure")),
+        Some(Fault::ConcurrentLimit) => return Err(Box::new(errors(403, usage, "REQUEST_LIMIT_EXCEEDED", "ConcurrentPerOrgLongTxn Limit exceeded."))),
+        Some(Fault::Status(status, code)) => return Err(Box::new(errors(status, usage, code, "injected failure"))),
         None => {}
     }
     if used >= limit {
-        return Err(errors(403, usage, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded."));
+        return Err(Box::new(errors(403, usage, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")));
     }
     state.allocation.lock().unwrap().0 += 1;
     Ok(vec![("sforce-limit-info", format!("api-usage={}/{limit}", used + 1))])
@@ -166,7 +169,7 @@ async fn upsert(
     };
     let usage = match admit(&state, recorded, &headers) {
         Ok(usage) => usage,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let Some(records) = body["records"].as_array().cloned() else {
         return errors(400, usage, "JSON_PARSER_ERROR", "records is required");
@@ -267,7 +270,7 @@ async fn query(State(state): State<Arc<SalesforceState>>, Path(version): Path<St
     let recorded = Recorded { method: "GET".into(), path: "/query".into(), query: Some(soql.clone()), authorization: authorization(&headers), body: serde_json::Value::Null };
     let usage = match admit(&state, recorded, &headers) {
         Ok(usage) => usage,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let Some((sobject, field, values)) = parse_soql(&soql) else {
         return errors(400, usage, "MALFORMED_QUERY", "unexpected token in the query");
@@ -289,7 +292,7 @@ async fn delete_records(State(state): State<Arc<SalesforceState>>, RawQuery(raw)
     let recorded = Recorded { method: "DELETE".into(), path: "/composite/sobjects".into(), query: raw.clone(), authorization: authorization(&headers), body: serde_json::Value::Null };
     let usage = match admit(&state, recorded, &headers) {
         Ok(usage) => usage,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let params = url_params(raw.as_deref().unwrap_or(""));
     let ids: Vec<String> = params.get("ids").map(|ids| ids.split(',').map(str::to_string).collect()).unwrap_or_default();

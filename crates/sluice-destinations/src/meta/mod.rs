@@ -71,7 +71,7 @@ impl Kind for Meta {
         };
         one_of(mode, supported, || match (config.mode, mode) {
             (_, SyncMode::Append) => "a Custom Audience holds members, not events".into(),
-            (AudienceMode::Audience, _) => format!("an audience must remove the people who leave it, and a {mode} sync never removes anyone whose row is deleted"),
+            (AudienceMode::Audience, _) => format!("an audience must remove the people who leave it, and mode \"{mode}\" never removes anyone whose row is deleted"),
             (AudienceMode::Suppression, _) => "in suppression mode a row's presence removes the person and a suppression ending never adds anyone back, so only upsert fits".into(),
         })
     }

@@ -165,7 +165,10 @@ impl Scenario {
         self.db.batch_execute(&format!("DROP TABLE IF EXISTS {}", self.table)).await.ok();
         let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}:*", self.prefix)).query_async(&mut self.redis).await.unwrap_or_default();
         if !keys.is_empty() {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query_async(&mut self.redis).await;
+            let deleted: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query_async(&mut self.redis).await;
+            if let Err(error) = deleted {
+                eprintln!("deleting the run's Redis keys failed: {error}");
+            }
         }
     }
 }
