@@ -24,9 +24,15 @@ pub struct Exchange {
     pub(super) sent: Vec<usize>,
 }
 
-/// Whether a `batch/read` answered (a 207 lists the ids it did not find).
+/// Whether a `batch/read` answered: a 200, or a 207 whose errors only list ids it did not find
+/// (`OBJECT_NOT_FOUND`). Any other error in a read's 207 fails the request, so a record is never
+/// taken for absent because the read went wrong.
 pub(super) fn read_succeeded(answer: &Answer) -> bool {
-    matches!(answer.status, 200 | 207)
+    match answer.status {
+        200 => true,
+        207 => answer.body["errors"].as_array().into_iter().flatten().all(|e| e["category"] == "OBJECT_NOT_FOUND"),
+        _ => false,
+    }
 }
 
 /// An error of a 207 that leaves its records alone instead of refusing them: a create of a
@@ -136,10 +142,11 @@ impl HubSpot {
     }
 
     /// A failed answer (a read's or a write's) as a request failure; a 429 is a throttle,
-    /// labelled by its policy.
+    /// labelled by its policy. A read's 207 with an error other than `OBJECT_NOT_FOUND` is
+    /// permanent (the sink isolates the record).
     fn failure(&self, answer: &Answer) -> RequestFailure {
         let status = answer.status;
-        let class = self.class_of(answer);
+        let class = if status == 207 { ErrorClass::Permanent } else { self.class_of(answer) };
         let body = &answer.body;
         let throttle = (status == 429).then(|| match body["policyName"].as_str() {
             Some("DAILY") => "daily",
@@ -292,8 +299,12 @@ mod tests {
         };
         let Verdict::Failed(failure) = h.classify(&request, &throttled) else { panic!("a throttled read fails the request") };
         assert_eq!(failure.throttle, Some("ten_secondly"));
-        let unauthorised = Exchange { lookup: Some(answer(401, serde_json::json!({}))), ..throttled };
+        let unauthorised = Exchange { lookup: Some(answer(401, serde_json::json!({}))), write: None, sent: Vec::new() };
         assert_eq!(h.classify(&request, &unauthorised).request_class(), Some(ErrorClass::Fatal));
+        let missing_only = serde_json::json!({"results": [], "errors": [{"category": "OBJECT_NOT_FOUND", "context": {"ids": ["a@x.com"]}}]});
+        assert!(read_succeeded(&answer(207, missing_only)), "a 207 listing what it did not find is an answer");
+        let broken = Exchange { lookup: Some(answer(207, serde_json::json!({"errors": [{"category": "VALIDATION_ERROR"}]}))), ..throttled };
+        assert_eq!(h.classify(&request, &broken).request_class(), Some(ErrorClass::Permanent), "never taken for absent");
     }
 
     /// What a read decides: update and archive what exists, create what does not; everything

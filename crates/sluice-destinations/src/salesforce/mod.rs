@@ -10,7 +10,9 @@
 //! - delete: `GET /query?q=SELECT Id, <ext> FROM <sobject> WHERE <ext> IN ('W-1',...)` (values
 //!   quoted as SOQL literals; further pages followed by `nextRecordsUrl`), then
 //!   `DELETE /composite/sobjects?ids=<Id>,...&allOrNone=false` (at most 200 ids), answered with
-//!   one result per id, in order.
+//!   one result per id, in order. A batch whose external IDs hold more than 200 records (a
+//!   non-unique external ID) is refused by Salesforce as a whole, and the sink's isolation then
+//!   deletes record by record.
 //!
 //! Actions (the sync modes this kind honours are in [`Salesforce::check_mode`]): Upsert (and
 //! Event) upsert. Delete follows `on_delete`: `delete` (the default) queries the Ids of the
