@@ -258,19 +258,33 @@ fn result(contact: &serde_json::Map<String, serde_json::Value>, new: Option<bool
     result
 }
 
+/// What one input of a write did.
+enum Outcome {
+    /// Applied: its entry of `results`.
+    Applied(serde_json::Value),
+    /// Refused: its entry of `errors`.
+    Refused(serde_json::Value),
+    /// An update of a record id that does not exist.
+    NotFound(serde_json::Value),
+}
+
+/// Whether an input carries an invalid email (as its upsert id, or as a property).
+fn invalid_email(kind: Write, input: &serde_json::Value) -> bool {
+    let bad = |v: &serde_json::Value| v.as_str().is_some_and(|s| !s.contains('@'));
+    (kind == Write::Upsert && input["idProperty"] == "email" && bad(&input["id"])) || bad(&input["properties"]["email"])
+}
+
+/// The record id of the contact a create's input would duplicate.
+fn conflict(state: &HubSpotState, input: &serde_json::Value) -> Option<serde_json::Value> {
+    let email = input["properties"]["email"].as_str().unwrap_or_default();
+    state.contacts.lock().unwrap().get(email).map(|c| c["hs_object_id"].clone())
+}
+
 /// Upsert (by `idProperty`), update (by record id) or create.
 fn write(state: &HubSpotState, limit_headers: Headers, inputs: &[serde_json::Value], kind: Write) -> axum::response::Response {
-    let invalid = |input: &serde_json::Value| {
-        let bad = |v: &serde_json::Value| v.as_str().is_some_and(|s| !s.contains('@'));
-        (kind == Write::Upsert && input["idProperty"] == "email" && bad(&input["id"])) || bad(&input["properties"]["email"])
-    };
-    let multi_status = inputs.iter().all(|i| i["objectWriteTraceId"].is_string());
-    let conflict = |input: &serde_json::Value| {
-        let email = input["properties"]["email"].as_str().unwrap_or_default();
-        state.contacts.lock().unwrap().get(email).map(|c| c["hs_object_id"].clone())
-    };
-    if !multi_status {
-        if inputs.iter().any(invalid) {
+    // Without a trace id on every input, one bad input (or a conflict) refuses the batch.
+    if !inputs.iter().all(|i| i["objectWriteTraceId"].is_string()) {
+        if inputs.iter().any(|i| invalid_email(kind, i)) {
             return json(
                 400,
                 limit_headers,
@@ -278,58 +292,17 @@ fn write(state: &HubSpotState, limit_headers: Headers, inputs: &[serde_json::Val
                     "errors": [{"message": "invalid email", "in": "email"}], "correlationId": "c93e06a4"}),
             );
         }
-        if kind == Write::Create {
-            if let Some(existing) = inputs.iter().find_map(conflict) {
-                let id = existing.as_str().unwrap_or_default().to_string();
-                return error(409, limit_headers, "CONFLICT", &format!("Contact already exists. Existing ID: {id}"));
-            }
+        if let Some(existing) = inputs.iter().filter(|_| kind == Write::Create).find_map(|i| conflict(state, i)) {
+            return error(409, limit_headers, "CONFLICT", &format!("Contact already exists. Existing ID: {}", existing.as_str().unwrap_or_default()));
         }
     }
-    let mut results = Vec::new();
-    let mut errors = Vec::new();
-    let mut not_found = Vec::new();
+    let (mut results, mut errors, mut not_found) = (Vec::new(), Vec::new(), Vec::new());
     for input in inputs {
-        let trace = &input["objectWriteTraceId"];
-        if invalid(input) {
-            errors.push(serde_json::json!({"status": "error", "category": "VALIDATION_ERROR", "message": "Property values were not valid",
-                "context": {"objectWriteTraceId": [trace]},
-                "errors": [{"message": "is not a valid email", "code": "INVALID_EMAIL", "in": "email"}]}));
-            continue;
+        match write_one(state, input, kind) {
+            Outcome::Applied(result) => results.push(result),
+            Outcome::Refused(error) => errors.push(error),
+            Outcome::NotFound(id) => not_found.push(id),
         }
-        let properties = input["properties"].as_object().cloned().unwrap_or_default();
-        let existing = match kind {
-            Write::Upsert => input["id"].as_str().map(str::to_string).filter(|email| state.contacts.lock().unwrap().contains_key(email)),
-            Write::Update => state.email_of(input["id"].as_str().unwrap_or_default()),
-            Write::Create => {
-                if let Some(existing) = conflict(input) {
-                    errors.push(serde_json::json!({"status": "error", "category": "CONFLICT",
-                        "message": format!("Contact already exists. Existing ID: {}", existing.as_str().unwrap_or_default()),
-                        "context": {"objectWriteTraceId": [trace]}}));
-                    continue;
-                }
-                None
-            }
-        };
-        if kind == Write::Update && existing.is_none() {
-            not_found.push(input["id"].clone());
-            continue;
-        }
-        let mut contacts = state.contacts.lock().unwrap();
-        let (mut current, new) = match existing.and_then(|email| contacts.remove(&email)) {
-            Some(current) => (current, false),
-            None => {
-                let mut fresh = serde_json::Map::new();
-                fresh.insert("hs_object_id".into(), state.new_id().into());
-                if let Some(email) = input["id"].as_str().filter(|_| kind == Write::Upsert) {
-                    fresh.insert("email".into(), email.into());
-                }
-                (fresh, true)
-            }
-        };
-        current.extend(properties);
-        let email = current["email"].as_str().unwrap_or_default().to_string();
-        results.push(result(&current, (kind == Write::Upsert).then_some(new), trace));
-        contacts.insert(email, current);
     }
     if !not_found.is_empty() {
         errors.push(serde_json::json!({"status": "error", "category": "OBJECT_NOT_FOUND",
@@ -343,6 +316,48 @@ fn write(state: &HubSpotState, limit_headers: Headers, inputs: &[serde_json::Val
     answer["numErrors"] = errors.len().into();
     answer["errors"] = errors.into();
     json(207, limit_headers, answer)
+}
+
+/// Apply one input of a write.
+fn write_one(state: &HubSpotState, input: &serde_json::Value, kind: Write) -> Outcome {
+    let trace = &input["objectWriteTraceId"];
+    if invalid_email(kind, input) {
+        return Outcome::Refused(serde_json::json!({"status": "error", "category": "VALIDATION_ERROR", "message": "Property values were not valid",
+            "context": {"objectWriteTraceId": [trace]},
+            "errors": [{"message": "is not a valid email", "code": "INVALID_EMAIL", "in": "email"}]}));
+    }
+    let existing = match kind {
+        Write::Upsert => input["id"].as_str().map(str::to_string).filter(|email| state.contacts.lock().unwrap().contains_key(email)),
+        Write::Update => match state.email_of(input["id"].as_str().unwrap_or_default()) {
+            Some(email) => Some(email),
+            None => return Outcome::NotFound(input["id"].clone()),
+        },
+        Write::Create => {
+            if let Some(existing) = conflict(state, input) {
+                return Outcome::Refused(serde_json::json!({"status": "error", "category": "CONFLICT",
+                    "message": format!("Contact already exists. Existing ID: {}", existing.as_str().unwrap_or_default()),
+                    "context": {"objectWriteTraceId": [trace]}}));
+            }
+            None
+        }
+    };
+    let mut contacts = state.contacts.lock().unwrap();
+    let (mut current, new) = match existing.and_then(|email| contacts.remove(&email)) {
+        Some(current) => (current, false),
+        None => {
+            let mut fresh = serde_json::Map::new();
+            fresh.insert("hs_object_id".into(), state.new_id().into());
+            if let Some(email) = input["id"].as_str().filter(|_| kind == Write::Upsert) {
+                fresh.insert("email".into(), email.into());
+            }
+            (fresh, true)
+        }
+    };
+    current.extend(input["properties"].as_object().cloned().unwrap_or_default());
+    let email = current["email"].as_str().unwrap_or_default().to_string();
+    let result = result(&current, (kind == Write::Upsert).then_some(new), trace);
+    contacts.insert(email, current);
+    Outcome::Applied(result)
 }
 
 /// Read by `idProperty`: the records found, and a 207 naming the ids not found.
