@@ -125,6 +125,16 @@ pub fn read_topic(topic: &str) -> Vec<ReadRecord> {
     }
 }
 
+/// The topics whose names start with `<prefix>.`, sorted (listed from the cluster's metadata,
+/// which never creates one).
+pub fn topic_names(prefix: &str) -> Vec<String> {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", kafka_bootstrap()).create().expect("kafka client");
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).expect("metadata");
+    let mut names: Vec<String> = metadata.topics().iter().map(|t| t.name().to_string()).filter(|t| t.starts_with(&format!("{prefix}."))).collect();
+    names.sort();
+    names
+}
+
 /// Wait until `condition` holds, polling every 100 ms; fail with `what` after `timeout`.
 pub async fn eventually(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;

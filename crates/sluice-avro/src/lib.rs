@@ -87,6 +87,8 @@ struct WriterSchema {
     header: [u8; HEADER_LEN],
     /// The specification's fingerprint of `json`, as 16 hex digits (the schema topic's key).
     fingerprint: String,
+    /// The specification's fingerprint of `json` (see [`canonical`]).
+    standard_fingerprint: [u8; 8],
     /// apache-avro's fingerprint of the same schema: what events written before carry.
     legacy_fingerprint: [u8; 8],
     /// The schema text published on the schema topic; `fingerprint` is computed from it.
@@ -106,7 +108,7 @@ impl WriterSchema {
         header[2..].copy_from_slice(&fingerprint);
         let legacy_fingerprint = canonical::legacy_fingerprint(&schema);
         let write_schema = inline_refs(&schema, &mut std::collections::HashMap::new());
-        Ok(WriterSchema { write_schema, header, fingerprint: hex(&fingerprint), legacy_fingerprint, json })
+        Ok(WriterSchema { write_schema, header, fingerprint: hex(&fingerprint), standard_fingerprint: fingerprint, legacy_fingerprint, json })
     }
 
     fn encode(&self, value: &impl serde::Serialize, out: &mut Vec<u8>) -> Result<(), CodecError> {
@@ -116,7 +118,13 @@ impl WriterSchema {
     }
 
     fn is_own_fingerprint(&self, fingerprint: &[u8; 8]) -> bool {
-        self.header[2..] == fingerprint[..] || self.legacy_fingerprint == *fingerprint
+        self.standard_fingerprint == *fingerprint || self.legacy_fingerprint == *fingerprint
+    }
+
+    /// Write (and publish under) the legacy fingerprint from now on.
+    fn use_legacy_fingerprint(&mut self) {
+        self.header[2..].copy_from_slice(&self.legacy_fingerprint);
+        self.fingerprint = hex(&self.legacy_fingerprint);
     }
 }
 
@@ -207,6 +215,23 @@ impl ModelCodec {
     /// specification. For tests and migration checks; sluice writes only the new ones.
     pub fn legacy_fingerprints(&self) -> [String; 2] {
         [hex(&self.key.legacy_fingerprint), hex(&self.value.legacy_fingerprint)]
+    }
+
+    /// Whether the key schema's specification and legacy fingerprints differ: only for keys with
+    /// a logical type (a date, timestamp or decimal key column), whose AVRO-4004 canonical form
+    /// kept the logical-type attributes.
+    pub fn key_fingerprints_differ(&self) -> bool {
+        self.key.standard_fingerprint != self.key.legacy_fingerprint
+    }
+
+    /// Keep writing keys with the legacy fingerprint, for a model whose change topic already
+    /// holds keys written with it. Why: the fingerprint is part of the key bytes, and a row's key
+    /// bytes must never change — compaction, partitioning and every per-key state (the poller's
+    /// tracked rows, the sinks' lanes) identify a row by them. Values are unaffected: a value
+    /// carries no identity, so events switch to the standard fingerprint at once.
+    pub fn with_legacy_key_fingerprint(mut self) -> ModelCodec {
+        self.key.use_legacy_fingerprint();
+        self
     }
 
     /// The key and value schemas to publish before the first event that uses them.

@@ -294,3 +294,27 @@ fn schema_examples_are_what_sluice_publishes() {
     assert_eq!(include_str!("../../../schemas/examples/customers.value.avsc"), format!("{}\n", value.json));
 }
 
+
+/// A model whose keys were written with the legacy fingerprint keeps writing them so: the key
+/// bytes of a row never change, and the key schema is published under the fingerprint it uses.
+#[test]
+fn legacy_key_fingerprint_keeps_key_bytes_stable() {
+    let codec = ModelCodec::new("all_types", all_types()).unwrap();
+    assert!(codec.key_fingerprints_differ(), "a date in the key: AVRO-4004 kept its logicalType");
+    let [legacy_key, _] = codec.legacy_fingerprints();
+    let mut standard = Vec::new();
+    codec.encode_key(&all_types_row(), &mut standard).unwrap();
+    let value_fingerprint = codec.value_fingerprint().to_string();
+
+    let codec = codec.with_legacy_key_fingerprint();
+    let mut key = Vec::new();
+    codec.encode_key(&all_types_row(), &mut key).unwrap();
+    assert_eq!(key, with_fingerprint(standard.clone(), &legacy_key), "the old key bytes exactly");
+    assert_eq!(codec.schemas()[0].fingerprint, legacy_key, "published under the fingerprint the keys carry");
+    assert_eq!(codec.value_fingerprint(), value_fingerprint, "values switch to the standard fingerprint");
+    assert!(codec.is_own_key_fingerprint(&fingerprint_bytes(&key).unwrap()));
+    assert!(codec.is_own_key_fingerprint(&fingerprint_bytes(&standard).unwrap()));
+
+    let plain = ModelCodec::new("all_types", RowSchema { primary_key: vec![0], ..all_types() }).unwrap();
+    assert!(!plain.key_fingerprints_differ(), "a bigint key has one canonical form either way");
+}

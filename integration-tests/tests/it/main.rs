@@ -11,4 +11,5 @@ mod outside_decoder;
 mod poller;
 mod sink;
 mod suppression;
+mod sync_modes;
 mod walking_skeleton;

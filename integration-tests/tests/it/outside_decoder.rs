@@ -359,3 +359,59 @@ async fn events_with_legacy_fingerprints_still_reach_the_destination() {
     let dead_letters = sluice_integration_tests::read_topic(&naming::dead_letter_topic(&p.prefix, "crm"));
     assert!(dead_letters.is_empty(), "nothing dead-lettered: {dead_letters:?}");
 }
+
+/// The key schema's fingerprint is part of every key, so a model whose topic holds keys written
+/// by a sluice from before standard fingerprints (here: what that release published, its key
+/// schema under the legacy fingerprint) keeps writing them with that fingerprint: a row's key
+/// bytes never change (compaction, partitioning, per-key state). A new model with the same key
+/// shape gets the standard fingerprint; values switch to it in both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_written_before_standard_fingerprints_keep_their_bytes() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use sluice_warehouse::Warehouse as _;
+
+    let old = fixture_with("it_legacy_keys", CREATE, MODEL).await;
+    let new = fixture_with("it_standard_keys", CREATE, MODEL).await;
+    let warehouse = sluice_warehouse::AnyWarehouse::connect(&old.config.warehouse).await.unwrap();
+    let codec = |f: &Fixture| {
+        let model = f.config.model(&f.model).unwrap();
+        let schema = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(warehouse.describe(model))).unwrap();
+        sluice_avro::ModelCodec::new(&f.model, schema).unwrap()
+    };
+    let (old_codec, new_codec) = (codec(&old), codec(&new));
+    assert!(old_codec.key_fingerprints_differ(), "a date in the key: the two fingerprints differ");
+    let legacy_key = old_codec.legacy_fingerprints()[0].clone();
+    let standard_key = new_codec.schemas()[0].fingerprint.clone();
+    assert_ne!(legacy_key, standard_key);
+
+    // What the previous release left on the old model's schema topic.
+    let schema_topic = naming::schema_topic(&old.prefix);
+    sluice_kafka::admin::ensure_topics(&old.config.kafka, &[(schema_topic.clone(), sluice_kafka::admin::TopicRole::Compacted)]).await.unwrap();
+    let producer: FutureProducer = sluice_kafka::client_config(&old.config.kafka).create().unwrap();
+    producer
+        .send(FutureRecord::to(&schema_topic).key(legacy_key.as_bytes()).payload(old_codec.schemas()[0].json.as_bytes()), Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+
+    for f in [&old, &new] {
+        f.db.batch_execute(&format!(
+            "INSERT INTO {t} (id, day, seen_at) VALUES (1, '2024-02-29', now()), (2, '2024-03-01', now())",
+            t = f.table
+        ))
+        .await
+        .unwrap();
+        let (stop, poller) = start_poller(&f.config, &[]);
+        eventually("the snapshot (2 r)", WAIT, || change_records(f).len() == 2).await;
+        stop.cancel();
+        poller.await.unwrap().unwrap();
+    }
+    let fingerprint = |bytes: &[u8]| sluice_avro::fingerprint_of(bytes).unwrap();
+    for (f, codec, expected_key) in [(&old, &old_codec, &legacy_key), (&new, &new_codec, &standard_key)] {
+        for record in change_records(f) {
+            assert_eq!(&fingerprint(record.key.as_deref().unwrap()), expected_key, "model {}: key fingerprint", f.model);
+            assert_eq!(fingerprint(record.payload.as_deref().unwrap()), codec.value_fingerprint(), "values use the standard fingerprint");
+        }
+        assert!(schema_records(f).iter().any(|(key, _)| key == expected_key), "the key schema is on the topic under the fingerprint keys carry");
+    }
+}

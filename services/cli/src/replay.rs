@@ -230,7 +230,7 @@ fn topics(config: &Config, request: &Request) -> Result<Vec<Topic>, Failure> {
     let topics: Vec<Topic> = syncs
         .iter()
         .filter(|s| request.model.as_ref().is_none_or(|m| m == s.model.get_ref()))
-        .map(|s| Topic { name: naming::change_topic(&config.kafka.topic_prefix, s.model.get_ref()), supersede: s.mode != SyncMode::Append })
+        .map(|s| Topic { name: naming::change_topic(&config.kafka.topic_prefix, s.model.get_ref()), supersede: s.mode() != SyncMode::Append })
         .collect();
     if topics.is_empty() {
         return Err(Failure::Config(format!("no [[syncs]] deliver to destination {destination:?}")));

@@ -20,6 +20,7 @@ use sluice_core::naming;
 use sluice_kafka::admin::{ensure_topics, TopicRole};
 use sluice_kafka::producer::TransactionalProducer;
 use sluice_poller::tracked::Tracked;
+use sluice_poller::{Committer, ModelContext};
 use sluice_warehouse::postgres::Postgres;
 use sluice_warehouse::{PreparedSnapshot, SnapshotStore, Warehouse};
 
@@ -50,23 +51,23 @@ async fn copy_seconds(warehouse: &Postgres, sql: &str) -> f64 {
 }
 
 /// One `warehouse_diff` run: build the pending snapshot and change list in SQL, emit, swap.
-#[allow(clippy::too_many_arguments)]
-async fn wd_run(
-    config: &Config,
-    warehouse: &Postgres,
-    model: &sluice_core::config::ModelConfig,
-    codec: &ModelCodec,
-    producer: &TransactionalProducer,
-    state: &mut PollerState,
-    published: &mut bool,
-    run_id: &str,
-) -> anyhow::Result<f64> {
+async fn wd_run(ctx: &mut ModelContext<'_, Postgres>, run_id: &str) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let prepared = warehouse.prepare_snapshot(model, codec.row_schema(), run_id).await?;
+    let prepared = ctx.warehouse.prepare_snapshot(ctx.model, ctx.codec.row_schema(), run_id).await?;
     anyhow::ensure!(matches!(prepared, PreparedSnapshot::Ready { .. }), "unexpected {prepared:?}");
-    sluice_poller::warehouse_diff::emit(config, warehouse, model, codec, producer, state, run_id, 0, published).await?;
-    warehouse.commit_snapshot(model).await?;
+    sluice_poller::warehouse_diff::emit(ctx, run_id, 0).await?;
+    ctx.warehouse.commit_snapshot(ctx.model).await?;
     Ok(started.elapsed().as_secs_f64())
+}
+
+/// A model's context as the service opens it (codec, producer that fences, committer), with no
+/// committed state: the bench's topics are new.
+async fn context<'a>(config: &'a Config, warehouse: &'a Postgres, name: &str) -> anyhow::Result<ModelContext<'a, Postgres>> {
+    let model = config.model(name).expect("defined");
+    let codec = ModelCodec::new(name, warehouse.describe(model).await?)?;
+    let producer = TransactionalProducer::new(&config.kafka, &naming::poller_transactional_id(&config.kafka.topic_prefix, name)).await?;
+    let committer = Committer::new(config, producer, &codec, fresh_state(name));
+    Ok(ModelContext { config, warehouse, model, codec, committer })
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -115,14 +116,10 @@ async fn main() -> anyhow::Result<()> {
     let select = format!("SELECT {} FROM {table}", columns.join(", "));
 
     // --- diff mode ---
-    let dm = config.model(&diff_model).expect("defined");
-    let codec = ModelCodec::new(&diff_model, warehouse.describe(dm).await?)?;
-    let producer = TransactionalProducer::new(&config.kafka, &naming::poller_transactional_id(&prefix, &diff_model)).await?;
+    let mut dctx = context(&config, &warehouse, &diff_model).await?;
     let topic = naming::change_topic(&prefix, &diff_model);
     let (k, t) = (config.kafka.clone(), topic.clone());
     let tracked = tokio::task::spawn_blocking(move || Tracked::new(&k, &t)).await??;
-    let mut state = fresh_state(&diff_model);
-    let mut published = false;
 
     let copy_1 = copy_seconds(&warehouse, &select).await;
     let started = Instant::now();
@@ -130,8 +127,8 @@ async fn main() -> anyhow::Result<()> {
     // batch_rows, one transaction each.
     let progress = sluice_poller::snapshot::MetricProgress;
     let never = tokio_util::sync::CancellationToken::new();
-    sluice_poller::snapshot::run_first_snapshot(&config, &warehouse, dm, &codec, &producer, &mut state, &mut published, &progress, &never).await?;
-    anyhow::ensure!(state.snapshot_done, "the snapshot completed");
+    sluice_poller::snapshot::run_first_snapshot(&mut dctx, None, &progress, &never).await?;
+    anyhow::ensure!(dctx.state().snapshot_done, "the snapshot completed");
     let snapshot = started.elapsed().as_secs_f64();
 
     // State rebuild (what a restart costs) in a fresh process-level structure, with memory.
@@ -159,22 +156,18 @@ async fn main() -> anyhow::Result<()> {
     })
     .await??;
     let caught_up = started.elapsed().as_secs_f64();
-    let plan = sluice_poller::diff::compute(&warehouse, dm, &codec, &mut tracked).await?;
+    let plan = sluice_poller::diff::compute(&warehouse, dctx.model, &dctx.codec, &mut tracked).await?;
     let computed = started.elapsed().as_secs_f64();
     let changes = plan.counts();
-    sluice_poller::diff::emit(&config, dm, &codec, &producer, plan, &mut state, "bench-diff", &topic, &mut published).await?;
+    sluice_poller::diff::emit(&mut dctx, plan, "bench-diff").await?;
     let diff_run = started.elapsed().as_secs_f64();
 
     // --- warehouse_diff mode ---
-    let wm = config.model(&wd_model).expect("defined");
-    let wcodec = ModelCodec::new(&wd_model, warehouse.describe(wm).await?)?;
-    let wproducer = TransactionalProducer::new(&config.kafka, &naming::poller_transactional_id(&prefix, &wd_model)).await?;
-    let mut wstate = fresh_state(&wd_model);
-    let mut wpublished = false;
-    let wd_snapshot = wd_run(&config, &warehouse, wm, &wcodec, &wproducer, &mut wstate, &mut wpublished, "bench-wd-snapshot").await?;
+    let mut wctx = context(&config, &warehouse, &wd_model).await?;
+    let wd_snapshot = wd_run(&mut wctx, "bench-wd-snapshot").await?;
     warehouse.client().batch_execute(&format!("UPDATE {table} SET tier = tier || '+' WHERE id % 100 = 1")).await?;
     let copy_3 = copy_seconds(&warehouse, &select).await;
-    let wd_diff = wd_run(&config, &warehouse, wm, &wcodec, &wproducer, &mut wstate, &mut wpublished, "bench-wd-diff").await?;
+    let wd_diff = wd_run(&mut wctx, "bench-wd-diff").await?;
 
     println!();
     println!("rows: {rows}, 1% run: {} updates", changes.updates);

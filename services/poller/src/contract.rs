@@ -10,14 +10,9 @@ use serde_json::Value as Json;
 use sluice_core::config::ModelConfig;
 use sluice_core::RowSchema;
 
-/// Why a model does not match its contract.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("model {model}: columns drift from its schema contract {path}: {}. Fix: change the model back, or review the change and re-export the contract with `sluice schema export {model}`", differences.join("; "))]
-pub struct ContractError {
-    pub model: String,
-    pub path: String,
-    pub differences: Vec<String>,
-}
+/// Why a model does not match its contract (defined with the model errors it is one of).
+pub use crate::error::ContractError;
+use crate::error::ModelError;
 
 fn field_types(schema: &Json) -> Vec<(String, Json)> {
     schema["fields"]
@@ -51,7 +46,7 @@ pub fn differences(contract: &Json, current: &Json, allow_additions: bool) -> Ve
 }
 
 /// Check `schema` against the model's contract, if it has one.
-pub fn check(model: &ModelConfig, schema: &RowSchema) -> Result<(), crate::ModelError> {
+pub fn check(model: &ModelConfig, schema: &RowSchema) -> Result<(), ModelError> {
     let Some(path) = &model.schema_contract else { return Ok(()) };
     let name = model.name.get_ref();
     let text = std::fs::read_to_string(path).map_err(|e| ContractError {

@@ -1,19 +1,19 @@
-//! Building and committing change records, shared by every mode (`cursor`, `diff`,
-//! `warehouse_diff`): one change = one event (two for a delete: the `d` event and its
-//! tombstone), and one transaction = changes + the model's state record (+ the writer schemas
-//! the first time), so events and progress never disagree.
+//! Change records, built the same way by every mode (`cursor`, `diff`, `warehouse_diff`, the
+//! first snapshot): one change = one event (two for a delete: the `d` event and its tombstone,
+//! so compaction can drop the key), keyed by the primary key, with the headers every consumer
+//! relies on (trace context, schema fingerprint, run id, op and — on events with an `after`
+//! image — the row hash `diff` mode rebuilds its state from). Committing them is the
+//! [`crate::committer`]'s job.
 
-use std::time::Instant;
-
-use sluice_avro::{encode_state, ModelCodec, PollerState};
+use sluice_avro::ModelCodec;
 use sluice_core::config::Config;
 use sluice_core::{naming, ChangeEvent, Op, Row, RowSchema, SourceInfo};
 use sluice_kafka::headers;
-use sluice_kafka::producer::{OutRecord, TransactionalProducer};
+use sluice_kafka::producer::OutRecord;
 
-use crate::diff::row_hash;
-use crate::model_loop::{now_ms, ModelError};
-use crate::tracked::ROW_HASH_HEADER;
+use crate::clock::now_ms;
+use crate::error::ModelError;
+use crate::keys::row_hash;
 
 /// Names of the columns whose value differs between two images.
 pub fn changed_columns(schema: &RowSchema, before: &Row, after: &Row) -> Vec<String> {
@@ -31,6 +31,7 @@ pub struct ChangeWriter<'a> {
 }
 
 impl<'a> ChangeWriter<'a> {
+    /// A writer for the changes of run `run_id` of `model`, to its change topic.
     pub fn new(config: &Config, model: &str, codec: &'a ModelCodec, run_id: &str) -> ChangeWriter<'a> {
         ChangeWriter {
             codec,
@@ -73,7 +74,7 @@ impl<'a> ChangeWriter<'a> {
         pairs.push((headers::RUN_ID, &self.run_id));
         pairs.push((headers::OP, op.code()));
         if let Some(hash) = &hash {
-            pairs.push((ROW_HASH_HEADER, hash));
+            pairs.push((headers::ROW_HASH, hash));
         }
         let mut records =
             vec![OutRecord { topic: self.topic.clone(), key: Some(key.clone()), payload: Some(value), headers: headers::owned(pairs) }];
@@ -87,42 +88,6 @@ impl<'a> ChangeWriter<'a> {
         }
         Ok(records)
     }
-}
-
-/// Commit `records` with `new_state` (and the writer schemas, the first time) in one Kafka
-/// transaction.
-pub async fn commit(
-    config: &Config,
-    codec: &ModelCodec,
-    producer: &TransactionalProducer,
-    schemas_published: &mut bool,
-    mut records: Vec<OutRecord>,
-    new_state: &PollerState,
-) -> Result<(), ModelError> {
-    let prefix = &config.kafka.topic_prefix;
-    let name = new_state.model.as_str();
-    if !*schemas_published {
-        for published in codec.schemas() {
-            records.push(OutRecord {
-                topic: naming::schema_topic(prefix),
-                key: Some(published.fingerprint.into_bytes()),
-                payload: Some(published.json.into_bytes()),
-                headers: headers::owned([]),
-            });
-        }
-    }
-    records.push(OutRecord {
-        topic: naming::poller_state_topic(prefix),
-        key: Some(name.as_bytes().to_vec()),
-        payload: Some(encode_state(new_state)?),
-        headers: headers::owned([(headers::RUN_ID, new_state.run_id.as_str())]),
-    });
-    let started = Instant::now();
-    producer.send_transaction(records).await?;
-    *schemas_published = true;
-    metrics::histogram!("sluice_poller_transaction_seconds", "model" => name.to_string()).record(started.elapsed().as_secs_f64());
-    metrics::gauge!("sluice_poller_last_commit_timestamp_seconds", "model" => name.to_string()).set(new_state.committed_at_ms as f64 / 1000.0);
-    Ok(())
 }
 
 /// Count emitted events by op.

@@ -1,4 +1,7 @@
-//! Data-quality gates: checks a `diff` run must pass before it emits anything.
+//! Data-quality gates: checks a run of the snapshot modes (`diff`, `warehouse_diff`, the first
+//! snapshot in key chunks) and a cursor model's reconciliation must pass before they emit
+//! anything. No I/O: the callers count, these functions judge (and log a refusal or an operator's
+//! bypass).
 //!
 //! A refused run emits nothing, the model stops with a [`GateError`] naming the model, what was
 //! found (with up to five sample keys — keys only, never other column values) and the fix; the
@@ -10,7 +13,7 @@ use sluice_avro::ModelCodec;
 use sluice_core::config::Gates;
 use sluice_warehouse::KeyCheck;
 
-use crate::diff::key_json;
+use crate::keys::key_tuple_json;
 
 /// Most sample keys an error carries.
 pub const MAX_SAMPLES: usize = 5;
@@ -61,18 +64,7 @@ pub struct RunCounts {
 
 /// Sample key tuples (in key order, as the warehouse's key checks return them) as JSON objects.
 pub fn key_samples(codec: &ModelCodec, keys: &[sluice_core::Row]) -> String {
-    keys.iter().map(|key| key_tuple_json(codec, key).to_string()).collect::<Vec<_>>().join(", ")
-}
-
-/// A key tuple (key columns in key order) as a JSON object, like [`key_json`] of a row.
-pub fn key_tuple_json(codec: &ModelCodec, key: &sluice_core::Row) -> serde_json::Value {
-    let schema = codec.row_schema();
-    // Place the key values into a row-shaped vector for key_json.
-    let mut row = vec![sluice_core::Value::Null; schema.columns.len()];
-    for (value, &i) in key.iter().zip(&schema.primary_key) {
-        row[i] = value.clone();
-    }
-    key_json(schema, &row)
+    keys.iter().map(|key| key_tuple_json(codec.row_schema(), key).to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// The key gates over a warehouse's [`KeyCheck`]: NULL keys first, then duplicates.
@@ -120,6 +112,31 @@ pub fn check_volume(model: &str, gates: &Gates, counts: RunCounts, first_snapsho
     Ok(())
 }
 
+/// An operator's confirmation (`--confirm-large-change`): lets one run of a model through the
+/// change-volume guard after a refusal. Spent by the first run that passes the gates, whether
+/// or not it needed the confirmation, and logged then.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Confirmation {
+    given: bool,
+}
+
+impl Confirmation {
+    /// `given`: the operator confirmed this model (`--confirm-large-change <model>`).
+    pub fn new(given: bool) -> Confirmation {
+        Confirmation { given }
+    }
+
+    /// [`check_volume`] with this confirmation. When the run passes, the confirmation is spent
+    /// and, if it was given, the bypass is logged for `what` ("run", "reconciliation").
+    pub fn check_volume(&mut self, model: &str, gates: &Gates, counts: RunCounts, first_snapshot: bool, what: &str) -> Result<(), GateError> {
+        check_volume(model, gates, counts, first_snapshot, self.given)?;
+        if std::mem::take(&mut self.given) {
+            tracing::warn!(model = %model, "change-volume guard bypassed for this {what} by operator confirmation");
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +157,27 @@ mod tests {
         assert!(check_volume("m", &gates(Some(25.0), None, None), counts, false, true).is_ok());
         assert!(check_volume("m", &gates(Some(25.0), None, None), counts, true, false).is_ok(), "first snapshot is exempt");
         assert!(check_volume("m", &gates(Some(50.0), None, None), counts, false, false).is_ok());
+    }
+
+    #[test]
+    fn a_confirmation_lets_one_run_through() {
+        let counts = RunCounts { rows: 100, tracked: 100, inserts: 0, updates: 0, deletes: 90 };
+        let gates = gates(Some(25.0), None, None);
+        let mut confirmation = Confirmation::new(true);
+        assert!(confirmation.check_volume("m", &gates, counts, false, "run").is_ok());
+        assert_eq!(confirmation.check_volume("m", &gates, counts, false, "run").unwrap_err().gate(), "max_change_pct", "spent");
+        let mut refused = Confirmation::new(false);
+        assert!(refused.check_volume("m", &gates, counts, false, "run").is_err());
+        assert!(refused.check_volume("m", &gates, RunCounts { deletes: 1, ..counts }, false, "run").is_ok());
+    }
+
+    #[test]
+    fn a_confirmation_is_not_spent_by_a_refused_run() {
+        let counts = RunCounts { rows: 5, tracked: 100, deletes: 95, ..RunCounts::default() };
+        let mut confirmation = Confirmation::new(true);
+        let low = confirmation.check_volume("m", &gates(Some(25.0), Some(10), None), counts, false, "run").unwrap_err();
+        assert_eq!(low.gate(), "min_rows", "confirmation does not lift the row bounds");
+        assert!(confirmation.check_volume("m", &gates(Some(25.0), None, None), counts, false, "run").is_ok(), "still given");
     }
 
     #[test]

@@ -8,26 +8,66 @@
 //!   continues strictly after it. Nothing is kept on local disk, so a restart on a new machine
 //!   continues where the last committed transaction ended.
 //! - **Per-key order.** Events are keyed by primary key; a model's events are produced in
-//!   cursor order by a single producer.
+//!   order by a single producer.
 //! - Writer schemas are published to `<prefix>.schemas` in the same transaction as the first
 //!   events that use them, so a consumer can always decode what it reads.
+//! - A stored position that cannot be used stops the model with an error that says how to
+//!   reset it ([`position`]); it is never guessed at.
 //!
-//! Cursor mode alone cannot see hard deletes (a periodic reconciliation finds them:
-//! `reconcile`) or rows whose transaction commits after later cursor values were read (the
-//! look-back window catches those: `lookback`); soft deletes are emitted as deletes (`cursor`).
-//! `diff` mode sees inserts, updates and deletes of any query by comparing full snapshots (see
-//! [`diff`]); data-quality [`gates`] refuse a run before it emits anything.
+//! Modes (a model picks one with `detection`):
+//! - **`cursor`** (`cursor`): rows whose cursor moved past the position; soft deletes with
+//!   `deleted_column`; rows that commit late with a look-back window (`lookback_ms`); hard
+//!   deletes with a periodic reconciliation (`reconcile_interval_ms`). Its first snapshot is
+//!   the same scan from the start.
+//! - **`diff`** ([`diff`]): compares full reads of any query with the change topic: inserts,
+//!   updates (with `before` and changed columns) and deletes. Its first snapshot is read in
+//!   primary-key chunks, resumable ([`snapshot`], also `sluice snapshot`).
+//! - **`warehouse_diff`** ([`warehouse_diff`]): the same changes, computed inside the
+//!   warehouse against a kept snapshot; its first snapshot is its first run.
+//!
+//! Data-quality [`gates`] and schema contracts ([`contract`]) refuse a run before it emits
+//! anything; [`plan`] shows what the next run of a model in any mode would emit.
+//!
+//! Layers — a module imports only from layers below its own, and modes never import each other:
+//!
+//! | layer | module | owns |
+//! |---|---|---|
+//! | primitives | `error` | [`ModelError`] (and the contract refusal), retryable or fatal |
+//! | | `keys` | row hash, key hash, keys as JSON |
+//! | | `clock` | `now_ms` |
+//! | | [`position`] | what a stored position means: parsed in one place, written by its forms |
+//! | | [`gates`] | the data-quality checks (pure), their error, the operator's confirmation |
+//! | I/O | `emit` | change records of every mode (`ChangeWriter`), event counters |
+//! | | `committer` | [`Committer`]: the producer, the published-schemas flag, the committed state |
+//! | | `state` | the model's topics, reading its committed state back |
+//! | | [`contract`] | schema contract check and export |
+//! | | [`tracked`] | the change topic's committed state (24 bytes a key), images read back |
+//! | | `changes` | the key scan and the emission of a change plan, shared by `diff` and reconciliation |
+//! | | `context` | [`ModelContext`]: a model's config, warehouse, codec and committer; [`ModelOptions`] |
+//! | | [`triggers`] | when a model runs: interval, cron, `POST /run/<model>`, NOTIFY |
+//! | modes | `cursor` | cursor mode: rules, plain loop, look-back window, reconciliation |
+//! | | [`diff`] | `diff` mode's runs |
+//! | | [`warehouse_diff`] | `warehouse_diff` mode's runs and recovery |
+//! | | [`snapshot`] | the first snapshot in key chunks (service and `sluice snapshot`) |
+//! | top | `model_loop` | one model's loop: open, dispatch on the position, retry with backoff |
+//! | | [`plan`] | `sluice plan` |
 
+mod changes;
+mod clock;
+mod committer;
 pub mod contract;
+mod context;
 mod cursor;
 pub mod diff;
 mod emit;
-mod lookback;
+mod error;
 pub mod gates;
+mod keys;
 mod model_loop;
 pub mod plan;
+pub mod position;
 pub mod snapshot;
-mod reconcile;
+mod state;
 pub mod tracked;
 pub mod triggers;
 pub mod warehouse_diff;
@@ -36,14 +76,14 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use sluice_core::config::Config;
-use sluice_core::naming;
-use sluice_kafka::admin::{ensure_topics, TopicRole};
 use sluice_telemetry::ops::Health;
 use sluice_warehouse::AnyWarehouse;
 use tokio_util::sync::CancellationToken;
 
-pub use diff::ModelOptions;
-pub use model_loop::ModelError;
+pub use committer::Committer;
+pub use context::{ModelContext, ModelOptions};
+pub use error::ModelError;
+pub use state::ensure_model_topics;
 
 /// Run the poller for every model in `config` (or only `only`) until `shutdown` is cancelled.
 ///
@@ -61,15 +101,6 @@ pub struct RunOptions {
     pub confirm_large_change: Vec<String>,
     /// Serve `POST /run/<model>` (run a model now) on this address.
     pub trigger_listen: Option<std::net::SocketAddr>,
-}
-
-/// Create (if missing) the change topics of `models` and the poller's schema and state topics.
-pub async fn ensure_model_topics(config: &Config, models: &[String]) -> anyhow::Result<()> {
-    let prefix = &config.kafka.topic_prefix;
-    let mut topics: Vec<(String, TopicRole)> = models.iter().map(|m| (naming::change_topic(prefix, m), TopicRole::Changes)).collect();
-    topics.push((naming::schema_topic(prefix), TopicRole::Compacted));
-    topics.push((naming::poller_state_topic(prefix), TopicRole::Compacted));
-    ensure_topics(&config.kafka, &topics).await.context("creating topics")
 }
 
 /// [`run`] with options.

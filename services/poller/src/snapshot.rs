@@ -1,4 +1,6 @@
-//! The first snapshot of a `diff` model: every row as an `r` event, read in primary-key chunks.
+//! The first snapshot of a `diff` model: every row as an `r` event, read in primary-key chunks
+//! (in the service before the model's first `diff` run, or in the foreground with
+//! `sluice snapshot <model>`).
 //!
 //! Why chunks by key: a large model (millions of rows) must not be read into memory at once,
 //! and a crash halfway must not start it over. Each chunk is `batch_rows` rows after the last
@@ -20,23 +22,31 @@
 //! Progress: `sluice_poller_snapshot_progress_ratio` (and a log line per chunk) in the service;
 //! `sluice snapshot <model>` shows a progress bar ([`Progress`]).
 
-use sluice_avro::{ModelCodec, PollerState};
-use sluice_core::config::{Config, ModelConfig};
+use std::sync::Arc;
+
+use sluice_avro::PollerState;
+use sluice_core::config::Config;
 use sluice_core::{Op, Value};
-use sluice_kafka::producer::TransactionalProducer;
 use sluice_warehouse::Warehouse;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::emit::{commit, count_events, ChangeWriter};
+use crate::context::ModelContext;
+use crate::emit::{count_events, ChangeWriter};
+use crate::error::ModelError;
 use crate::gates::{check_keys, check_volume, GateError, RunCounts};
-use crate::model_loop::{now_ms, ModelError};
+use crate::keys::key_json;
+use crate::position::{tuple_text, Position};
+use crate::state::ensure_model_topics;
 
 /// Receives first-snapshot progress: rows emitted so far (across restarts) and the model's
 /// row count when this incarnation started.
 pub trait Progress: Send + Sync {
+    /// The snapshot starts (or resumes) with `emitted` of `total` rows already committed.
     fn started(&self, model: &str, emitted: u64, total: u64);
+    /// A chunk committed: `emitted` of `total` rows so far.
     fn advanced(&self, model: &str, emitted: u64, total: u64);
+    /// The snapshot is complete, `emitted` rows in all.
     fn finished(&self, model: &str, emitted: u64);
 }
 
@@ -62,91 +72,74 @@ impl Progress for MetricProgress {
     }
 }
 
-/// The key tuple stored as the position while a snapshot is in progress.
-fn decode_key(state: &PollerState) -> Result<Option<Vec<Value>>, ModelError> {
-    state
-        .position
-        .as_deref()
-        .map(|p| serde_json::from_str(p).map_err(|e| ModelError::State(format!("snapshot position {p:?}: {e}"))))
-        .transpose()
-}
-
-/// Emit the first snapshot of `model`, resuming after the last committed chunk, until it is
-/// complete (`state.snapshot_done`) or `shutdown` is cancelled between chunks.
-#[allow(clippy::too_many_arguments)]
+/// Emit the first snapshot of `ctx`'s model, resuming after `after` (the key tuple of the last
+/// committed chunk, `None` for the first), until it is complete (`snapshot_done` in the
+/// committed state) or `shutdown` is cancelled between chunks.
 pub async fn run_first_snapshot<W: Warehouse>(
-    config: &Config,
-    warehouse: &W,
-    model: &ModelConfig,
-    codec: &ModelCodec,
-    producer: &TransactionalProducer,
-    state: &mut PollerState,
-    schemas_published: &mut bool,
+    ctx: &mut ModelContext<'_, W>,
+    mut after: Option<Vec<Value>>,
     progress: &dyn Progress,
     shutdown: &CancellationToken,
 ) -> Result<(), ModelError> {
-    let name = model.name.get_ref().as_str();
-    let schema = codec.row_schema();
-    let check = warehouse.check_keys(model, schema).await?;
-    check_keys(name, codec, &check)?;
+    let (name, model) = (ctx.name(), ctx.model);
+    let schema = Arc::clone(ctx.codec.row_schema());
+    let check = ctx.warehouse.check_keys(model, &schema).await?;
+    check_keys(name, &ctx.codec, &check)?;
     let counts = RunCounts { rows: check.rows, inserts: check.rows, ..RunCounts::default() };
     check_volume(name, &model.gates, counts, true, false)?;
-    let mut after = decode_key(state)?;
     let total = check.rows;
-    progress.started(name, state.events_total.max(0) as u64, total);
+    progress.started(name, emitted(ctx.state()), total);
     let batch = model.batch_rows.max(1);
-    while !state.snapshot_done && !shutdown.is_cancelled() {
+    while !ctx.state().snapshot_done && !shutdown.is_cancelled() {
         let run_id = uuid::Uuid::new_v4().to_string();
         let span = tracing::info_span!("poller.snapshot_chunk", model = %name, run_id = %run_id);
         async {
-            let rows = warehouse.fetch_by_key(model, schema, after.as_deref(), batch).await?;
+            let rows = ctx.warehouse.fetch_by_key(model, &schema, after.as_deref(), batch).await?;
             // Equal neighbours in key order are duplicates that slipped past the up-front check
             // (compared in place: this runs for every row of the model).
             if let Some(pair) = rows.windows(2).find(|pair| schema.primary_key.iter().all(|&k| pair[0][k] == pair[1][k])) {
                 return Err(ModelError::Gate(GateError::DuplicateKey {
                     model: name.to_string(),
                     count: 1,
-                    samples: crate::diff::key_json(schema, &pair[0]).to_string(),
+                    samples: key_json(&schema, &pair[0]).to_string(),
                 }));
             }
             // A short page is the end; otherwise the page is full and its last key is the position.
             let done = rows.len() < batch;
             let last_key = if done { None } else { rows.last().map(|row| schema.key_of(row)) };
-            let mut writer = ChangeWriter::new(config, name, codec, &run_id);
+            let mut writer = ChangeWriter::new(ctx.config, name, &ctx.codec, &run_id);
             let mut records = Vec::with_capacity(rows.len() + 3);
             let events = rows.len() as u64;
             for row in rows {
                 records.extend(writer.change(Op::Read, None, Some(row), None)?);
             }
-            let new_state = PollerState {
-                model: name.to_string(),
-                run_id: run_id.clone(),
-                // Once done, the position is the diff modes' (none): the next run compares.
-                position: last_key.as_ref().map(|key| serde_json::to_string(key).expect("values serialise")),
-                snapshot_done: done,
-                events_total: state.events_total + events as i64,
-                committed_at_ms: now_ms(),
-            };
-            commit(config, codec, producer, schemas_published, records, &new_state).await?;
+            // Once done, the position is the diff modes' (none): the next run compares.
+            let position = last_key.as_deref().map(tuple_text);
+            ctx.committer.commit_run(records, &run_id, position, done, events).await?;
             count_events(name, &[(Op::Read, events)]);
-            *state = new_state;
             after = last_key;
-            progress.advanced(name, state.events_total.max(0) as u64, total);
+            progress.advanced(name, emitted(ctx.state()), total);
             Ok::<(), ModelError>(())
         }
         .instrument(span)
         .await?;
     }
-    if state.snapshot_done {
-        progress.finished(name, state.events_total.max(0) as u64);
+    if ctx.state().snapshot_done {
+        progress.finished(name, emitted(ctx.state()));
     }
     Ok(())
+}
+
+/// Events emitted so far, as progress counts them.
+fn emitted(state: &PollerState) -> u64 {
+    state.events_total.max(0) as u64
 }
 
 /// How a standalone first snapshot ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// The snapshot is complete (now or earlier); `emitted` rows in all.
+    /// The snapshot is complete, `emitted` rows in all; `already`: it was complete before this
+    /// call.
     Complete { emitted: u64, already: bool },
     /// Interrupted between chunks; the next start resumes.
     Interrupted { emitted: u64 },
@@ -164,14 +157,14 @@ pub async fn run_standalone(config: &Config, model: &str, progress: &dyn Progres
         "sluice snapshot takes the primary-key-chunked first snapshot of diff models; {model:?} is in {} mode, whose first snapshot the service takes (progress: metric sluice_poller_snapshot_progress_ratio)",
         model_config.detection.mode()
     );
-    crate::ensure_model_topics(config, &[model.to_string()]).await?;
+    ensure_model_topics(config, &[model.to_string()]).await?;
     let warehouse = sluice_warehouse::AnyWarehouse::connect(&config.warehouse).await.context("connecting to the warehouse")?;
-    let (codec, producer, mut state) = crate::model_loop::open_model(config, &warehouse, model_config).await?;
-    if state.snapshot_done {
-        return Ok(Outcome::Complete { emitted: state.events_total.max(0) as u64, already: true });
-    }
-    let mut schemas_published = false;
-    run_first_snapshot(config, &warehouse, model_config, &codec, &producer, &mut state, &mut schemas_published, progress, shutdown).await?;
-    let emitted = state.events_total.max(0) as u64;
-    Ok(if state.snapshot_done { Outcome::Complete { emitted, already: false } } else { Outcome::Interrupted { emitted } })
+    let mut ctx = ModelContext::open(config, &warehouse, model_config).await?;
+    // A diff model's position is a chunk key until its first snapshot is done, none after.
+    let Position::SnapshotChunk(after) = ctx.position()? else {
+        return Ok(Outcome::Complete { emitted: emitted(ctx.state()), already: true });
+    };
+    run_first_snapshot(&mut ctx, after, progress, shutdown).await?;
+    let emitted = emitted(ctx.state());
+    Ok(if ctx.state().snapshot_done { Outcome::Complete { emitted, already: false } } else { Outcome::Interrupted { emitted } })
 }

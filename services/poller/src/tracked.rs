@@ -1,4 +1,5 @@
-//! The last emitted state of a `diff` model, rebuilt from its own compacted change topic.
+//! The last emitted state of a model, rebuilt from its own compacted change topic: what `diff`
+//! mode compares each run with, and the keys a cursor model's reconciliation checks.
 //!
 //! Why the change topic and not a separate state topic: the change topic *is* the last emitted
 //! state (the latest event per key is the row as destinations know it), and it is written in
@@ -11,7 +12,7 @@
 //! decodes no Avro) and where its latest event sits (partition and offset packed in 64 bits),
 //! so the previous image can be read back for `before` and `changed`. 24 bytes per entry plus
 //! the hash table's control byte and spare capacity: 27–55 bytes per row (measured by
-//! `benches/diff_memory.rs`). A 64-bit key hash collides with probability ~n²/2⁶⁵ (3·10⁻⁸ at
+//! `benches/poller_vs_copy.rs`). A 64-bit key hash collides with probability ~n²/2⁶⁵ (3·10⁻⁸ at
 //! one million rows); a collision would merge two keys, which we accept and document.
 
 use std::collections::HashMap;
@@ -24,9 +25,15 @@ use rdkafka::{Offset, TopicPartitionList};
 use sluice_core::config::KafkaConfig;
 use sluice_kafka::{client_config, KafkaError};
 
+use crate::error::ModelError;
+use crate::keys::key_hash;
+
 /// Header carrying the xxh3 hash (16 hex digits) of an event's `after` row, so the tracked
 /// state is rebuilt from headers alone. Absent on deletes and tombstones.
 pub use sluice_kafka::headers::ROW_HASH as ROW_HASH_HEADER;
+
+/// How long reading the change topic may take before the run is retried.
+pub const READ_DEADLINE: Duration = Duration::from_secs(300);
 
 /// Marks an entry whose key was seen by the scan in progress (top bit of `loc`).
 const SEEN: u64 = 1 << 63;
@@ -67,19 +74,16 @@ pub type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<PreHashed>>;
 /// One tracked row: its row hash and the location of its latest event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
+    /// xxh3 of the row as last emitted (0 when its event carried no hash).
     pub row_hash: u64,
     loc: u64,
 }
 
 impl Entry {
+    /// Where the key's latest event sits (packed partition and offset, see [`unpack_loc`]).
     pub fn loc(&self) -> u64 {
         self.loc & !SEEN
     }
-}
-
-/// Hash of a record key's bytes: the identity of a row in the tracked state.
-pub fn key_hash(key: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(key)
 }
 
 /// The committed state of one change topic, kept current by tailing it.
@@ -173,6 +177,29 @@ impl Tracked {
     }
 }
 
+impl Tracked {
+    /// The committed state of the change topic `topic`, read to its end: [`Tracked::new`] and
+    /// [`Tracked::catch_up`], off the async threads. What `diff` mode starts from, and what a
+    /// reconciliation and `sluice plan` compare with.
+    pub async fn load(kafka: &KafkaConfig, topic: &str) -> Result<Tracked, ModelError> {
+        let (kafka, topic) = (kafka.clone(), topic.to_string());
+        let tracked = tokio::task::spawn_blocking(move || Tracked::new(&kafka, &topic)).await.expect("does not panic")?;
+        tracked.caught_up().await
+    }
+
+    /// This state caught up with what was committed since (within [`READ_DEADLINE`]), off the
+    /// async threads. Takes the state by value because it moves into a blocking task and back.
+    pub async fn caught_up(self) -> Result<Tracked, ModelError> {
+        tokio::task::spawn_blocking(move || {
+            let mut tracked = self;
+            tracked.catch_up(READ_DEADLINE).map(|_| tracked)
+        })
+        .await
+        .expect("state reader does not panic")
+        .map_err(ModelError::from)
+    }
+}
+
 /// Apply one committed record of the change topic to the state.
 fn apply(entries: &mut KeyMap<Entry>, message: &impl Message) {
     let Some(key) = message.key() else { return };
@@ -247,7 +274,9 @@ impl Tracked {
 
 /// A record read back by location: its key and payload bytes.
 pub struct Stored {
+    /// The record key, exactly as written.
     pub key: Vec<u8>,
+    /// The event (`None` for a tombstone).
     pub payload: Option<Vec<u8>>,
 }
 
@@ -294,6 +323,16 @@ pub fn fetch_records(kafka: &KafkaConfig, topic: &str, locs: &[u64], deadline: D
         }
     }
     Ok(out)
+}
+
+/// Read back the records at `locs` of `topic` ([`fetch_records`] off the async threads, within
+/// [`READ_DEADLINE`]): the previous images of changed and deleted keys.
+pub async fn previous_records(kafka: &KafkaConfig, topic: &str, locs: Vec<u64>) -> Result<KeyMap<Stored>, ModelError> {
+    let (kafka, topic) = (kafka.clone(), topic.to_string());
+    tokio::task::spawn_blocking(move || fetch_records(&kafka, &topic, &locs, READ_DEADLINE))
+        .await
+        .expect("image reader does not panic")
+        .map_err(ModelError::from)
 }
 
 #[cfg(test)]

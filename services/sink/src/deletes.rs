@@ -23,25 +23,27 @@ use sluice_destinations::{Action, OutboundRecord};
 use crate::side::Origin;
 use crate::transform::{map_fields, Image};
 
-/// The record of a tombstone that reached a lane, from its decoded key (module doc); `None`
-/// when the sync mode ignores deletes.
-pub(crate) fn key_only_record(message: &OwnedMessage, origin: &Origin<'_>, sync: &SyncConfig, key: Vec<(String, Value)>) -> Option<OutboundRecord> {
-    let action = Action::for_change(sync.mode, Op::Delete, true)?;
+/// The record of a tombstone that reached a lane, from its decoded key (module doc), with the
+/// mapped fields whose value normalised to nothing; `None` when the sync mode ignores deletes.
+pub(crate) fn key_only_record(message: &OwnedMessage, origin: &Origin<'_>, sync: &SyncConfig, key: Vec<(String, Value)>) -> Option<(OutboundRecord, Vec<String>)> {
+    let action = Action::for_change(sync.mode(), Op::Delete, true)?;
     let columns: Vec<String> = key.iter().map(|(name, _)| name.clone()).collect();
     let row: Row = key.iter().map(|(_, value)| value.clone()).collect();
     let image = Image { columns: &columns, row: &row };
     let from_key = sync.fields.get_ref().iter().filter(|(_, source)| source.columns().iter().all(|c| columns.contains(c)));
+    let mapped = map_fields(from_key, &image);
     tracing::info!(topic = %origin.topic, partition = origin.partition, offset = origin.offset, "a tombstone whose delete event was compacted away: deleting by key");
-    Some(OutboundRecord {
+    let record = OutboundRecord {
         id: origin.id(),
         model: sync.model.get_ref().clone(),
         action,
         op: Op::Delete,
         key: key.iter().map(|(name, value)| (name.clone(), value.to_json())).collect(),
-        fields: map_fields(from_key, &image),
+        fields: mapped.fields,
         previous: None,
         ts_ms: message.timestamp().to_millis().unwrap_or_else(crate::deliver::system_clock),
-    })
+    };
+    Some((record, mapped.missing))
 }
 
 #[cfg(test)]

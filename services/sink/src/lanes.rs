@@ -159,7 +159,13 @@ impl<D: Destination, L: DeadLetterSink> LaneContext<D, L> {
             Err(reason) => Prepared::Reject(reason),
         };
         match prepared {
-            Prepared::Deliver { record, bytes } => return Ok(Some(Item { message, record, bytes })),
+            Prepared::Deliver { record, bytes, missing } => {
+                if !missing.is_empty() {
+                    let metrics = sluice_destinations::Metrics::new(self.destination.as_str(), self.deliverer.target.kind());
+                    missing.iter().for_each(|field| metrics.identifier_missing(field));
+                }
+                return Ok(Some(Item { message, record, bytes }));
+            }
             Prepared::Skip => {
                 metrics::counter!("sluice_sink_records_total", "destination" => self.destination.clone(), "outcome" => "skipped").increment(1);
             }

@@ -195,17 +195,19 @@ struct Sink {
 }
 
 impl Sink {
-    /// Setup: check the config, create the topics, build the destination and the dead-letter
-    /// writer, subscribe, start the lanes. Nothing is consumed yet.
+    /// Setup: check the config (the destination's kind table, and every sync in a mode its kind
+    /// honours), build the destination and the dead-letter writer, create the topics,
+    /// subscribe, start the lanes. Nothing is consumed yet, and a config refused touches
+    /// nothing.
     async fn start(config: &Config, destination: &str) -> Result<Sink, SinkError> {
         let dest = config
             .destination(destination)
             .ok_or_else(|| SinkError::Config(format!("destination {destination:?} is not in the config")))?;
         let syncs = syncs_by_topic(config, destination)?;
-        let (side_topic, partitions) = ensure_sink_topics(config, destination, &syncs).await?;
-        let guard = Arc::new(Mutex::new(guard::load::build(config, destination, &syncs, partitions).await?));
         let lane_stop = CancellationToken::new();
         let (deliverer, batch_limits) = build_deliverer(config, dest, lane_stop.clone())?;
+        let (side_topic, partitions) = ensure_sink_topics(config, destination, &syncs).await?;
+        let guard = Arc::new(Mutex::new(guard::load::build(config, destination, &syncs, partitions).await?));
         let shared = Arc::new(Shared::new());
         let consumer = subscribe(config, destination, &syncs, &side_topic, SinkContext { shared: Arc::clone(&shared), guard: Arc::clone(&guard), kafka: config.kafka.clone() })?;
         tracing::info!(

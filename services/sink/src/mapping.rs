@@ -18,8 +18,9 @@ use crate::SinkError;
 
 /// What to do with one consumed message.
 pub(crate) enum Prepared {
-    /// Apply at the destination. `bytes` is the record's JSON size, for byte-bounded batches.
-    Deliver { record: OutboundRecord, bytes: usize },
+    /// Apply at the destination. `bytes` is the record's JSON size, for byte-bounded batches;
+    /// `missing` the mapped fields whose value normalised to nothing (to be counted).
+    Deliver { record: OutboundRecord, bytes: usize, missing: Vec<String> },
     /// Nothing to apply: a change the sync mode ignores (a delete in upsert mode).
     Skip,
     /// Unreadable (poison): straight to the dead-letter topic with this reason.
@@ -53,7 +54,7 @@ async fn prepare_inner(message: &OwnedMessage, origin: &Origin<'_>, sync: &SyncC
     };
     let Some(image) = current(&decoded) else { return Ok(Err("event has neither a before nor an after image".into())) };
     let consented = consents(sync.consent.as_ref(), &image);
-    let Some(action) = Action::for_change(sync.mode, decoded.event.op, consented) else { return Ok(Ok(Prepared::Skip)) };
+    let Some(action) = Action::for_change(sync.mode(), decoded.event.op, consented) else { return Ok(Ok(Prepared::Skip)) };
     // The key's columns are in the row image too: read them there by the key schema's field
     // names, rather than decoding the key bytes a second time.
     let Some(key_bytes) = message.key() else { return Ok(Err("message has no key".into())) };
@@ -70,10 +71,11 @@ async fn prepare_inner(message: &OwnedMessage, origin: &Origin<'_>, sync: &SyncC
     };
     // Deletes carry the mapped fields of the row that leaves: audience and suppression
     // destinations need its identifiers to remove it.
-    let fields = map_fields(sync.fields.get_ref(), &image);
+    let mapped = map_fields(sync.fields.get_ref(), &image);
+    let fields = mapped.fields;
     let previous = match (action, before(&decoded)) {
         (Action::Delete, _) | (_, None) => None,
-        (_, Some(old)) => Some(map_fields(sync.fields.get_ref(), &old)).filter(|old| *old != fields),
+        (_, Some(old)) => Some(map_fields(sync.fields.get_ref(), &old).fields).filter(|old| *old != fields),
     };
     let record = OutboundRecord {
         id: origin.id(),
@@ -85,7 +87,7 @@ async fn prepare_inner(message: &OwnedMessage, origin: &Origin<'_>, sync: &SyncC
         previous,
         ts_ms: decoded.event.ts_ms,
     };
-    Ok(Ok(Prepared::Deliver { bytes: json_len(&record), record }))
+    Ok(Ok(Prepared::Deliver { bytes: json_len(&record), record, missing: mapped.missing }))
 }
 
 /// A tombstone that reached a lane: a delete known only by its key ([`crate::deletes`]).
@@ -100,7 +102,7 @@ async fn key_only(message: &OwnedMessage, origin: &Origin<'_>, sync: &SyncConfig
         Err(error) => return Ok(Err(format!("key: {error}"))),
     };
     Ok(Ok(match deletes::key_only_record(message, origin, sync, key) {
-        Some(record) => Prepared::Deliver { bytes: json_len(&record), record },
+        Some((record, missing)) => Prepared::Deliver { bytes: json_len(&record), record, missing },
         None => Prepared::Skip,
     }))
 }

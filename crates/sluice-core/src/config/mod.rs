@@ -737,6 +737,19 @@ fields = { email = "email" }
     }
 
     #[test]
+    fn a_sync_mode_defaults_to_upsert_and_keeps_its_line() {
+        let config = parse(GOOD).expect("valid");
+        assert_eq!(config.syncs[0].mode(), SyncMode::Upsert);
+        assert_eq!(line_of(&config.source.text, config.syncs[0].mode_span().start), 23, "no mode: the sync's destination line");
+        let audience = parse(&GOOD.replace("destination = \"crm\"\n", "destination = \"crm\"\nmode = \"audience\"\n")).expect("valid");
+        assert_eq!(audience.syncs[0].mode(), SyncMode::Audience);
+        assert_eq!(line_of(&audience.source.text, audience.syncs[0].mode_span().start), 24, "the mode's own line");
+        assert_eq!(SyncMode::ALL.map(SyncMode::name), ["upsert", "update", "create", "mirror", "append", "audience"]);
+        let typo = GOOD.replace("destination = \"crm\"\n", "destination = \"crm\"\nmode = \"mirrror\"\n");
+        assert!(parse(&typo).unwrap_err().message.contains("unknown variant `mirrror`"));
+    }
+
+    #[test]
     fn key_column_must_be_listed() {
         let text = GOOD.replace("primary_key = [\"id\"]", "primary_key = [\"uid\"]");
         let e = parse(&text).unwrap_err();

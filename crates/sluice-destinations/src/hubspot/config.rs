@@ -4,9 +4,10 @@ use serde::Deserialize;
 use sluice_core::config::Secret;
 
 use crate::settings::{default_timeout_ms, nonempty, positive, yes, Invalid, Validate};
-use crate::UnsupportedDelete;
+use crate::OnDelete;
 
-/// HubSpot CRM v3: `POST /crm/v3/objects/<object_type>/batch/upsert`.
+/// HubSpot CRM v3 batch endpoints under `/crm/v3/objects/<object_type>/batch/`: `upsert`,
+/// `read` (ids by `idProperty`), `update`, `create`, `archive`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubSpotConfig {
@@ -37,10 +38,11 @@ pub struct HubSpotConfig {
     /// records (without it one bad input fails the whole batch with 400).
     #[serde(default = "yes")]
     pub multi_status: bool,
-    /// What a Delete does: HubSpot's batch archive takes HubSpot record ids, not `id_property`
-    /// values.
+    /// What a Delete does: `archive` (the default; `delete` is accepted too) looks the records'
+    /// HubSpot ids up by `id_property` and archives them; `skip` confirms without a request
+    /// (counted); `reject` dead-letters. A `mirror` sync needs `archive`.
     #[serde(default)]
-    pub on_delete: UnsupportedDelete,
+    pub on_delete: OnDelete,
     /// Per-request timeout; a timeout is retryable.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -94,6 +96,8 @@ mod tests {
         let hubspot = test_settings::<super::super::HubSpot>("[destinations.hubspot]\naccess_token = { env = \"SLUICE_TEST_DESTINATIONS_SECRET\" }").unwrap();
         assert_eq!((hubspot.max_inputs_per_request, hubspot.id_property.as_str(), hubspot.portal_time_zone.as_str()), (100, "email", "UTC"));
         assert!(hubspot.multi_status);
-        assert_eq!((hubspot.base_url.as_str(), hubspot.object_type.as_str(), hubspot.on_delete), ("https://api.hubapi.com", "contacts", crate::UnsupportedDelete::Skip));
+        assert_eq!((hubspot.base_url.as_str(), hubspot.object_type.as_str(), hubspot.on_delete), ("https://api.hubapi.com", "contacts", crate::OnDelete::Delete));
+        let archive = test_settings::<super::super::HubSpot>("[destinations.hubspot]\naccess_token = { env = \"SLUICE_TEST_DESTINATIONS_SECRET\" }\non_delete = \"archive\"").unwrap();
+        assert_eq!(archive.on_delete, crate::OnDelete::Delete, "HubSpot's own word for it");
     }
 }

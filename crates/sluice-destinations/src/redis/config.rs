@@ -46,7 +46,7 @@ pub enum RedisMode {
     /// `DEL`.
     #[default]
     Hash,
-    /// One set for all records: Upsert/Update/Create `SADD` the member, Delete `SREM`s it.
+    /// One set for all records: Upsert `SADD`s the member, Delete `SREM`s it.
     Set,
 }
 

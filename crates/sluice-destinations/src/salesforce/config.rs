@@ -4,9 +4,10 @@ use serde::Deserialize;
 use sluice_core::config::Secret;
 
 use crate::settings::{default_timeout_ms, nonempty, positive, Invalid, Validate};
-use crate::UnsupportedDelete;
+use crate::OnDelete;
 
-/// Salesforce: `PATCH /services/data/<api_version>/composite/sobjects/<sobject>/<external_id_field>`.
+/// Salesforce REST under `/services/data/<api_version>/`: sObject Collections upsert by external
+/// ID, a SOQL `query` for record ids, and sObject Collections delete.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SalesforceConfig {
@@ -33,9 +34,11 @@ pub struct SalesforceConfig {
     /// allocation spent (otherwise the limit hit is on concurrency and backoff decides).
     #[serde(default = "default_allocation_exhausted_wait_secs")]
     pub allocation_exhausted_wait_secs: u64,
-    /// What a Delete does: sObject Collections delete takes record ids, not external ids.
+    /// What a Delete does: `delete` (the default) looks the record ids up by external ID (SOQL)
+    /// and deletes them with sObject Collections delete; `skip` confirms without a request
+    /// (counted); `reject` dead-letters. A `mirror` sync needs `delete`.
     #[serde(default)]
-    pub on_delete: UnsupportedDelete,
+    pub on_delete: OnDelete,
     /// Per-request timeout; a timeout is retryable.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -78,5 +81,6 @@ mod tests {
         assert_eq!(salesforce.max_records_per_request, 200);
         assert_eq!(salesforce.retryable_error_codes, ["UNABLE_TO_LOCK_ROW"]);
         assert_eq!((salesforce.api_version.as_str(), salesforce.allocation_exhausted_wait_secs), ("v62.0", 3600));
+        assert_eq!(salesforce.on_delete, crate::OnDelete::Delete);
     }
 }

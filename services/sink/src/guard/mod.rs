@@ -107,7 +107,7 @@ struct TopicIndex {
 impl OrderGuard {
     /// A guard over the change topics of `syncs` (by topic), with empty indexes.
     pub(crate) fn new(syncs: &HashMap<String, SyncConfig>) -> OrderGuard {
-        let topics = syncs.iter().map(|(topic, sync)| (topic.clone(), TopicIndex { supersede: sync.mode != SyncMode::Append, partitions: HashMap::new() })).collect();
+        let topics = syncs.iter().map(|(topic, sync)| (topic.clone(), TopicIndex { supersede: sync.mode() != SyncMode::Append, partitions: HashMap::new() })).collect();
         OrderGuard { topics }
     }
 

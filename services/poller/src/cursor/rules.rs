@@ -12,15 +12,15 @@
 //! Why the soft-deleted row itself is the `before` image: cursor mode keeps no images (its
 //! updates carry no `before` either); the row as read holds the key and every mapped column,
 //! which is what a destination needs to find and remove the record. Hard deletes are not
-//! visible to a cursor at all: see [`crate::reconcile`].
+//! visible to a cursor at all: see the reconciliation (`reconcile`).
 
-use sluice_avro::{ModelCodec, PollerState};
-use sluice_core::config::{Config, Detection, ModelConfig};
+use sluice_avro::ModelCodec;
+use sluice_core::config::{Detection, ModelConfig};
 use sluice_core::{Op, Row, Value};
-use sluice_kafka::producer::{OutRecord, TransactionalProducer};
+use sluice_kafka::producer::OutRecord;
 
-use crate::emit::{commit, ChangeWriter};
-use crate::model_loop::{now_ms, ModelError};
+use crate::emit::ChangeWriter;
+use crate::error::ModelError;
 
 /// The columns that decide a row's op.
 #[derive(Debug, Clone, Copy, Default)]
@@ -69,28 +69,6 @@ fn marks_deleted(value: &Value) -> bool {
     }
 }
 
-/// Mark the first snapshot complete when a poll finds no more rows and the last page was full
-/// (a short page marks it complete by itself): without this, a model whose row count is a
-/// multiple of `batch_rows` would keep emitting its changes as snapshot reads (`r`) and skip
-/// its soft deletes. Commits the state record alone, position unchanged.
-pub async fn complete_snapshot(
-    config: &Config,
-    codec: &ModelCodec,
-    producer: &TransactionalProducer,
-    schemas_published: &mut bool,
-    state: &mut PollerState,
-) -> Result<(), ModelError> {
-    if state.snapshot_done {
-        return Ok(());
-    }
-    let new_state =
-        PollerState { run_id: uuid::Uuid::new_v4().to_string(), snapshot_done: true, committed_at_ms: now_ms(), ..state.clone() };
-    commit(config, codec, producer, schemas_published, Vec::new(), &new_state).await?;
-    *state = new_state;
-    tracing::info!(model = %state.model, events_total = state.events_total, "initial snapshot complete");
-    Ok(())
-}
-
 /// The records of `row` emitted as `op` (from [`CursorRules::op`]): a delete carries the row as
 /// `before` and is followed by its tombstone, anything else carries it as `after`.
 pub fn change(writer: &mut ChangeWriter<'_>, op: Op, row: Row, key: Option<Vec<u8>>) -> Result<Vec<OutRecord>, ModelError> {
@@ -103,13 +81,18 @@ pub fn change(writer: &mut ChangeWriter<'_>, op: Op, row: Row, key: Option<Vec<u
 /// Events of one poll (or plan) by op.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OpCounts {
+    /// Snapshot reads (`r`).
     pub reads: u64,
+    /// Inserts (`c`).
     pub creates: u64,
+    /// Updates (`u`).
     pub updates: u64,
+    /// Deletes (`d`).
     pub deletes: u64,
 }
 
 impl OpCounts {
+    /// Count one event of `op`.
     pub fn add(&mut self, op: Op) {
         match op {
             Op::Read => self.reads += 1,
@@ -119,6 +102,7 @@ impl OpCounts {
         }
     }
 
+    /// Events of every op.
     pub fn total(&self) -> u64 {
         self.reads + self.creates + self.updates + self.deletes
     }

@@ -11,7 +11,7 @@
 //! ([`Warehouse::scan`]), and every key live in the topic but absent from the model is emitted
 //! as `d` (`before` = its last emitted image, read back from the topic) + tombstone, in Kafka
 //! transactions of `batch_rows` together with the model's state record, the cursor position
-//! unchanged — exactly as `diff` mode emits deletes ([`crate::diff::emit`]).
+//! unchanged — exactly as `diff` mode emits deletes (both use [`crate::changes::emit`]).
 //!
 //! It only emits deletes: new and changed rows belong to the cursor. A soft-deleted row still in
 //! the model counts as present (the cursor emits its delete), so the two never both delete a key.
@@ -23,17 +23,17 @@
 
 use std::time::{Duration, Instant};
 
-use sluice_avro::{ModelCodec, PollerState};
+use sluice_avro::ModelCodec;
 use sluice_core::config::{Config, ModelConfig};
 use sluice_core::naming;
-use sluice_kafka::producer::TransactionalProducer;
-use sluice_warehouse::{Warehouse, WarehouseError};
+use sluice_warehouse::Warehouse;
 use tracing::Instrument;
 
-use crate::diff::{catch_up, emit, DiffPlan};
-use crate::gates::{check_volume, RunCounts};
-use crate::model_loop::ModelError;
-use crate::tracked::{key_hash, Tracked};
+use crate::changes::{emit, scan_keys, DiffPlan};
+use crate::context::ModelContext;
+use crate::error::ModelError;
+use crate::gates::{Confirmation, RunCounts};
+use crate::tracked::Tracked;
 
 /// The hard deletes a reconciliation found.
 pub struct Found {
@@ -46,6 +46,7 @@ pub struct Found {
 }
 
 impl Found {
+    /// What was found, as the gates see it.
     pub fn counts(&self) -> RunCounts {
         RunCounts { rows: self.rows, tracked: self.tracked, deletes: self.deletes.len() as u64, ..RunCounts::default() }
     }
@@ -58,26 +59,15 @@ pub async fn find_deletes<W: Warehouse>(
     model: &ModelConfig,
     codec: &ModelCodec,
 ) -> Result<Found, ModelError> {
-    let name = model.name.get_ref().as_str();
-    let (kafka, topic) = (config.kafka.clone(), naming::change_topic(&config.kafka.topic_prefix, name));
-    let tracked = tokio::task::spawn_blocking(move || Tracked::new(&kafka, &topic)).await.expect("does not panic")?;
-    let mut tracked = catch_up(tracked).await?;
-    let schema = codec.row_schema();
-    let mut key = Vec::with_capacity(64);
-    let rows = warehouse
-        .scan(model, schema, |row| {
-            // A NULL key was never emitted (its key cannot be encoded), so it matches nothing.
-            if schema.primary_key.iter().any(|&k| row[k].is_null()) {
-                return Ok(());
-            }
-            key.clear();
-            codec
-                .encode_key(&row, &mut key)
-                .map_err(|e| WarehouseError::Model { model: name.to_string(), message: format!("cannot encode a key: {e}") })?;
-            tracked.see(key_hash(&key));
-            Ok(())
-        })
-        .await?;
+    let topic = naming::change_topic(&config.kafka.topic_prefix, model.name.get_ref());
+    let mut tracked = Tracked::load(&config.kafka, &topic).await?;
+    let rows = scan_keys(warehouse, model, codec, |_, hash| {
+        // A NULL key was never emitted (its key cannot be encoded), so it matches nothing.
+        if let Some(hash) = hash {
+            tracked.see(hash);
+        }
+    })
+    .await?;
     Ok(Found { rows, tracked: tracked.len() as u64, deletes: tracked.take_unseen() })
 }
 
@@ -85,50 +75,35 @@ pub async fn find_deletes<W: Warehouse>(
 pub struct Reconciler {
     interval: Option<Duration>,
     last: Option<Instant>,
-    /// Let the next reconciliation through the change-volume guard once.
-    confirm_large_change: bool,
+    /// Lets the next reconciliation through the change-volume guard once.
+    confirmation: Confirmation,
 }
 
 impl Reconciler {
     /// `interval_ms` = `reconcile_interval_ms` (`None`: never reconcile).
-    pub fn new(interval_ms: Option<u64>, confirm_large_change: bool) -> Reconciler {
-        Reconciler { interval: interval_ms.map(Duration::from_millis), last: None, confirm_large_change }
+    pub fn new(interval_ms: Option<u64>, confirmation: Confirmation) -> Reconciler {
+        Reconciler { interval: interval_ms.map(Duration::from_millis), last: None, confirmation }
     }
 
     /// Reconcile when configured, the first snapshot is complete and the interval has passed
-    /// since the last reconciliation of this incarnation. Commits its deletes with `state`
-    /// (position unchanged) and updates it.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn run_if_due<W: Warehouse>(
-        &mut self,
-        config: &Config,
-        warehouse: &W,
-        model: &ModelConfig,
-        codec: &ModelCodec,
-        producer: &TransactionalProducer,
-        state: &mut PollerState,
-        schemas_published: &mut bool,
-    ) -> Result<(), ModelError> {
+    /// since the last reconciliation of this incarnation. Commits its deletes with the model's
+    /// state record, position unchanged.
+    pub async fn run_if_due<W: Warehouse>(&mut self, ctx: &mut ModelContext<'_, W>) -> Result<(), ModelError> {
         let Some(interval) = self.interval else { return Ok(()) };
-        if !state.snapshot_done || self.last.is_some_and(|last| last.elapsed() < interval) {
+        if !ctx.state().snapshot_done || self.last.is_some_and(|last| last.elapsed() < interval) {
             return Ok(());
         }
-        let name = model.name.get_ref().as_str();
+        let name = ctx.name();
         let run_id = uuid::Uuid::new_v4().to_string();
         let span = tracing::info_span!("poller.reconcile", model = %name, run_id = %run_id);
         async {
             let started = Instant::now();
-            let found = find_deletes(config, warehouse, model, codec).await?;
+            let found = find_deletes(ctx.config, ctx.warehouse, ctx.model, &ctx.codec).await?;
             let counts = found.counts();
-            check_volume(name, &model.gates, counts, false, self.confirm_large_change)?;
-            if self.confirm_large_change {
-                tracing::warn!(model = %name, "change-volume guard bypassed for this reconciliation by operator confirmation");
-                self.confirm_large_change = false;
-            }
+            self.confirmation.check_volume(name, &ctx.model.gates, counts, false, "reconciliation")?;
             let plan =
                 DiffPlan { rows: found.rows, tracked: found.tracked, inserts: Vec::new(), updates: Vec::new(), deletes: found.deletes };
-            let topic = naming::change_topic(&config.kafka.topic_prefix, name);
-            emit(config, model, codec, producer, plan, state, &run_id, &topic, schemas_published).await?;
+            emit(ctx, plan, &run_id).await?;
             metrics::counter!("sluice_poller_reconcile_deletes_total", "model" => name.to_string()).increment(counts.deletes);
             metrics::histogram!("sluice_poller_run_seconds", "model" => name.to_string(), "mode" => "reconcile")
                 .record(started.elapsed().as_secs_f64());

@@ -1,0 +1,114 @@
+//! The one way a model's progress reaches Kafka.
+//!
+//! Guarantees:
+//! - **Events and progress never disagree.** [`Committer::commit`] sends a run's change records
+//!   and the model's next state record (`<prefix>.poller.state`, keyed by model) in one Kafka
+//!   transaction: both become visible, or neither.
+//! - **A consumer can always decode what it reads.** The writer schemas are published to
+//!   `<prefix>.schemas` in the same transaction as the first events of this incarnation (after
+//!   a restart too: publishing is idempotent on the compacted topic).
+//! - **The state it holds is what Kafka committed.** [`Committer::state`] starts as the state
+//!   read back after fencing and changes only when a transaction committed, so a mode that
+//!   builds its next state from it can never skip or repeat a committed step.
+//!
+//! The committer owns the model's transactional producer (one per model: fencing older
+//! instances is what makes the state read back final) and the "schemas already published"
+//! flag, so no caller threads either through its calls.
+
+use std::time::Instant;
+
+use sluice_avro::{encode_state, ModelCodec, PollerState, PublishedSchema};
+use sluice_core::config::Config;
+use sluice_core::naming;
+use sluice_kafka::headers;
+use sluice_kafka::producer::{OutRecord, TransactionalProducer};
+
+use crate::clock::now_ms;
+use crate::error::ModelError;
+
+/// Commits one model's transactions; see the module doc.
+pub struct Committer {
+    model: String,
+    producer: TransactionalProducer,
+    schema_topic: String,
+    state_topic: String,
+    /// The model's key and value writer schemas.
+    schemas: [PublishedSchema; 2],
+    /// Whether a transaction of this incarnation already carried the writer schemas.
+    schemas_published: bool,
+    /// The last committed state record.
+    state: PollerState,
+}
+
+impl Committer {
+    /// A committer for the model of `codec`, producing with `producer` (which fenced older
+    /// instances), starting from `state` (the state committed before it).
+    pub fn new(config: &Config, producer: TransactionalProducer, codec: &ModelCodec, state: PollerState) -> Committer {
+        let prefix = &config.kafka.topic_prefix;
+        Committer {
+            model: codec.model().to_string(),
+            producer,
+            schema_topic: naming::schema_topic(prefix),
+            state_topic: naming::poller_state_topic(prefix),
+            schemas: codec.schemas(),
+            schemas_published: false,
+            state,
+        }
+    }
+
+    /// The last committed state record.
+    pub fn state(&self) -> &PollerState {
+        &self.state
+    }
+
+    /// Commit `records` with `new_state` (and the writer schemas, the first time) in one Kafka
+    /// transaction; `new_state` is the committed state afterwards.
+    pub async fn commit(&mut self, mut records: Vec<OutRecord>, new_state: PollerState) -> Result<(), ModelError> {
+        if !self.schemas_published {
+            for published in &self.schemas {
+                records.push(OutRecord {
+                    topic: self.schema_topic.clone(),
+                    key: Some(published.fingerprint.clone().into_bytes()),
+                    payload: Some(published.json.clone().into_bytes()),
+                    headers: headers::owned([]),
+                });
+            }
+        }
+        records.push(OutRecord {
+            topic: self.state_topic.clone(),
+            key: Some(new_state.model.as_bytes().to_vec()),
+            payload: Some(encode_state(&new_state)?),
+            headers: headers::owned([(headers::RUN_ID, new_state.run_id.as_str())]),
+        });
+        let started = Instant::now();
+        self.producer.send_transaction(records).await?;
+        self.schemas_published = true;
+        let name = new_state.model.as_str();
+        metrics::histogram!("sluice_poller_transaction_seconds", "model" => name.to_string()).record(started.elapsed().as_secs_f64());
+        metrics::gauge!("sluice_poller_last_commit_timestamp_seconds", "model" => name.to_string())
+            .set(new_state.committed_at_ms as f64 / 1000.0);
+        self.state = new_state;
+        Ok(())
+    }
+
+    /// [`Committer::commit`] the records of run `run_id` with the next state record: `events`
+    /// more events than the committed state, at `position`, `snapshot_done` as given.
+    pub async fn commit_run(
+        &mut self,
+        records: Vec<OutRecord>,
+        run_id: &str,
+        position: Option<String>,
+        snapshot_done: bool,
+        events: u64,
+    ) -> Result<(), ModelError> {
+        let next = PollerState {
+            model: self.model.clone(),
+            run_id: run_id.to_string(),
+            position,
+            snapshot_done,
+            events_total: self.state.events_total + events as i64,
+            committed_at_ms: now_ms(),
+        };
+        self.commit(records, next).await
+    }
+}
