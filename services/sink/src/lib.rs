@@ -206,8 +206,13 @@ impl Sink {
         let syncs = syncs_by_topic(config, destination)?;
         let lane_stop = CancellationToken::new();
         let (deliverer, batch_limits) = build_deliverer(config, dest, lane_stop.clone())?;
-        let (side_topic, partitions) = ensure_sink_topics(config, destination, &syncs).await?;
-        let guard = Arc::new(Mutex::new(guard::load::build(config, destination, &syncs, partitions).await?));
+        let admin = Admin::new(&config.kafka).map_err(SinkError::Kafka)?;
+        let (side_topic, partitions) = side::side_topic(&admin, config, destination, &syncs).await?;
+        // Independent round trips, and a start is what a restarted sink waits for: together.
+        let (ensured, guard) =
+            tokio::join!(ensure_sink_topics(&admin, config, destination, &syncs, (&side_topic, partitions)), guard::load::build(config, destination, &syncs, partitions));
+        ensured?;
+        let guard = Arc::new(Mutex::new(guard?));
         let shared = Arc::new(Shared::new());
         let consumer = subscribe(config, destination, &syncs, &side_topic, SinkContext { shared: Arc::clone(&shared), guard: Arc::clone(&guard), kafka: config.kafka.clone() })?;
         tracing::info!(
@@ -346,19 +351,16 @@ fn syncs_by_topic(config: &Config, destination: &str) -> Result<HashMap<String, 
 }
 
 /// Create (or check) the change topics, the destination's dead-letter topic, the schema topic
-/// and the destination's side topic, in one round; returns the side topic and the partition
-/// count it shares with the change topics.
-async fn ensure_sink_topics(config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>) -> Result<(String, i32), SinkError> {
+/// and the destination's side topic (with `side`'s partition count, that of its change topics,
+/// [`side::side_topic`]), in one round.
+async fn ensure_sink_topics(admin: &Admin, config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>, side: (&str, i32)) -> Result<(), SinkError> {
     let prefix = &config.kafka.topic_prefix;
-    let admin = Admin::new(&config.kafka).map_err(SinkError::Kafka)?;
-    let (side_topic, partitions) = side::side_topic(&admin, config, destination, syncs).await?;
     let created = config.kafka.partitions;
     let mut topics: Vec<(String, TopicRole, i32)> = syncs.keys().map(|t| (t.clone(), TopicRole::Changes, created)).collect();
     topics.push((naming::dead_letter_topic(prefix, destination), TopicRole::DeadLetter, created));
     topics.push((naming::schema_topic(prefix), TopicRole::Compacted, created));
-    topics.push((side_topic.clone(), TopicRole::Side, partitions));
-    admin.ensure(&topics).await.map_err(SinkError::Kafka)?;
-    Ok((side_topic, partitions))
+    topics.push((side.0.to_string(), TopicRole::Side, side.1));
+    admin.ensure(&topics).await.map_err(SinkError::Kafka)
 }
 
 /// The destination with its dead-letter writer, limits and retry policy, and the batch limits
