@@ -7,7 +7,9 @@
 //!   brings the *reconciled* settings of a role ([`TopicRole::reconciled`]: the compaction lag
 //!   and tombstone retention of change topics) to the configured values on topics that already
 //!   exist. It changes nothing when they already hold (idempotent) and logs every value it
-//!   changes, with the old one.
+//!   changes, with the old one. When the broker refuses the change (no permission), it logs an
+//!   error with the command that sets them by hand and goes on: the topics work, and a service
+//!   must not stop for it.
 //! - A topic's other settings are kept: Kafka's `AlterConfigs` replaces a topic's whole set of
 //!   overrides, so the current overrides are read first and sent back with ours (a settings
 //!   change by someone else in the milliseconds between the two calls would be lost; an override
@@ -132,7 +134,18 @@ impl Admin {
         if reconciled.is_empty() {
             return Ok(());
         }
-        reconcile(&self.client, &reconciled).await
+        // Not being allowed to change a topic's settings (no AlterConfigs ACL) must not stop a
+        // service whose topics work: say loudly what to set by hand instead.
+        if let Err(error) = reconcile(&self.client, &reconciled).await {
+            for (name, wanted) in &reconciled {
+                tracing::error!(
+                    topic = %name, %error,
+                    "cannot bring the topic's compaction settings to the configured values; a sink lagging behind the log cleaner could miss deletes. Set them by hand: kafka-configs.sh --alter --entity-type topics --entity-name {name} --add-config {}",
+                    wanted.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The partition count of each of `topics` that exists.
