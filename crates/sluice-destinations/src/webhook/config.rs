@@ -6,7 +6,7 @@ use serde::Deserialize;
 use sluice_core::config::Secret;
 
 use super::request::Signer;
-use crate::settings::{default_timeout_ms, nonempty, Invalid, Validate};
+use crate::settings::{default_timeout_ms, http_url, nonempty, timeout, Invalid, Validate};
 
 /// The generic webhook destination.
 #[derive(Debug, Clone, Deserialize)]
@@ -71,7 +71,8 @@ impl Validate for WebhookConfig {
         nonempty("url", &self.url, "url = \"https://example.com/hook\"")?;
         self.header_map()?;
         self.signer()?;
-        Ok(())
+        timeout(self.timeout_ms)?;
+        http_url("url", &self.url, "https://example.com/hook")
     }
 }
 
