@@ -315,8 +315,11 @@ fn noise(rng: &mut Rng) -> String {
 /// Parse and validate in every scope; when `All` accepts, build what the services build.
 fn exercise(text: &str) -> bool {
     let Ok(config) = Config::parse("fuzz.toml", text) else { return false };
+    // Every scope runs to an answer; only `All`'s decides what is built below.
     for scope in [Scope::Poller, Scope::Sink("hook".into()), Scope::Sink("nowhere".into())] {
-        let _ = validate(&config, &scope);
+        if let Err(error) = validate(&config, &scope) {
+            assert!(!error.message.is_empty(), "{scope}: an error says what is wrong");
+        }
     }
     if validate(&config, &Scope::All).is_err() {
         return false;
