@@ -166,3 +166,21 @@ fn kind_settings_that_would_fail_every_request_are_refused() {
         assert!(!error.fix.is_empty(), "{error}");
     }
 }
+
+/// Issue 12 lists time zones among the values that passed `check` and failed later. A
+/// `portal_time_zone` is refused at load unless chrono-tz knows it (see the registry's
+/// `inconsistent_kind_settings_are_refused_at_their_line`); every zone it knows computes its next
+/// midnight (where HubSpot's daily limit resets) without a panic, across a year of days, DST
+/// gaps at midnight included, and within a day and an hour.
+#[test]
+fn every_accepted_time_zone_has_a_next_midnight() {
+    let start = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:30:00Z").unwrap().with_timezone(&chrono::Utc);
+    for zone in chrono_tz::TZ_VARIANTS {
+        assert!(zone.name().parse::<chrono_tz::Tz>().is_ok());
+        for day in (0..366).step_by(3) {
+            let now = start + chrono::Duration::hours(day * 24 + day % 24);
+            let wait = crate::hubspot::until_next_midnight(now, zone);
+            assert!(wait <= std::time::Duration::from_secs(25 * 3600), "{zone} at {now}: {wait:?}");
+        }
+    }
+}
