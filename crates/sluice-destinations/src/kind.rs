@@ -192,6 +192,27 @@ macro_rules! registry {
             )+
         }
 
+        impl KindConfig {
+            /// The mapped fields every record must carry ([`Validate::identifier_fields`]).
+            ///
+            /// [`Validate::identifier_fields`]: $crate::settings::Validate::identifier_fields
+            pub fn identifier_fields(&self) -> Vec<$crate::settings::IdentifierField> {
+                match self {
+                    $(KindConfig::$kind(settings) => $crate::settings::Validate::identifier_fields(settings),)+
+                }
+            }
+        }
+
+        /// Each kind's name and the keys of its table, from its settings struct (for the
+        /// reference test).
+        #[cfg(test)]
+        pub(crate) fn kind_fields() -> Vec<(&'static str, Vec<&'static str>)> {
+            vec![$((
+                <$module::$kind as $crate::kind::Kind>::NAME,
+                $crate::validate::reference::fields_of::<<$module::$kind as $crate::kind::Kind>::Config>(),
+            )),+]
+        }
+
         /// The name of every kind, in registry order (the tables a destination may have).
         pub const KIND_NAMES: &[&str] = &[$(<$module::$kind as $crate::kind::Kind>::NAME),+];
 
@@ -228,8 +249,7 @@ macro_rules! registry {
         }
 
         /// Check every destination's kind table of a config, building each (nothing
-        /// connects): what `sluice check` adds to `Config::load`, so a config it accepts starts
-        /// every sink.
+        /// connects). [`validate`](crate::validate()) does this and more, for a scope.
         pub fn check(config: &sluice_core::config::Config) -> Result<(), sluice_core::config::ConfigError> {
             for destination in &config.destinations {
                 build(config, destination)?;

@@ -50,6 +50,7 @@ pub mod plan;
 pub mod record;
 pub mod retry;
 pub mod settings;
+pub mod validate;
 
 // `registry.rs` declares the kind modules; loaded by path so that they resolve beside it, as
 // `src/<kind>/`.
@@ -64,4 +65,5 @@ pub use plan::{OnDelete, Plan};
 pub use record::{batch_digest, value_text, Action, OutboundRecord};
 pub use registry::*;
 pub use retry::{RequestFailure, RetryLogic, Verdict};
-pub use settings::{Invalid, Validate};
+pub use settings::{IdentifierField, Invalid, Validate};
+pub use validate::{load, validate};

@@ -62,7 +62,7 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.bootstrap_servers);
     for (key, value) in &kafka.properties {
-        config.set(key, value);
+        config.set(key, value.expose());
     }
     config
 }

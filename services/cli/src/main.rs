@@ -1,7 +1,9 @@
 //! `sluice`: the operator's command line.
 //!
-//! - `sluice check --config FILE`: validate a config file, every destination's kind table and
-//!   its secrets included (exit 2 with file:line and the fix).
+//! - `sluice check --config FILE [--service all|poller|sink:NAME]`: the one validation every
+//!   service runs at load (`sluice_destinations::validate`), for every service (default) or for
+//!   one service's view: its secrets only, its destination only (exit 2 with file:line and the
+//!   fix). A config `check` accepts starts every service.
 //! - `sluice demo-receiver --listen ADDR`: a webhook receiver that prints every record it gets,
 //!   one line each; used by the quickstart and docker-compose to show changes arriving.
 //! - `sluice plan MODEL --config FILE`: dry run of the next run of a model in any mode —
@@ -30,6 +32,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use axum::routing::{get, post};
+use sluice_core::config::{Config, ConfigError, Scope};
 use axum::{Json, Router};
 use clap::{Parser, Subcommand};
 
@@ -46,6 +49,10 @@ enum Command {
     Check {
         #[arg(long, env = "SLUICE_CONFIG", default_value = "sluice.toml")]
         config: PathBuf,
+        /// Check one service's view: `poller` or `sink:<destination>` (its secrets only);
+        /// default `all`.
+        #[arg(long, default_value = "all")]
+        service: Scope,
     },
     /// Show what the next run of a model would emit, with samples; emit nothing.
     Plan {
@@ -151,12 +158,10 @@ enum SchemaCommand {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match Cli::parse().command {
-        // Config::load checks all but the destinations' kind tables, which only their kinds
-        // can parse: checking those too means a config `check` accepts starts every sink.
-        Command::Check { config } => match sluice_core::config::Config::load(&config).and_then(|c| sluice_destinations::check(&c).map(|()| c)) {
+        Command::Check { config, service } => match sluice_destinations::load(&config, &service) {
             Ok(c) => {
                 println!(
-                    "{}: ok ({} models, {} destinations, {} syncs)",
+                    "{}: ok for {service} ({} models, {} destinations, {} syncs)",
                     config.display(),
                     c.models.len(),
                     c.destinations.len(),
@@ -170,7 +175,7 @@ async fn main() -> std::process::ExitCode {
             }
         },
         Command::Plan { model, config, samples } => {
-            let config = match sluice_core::config::Config::load(&config) {
+            let config = match load_for_warehouse(&config) {
                 Ok(config) => config,
                 Err(error) => {
                     eprintln!("error: {error}");
@@ -193,7 +198,7 @@ async fn main() -> std::process::ExitCode {
             }
         }
         Command::Schema { command: SchemaCommand::Export { model, config, out, writer } } => {
-            let config = match sluice_core::config::Config::load(&config) {
+            let config = match load_for_warehouse(&config) {
                 Ok(config) => config,
                 Err(error) => {
                     eprintln!("error: {error}");
@@ -227,7 +232,7 @@ async fn main() -> std::process::ExitCode {
             }
         }
         Command::Snapshot { model, config } => {
-            let config = match sluice_core::config::Config::load(&config) {
+            let config = match load_for_warehouse(&config) {
                 Ok(config) => config,
                 Err(error) => {
                     eprintln!("error: {error}");
@@ -237,7 +242,7 @@ async fn main() -> std::process::ExitCode {
             snapshot(&config, &model).await
         }
         Command::Warehouse { command: WarehouseCommand::Exec { config, sql, file, create } } => {
-            let config = match sluice_core::config::Config::load(&config) {
+            let config = match load_for_warehouse(&config) {
                 Ok(config) => config,
                 Err(error) => {
                     eprintln!("error: {error}");
@@ -280,6 +285,15 @@ async fn main() -> std::process::ExitCode {
             }
         },
     }
+}
+
+/// A config for the commands that read the warehouse (`plan`, `snapshot`, `schema export`,
+/// `warehouse exec`): the file checked and the warehouse's secret resolved, with its line when
+/// it does not. Not the poller's whole scope: `schema export` writes the contracts it checks.
+fn load_for_warehouse(path: &std::path::Path) -> Result<Config, ConfigError> {
+    let config = Config::load(path)?;
+    config.check_secrets(&Scope::Poller)?;
+    Ok(config)
 }
 
 /// A progress bar over the first snapshot's rows (a plain line per chunk when stderr is not a

@@ -122,14 +122,14 @@ enum Delay {
 }
 
 /// The retry state of one [`Deliverer::attempt`]: attempts made and the backoff budget.
-struct Retries {
-    backoff: ExponentialBackoff,
+pub(crate) struct Retries {
+    pub(crate) backoff: ExponentialBackoff,
     made: usize,
     first_answer_ms: Option<i64>,
 }
 
 impl Retries {
-    fn new(retry: &RetryConfig) -> Retries {
+    pub(crate) fn new(retry: &RetryConfig) -> Retries {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(retry.initial_backoff_ms))
             .with_max_delay(Duration::from_millis(retry.max_backoff_ms))

@@ -47,6 +47,8 @@
 //!   on every assignment (`SinkContext::post_rebalance`); `offset_list` carries a replay's
 //!   frontier on every commit below it.
 
+#[cfg(test)]
+mod config_fuzz;
 mod dead_letters;
 mod deletes;
 mod deliver;
@@ -219,10 +221,12 @@ impl Sink {
             %destination, kind = deliverer.target.kind(), topics = ?syncs.keys().collect::<Vec<_>>(), lanes = dest.max_concurrency,
             rate_limited = deliverer.limits.is_limited(), "sink started"
         );
+        let schemas = schemas::SchemaCache::new(config.kafka.clone(), naming::schema_topic(&config.kafka.topic_prefix))
+            .with_consent_checks(syncs.values().filter_map(|sync| sluice_destinations::validate::ConsentCheck::new(config, sync)));
         let lane_context = Arc::new(lanes::LaneContext {
             destination: destination.to_string(),
             syncs,
-            schemas: schemas::SchemaCache::new(config.kafka.clone(), naming::schema_topic(&config.kafka.topic_prefix)),
+            schemas,
             deliverer,
             shared: Arc::clone(&shared),
             limits: batch_limits,
@@ -375,7 +379,9 @@ fn build_deliverer(
     let batch_limits = BatchLimits {
         max_records: dest.batch_max_records.min(target.max_batch_records()),
         max_bytes: dest.batch_max_bytes,
-        linger: Duration::from_millis(dest.batch_linger_ms),
+        // Validated to be at most BATCH_LINGER_MS; capped here too, since a lane adds it to an
+        // `Instant` (which panics on overflow).
+        linger: Duration::from_millis(dest.batch_linger_ms.min(sluice_core::config::bounds::BATCH_LINGER_MS.max as u64)),
     };
     let dlq_topic = naming::dead_letter_topic(&config.kafka.topic_prefix, destination);
     let deliverer = Deliverer {
@@ -383,7 +389,7 @@ fn build_deliverer(
         retry: dest.retry.clone(),
         target,
         dead_letters: DeadLetterWriter::new(&config.kafka, dlq_topic).map_err(SinkError::Kafka)?,
-        limits: limits::RateLimits::new(&dest.rate_limit),
+        limits: limits::RateLimits::new(&dest.rate_limit).map_err(|e| SinkError::Config(format!("destination {destination:?}: {e}")))?,
         concurrency: limits::AdaptiveConcurrency::new(dest.max_concurrency),
         shutdown: lane_stop,
         clock: deliver::system_clock,

@@ -48,6 +48,8 @@ async fn prepare_inner(message: &OwnedMessage, origin: &Origin<'_>, sync: &SyncC
         Lookup::Unusable(error) => return Ok(Err(format!("value schema: {error}"))),
         Lookup::Missing => return Ok(Err(format!("value schema {} is not on the schema topic", sluice_avro::fingerprint_hex(&fingerprint)))),
     };
+    // A consent rule that can never match this schema's column would remove every row: stop.
+    schemas.check_consent(sync.model.get_ref(), &fingerprint).await.map_err(|e| SinkError::Config(e.to_string()))?;
     let decoded = match decoder.decode(payload) {
         Ok(d) => d,
         Err(error) => return Ok(Err(format!("value: {error}"))),

@@ -69,6 +69,16 @@ pub struct Gates {
 }
 
 impl ModelConfig {
+    /// The model's `cron` expression parsed by the poller's parser (`croner`, 5 fields or 6
+    /// with seconds first), checked to fire again from now on; `Ok(None)` without one. `Err`
+    /// says what is wrong, for the validation's message.
+    pub fn cron_schedule(&self) -> Result<Option<croner::Cron>, String> {
+        let Some(expression) = &self.cron else { return Ok(None) };
+        let cron = croner::Cron::new(expression).with_seconds_optional().parse().map_err(|e| format!("does not parse: {e}"))?;
+        cron.find_next_occurrence(&chrono::Utc::now(), false).map_err(|e| format!("never fires ({e})"))?;
+        Ok(Some(cron))
+    }
+
     /// The SQL relation to select from: the table, or the query as a subquery.
     pub fn relation_sql(&self) -> String {
         match (&self.table, &self.query) {

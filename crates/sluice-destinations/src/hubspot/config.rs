@@ -3,7 +3,9 @@
 use serde::Deserialize;
 use sluice_core::config::Secret;
 
-use crate::settings::{default_timeout_ms, nonempty, positive, yes, Invalid, Validate};
+use sluice_core::config::bounds::{Bounded, VENDOR_WAIT_MS};
+
+use crate::settings::{default_timeout_ms, http_url, nonempty, timeout, within, yes, IdentifierField, Invalid, Validate};
 use crate::OnDelete;
 
 /// HubSpot CRM v3 batch endpoints under `/crm/v3/objects/<object_type>/batch/`: `upsert`,
@@ -80,12 +82,24 @@ impl Validate for HubSpotConfig {
     fn validate(&self) -> Result<(), Invalid> {
         nonempty("id_property", &self.id_property, "id_property = \"email\", or a property with a unique value")?;
         nonempty("object_type", &self.object_type, "object_type = \"contacts\"")?;
-        positive("max_inputs_per_request", self.max_inputs_per_request, "max_inputs_per_request = 100 (HubSpot's limit)")?;
+        within("max_inputs_per_request", self.max_inputs_per_request as f64, MAX_INPUTS)?;
         self.time_zone()?;
         crate::http::bearer(self.access_token.expose(), "access_token")?;
-        Ok(())
+        within("ten_secondly_backoff_ms", self.ten_secondly_backoff_ms as f64, VENDOR_WAIT_MS)?;
+        timeout(self.timeout_ms)?;
+        http_url("base_url", &self.base_url, "https://api.hubapi.com")
+    }
+
+    fn identifier_fields(&self) -> Vec<IdentifierField> {
+        vec![match &self.id_field {
+            Some(field) => IdentifierField::new("id_field", field),
+            None => IdentifierField::new("id_property", &self.id_property),
+        }]
     }
 }
+
+/// Inputs per request: HubSpot's batch endpoints take at most 100.
+const MAX_INPUTS: Bounded = Bounded { min: 1.0, max: 100.0, example: "max_inputs_per_request = 100 (HubSpot's limit)" };
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,9 @@
 use serde::Deserialize;
 use sluice_core::config::Secret;
 
-use crate::settings::{default_timeout_ms, nonempty, positive, Invalid, Validate};
+use sluice_core::config::bounds::Bounded;
+
+use crate::settings::{default_timeout_ms, http_url, nonempty, timeout, within, IdentifierField, Invalid, Validate};
 use crate::OnDelete;
 
 /// Salesforce REST under `/services/data/<api_version>/`: sObject Collections upsert by external
@@ -62,11 +64,23 @@ impl Validate for SalesforceConfig {
         nonempty("instance_url", &self.instance_url, "the org's My Domain URL, e.g. instance_url = \"https://acme.my.salesforce.com\"")?;
         nonempty("sobject", &self.sobject, "sobject = \"Contact\"")?;
         nonempty("external_id_field", &self.external_id_field, "the external-ID field records are matched on, e.g. external_id_field = \"Warehouse_Id__c\"")?;
-        positive("max_records_per_request", self.max_records_per_request, "max_records_per_request = 200 (Salesforce's limit)")?;
+        within("max_records_per_request", self.max_records_per_request as f64, MAX_RECORDS)?;
         crate::http::bearer(self.access_token.expose(), "access_token")?;
-        Ok(())
+        nonempty("api_version", &self.api_version, "api_version = \"v62.0\"")?;
+        within("allocation_exhausted_wait_secs", self.allocation_exhausted_wait_secs as f64, ALLOCATION_WAIT_SECS)?;
+        timeout(self.timeout_ms)?;
+        http_url("instance_url", &self.instance_url, "https://acme.my.salesforce.com")
+    }
+
+    fn identifier_fields(&self) -> Vec<IdentifierField> {
+        vec![IdentifierField::new("external_id_field", &self.external_id_field)]
     }
 }
+
+/// Records per sObject Collections request: Salesforce takes at most 200.
+const MAX_RECORDS: Bounded = Bounded { min: 1.0, max: 200.0, example: "max_records_per_request = 200 (Salesforce's limit)" };
+/// The wait for a spent 24-hour allocation: at most the rolling day itself.
+const ALLOCATION_WAIT_SECS: Bounded = Bounded { min: 1.0, max: 86_400.0, example: "allocation_exhausted_wait_secs = 3600" };
 
 #[cfg(test)]
 mod tests {
