@@ -16,6 +16,7 @@ pub mod compacted;
 pub mod dead_letter;
 pub mod headers;
 pub mod producer;
+mod security;
 
 use rdkafka::ClientConfig;
 use sluice_core::config::KafkaConfig;
@@ -52,11 +53,14 @@ impl KafkaError {
     }
 }
 
-/// Base client configuration: bootstrap servers plus the user's extra properties.
+/// Base client configuration: bootstrap servers, security settings, then the user's extra
+/// properties (which cannot touch the security settings: the config refuses those keys).
 pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &kafka.bootstrap_servers);
-    for (key, value) in &kafka.properties {
+    for (key, value) in security::properties(kafka) {
+        config.set(key, value);
+    }
+    for (key, value) in kafka.properties.get_ref() {
         config.set(key, value);
     }
     config

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
+use toml::Spanned;
 
 /// A configuration error, pointing at the offending place and saying how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,9 +99,41 @@ pub struct KafkaConfig {
     /// Replication factor of topics sluice creates (1 for a single local broker, 3 in production).
     #[serde(default = "defaults::replication_factor")]
     pub replication_factor: i32,
-    /// Extra librdkafka properties applied to every client (e.g. security settings).
+    /// `plaintext` (default), `ssl`, `sasl_ssl` or `sasl_plaintext` ([`SecurityProtocol`]).
     #[serde(default)]
-    pub properties: BTreeMap<String, String>,
+    pub security_protocol: Option<Spanned<SecurityProtocol>>,
+    /// TLS settings of `ssl` and `sasl_ssl` ([`TlsConfig`]).
+    #[serde(default)]
+    pub tls: Option<Spanned<TlsConfig>>,
+    /// SASL settings of `sasl_ssl` and `sasl_plaintext` ([`SaslConfig`]).
+    #[serde(default)]
+    pub sasl: Option<Spanned<SaslConfig>>,
+    /// Extra librdkafka properties applied to every client (tuning); not the ones the typed
+    /// settings own ([`SECURITY_PROPERTIES`]).
+    #[serde(default = "defaults::no_properties")]
+    pub properties: Spanned<BTreeMap<String, String>>,
+}
+
+impl KafkaConfig {
+    /// A plaintext connection to `bootstrap_servers` with the default topic settings, for tests
+    /// and tools that build a config in code.
+    pub fn plaintext(bootstrap_servers: impl Into<String>, topic_prefix: impl Into<String>) -> KafkaConfig {
+        KafkaConfig {
+            bootstrap_servers: bootstrap_servers.into(),
+            topic_prefix: topic_prefix.into(),
+            partitions: defaults::partitions(),
+            replication_factor: defaults::replication_factor(),
+            security_protocol: None,
+            tls: None,
+            sasl: None,
+            properties: defaults::no_properties(),
+        }
+    }
+
+    /// The protocol, `plaintext` when not written.
+    pub fn security_protocol(&self) -> SecurityProtocol {
+        self.security_protocol.as_ref().map(|p| *p.get_ref()).unwrap_or_default()
+    }
 }
 
 /// The warehouse models are read from.
@@ -264,10 +297,12 @@ impl<'de> Deserialize<'de> for Secret {
 
 pub mod delivery;
 pub mod destinations;
+pub mod kafka;
 pub mod models;
 pub mod syncs;
 pub use delivery::*;
 pub use destinations::*;
+pub use kafka::*;
 pub use models::*;
 pub use syncs::*;
 
@@ -280,6 +315,10 @@ pub(crate) mod defaults {
     }
     pub fn replication_factor() -> i32 {
         1
+    }
+    pub fn no_properties() -> toml::Spanned<std::collections::BTreeMap<String, String>> {
+        // Never pointed at: an error about a property has a property, hence a real span.
+        toml::Spanned::new(0..0, std::collections::BTreeMap::new())
     }
     pub fn warehouse_name() -> String {
         "warehouse".into()
@@ -401,6 +440,7 @@ impl Config {
                 "use letters, digits, '_' and '-' only",
             ));
         }
+        self.validate_kafka_security()?;
         let kind = self.warehouse.kind;
         let (setting, example) = kind.setting();
         let given = [(WarehouseSetting::Url, self.warehouse.url.is_some()), (WarehouseSetting::Path, self.warehouse.path.is_some())];
@@ -524,6 +564,8 @@ fn fix_for_parse_error(message: &str) -> String {
         "add the missing key".into()
     } else if message.contains("environment variable") {
         "export the variable in the service's environment".into()
+    } else if message.contains("unknown variant") {
+        "use one of the values the message lists".into()
     } else {
         "see docs/configuration.md for the expected shape".into()
     }
@@ -533,7 +575,7 @@ fn fix_for_parse_error(message: &str) -> String {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    pub(super) const GOOD: &str = r#"
 [kafka]
 bootstrap_servers = "127.0.0.1:9092"
 
