@@ -10,9 +10,15 @@
 //!   record with `acks=all` (idempotent producer), so callers can move offsets past it.
 //! - [`compacted::read_to_end`] returns every committed record of a topic up to the high
 //!   watermarks observed when it started.
+//! - Every client is configured by [`client_config`], the one place the `[kafka]` settings
+//!   (bootstrap servers, TLS, SASL, extra properties) become librdkafka properties; a rejected
+//!   credential or certificate is reported as a [`connection::ConnectionProblem`] naming the
+//!   listener and the cause, and startup steps retry it while the service is not ready
+//!   ([`connection::retry_until_connected`]).
 
 pub mod admin;
 pub mod compacted;
+pub mod connection;
 pub mod dead_letter;
 pub mod headers;
 pub mod producer;
@@ -20,6 +26,8 @@ mod security;
 
 use rdkafka::ClientConfig;
 use sluice_core::config::KafkaConfig;
+
+use crate::connection::ConnectionProblem;
 
 /// Kafka failures, classified by what the caller must do.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +38,10 @@ pub enum KafkaError {
     /// The producer was fenced, misconfigured or hit a fatal error: stop.
     #[error("kafka operation {operation} failed (fatal): {source}")]
     Fatal { operation: &'static str, source: rdkafka::error::KafkaError },
+    /// The brokers could not be reached or refused the connection (credentials, certificate):
+    /// retryable, but usually only after an operator fixed something.
+    #[error("kafka operation {operation} failed: {problem}")]
+    Connection { operation: &'static str, problem: ConnectionProblem },
 }
 
 impl KafkaError {
@@ -49,6 +61,36 @@ impl KafkaError {
             KafkaError::Fatal { operation, source }
         } else {
             KafkaError::Retryable { operation, source }
+        }
+    }
+
+    /// Whether the client could not even be built from the configuration: no retry helps.
+    pub fn is_misconfiguration(&self) -> bool {
+        use rdkafka::error::KafkaError as Rd;
+        match self {
+            KafkaError::Retryable { source, .. } | KafkaError::Fatal { source, .. } => matches!(source, Rd::ClientConfig(..) | Rd::ClientCreation(_)),
+            KafkaError::Connection { .. } => false,
+        }
+    }
+
+    /// What an operator can do about it, for logs and `/readyz`.
+    pub fn fix(&self) -> &'static str {
+        use rdkafka::error::RDKafkaErrorCode as Code;
+        match self {
+            KafkaError::Connection { problem, .. } => problem.cause.fix(),
+            other => match other.source_code() {
+                Some(Code::TopicAuthorizationFailed | Code::ClusterAuthorizationFailed | Code::TransactionalIdAuthorizationFailed | Code::GroupAuthorizationFailed) => {
+                    "grant the principal sluice connects as (sasl.username, or the client certificate's subject) the ACLs it needs: README, \"Kafka security\""
+                }
+                _ => "check [kafka] bootstrap_servers and that the brokers run and are reachable from here",
+            },
+        }
+    }
+
+    fn source_code(&self) -> Option<rdkafka::error::RDKafkaErrorCode> {
+        match self {
+            KafkaError::Retryable { source, .. } | KafkaError::Fatal { source, .. } => source.rdkafka_error_code(),
+            KafkaError::Connection { .. } => None,
         }
     }
 }

@@ -11,6 +11,11 @@
 //!   cursor order by a single producer.
 //! - Writer schemas are published to `<prefix>.schemas` in the same transaction as the first
 //!   events that use them, so a consumer can always decode what it reads.
+//! - **Kafka refusing or away at start is waited out, not exited on**: `/readyz` names the
+//!   listener, the cause and the fix (e.g. a rejected SCRAM password, an untrusted broker
+//!   certificate) and the start is retried with backoff
+//!   (`sluice_kafka::connection::retry_until_connected`); later failures of a model's Kafka
+//!   work are retried by its loop, from its committed position.
 //!
 //! Cursor mode alone cannot see hard deletes (a periodic reconciliation finds them:
 //! `reconcile`) or rows whose transaction commits after later cursor values were read (the
@@ -38,6 +43,7 @@ use anyhow::Context as _;
 use sluice_core::config::Config;
 use sluice_core::naming;
 use sluice_kafka::admin::{ensure_topics, TopicRole};
+use sluice_kafka::connection::retry_until_connected;
 use sluice_telemetry::ops::Health;
 use sluice_warehouse::AnyWarehouse;
 use tokio_util::sync::CancellationToken;
@@ -65,11 +71,16 @@ pub struct RunOptions {
 
 /// Create (if missing) the change topics of `models` and the poller's schema and state topics.
 pub async fn ensure_model_topics(config: &Config, models: &[String]) -> anyhow::Result<()> {
+    ensure_topics(&config.kafka, &model_topics(config, models)).await.context("creating topics")
+}
+
+/// The topics [`ensure_model_topics`] creates.
+fn model_topics(config: &Config, models: &[String]) -> Vec<(String, TopicRole)> {
     let prefix = &config.kafka.topic_prefix;
     let mut topics: Vec<(String, TopicRole)> = models.iter().map(|m| (naming::change_topic(prefix, m), TopicRole::Compacted)).collect();
     topics.push((naming::schema_topic(prefix), TopicRole::Compacted));
     topics.push((naming::poller_state_topic(prefix), TopicRole::Compacted));
-    ensure_topics(&config.kafka, &topics).await.context("creating topics")
+    topics
 }
 
 /// [`run`] with options.
@@ -87,7 +98,14 @@ pub async fn run_with(
         .filter(|name| only.as_ref().is_none_or(|only| only.contains(name)))
         .collect();
     anyhow::ensure!(!models.is_empty(), "no model to poll (check --model and the config's [[models]])");
-    ensure_model_topics(&config, &models).await?;
+    // Kafka refusing us (credentials, certificates) or away is not a reason to exit: an
+    // orchestrator would restart us into the same refusal. Not ready, with the reason, until it
+    // works.
+    let topics = model_topics(&config, &models);
+    let created = retry_until_connected("create topics", &health, &shutdown, || ensure_topics(&config.kafka, &topics)).await.context("creating topics")?;
+    if created.is_none() {
+        return Ok(());
+    }
 
     let wakers = Arc::new(triggers::Wakers::new(&models));
     let mut schedules = std::collections::HashMap::new();

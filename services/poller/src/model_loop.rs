@@ -42,7 +42,9 @@ impl ModelError {
     fn is_retryable(&self) -> bool {
         matches!(
             self,
-            ModelError::Warehouse(WarehouseError::Unavailable(_)) | ModelError::Kafka(KafkaError::Retryable { .. }) | ModelError::State(_)
+            ModelError::Warehouse(WarehouseError::Unavailable(_))
+                | ModelError::Kafka(KafkaError::Retryable { .. } | KafkaError::Connection { .. })
+                | ModelError::State(_)
         )
     }
 }
