@@ -69,9 +69,14 @@ async fn probe(kafka: &KafkaConfig) -> Result<(), KafkaError> {
     let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
     let fetch = tokio::task::spawn_blocking({
         let stop = Arc::clone(&stop.0);
-        move || fetch_metadata_until(&client, &stop)
+        move || (fetch_metadata_until(&client, &stop), client)
     });
-    let fetched = context.or_problem("connect", async { fetch.await.expect("fetch_metadata does not panic").map_err(|e| KafkaError::classify("connect", e)) });
+    let fetched = context.or_problem("connect", async {
+        let (fetched, client) = fetch.await.expect("fetch_metadata does not panic");
+        // Closing a client takes a poll interval or two (~100 ms); nobody needs to wait for it.
+        tokio::task::spawn_blocking(move || drop(client));
+        fetched.map_err(|e| KafkaError::classify("connect", e))
+    });
     match fetched.await {
         // A timeout says nothing; the last problem (e.g. connection refused) says why.
         Err(KafkaError::Retryable { operation, source }) => match context.last_problem() {
