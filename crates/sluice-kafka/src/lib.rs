@@ -64,20 +64,16 @@ impl KafkaError {
         }
     }
 
-    /// Whether the client could not even be built from the configuration: no retry helps.
-    pub fn is_misconfiguration(&self) -> bool {
-        use rdkafka::error::KafkaError as Rd;
-        match self {
-            KafkaError::Retryable { source, .. } | KafkaError::Fatal { source, .. } => matches!(source, Rd::ClientConfig(..) | Rd::ClientCreation(_)),
-            KafkaError::Connection { .. } => false,
-        }
-    }
-
     /// What an operator can do about it, for logs and `/readyz`.
     pub fn fix(&self) -> &'static str {
-        use rdkafka::error::RDKafkaErrorCode as Code;
+        use rdkafka::error::{KafkaError as Rd, RDKafkaErrorCode as Code};
         match self {
             KafkaError::Connection { problem, .. } => problem.cause.fix(),
+            KafkaError::Retryable { source: Rd::ClientConfig(..) | Rd::ClientCreation(_), .. }
+            | KafkaError::Fatal { source: Rd::ClientConfig(..) | Rd::ClientCreation(_), .. } => {
+                "check the [kafka] settings: a property librdkafka refuses, or a TLS file it cannot load \
+                 (tls.ca_file, tls.cert_file, tls.key_file and tls.key_password must be a PEM certificate, its key and the key's password)"
+            }
             other => match other.source_code() {
                 Some(Code::TopicAuthorizationFailed | Code::ClusterAuthorizationFailed | Code::TransactionalIdAuthorizationFailed | Code::GroupAuthorizationFailed) => {
                     "grant the principal sluice connects as (sasl.username, or the client certificate's subject) the ACLs it needs: README, \"Kafka security\""

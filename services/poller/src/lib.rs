@@ -102,8 +102,7 @@ pub async fn run_with(
     // orchestrator would restart us into the same refusal. Not ready, with the reason, until it
     // works.
     let topics = model_topics(&config, &models);
-    let created = retry_until_connected("create topics", &health, &shutdown, || ensure_topics(&config.kafka, &topics)).await.context("creating topics")?;
-    if created.is_none() {
+    if retry_until_connected("create topics", &health, &shutdown, || ensure_topics(&config.kafka, &topics)).await.is_none() {
         return Ok(());
     }
 

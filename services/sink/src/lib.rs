@@ -28,8 +28,8 @@
 //! ## Where each guarantee is kept
 //!
 //! [`run`] is three steps: `Sink::start` (setup: topics — retried while Kafka refuses —,
-//! destination, dead-letter writer, consumer, lanes; then `/readyz` turns true), `Sink::consume` (the loop) and `Sink::drain`
-//! (shutdown). Then:
+//! destination, dead-letter writer, consumer, lanes; then `/readyz` turns true),
+//! `Sink::consume` (the loop) and `Sink::drain` (shutdown). Then:
 //! - at-least-once: `OffsetTracker` ([`offsets`]) computes the finished prefix; a lane finishes
 //!   a batch only when `Deliverer::deliver` returned `Ok` (`LaneContext::flush`), which it does
 //!   only once every dead letter is acknowledged ([`deliver`]); the prefix is committed by
@@ -186,8 +186,7 @@ impl Sink {
             .ok_or_else(|| SinkError::Config(format!("destination {destination:?} is not in the config")))?;
         let syncs = syncs_by_topic(config, destination)?;
         let topics = sink_topics(config, destination, &syncs);
-        let created = retry_until_connected("create topics", health, shutdown, || ensure_topics(&config.kafka, &topics)).await.map_err(SinkError::Kafka)?;
-        if created.is_none() {
+        if retry_until_connected("create topics", health, shutdown, || ensure_topics(&config.kafka, &topics)).await.is_none() {
             return Ok(None);
         }
         let lane_stop = CancellationToken::new();

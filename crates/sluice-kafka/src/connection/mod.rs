@@ -111,10 +111,11 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// Run a startup step that needs the brokers until it succeeds (see the module docs). `Ok(None)`
-/// when `shutdown` came first; `Err` only for a client that cannot even be built (a config
-/// error, which no retry fixes).
-pub async fn retry_until_connected<T, F, Fut>(step: &str, health: &Health, shutdown: &CancellationToken, mut attempt: F) -> Result<Option<T>, KafkaError>
+/// Run a startup step that needs the brokers until it succeeds (see the module docs); `None`
+/// when `shutdown` came first. Every failure is retried, a client librdkafka refuses to build
+/// too (a TLS file it cannot load may be fixed on disk; a property it refuses shows in
+/// `/readyz` rather than as a restart loop).
+pub async fn retry_until_connected<T, F, Fut>(step: &str, health: &Health, shutdown: &CancellationToken, mut attempt: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, KafkaError>>,
@@ -128,11 +129,10 @@ where
     loop {
         let error = tokio::select! {
             result = attempt() => match result {
-                Ok(value) => return Ok(Some(value)),
-                Err(error) if error.is_misconfiguration() => return Err(error),
+                Ok(value) => return Some(value),
                 Err(error) => error,
             },
-            _ = shutdown.cancelled() => return Ok(None),
+            _ = shutdown.cancelled() => return None,
         };
         let delay = backoff.next().unwrap_or(Duration::from_secs(30));
         let fix = error.fix();
@@ -146,7 +146,47 @@ where
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => return Ok(None),
+            _ = shutdown.cancelled() => return None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_tls_file_librdkafka_cannot_load_is_retried_and_named_with_the_fix() {
+        let dir = std::env::temp_dir().join(format!("sluice-kafka-bad-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // PEM-shaped, so the config accepts it; not a certificate, so OpenSSL refuses it.
+        std::fs::write(dir.join("ca.pem"), "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n").unwrap();
+        let text = format!(
+            "[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\nsecurity_protocol = \"ssl\"\ntls = {{ ca_file = \"{}\" }}\n[warehouse]\nkind = \"duckdb\"\npath = \"w.duckdb\"\n",
+            dir.join("ca.pem").display()
+        );
+        let kafka = sluice_core::config::Config::parse("t.toml", &text).expect("valid config").kafka;
+        let error = check_connection(&kafka).await.expect_err("librdkafka cannot load the CA");
+        assert!(error.to_string().contains("ssl.ca.location"), "{error}");
+        assert!(error.fix().contains("tls.ca_file"), "{}", error.fix());
+
+        let health = Health::new();
+        let shutdown = CancellationToken::new();
+        let mut attempts = 0;
+        let stopped = tokio::time::timeout(Duration::from_secs(10), async {
+            retry_until_connected("create topics", &health, &shutdown, || {
+                attempts += 1;
+                if attempts == 2 {
+                    shutdown.cancel();
+                }
+                check_connection(&kafka)
+            })
+            .await
+        })
+        .await
+        .expect("shutdown ends the retries");
+        assert_eq!(stopped, None, "no client, no value; the service stays up until shut down");
+        let reason = health.not_ready_reason().expect("not ready");
+        assert!(reason.starts_with("kafka: create topics: ") && reason.contains("ssl.ca.location") && reason.contains("fix: "), "{reason}");
     }
 }
