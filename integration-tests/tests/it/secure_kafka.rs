@@ -9,7 +9,8 @@
 //! - A wrong password and an untrusted CA leave the service *processes* up and not ready, with
 //!   `/readyz` naming the listener and the cause; neither exits. Fixing the CA file on disk turns
 //!   them ready without a restart.
-//! - A host the broker's certificate does not name is refused, with that cause (not "untrusted").
+//! - A host the broker's certificate does not name is refused, with that cause (not "untrusted");
+//!   a listener that requires a client certificate refuses a client without one, with that fix.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -309,4 +310,23 @@ async fn a_host_the_broker_certificate_does_not_name_is_refused_unless_hostname_
         other => panic!("a certificate for 127.0.0.1 must not pass for localhost: {other:?}"),
     }
     check_connection(&kafka(false)).await.expect("the same connection without the hostname check");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_listener_requiring_a_client_certificate_refuses_a_client_without_one_with_that_fix() {
+    let broker = secure_broker();
+    let text = format!(
+        "[kafka]\nbootstrap_servers = \"{}\"\nsecurity_protocol = \"ssl\"\ntls = {{ ca_file = {:?} }}\n[warehouse]\nkind = \"duckdb\"\npath = \"unused.duckdb\"\n",
+        broker.ssl,
+        broker.file("ca.pem")
+    );
+    let kafka = sluice_core::config::Config::parse("no-client-cert.toml", &text).expect("valid config").kafka;
+    match check_connection(&kafka).await {
+        Err(KafkaError::Connection { problem, .. }) => {
+            assert_eq!(problem.cause, Cause::Tls, "{problem}");
+            assert_eq!(problem.listener, format!("ssl://{}", broker.ssl), "{problem}");
+            assert!(problem.cause.fix().contains("tls.cert_file and tls.key_file"), "{}", problem.cause.fix());
+        }
+        other => panic!("the SSL listener requires a client certificate: {other:?}"),
+    }
 }
