@@ -9,6 +9,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use sluice_core::config::KafkaConfig;
 
+use crate::connection::check_connection;
 use crate::{client_config, KafkaError};
 
 /// What a topic is for, which decides its cleanup policy.
@@ -22,8 +23,11 @@ pub enum TopicRole {
     DeadLetter,
 }
 
-/// Create the topics that do not exist yet; existing topics are left as they are.
+/// Create the topics that do not exist yet; existing topics are left as they are. Checks the
+/// connection first ([`check_connection`]), so rejected credentials or certificates fail at
+/// once with the listener and the cause rather than as a request timeout.
 pub async fn ensure_topics(kafka: &KafkaConfig, topics: &[(String, TopicRole)]) -> Result<(), KafkaError> {
+    check_connection(kafka).await?;
     let admin: AdminClient<DefaultClientContext> =
         client_config(kafka).create().map_err(|e| KafkaError::classify("create admin client", e))?;
     let new_topics: Vec<NewTopic<'_>> = topics

@@ -19,14 +19,17 @@
 //!   exponential backoff honouring `Retry-After`, then dead-lettered once the retry budget is
 //!   spent; a fatal failure (credentials, endpoint) stops consumption, turns `/readyz` false and
 //!   dead-letters nothing.
+//! - **Kafka refusing or away at start is waited out**: not ready, `/readyz` naming the listener,
+//!   the cause and the fix (a rejected SCRAM password, an untrusted broker certificate), retried
+//!   with backoff until it works (`sluice_kafka::connection::retry_until_connected`).
 //! - **SIGTERM drains**: reading stops, lanes finish what they hold (bounded by
 //!   `DRAIN_TIMEOUT`), the finished prefix is committed synchronously.
 //!
 //! ## Where each guarantee is kept
 //!
-//! [`run`] is three steps: `Sink::start` (setup: topics, destination, dead-letter writer,
-//! consumer, lanes; then `/readyz` turns true), `Sink::consume` (the loop) and `Sink::drain`
-//! (shutdown). Then:
+//! [`run`] is three steps: `Sink::start` (setup: topics — retried while Kafka refuses —,
+//! destination, dead-letter writer, consumer, lanes; then `/readyz` turns true),
+//! `Sink::consume` (the loop) and `Sink::drain` (shutdown). Then:
 //! - at-least-once: `OffsetTracker` ([`offsets`]) computes the finished prefix; a lane finishes
 //!   a batch only when `Deliverer::deliver` returned `Ok` (`LaneContext::flush`), which it does
 //!   only once every dead letter is acknowledged ([`deliver`]); the prefix is committed by
@@ -66,6 +69,7 @@ use sluice_core::config::{Config, DestinationConfig, SyncConfig};
 use sluice_core::naming;
 use sluice_destinations::{AnyDestination, Destination};
 use sluice_kafka::admin::{ensure_topics, TopicRole};
+use sluice_kafka::connection::{retry_until_connected, ConnectionContext};
 use sluice_kafka::dead_letter::DeadLetterWriter;
 use sluice_telemetry::ops::Health;
 use tokio::sync::mpsc;
@@ -87,12 +91,22 @@ const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// How long the buffer may stay full before the partitions are paused ([`BackPressure`]).
 const PAUSE_AFTER: Duration = Duration::from_secs(5);
 
-/// Commits finished offsets of partitions being revoked, inside librdkafka's rebalance callback.
+/// Commits finished offsets of partitions being revoked, inside librdkafka's rebalance callback;
+/// reports rejected credentials or certificates with the listener and the fix.
 struct SinkContext {
     shared: Arc<Shared>,
+    connection: ConnectionContext,
 }
 
-impl ClientContext for SinkContext {}
+impl ClientContext for SinkContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.connection.record(&error, reason);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.connection.log(level, facility, message);
+    }
+}
 
 impl ConsumerContext for SinkContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -138,7 +152,9 @@ pub async fn run(config: Arc<Config>, destination: &str, health: Arc<Health>, sh
 }
 
 async fn run_inner(config: Arc<Config>, destination: &str, health: &Health, shutdown: CancellationToken) -> Result<(), SinkError> {
-    let sink = Sink::start(&config, destination).await?;
+    let Some(sink) = Sink::start(&config, destination, health, &shutdown).await? else {
+        return Ok(());
+    };
     // Ready once subscribed with lanes running; a fatal error turns it false again (`run`).
     health.set_ready();
     let stopped = sink.consume(&shutdown).await;
@@ -165,15 +181,19 @@ impl Sink {
     /// Setup: check the config (the destination's kind table, and every sync in a mode its kind
     /// honours), build the destination and the dead-letter writer, create the topics,
     /// subscribe, start the lanes. Nothing is consumed yet, and a config refused touches
-    /// nothing.
-    async fn start(config: &Config, destination: &str) -> Result<Sink, SinkError> {
+    /// nothing. While Kafka is away or refuses us, not ready with the reason and retried
+    /// ([`retry_until_connected`]); `None` if shut down meanwhile.
+    async fn start(config: &Config, destination: &str, health: &Health, shutdown: &CancellationToken) -> Result<Option<Sink>, SinkError> {
         let dest = config
             .destination(destination)
             .ok_or_else(|| SinkError::Config(format!("destination {destination:?} is not in the config")))?;
         let syncs = syncs_by_topic(config, destination)?;
         let lane_stop = CancellationToken::new();
         let (deliverer, batch_limits) = build_deliverer(config, dest, lane_stop.clone())?;
-        ensure_sink_topics(config, destination, &syncs).await?;
+        let topics = sink_topics(config, destination, &syncs);
+        if retry_until_connected("create topics", health, shutdown, || ensure_topics(&config.kafka, &topics)).await.is_none() {
+            return Ok(None);
+        }
         let shared = Arc::new(Shared::new());
         let consumer = subscribe(config, destination, &syncs, &shared)?;
         tracing::info!(
@@ -197,7 +217,7 @@ impl Sink {
             lanes.push(tx);
             lane_tasks.spawn(lanes::run_lane(rx, Arc::clone(&lane_context)));
         }
-        Ok(Sink {
+        Ok(Some(Sink {
             destination: destination.to_string(),
             consumer,
             shared,
@@ -205,7 +225,7 @@ impl Sink {
             lane_tasks,
             lane_stop,
             max_buffered_records: dest.max_buffered_records,
-        })
+        }))
     }
 
     /// The consume loop, until shutdown (`Ok`) or a failure: hands messages to lanes, applies
@@ -299,13 +319,14 @@ fn syncs_by_topic(config: &Config, destination: &str) -> Result<HashMap<String, 
     Ok(syncs)
 }
 
-/// Create (or check) the change topics, the destination's dead-letter topic and the schema topic.
-async fn ensure_sink_topics(config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>) -> Result<(), SinkError> {
+/// The topics a sink creates (or checks): the change topics, the destination's dead-letter topic
+/// and the schema topic.
+fn sink_topics(config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>) -> Vec<(String, TopicRole)> {
     let prefix = &config.kafka.topic_prefix;
     let mut topics: Vec<(String, TopicRole)> = syncs.keys().map(|t| (t.clone(), TopicRole::Compacted)).collect();
     topics.push((naming::dead_letter_topic(prefix, destination), TopicRole::DeadLetter));
     topics.push((naming::schema_topic(prefix), TopicRole::Compacted));
-    ensure_topics(&config.kafka, &topics).await.map_err(SinkError::Kafka)
+    topics
 }
 
 /// The destination with its dead-letter writer, limits and retry policy, and the batch limits
@@ -351,7 +372,7 @@ fn subscribe(
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "false")
-        .create_with_context(SinkContext { shared: Arc::clone(shared) })
+        .create_with_context(SinkContext { shared: Arc::clone(shared), connection: ConnectionContext::default() })
         .map_err(|e| SinkError::Kafka(sluice_kafka::KafkaError::Fatal { operation: "create consumer", source: e }))?;
     let topics: Vec<&str> = syncs.keys().map(String::as_str).collect();
     consumer
