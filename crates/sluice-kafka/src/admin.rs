@@ -24,6 +24,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use sluice_core::config::KafkaConfig;
 
+use crate::connection::check_connection;
 use crate::{client_config, KafkaError};
 
 /// How long side records are kept: longer than a sink is expected to be down, bounded so a
@@ -99,9 +100,12 @@ impl Admin {
         Ok(Admin { client: Arc::new(client), kafka: kafka.clone() })
     }
 
-    /// [`ensure_topics`], with each topic's partition count for when it is created.
+    /// [`ensure_topics`], with each topic's partition count for when it is created. Checks the
+    /// connection first ([`check_connection`]), so rejected credentials or certificates fail at
+    /// once with the listener and the cause rather than as a request timeout.
     pub async fn ensure(&self, topics: &[(String, TopicRole, i32)]) -> Result<(), KafkaError> {
         let kafka = &self.kafka;
+        check_connection(kafka).await?;
         let settings: Vec<Vec<(&'static str, String)>> = topics.iter().map(|(_, role, _)| role.settings(kafka)).collect();
         let new_topics: Vec<NewTopic<'_>> = topics
             .iter()

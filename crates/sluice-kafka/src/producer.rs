@@ -13,6 +13,7 @@ use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use sluice_core::config::KafkaConfig;
 
+use crate::connection::ConnectionContext;
 use crate::{client_config, KafkaError};
 
 /// A record to produce.
@@ -27,29 +28,33 @@ pub struct OutRecord {
 
 /// A transactional, idempotent (`acks=all`) producer.
 pub struct TransactionalProducer {
-    producer: FutureProducer,
+    producer: FutureProducer<ConnectionContext>,
     timeout: Duration,
 }
 
 impl TransactionalProducer {
     /// Create the producer and initialise its transactions; this fences any older producer with
-    /// the same `transactional_id` and aborts its open transaction.
+    /// the same `transactional_id` and aborts its open transaction. Rejected credentials or
+    /// certificates end the wait at once ([`KafkaError::Connection`]).
     pub async fn new(kafka: &KafkaConfig, transactional_id: &str) -> Result<TransactionalProducer, KafkaError> {
-        let producer: FutureProducer = client_config(kafka)
+        let context = ConnectionContext::default();
+        let producer: FutureProducer<ConnectionContext> = client_config(kafka)
             .set("transactional.id", transactional_id)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("transaction.timeout.ms", "60000")
             .set("linger.ms", "5")
             .set("compression.type", "lz4")
-            .create()
+            .create_with_context(context.clone())
             .map_err(|e| KafkaError::classify("create producer", e))?;
         let timeout = Duration::from_secs(30);
         let init = producer.clone();
-        tokio::task::spawn_blocking(move || init.init_transactions(timeout))
-            .await
-            .expect("init_transactions does not panic")
-            .map_err(|e| KafkaError::classify("init transactions", e))?;
+        let initialised = tokio::task::spawn_blocking(move || init.init_transactions(timeout));
+        context
+            .or_problem("init transactions", async {
+                initialised.await.expect("init_transactions does not panic").map_err(|e| KafkaError::classify("init transactions", e))
+            })
+            .await?;
         Ok(TransactionalProducer { producer, timeout })
     }
 

@@ -13,6 +13,11 @@
 //!   events that use them, so a consumer can always decode what it reads.
 //! - A stored position that cannot be used stops the model with an error that says how to
 //!   reset it ([`position`]); it is never guessed at.
+//! - **Kafka refusing or away at start is waited out, not exited on**: `/readyz` names the
+//!   listener, the cause and the fix (e.g. a rejected SCRAM password, an untrusted broker
+//!   certificate) and the start is retried with backoff
+//!   (`sluice_kafka::connection::retry_until_connected`); later failures of a model's Kafka
+//!   work are retried by its loop, from its committed position.
 //!
 //! Modes (a model picks one with `detection`):
 //! - **`cursor`** (`cursor`): rows whose cursor moved past the position; soft deletes with
@@ -118,7 +123,16 @@ pub async fn run_with(
         .filter(|name| only.as_ref().is_none_or(|only| only.contains(name)))
         .collect();
     anyhow::ensure!(!models.is_empty(), "no model to poll (check --model and the config's [[models]])");
-    ensure_model_topics(&config, &models).await?;
+    // Kafka refusing us (credentials, certificates) or away is not a reason to exit: an
+    // orchestrator would restart us into the same refusal. Not ready, with the reason, until it
+    // works.
+    let topics = state::model_topics(&config, &models);
+    if sluice_kafka::connection::retry_until_connected("create topics", &health, &shutdown, || sluice_kafka::admin::ensure_topics(&config.kafka, &topics))
+        .await
+        .is_none()
+    {
+        return Ok(());
+    }
 
     let wakers = Arc::new(triggers::Wakers::new(&models));
     let mut schedules = std::collections::HashMap::new();

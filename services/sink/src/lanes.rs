@@ -271,15 +271,7 @@ mod tests {
 
     fn lane_context(answers: impl IntoIterator<Item = Answer>) -> LaneContext<ScriptedDestination, RecordingDeadLetters> {
         // Nothing connects: the schema cache only reads its topic on a lookup.
-        let kafka = KafkaConfig {
-            bootstrap_servers: "127.0.0.1:1".into(),
-            topic_prefix: "test".into(),
-            partitions: 1,
-            replication_factor: 1,
-            properties: Default::default(),
-            min_compaction_lag_ms: 0,
-            delete_retention_ms: 0,
-        };
+        let kafka = KafkaConfig::plaintext("127.0.0.1:1", "test");
         LaneContext {
             destination: "crm".into(),
             syncs: HashMap::new(),

@@ -19,6 +19,9 @@
 //!   exponential backoff honouring `Retry-After`, then dead-lettered once the retry budget is
 //!   spent; a fatal failure (credentials, endpoint) stops consumption, turns `/readyz` false and
 //!   dead-letters nothing.
+//! - **Kafka refusing or away at start is waited out**: not ready, `/readyz` naming the listener,
+//!   the cause and the fix (a rejected SCRAM password, an untrusted broker certificate), retried
+//!   with backoff until it works (`sluice_kafka::connection::retry_until_connected`).
 //! - **SIGTERM drains**: reading stops, lanes finish what they hold (bounded by
 //!   `DRAIN_TIMEOUT`), the finished prefix is committed synchronously.
 //! - **No key moves backwards** ([`guard`]): a replay, a side record (backfill, redrive) or the
@@ -27,9 +30,9 @@
 //!
 //! ## Where each guarantee is kept
 //!
-//! [`run`] is three steps: `Sink::start` (setup: topics, destination, dead-letter writer,
-//! consumer, lanes; then `/readyz` turns true), `Sink::consume` (the loop) and `Sink::drain`
-//! (shutdown). Then:
+//! [`run`] is three steps: `Sink::start` (setup: topics — retried while Kafka refuses —,
+//! destination, dead-letter writer, consumer, lanes; then `/readyz` turns true),
+//! `Sink::consume` (the loop) and `Sink::drain` (shutdown). Then:
 //! - at-least-once: `OffsetTracker` ([`offsets`]) computes the finished prefix; a lane finishes
 //!   a batch only when `Deliverer::deliver` returned `Ok` (`LaneContext::flush`), which it does
 //!   only once every dead letter is acknowledged ([`deliver`]); the prefix is committed by
@@ -76,6 +79,7 @@ use sluice_core::config::{Config, DestinationConfig, KafkaConfig, SyncConfig};
 use sluice_core::naming;
 use sluice_destinations::{AnyDestination, Destination};
 use sluice_kafka::admin::{Admin, TopicRole};
+use sluice_kafka::connection::{retry_until_connected, ConnectionContext};
 use sluice_kafka::dead_letter::DeadLetterWriter;
 use sluice_telemetry::ops::Health;
 use tokio::sync::mpsc;
@@ -99,15 +103,25 @@ const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// How long the buffer may stay full before the partitions are paused ([`BackPressure`]).
 const PAUSE_AFTER: Duration = Duration::from_secs(5);
 
-/// Commits finished offsets of partitions being revoked, and brings the order guard up to the
-/// partitions assigned, inside librdkafka's rebalance callback.
+/// Commits finished offsets of partitions being revoked and brings the order guard up to the
+/// partitions assigned, inside librdkafka's rebalance callback; reports rejected credentials or
+/// certificates with the listener and the fix.
 struct SinkContext {
     shared: Arc<Shared>,
     guard: Arc<Mutex<OrderGuard>>,
     kafka: KafkaConfig,
+    connection: ConnectionContext,
 }
 
-impl ClientContext for SinkContext {}
+impl ClientContext for SinkContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.connection.record(&error, reason);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.connection.log(level, facility, message);
+    }
+}
 
 impl ConsumerContext for SinkContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -171,7 +185,9 @@ pub async fn run(config: Arc<Config>, destination: &str, health: Arc<Health>, sh
 }
 
 async fn run_inner(config: Arc<Config>, destination: &str, health: &Health, shutdown: CancellationToken) -> Result<(), SinkError> {
-    let sink = Sink::start(&config, destination).await?;
+    let Some(sink) = Sink::start(&config, destination, health, &shutdown).await? else {
+        return Ok(());
+    };
     // Ready once subscribed with lanes running; a fatal error turns it false again (`run`).
     health.set_ready();
     let stopped = sink.consume(&shutdown).await;
@@ -200,23 +216,23 @@ impl Sink {
     /// Setup: check the config (the destination's kind table, and every sync in a mode its kind
     /// honours), build the destination and the dead-letter writer, create the topics,
     /// subscribe, start the lanes. Nothing is consumed yet, and a config refused touches
-    /// nothing.
-    async fn start(config: &Config, destination: &str) -> Result<Sink, SinkError> {
+    /// nothing. While Kafka is away or refuses us, not ready with the reason and retried
+    /// ([`retry_until_connected`]); `None` if shut down meanwhile.
+    async fn start(config: &Config, destination: &str, health: &Health, shutdown: &CancellationToken) -> Result<Option<Sink>, SinkError> {
         let dest = config
             .destination(destination)
             .ok_or_else(|| SinkError::Config(format!("destination {destination:?} is not in the config")))?;
         let syncs = syncs_by_topic(config, destination)?;
         let lane_stop = CancellationToken::new();
         let (deliverer, batch_limits) = build_deliverer(config, dest, lane_stop.clone())?;
-        let admin = Admin::new(&config.kafka).map_err(SinkError::Kafka)?;
-        let (side_topic, partitions) = side::side_topic(&admin, config, destination, &syncs).await?;
-        // Independent round trips, and a start is what a restarted sink waits for: together.
-        let (ensured, guard) =
-            tokio::join!(ensure_sink_topics(&admin, config, destination, &syncs, (&side_topic, partitions)), guard::load::build(config, destination, &syncs, partitions));
-        ensured?;
-        let guard = Arc::new(Mutex::new(guard?));
+        let Some(prepared) = retry_until_connected("create topics", health, shutdown, || prepare_topics(config, destination, &syncs)).await else {
+            return Ok(None);
+        };
+        let (side_topic, guard) = prepared?;
+        let guard = Arc::new(Mutex::new(guard));
         let shared = Arc::new(Shared::new());
-        let consumer = subscribe(config, destination, &syncs, &side_topic, SinkContext { shared: Arc::clone(&shared), guard: Arc::clone(&guard), kafka: config.kafka.clone() })?;
+        let context = SinkContext { shared: Arc::clone(&shared), guard: Arc::clone(&guard), kafka: config.kafka.clone(), connection: ConnectionContext::default() };
+        let consumer = subscribe(config, destination, &syncs, &side_topic, context)?;
         tracing::info!(
             %destination, kind = deliverer.target.kind(), topics = ?syncs.keys().collect::<Vec<_>>(), lanes = dest.max_concurrency,
             rate_limited = deliverer.limits.is_limited(), "sink started"
@@ -238,7 +254,7 @@ impl Sink {
             lanes.push(tx);
             lane_tasks.spawn(lanes::run_lane(rx, Arc::clone(&lane_context)));
         }
-        Ok(Sink {
+        Ok(Some(Sink {
             destination: destination.to_string(),
             consumer,
             shared,
@@ -247,7 +263,7 @@ impl Sink {
             lane_tasks,
             lane_stop,
             max_buffered_records: dest.max_buffered_records,
-        })
+        }))
     }
 
     /// The consume loop, until shutdown (`Ok`) or a failure: hands messages to lanes, applies
@@ -352,6 +368,29 @@ fn syncs_by_topic(config: &Config, destination: &str) -> Result<HashMap<String, 
         return Err(SinkError::Config(format!("no [[syncs]] deliver to destination {destination:?}")));
     }
     Ok(syncs)
+}
+
+/// The topics and the order guard a sink needs before it consumes: the side topic (its partition
+/// count checked against the change topics'), every topic created or checked, the guard built.
+/// A Kafka failure is the outer `Err` (the caller retries it while not ready); a config that
+/// cannot work (partition counts) the inner one.
+async fn prepare_topics(config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>) -> Result<Result<(String, OrderGuard), SinkError>, sluice_kafka::KafkaError> {
+    let split = |error: SinkError| match error {
+        SinkError::Kafka(kafka) => Err(kafka),
+        other => Ok(Err(other)),
+    };
+    let admin = Admin::new(&config.kafka)?;
+    let (side_topic, partitions) = match side::side_topic(&admin, config, destination, syncs).await {
+        Ok(side) => side,
+        Err(error) => return split(error),
+    };
+    // Independent round trips, and a start is what a restarted sink waits for: together.
+    let (ensured, guard) =
+        tokio::join!(ensure_sink_topics(&admin, config, destination, syncs, (&side_topic, partitions)), guard::load::build(config, destination, syncs, partitions));
+    match ensured.and(guard) {
+        Ok(guard) => Ok(Ok((side_topic, guard))),
+        Err(error) => split(error),
+    }
 }
 
 /// Create (or check) the change topics, the destination's dead-letter topic, the schema topic

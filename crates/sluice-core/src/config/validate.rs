@@ -60,6 +60,7 @@ impl Config {
     }
 
     fn validate_kafka(&self) -> Result<(), ConfigError> {
+        self.validate_kafka_security()?;
         let kafka = &self.kafka;
         if kafka.bootstrap_servers.trim().is_empty() {
             return Err(self.whole("kafka.bootstrap_servers is empty".into(), "set it, e.g. \"127.0.0.1:9092\""));
