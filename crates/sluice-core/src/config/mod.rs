@@ -305,6 +305,9 @@ pub(crate) mod defaults {
     pub fn batch_linger_ms() -> u64 {
         100
     }
+    pub fn yes() -> bool {
+        true
+    }
 }
 
 impl Config {
@@ -456,6 +459,9 @@ impl Config {
                     return Err(err(model.name.span(), format!("model {name:?}: reconcile_interval_ms must be positive"), "use e.g. reconcile_interval_ms = 3600000 (hourly), or remove it to never reconcile hard deletes"));
                 }
             }
+            if let Some(expire) = &model.expire {
+                self.validate_expire(model, expire)?;
+            }
             if model.batch_rows == 0 || model.poll_interval_ms == 0 {
                 return Err(err(model.name.span(), format!("model {name:?}: batch_rows and poll_interval_ms must be positive"), "use e.g. batch_rows = 10000, poll_interval_ms = 1000"));
             }
@@ -504,6 +510,32 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// `expire` on a model: a column of the model, a positive duration, a mode that can emit
+    /// expiries (the column's type is checked by the poller, which knows it).
+    fn validate_expire(&self, model: &ModelConfig, expire: &Expire) -> Result<(), ConfigError> {
+        let name = model.name.get_ref();
+        let err = |message: String, fix: &str| self.error_at(model.name.span(), message, fix);
+        if !model.columns.contains(&expire.column) {
+            return Err(err(format!("model {name:?}: expire.column {:?} is not in `columns`", expire.column), "add it to `columns`"));
+        }
+        if expire.after_ms == 0 {
+            return Err(err(format!("model {name:?}: expire.after_ms must be positive"), "e.g. expire = { column = \"purchased_at\", after_ms = 1209600000 } (14 days)"));
+        }
+        match &model.detection {
+            Detection::WarehouseDiff {} => Err(err(
+                format!("model {name:?}: expire is not available in mode = \"warehouse_diff\": its previous snapshot lives in the warehouse, so the poller cannot treat a row that expires between runs as absent"),
+                "write the filter in the model's query (query = \"select ... where purchased_at > now() - interval '14 days'\"): each run then deletes the rows that left it; or use mode = \"diff\" or \"cursor\" with expire",
+            )),
+            Detection::Cursor { before_images: false, .. } => Err(err(
+                format!("model {name:?}: expire needs the change topic's state that cursor mode keeps for before images, and before_images = false turns it off"),
+                "remove before_images = false (or remove expire)",
+            )),
+            Detection::Cursor { .. } | Detection::Diff {} => Ok(()),
+        }
     }
 }
 
@@ -677,6 +709,34 @@ fields = { email = "email" }
         );
         let e = parse(&with("reconcile_every = 5")).unwrap_err();
         assert!(e.message.contains("unknown field `reconcile_every`"), "{e}");
+    }
+
+    #[test]
+    fn expire_is_validated_and_refused_where_the_poller_cannot_emit_it() {
+        let with = |detection: &str, expire: &str| {
+            GOOD.replace("detection = { mode = \"cursor\", cursor_column = \"updated_at\" }", &format!("detection = {detection}\nexpire = {expire}"))
+        };
+        let cursor = "{ mode = \"cursor\", cursor_column = \"updated_at\" }";
+        let ok = parse(&with(cursor, "{ column = \"updated_at\", after_ms = 1209600000 }")).expect("valid");
+        assert_eq!(ok.models[0].expire, Some(Expire { column: "updated_at".into(), after_ms: 1_209_600_000 }));
+        assert!(matches!(ok.models[0].detection, Detection::Cursor { before_images: true, .. }), "before images by default");
+        assert!(parse(&with("{ mode = \"diff\" }", "{ column = \"updated_at\", after_ms = 1 }")).is_ok());
+
+        let e = parse(&with(cursor, "{ column = \"purchased_at\", after_ms = 1000 }")).unwrap_err();
+        assert_eq!(e.to_string(), "sluice.toml:10: model \"customers\": expire.column \"purchased_at\" is not in `columns`\n  fix: add it to `columns`");
+        let e = parse(&with(cursor, "{ column = \"updated_at\", after_ms = 0 }")).unwrap_err();
+        assert!(e.message.contains("expire.after_ms must be positive"), "{e}");
+        let e = parse(&with(cursor, "{ column = \"updated_at\", after_ms = -5 }")).unwrap_err();
+        assert!(e.line.is_some(), "{e}");
+        let e = parse(&with(cursor, "{ column = \"updated_at\", after = 5 }")).unwrap_err();
+        assert!(e.message.contains("unknown field `after`"), "{e}");
+        let e = parse(&with("{ mode = \"warehouse_diff\" }", "{ column = \"updated_at\", after_ms = 1000 }")).unwrap_err();
+        assert!(e.message.contains("expire is not available in mode = \"warehouse_diff\""), "{e}");
+        assert!(e.fix.starts_with("write the filter in the model's query"), "{e}");
+        let opted_out = "{ mode = \"cursor\", cursor_column = \"updated_at\", before_images = false }";
+        assert!(matches!(parse(&with(opted_out, "{ column = \"updated_at\", after_ms = 1 }").replace("expire = { column = \"updated_at\", after_ms = 1 }", "")).unwrap().models[0].detection, Detection::Cursor { before_images: false, .. }));
+        let e = parse(&with(opted_out, "{ column = \"updated_at\", after_ms = 1000 }")).unwrap_err();
+        assert!(e.message.contains("before_images = false turns it off"), "{e}");
     }
 
     #[test]
