@@ -35,6 +35,7 @@
 //! | primitives | `error` | [`ModelError`] (and the contract refusal), retryable or fatal |
 //! | | `keys` | row hash, key hash, keys as JSON |
 //! | | `clock` | `now_ms` |
+//! | | [`expiry`] | when a row of a model with `expire` stops being live, and its header |
 //! | | [`position`] | what a stored position means: parsed in one place, written by its forms |
 //! | | [`gates`] | the data-quality checks (pure), their error, the operator's confirmation |
 //! | I/O | `emit` | change records of every mode (`ChangeWriter`), event counters |
@@ -61,6 +62,7 @@ mod cursor;
 pub mod diff;
 mod emit;
 mod error;
+pub mod expiry;
 pub mod gates;
 mod keys;
 mod model_loop;
