@@ -205,7 +205,10 @@ impl Pipeline {
         }
         let dead = DESTINATIONS.iter().map(|&d| (d, read_topic(&naming::dead_letter_topic(&self.prefix, d)).len())).collect();
         self.db.batch_execute(&format!("DROP TABLE IF EXISTS {}", self.table)).await.ok();
-        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&self.set_key).query_async(&mut self.redis).await;
+        let deleted: redis::RedisResult<()> = redis::cmd("DEL").arg(&self.set_key).query_async(&mut self.redis).await;
+        if let Err(error) = deleted {
+            eprintln!("deleting the set {} failed: {error}", self.set_key);
+        }
         dead
     }
 }

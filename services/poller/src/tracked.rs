@@ -470,7 +470,18 @@ pub struct ImageReader {
 impl ImageReader {
     /// A reader of `topic`, reading through gaps up to [`DEFAULT_GAP`]. Blocking.
     pub fn new(kafka: &KafkaConfig, topic: &str) -> Result<ImageReader, KafkaError> {
-        Ok(ImageReader { consumer: consumer(kafka, "images")?, topic: topic.to_string(), gap: DEFAULT_GAP })
+        let consumer = client_config(kafka)
+            .set("group.id", format!("sluice-images-{}", uuid::Uuid::new_v4().simple()))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("isolation.level", "read_committed")
+            // A fetch that reached a partition's end is held by the broker up to this long
+            // (500 ms by default), and a seek's fetch waits behind it: keep it short, a read
+            // back wants records that exist.
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .map_err(|e| retryable("create image reader", e))?;
+        Ok(ImageReader { consumer, topic: topic.to_string(), gap: DEFAULT_GAP })
     }
 
     /// This reader with another gap (the benchmark compares gaps; `i64::MAX` reads each
