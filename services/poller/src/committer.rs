@@ -127,6 +127,7 @@ impl Committer {
                 let (partition, offset) = locations[i];
                 keys.apply(change, pack_loc(partition, offset));
             }
+            metrics::gauge!("sluice_poller_tracked_rows", "model" => self.model.clone()).set(keys.len() as f64);
         }
         let name = new_state.model.as_str();
         metrics::histogram!("sluice_poller_transaction_seconds", "model" => name.to_string()).record(started.elapsed().as_secs_f64());

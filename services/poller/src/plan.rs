@@ -240,7 +240,6 @@ impl Planner<'_> {
     async fn cursor(&self, start: CursorPosition, lookback_ms: Option<u64>, reconciled: bool) -> anyhow::Result<PlanReport> {
         let (model, codec) = (self.name(), &self.codec);
         let schema = codec.row_schema();
-        let indexes = cursor_indexes(self.model, schema).expect("cursor mode has a cursor");
         let expiry = Expiry::of(self.model, schema)?;
         let rules = CursorRules::new(self.model, codec, expiry);
         let before_images = matches!(self.model.detection, Detection::Cursor { before_images: true, .. });
@@ -250,51 +249,10 @@ impl Planner<'_> {
             false => None,
         };
         let snapshot_done = self.snapshot_done();
-        let recent: HashSet<(u64, i64)> = start.recent.into_iter().collect();
-        // With a window the poll re-reads it from its start; without, it reads after the cursor.
-        let since = lookback_ms.and_then(|ms| window_start(start.cursor.as_deref(), ms));
-        let mut after = if lookback_ms.is_some() { None } else { start.cursor.clone() };
-        let mut run_start = start.cursor.as_ref().map(|c| c[0].clone());
-        let batch = self.model.batch_rows.max(1);
-        let mut tally = CursorTally::new(self.samples, schema);
-        let mut key = Vec::with_capacity(64);
         let now = now_ms();
-        loop {
-            let page = match &since {
-                Some(since) => self.warehouse.fetch_since(self.model, schema, since, after.as_deref(), batch).await?,
-                None => self.warehouse.fetch_after(self.model, schema, after.as_deref(), batch).await?,
-            };
-            let full = page.len() == batch;
-            let Some(last) = page.last() else { break };
-            after = Some(cursor_of(&indexes, last));
-            // The poll loops commit page by page: a page's ops are judged from the cursor the
-            // previous page left.
-            let poll = PollContext { snapshot_done, run_start: run_start.clone(), now_ms: now };
-            let mut page_end = run_start.clone();
-            for row in page {
-                let value = &row[indexes[0]];
-                key.clear();
-                codec.encode_key(&row, &mut key)?;
-                let hash = key_hash(&key);
-                if lookback_ms.is_some() {
-                    let row_micros = micros(value).unwrap_or(i64::MIN);
-                    if recent.contains(&(hash, row_micros)) {
-                        continue; // emitted by an earlier poll of the window
-                    }
-                    // A late row (behind the cursor) does not move it.
-                    if page_end.as_ref().and_then(micros).is_none_or(|end| row_micros >= end) {
-                        page_end = Some(value.clone());
-                    }
-                } else {
-                    page_end = Some(value.clone());
-                }
-                tally.add(&rules, &poll, tracked.as_ref().map(Tracked::keys), hash, row);
-            }
-            run_start = page_end;
-            if !full {
-                break;
-            }
-        }
+        let mut tally = CursorTally::new(self.samples, schema);
+        let poll = PollContext { snapshot_done, run_start: None, now_ms: now };
+        self.read_cursor_pages(start, lookback_ms, &rules, &poll, tracked.as_ref().map(Tracked::keys), &mut tally).await?;
         let expired = match (&mut tracked, expiry) {
             (Some(tracked), Some(_)) => Some(tally.deletes_by_sweep(self, tracked.keys_mut().due(now)).await?),
             _ => None,
@@ -323,6 +281,65 @@ impl Planner<'_> {
             cursor: Some(CursorDeletes { soft: ops.deletes, hard, expired }),
             ..PlanReport::new(model, counts, !snapshot_done)
         })
+    }
+
+    /// Read, page by page, what the next poll would read from `start` (with `lookback_ms`: the
+    /// window, less the rows already emitted in it), and count each row into `tally` as the poll
+    /// would emit it (`poll` gives the snapshot flag and clock; the run start moves page by page).
+    async fn read_cursor_pages(
+        &self,
+        start: CursorPosition,
+        lookback_ms: Option<u64>,
+        rules: &CursorRules,
+        poll: &PollContext,
+        keys: Option<&Keys>,
+        tally: &mut CursorTally,
+    ) -> anyhow::Result<()> {
+        let (codec, schema) = (&self.codec, self.codec.row_schema());
+        let indexes = cursor_indexes(self.model, schema).expect("cursor mode has a cursor");
+        let recent: HashSet<(u64, i64)> = start.recent.into_iter().collect();
+        // With a window the poll re-reads it from its start; without, it reads after the cursor.
+        let since = lookback_ms.and_then(|ms| window_start(start.cursor.as_deref(), ms));
+        let mut after = if lookback_ms.is_some() { None } else { start.cursor.clone() };
+        let mut run_start = start.cursor.as_ref().map(|c| c[0].clone());
+        let batch = self.model.batch_rows.max(1);
+        let mut key = Vec::with_capacity(64);
+        loop {
+            let page = match &since {
+                Some(since) => self.warehouse.fetch_since(self.model, schema, since, after.as_deref(), batch).await?,
+                None => self.warehouse.fetch_after(self.model, schema, after.as_deref(), batch).await?,
+            };
+            let full = page.len() == batch;
+            let Some(last) = page.last() else { return Ok(()) };
+            after = Some(cursor_of(&indexes, last));
+            // The poll loops commit page by page: a page's ops are judged from the cursor the
+            // previous page left.
+            let poll = PollContext { run_start: run_start.clone(), ..poll.clone() };
+            let mut page_end = run_start.clone();
+            for row in page {
+                let value = &row[indexes[0]];
+                key.clear();
+                codec.encode_key(&row, &mut key)?;
+                let hash = key_hash(&key);
+                if lookback_ms.is_some() {
+                    let row_micros = micros(value).unwrap_or(i64::MIN);
+                    if recent.contains(&(hash, row_micros)) {
+                        continue; // emitted by an earlier poll of the window
+                    }
+                    // A late row (behind the cursor) does not move it.
+                    if page_end.as_ref().and_then(micros).is_none_or(|end| row_micros >= end) {
+                        page_end = Some(value.clone());
+                    }
+                } else {
+                    page_end = Some(value.clone());
+                }
+                tally.add(rules, &poll, keys, hash, row);
+            }
+            run_start = page_end;
+            if !full {
+                return Ok(());
+            }
+        }
     }
 
     /// The hard deletes a reconciliation would find now against `keys` (the change topic's

@@ -3,8 +3,9 @@
 //! sweep deletes each expired key once (`d` with the last emitted image + tombstone), also
 //! when the poller restarts between the expiry and the sweep, and when the binary is SIGKILLed
 //! during sweeps; a row inserted already expired is never emitted; a renewed row carries its new
-//! expiry; `diff` mode counts expired rows as absent. Every event carries its row's expiry in
-//! `sluice.expires_at_ms`.
+//! expiry; `diff` mode counts expired rows as absent; `expire` added to a model with history
+//! learns its keys' expiries from their images; `sluice plan` counts the sweep's deletes. Every
+//! event carries its row's expiry in `sluice.expires_at_ms`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -128,6 +129,12 @@ async fn expired_rows_are_deleted_once_by_the_cursor_sweep_also_across_a_restart
 
     // Rows 1 and 3 expire while no poller runs; the next start sweeps them, once.
     tokio::time::sleep(Duration::from_millis(AFTER_MS as u64).saturating_sub(inserted.elapsed()) + Duration::from_millis(300)).await;
+    // The plan sees what the sweep will do, and emits nothing.
+    let report = sluice_poller::plan::plan(&f.config, &f.model, 5).await.unwrap();
+    let text = report.to_string();
+    assert_eq!(report.counts.deletes, 2, "{text}");
+    assert!(text.contains("  deletes (d): 2 (0 soft-deleted, 2 expired by the sweep; no reconciliation of hard deletes)\n    {\"id\":"), "{text}");
+    assert_eq!(count(&decode_all(&f), "d"), 0, "plan emitted nothing");
     let (stop, poller) = start_poller(&f.config, &[]);
     eventually("rows 1 and 3 deleted by the sweep", WAIT, || count(&decode_all(&f), "d") == 2).await;
     // A purchase that expires a second after it is first emitted: created, then swept by the
@@ -153,6 +160,37 @@ async fn expired_rows_are_deleted_once_by_the_cursor_sweep_also_across_a_restart
         _ => None,
     });
     assert_eq!(renewal, Some(vec!["purchased_at".to_string(), "updated_at".to_string()]));
+}
+
+/// `expire` added to a cursor model whose topic was written without it: the keys' latest events
+/// carry no expiry, so the poller learns each one once, from the image read back, and sweeps the
+/// keys whose rows already expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expire_added_to_a_model_with_history_learns_expiries_from_the_images() {
+    const AFTER_MS: i64 = 60_000;
+    let f = purchases("{ mode = \"cursor\", cursor_column = \"updated_at\" }", AFTER_MS as u64, 2).await;
+    let expire_line = format!("expire = {{ column = \"purchased_at\", after_ms = {AFTER_MS} }}\n");
+    let without = f.config_text.replace(&expire_line, "");
+    assert_ne!(without, f.config_text, "the expire line was removed");
+    let without = std::sync::Arc::new(sluice_core::config::Config::parse("integration-test.toml", &without).unwrap());
+    purchase(&f, 1, "2 hours").await; // expired as soon as the model expires anything
+    purchase(&f, 2, "0 seconds").await;
+    let (stop, poller) = start_poller(&without, &[]);
+    eventually("the snapshot, without expire", WAIT, || count(&decode_all(&f), "r") == 2).await;
+    stop.cancel();
+    poller.await.unwrap().unwrap();
+    assert!(decode_all(&f).iter().all(|(r, _)| r.header("sluice.expires_at_ms").is_none()), "written before the model had expire");
+
+    let (stop, poller) = start_poller(&f.config, &[]);
+    eventually("row 1 swept", WAIT, || count(&decode_all(&f), "tombstone") == 1).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.cancel();
+    poller.await.unwrap().unwrap();
+    let events = decode_all(&f);
+    assert_eq!(events_of(&f), expected(&[("r", 1), ("r", 2), ("d", 1), ("tombstone", 1)]));
+    let (delete, _) = events.iter().find(|(_, d)| matches!(d, Some((Op::Delete, ..)))).unwrap();
+    assert!(delete.header("sluice.expires_at_ms").is_some(), "the delete carries its expiry");
+    assert_eq!(replay(&events), live_rows(&f, AFTER_MS).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
