@@ -15,6 +15,10 @@ pub const OP: &str = "sluice.op";
 /// xxh3 hash (16 hex digits) of the event's `after` row, from the snapshot modes; lets the
 /// poller rebuild its state from headers alone. Absent on deletes and tombstones.
 pub const ROW_HASH: &str = "sluice.row.hash";
+/// When the event's row stops being live, ms since the epoch (decimal), or `never` (its expiry
+/// column is NULL): on every event of a model with `expire` (a delete: its `before` row), so
+/// the poller rebuilds which keys to expire from headers alone. Absent on tombstones.
+pub const EXPIRES_AT_MS: &str = "sluice.expires_at_ms";
 
 /// Dead-letter context headers (Kafka Connect's `__connect.errors.*` in spirit).
 pub mod dlq {

@@ -58,12 +58,13 @@ impl TransactionalProducer {
         Ok(TransactionalProducer { producer, timeout })
     }
 
-    /// Produce `records` in one transaction and commit it. On any failure the transaction is
-    /// aborted and nothing of it becomes visible.
-    pub async fn send_transaction(&self, records: Vec<OutRecord>) -> Result<(), KafkaError> {
+    /// Produce `records` in one transaction and commit it; returns where each record landed
+    /// (partition, offset), in the order of `records` — committed, so a reader can find them
+    /// there. On any failure the transaction is aborted and nothing of it becomes visible.
+    pub async fn send_transaction(&self, records: Vec<OutRecord>) -> Result<Vec<(i32, i64)>, KafkaError> {
         self.producer.begin_transaction().map_err(|e| KafkaError::classify("begin transaction", e))?;
         match self.produce_and_commit(records).await {
-            Ok(()) => Ok(()),
+            Ok(locations) => Ok(locations),
             Err(error) => {
                 let abort = self.producer.clone();
                 let timeout = self.timeout;
@@ -76,7 +77,7 @@ impl TransactionalProducer {
         }
     }
 
-    async fn produce_and_commit(&self, records: Vec<OutRecord>) -> Result<(), KafkaError> {
+    async fn produce_and_commit(&self, records: Vec<OutRecord>) -> Result<Vec<(i32, i64)>, KafkaError> {
         let mut deliveries = Vec::with_capacity(records.len());
         for record in &records {
             let mut future_record = FutureRecord::to(&record.topic).headers(record.headers.clone());
@@ -102,9 +103,10 @@ impl TransactionalProducer {
                 }
             }
         }
+        let mut locations = Vec::with_capacity(deliveries.len());
         for delivery in join_all(deliveries).await {
             match delivery {
-                Ok(Ok(_)) => {}
+                Ok(Ok(delivered)) => locations.push((delivered.partition, delivered.offset)),
                 Ok(Err((error, _))) => return Err(KafkaError::classify("deliver", error)),
                 Err(_canceled) => {
                     return Err(KafkaError::classify("deliver", rdkafka::error::KafkaError::Canceled));
@@ -116,6 +118,7 @@ impl TransactionalProducer {
         tokio::task::spawn_blocking(move || commit.commit_transaction(timeout))
             .await
             .expect("commit_transaction does not panic")
-            .map_err(|e| KafkaError::classify("commit transaction", e))
+            .map_err(|e| KafkaError::classify("commit transaction", e))?;
+        Ok(locations)
     }
 }

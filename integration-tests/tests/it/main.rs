@@ -8,6 +8,7 @@
 //! Filter by area as usual: `cargo test -p sluice-integration-tests --test it poller::cursor`.
 
 mod destinations;
+mod identifier_change;
 mod outside_decoder;
 mod poller;
 mod secure_kafka;

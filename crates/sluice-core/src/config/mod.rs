@@ -320,6 +320,9 @@ pub(crate) mod defaults {
     pub fn batch_linger_ms() -> u64 {
         100
     }
+    pub fn yes() -> bool {
+        true
+    }
 }
 
 impl Config {
@@ -420,6 +423,7 @@ impl Config {
         self.syncs.iter().filter(move |s| s.destination.get_ref() == destination)
     }
 }
+
 
 /// Letters, digits, `_` and `-`: safe inside topic, group and transactional-id names.
 fn is_identifier(s: &str) -> bool {
@@ -616,6 +620,34 @@ fields = { email = "email" }
         );
         let e = parse(&with("reconcile_every = 5")).unwrap_err();
         assert!(e.message.contains("unknown field `reconcile_every`"), "{e}");
+    }
+
+    #[test]
+    fn expire_is_validated_and_refused_where_the_poller_cannot_emit_it() {
+        let with = |detection: &str, expire: &str| {
+            GOOD.replace("detection = { mode = \"cursor\", cursor_column = \"updated_at\" }", &format!("detection = {detection}\nexpire = {expire}"))
+        };
+        let cursor = "{ mode = \"cursor\", cursor_column = \"updated_at\" }";
+        let ok = parse(&with(cursor, "{ column = \"updated_at\", after_ms = 1209600000 }")).expect("valid");
+        assert_eq!(ok.models[0].expire, Some(Expire { column: "updated_at".into(), after_ms: 1_209_600_000 }));
+        assert!(matches!(ok.models[0].detection, Detection::Cursor { before_images: true, .. }), "before images by default");
+        assert!(parse(&with("{ mode = \"diff\" }", "{ column = \"updated_at\", after_ms = 1 }")).is_ok());
+
+        let e = parse(&with(cursor, "{ column = \"purchased_at\", after_ms = 1000 }")).unwrap_err();
+        assert_eq!(e.to_string(), "sluice.toml:10: model \"customers\": expire.column \"purchased_at\" is not in `columns`\n  fix: add it to `columns`");
+        let e = parse(&with(cursor, "{ column = \"updated_at\", after_ms = 0 }")).unwrap_err();
+        assert!(e.message.contains("expire.after_ms must be positive"), "{e}");
+        let e = parse(&with(cursor, "{ column = \"updated_at\", after_ms = -5 }")).unwrap_err();
+        assert!(e.line.is_some(), "{e}");
+        let e = parse(&with(cursor, "{ column = \"updated_at\", after = 5 }")).unwrap_err();
+        assert!(e.message.contains("unknown field `after`"), "{e}");
+        let e = parse(&with("{ mode = \"warehouse_diff\" }", "{ column = \"updated_at\", after_ms = 1000 }")).unwrap_err();
+        assert!(e.message.contains("expire is not available in mode = \"warehouse_diff\""), "{e}");
+        assert!(e.fix.starts_with("write the filter in the model's query"), "{e}");
+        let opted_out = "{ mode = \"cursor\", cursor_column = \"updated_at\", before_images = false }";
+        assert!(matches!(parse(&with(opted_out, "{ column = \"updated_at\", after_ms = 1 }").replace("expire = { column = \"updated_at\", after_ms = 1 }", "")).unwrap().models[0].detection, Detection::Cursor { before_images: false, .. }));
+        let e = parse(&with(opted_out, "{ column = \"updated_at\", after_ms = 1000 }")).unwrap_err();
+        assert!(e.message.contains("before_images = false turns it off"), "{e}");
     }
 
     #[test]
