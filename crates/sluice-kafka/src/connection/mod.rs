@@ -39,6 +39,9 @@ use crate::{client_config, KafkaError};
 /// How long [`check_connection`] waits for metadata when no decisive problem shows up.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest [`retry_until_connected`] waits between two attempts, jitter included.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
 /// Connect with every security setting and fetch the cluster's metadata (see the module docs).
 /// A certificate that fails verification is looked at once more without the hostname check:
 /// if it passes then, the problem is [`Cause::Hostname`] (trusted, but for another host).
@@ -120,9 +123,11 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, KafkaError>>,
 {
+    // backon adds its jitter (up to 100 %) on top of the capped delay, so the cap is half the
+    // bound the module docs promise: every wait stays within 1 s to 30 s.
     let mut backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_secs(1))
-        .with_max_delay(Duration::from_secs(30))
+        .with_max_delay(MAX_RETRY_DELAY / 2)
         .with_jitter()
         .without_max_times()
         .build();
@@ -134,7 +139,7 @@ where
             },
             _ = shutdown.cancelled() => return None,
         };
-        let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+        let delay = backoff.next().unwrap_or(MAX_RETRY_DELAY).min(MAX_RETRY_DELAY);
         let fix = error.fix();
         health.set_not_ready(format!("kafka: {step}: {error}; fix: {fix}; retrying in {} s", delay.as_secs().max(1)));
         match &error {
@@ -154,6 +159,28 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every wait between attempts stays within the documented 1 s to 30 s, jitter included,
+    /// however long the failures last (backon's jitter comes on top of its cap).
+    #[tokio::test(start_paused = true)]
+    async fn waits_between_attempts_stay_within_one_to_thirty_seconds() {
+        let health = Health::new();
+        let shutdown = CancellationToken::new();
+        let mut attempts: Vec<tokio::time::Instant> = Vec::new();
+        let stopped = retry_until_connected("create topics", &health, &shutdown, || {
+            attempts.push(tokio::time::Instant::now());
+            if attempts.len() == 40 {
+                shutdown.cancel();
+            }
+            std::future::ready(Err::<(), _>(KafkaError::Retryable { operation: "connect", source: rdkafka::error::KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure) }))
+        })
+        .await;
+        assert_eq!(stopped, None);
+        let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(gaps.len(), 39);
+        assert!(gaps.iter().all(|gap| *gap >= Duration::from_secs(1) && *gap <= MAX_RETRY_DELAY), "{gaps:?}");
+        assert!(gaps.iter().any(|gap| *gap > Duration::from_secs(15)), "the backoff grows towards the cap: {gaps:?}");
+    }
 
     #[tokio::test]
     async fn a_tls_file_librdkafka_cannot_load_is_retried_and_named_with_the_fix() {

@@ -271,32 +271,11 @@ pub fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Build the poller binary into the test's own target directory and return its path, so it is
-/// always the code under test. Built exactly as `ops/test.sh` builds the binaries (whole
-/// workspace, same features): another package selection would resolve other feature sets and
-/// recompile DuckDB's C++ for 20 minutes. With the `duckdb` feature it serves both warehouses.
-/// `SLUICE_TEST_CARGO_CONFIG` (e.g. `profile.dev.package.sluice-core.codegen-units=7`) is passed
-/// to that build as `--config`, so a clone that isolates its artifacts in a shared target
-/// directory builds the binary from its own sources.
+/// The poller binary the crash tests SIGKILL: the one `ops/test.sh` builds before the tests
+/// (`cargo build --workspace --bins`), found like every other service binary
+/// ([`sluice_integration_tests::binary`], which honours `SLUICE_TEST_BIN_DIR`).
 pub fn poller_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("<target>/<profile>/deps/<test>").to_path_buf();
-    let target_dir = profile_dir.parent().expect("<target>").to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = std::process::Command::new(cargo);
-    build.args(["build", "--workspace", "--bins"]).env("CARGO_TARGET_DIR", &target_dir);
-    if cfg!(feature = "duckdb") {
-        build.args(["--features", "sluice-cli/duckdb,sluice-poller/duckdb,sluice-integration-tests/duckdb"]);
-    }
-    if profile_dir.file_name().is_some_and(|p| p == "release") {
-        build.arg("--release");
-    }
-    if let Ok(config) = std::env::var("SLUICE_TEST_CARGO_CONFIG") {
-        build.args(["--config", &config]);
-    }
-    let status = build.status().expect("run cargo build");
-    assert!(status.success(), "building sluice-poller failed");
-    profile_dir.join("sluice-poller")
+    sluice_integration_tests::binary("sluice-poller")
 }
 
 /// Start the poller binary on `config`, logging to `log`.
