@@ -63,6 +63,9 @@ pub struct Config {
     pub destinations: Vec<DestinationConfig>,
     #[serde(default)]
     pub syncs: Vec<SyncConfig>,
+    /// Models whose rows keep people out of the syncs that name them ([`suppression`]).
+    #[serde(default)]
+    pub suppression_lists: Vec<SuppressionListConfig>,
     /// The file and its text, so an error found after parsing still names its line.
     #[serde(skip)]
     source: Source,
@@ -265,10 +268,12 @@ impl<'de> Deserialize<'de> for Secret {
 pub mod delivery;
 pub mod destinations;
 pub mod models;
+pub mod suppression;
 pub mod syncs;
 pub use delivery::*;
 pub use destinations::*;
 pub use models::*;
+pub use suppression::*;
 pub use syncs::*;
 
 pub(crate) mod defaults {
@@ -503,7 +508,7 @@ impl Config {
                 }
             }
         }
-        Ok(())
+        self.validate_suppression()
     }
 }
 
