@@ -21,6 +21,10 @@
 //!   dead-letters nothing.
 //! - **SIGTERM drains**: reading stops, lanes finish what they hold (bounded by
 //!   `DRAIN_TIMEOUT`), the finished prefix is committed synchronously.
+//! - **Membership holds** ([`membership`]): for syncs naming suppression lists, a row is sent
+//!   as a member only when present, consented and on none of its lists, decided at send time in
+//!   its lane; a list change re-decides the rows it affects, in their lanes, and its offset is
+//!   committed only once they are.
 //!
 //! ## Where each guarantee is kept
 //!
@@ -39,13 +43,18 @@
 //! - failure classes: the decisions are `Deliverer::attempt`'s ([`deliver`]); a lane's fatal
 //!   error reaches `Sink::consume` through `Shared::failed`, and [`run`] turns `/readyz` false;
 //! - SIGTERM drains: `Sink::drain`.
+//! - membership holds: `membership::Stage` (rebuilt in `Sink::start`), decided in
+//!   `LaneContext::flush`, list records and recomputes in [`recompute`]; a process that does not
+//!   receive every list partition stops (`SinkContext::post_rebalance`).
 
 mod dead_letters;
 mod deliver;
 mod lanes;
 mod limits;
 mod mapping;
+mod membership;
 mod offsets;
+mod recompute;
 mod schemas;
 #[cfg(test)]
 mod testing;
@@ -58,7 +67,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sluice_core::config::{Config, DestinationConfig, SyncConfig};
 use sluice_core::naming;
@@ -73,7 +82,8 @@ use tokio_util::sync::CancellationToken;
 pub use deliver::SinkError;
 
 use crate::deliver::Deliverer;
-use crate::lanes::{BatchLimits, Shared};
+use crate::lanes::{BatchLimits, LaneInput, Shared};
+use crate::membership::Stage;
 use crate::offsets::Partition;
 
 /// How long a revocation waits for in-flight records of the revoked partitions. Below the
@@ -85,9 +95,11 @@ const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// How long the buffer may stay full before the partitions are paused ([`BackPressure`]).
 const PAUSE_AFTER: Duration = Duration::from_secs(5);
 
-/// Commits finished offsets of partitions being revoked, inside librdkafka's rebalance callback.
+/// Commits finished offsets of partitions being revoked, inside librdkafka's rebalance callback,
+/// and checks that an assignment gives the membership stage every list partition.
 struct SinkContext {
     shared: Arc<Shared>,
+    stage: Option<Arc<Stage>>,
 }
 
 impl ClientContext for SinkContext {}
@@ -113,6 +125,24 @@ impl ConsumerContext for SinkContext {
         let unfinished = tracker.pending_in(&partitions);
         tracker.revoke(&partitions);
         tracing::info!(partitions = partitions.len(), unfinished, "partitions revoked");
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let (Rebalance::Assign(_), Some(stage)) = (rebalance, &self.stage) else { return };
+        // The whole assignment (a cooperative rebalance reports only what it adds).
+        let Ok(assignment) = consumer.assignment() else { return };
+        let missing = stage.missing_partitions(&assignment);
+        if missing.is_empty() {
+            return;
+        }
+        let error = SinkError::Config(format!(
+            "{} partition(s) of suppression list topics are assigned to another process (e.g. {}/{}); the membership stage needs every list entry, so run one instance of this destination's sink",
+            missing.len(),
+            missing[0].0,
+            missing[0].1
+        ));
+        self.shared.fatal.lock().expect("fatal lock").get_or_insert(error);
+        self.shared.failed.cancel();
     }
 }
 
@@ -143,8 +173,8 @@ async fn run_inner(config: Arc<Config>, destination: &str, health: &Health, shut
     sink.drain(stopped).await
 }
 
-/// A lane's input: consumed messages, routed by key.
-type LaneSender = mpsc::UnboundedSender<Arc<OwnedMessage>>;
+/// A lane's input: consumed messages, routed by key (and recomputes, which lanes send).
+type LaneSender = mpsc::UnboundedSender<LaneInput>;
 
 /// A started sink: its consumer, the lanes it feeds, and the state they share.
 struct Sink {
@@ -167,11 +197,15 @@ impl Sink {
             .destination(destination)
             .ok_or_else(|| SinkError::Config(format!("destination {destination:?} is not in the config")))?;
         let syncs = syncs_by_topic(config, destination)?;
-        ensure_sink_topics(config, destination, &syncs).await?;
+        let list_topics = membership::list_topics(config, destination);
+        ensure_sink_topics(config, destination, &syncs, &list_topics).await?;
+        let schemas = schemas::SchemaCache::new(config.kafka.clone(), naming::schema_topic(&config.kafka.topic_prefix));
+        let stage = Stage::start(config, destination, &syncs, dest.max_concurrency, lane_of, &schemas).await?;
         let lane_stop = CancellationToken::new();
         let (deliverer, batch_limits) = build_deliverer(config, dest, lane_stop.clone())?;
         let shared = Arc::new(Shared::new());
-        let consumer = subscribe(config, destination, &syncs, &shared)?;
+        let context = SinkContext { shared: Arc::clone(&shared), stage: stage.clone() };
+        let consumer = subscribe(config, destination, syncs.keys().map(String::as_str).chain(list_topics.iter().map(String::as_str)), context)?;
         tracing::info!(
             %destination, kind = deliverer.target.kind(), topics = ?syncs.keys().collect::<Vec<_>>(), lanes = dest.max_concurrency,
             rate_limited = deliverer.limits.is_limited(), "sink started"
@@ -179,10 +213,12 @@ impl Sink {
         let lane_context = Arc::new(lanes::LaneContext {
             destination: destination.to_string(),
             syncs,
-            schemas: schemas::SchemaCache::new(config.kafka.clone(), naming::schema_topic(&config.kafka.topic_prefix)),
+            schemas,
             deliverer,
             shared: Arc::clone(&shared),
             limits: batch_limits,
+            stage,
+            lanes: std::sync::OnceLock::new(),
         });
         let mut lanes = Vec::with_capacity(dest.max_concurrency);
         let mut lane_tasks = JoinSet::new();
@@ -191,6 +227,8 @@ impl Sink {
             lanes.push(tx);
             lane_tasks.spawn(lanes::run_lane(rx, Arc::clone(&lane_context)));
         }
+        let weak = lanes.iter().map(LaneSender::downgrade).collect();
+        assert!(lane_context.lanes.set(weak).is_ok(), "lanes are set once");
         Ok(Sink {
             destination: destination.to_string(),
             consumer,
@@ -249,7 +287,7 @@ impl Sink {
         // Decoding and mapping happen in the lane, so they use every core; the key picks the
         // lane, so per-key order holds.
         let lane = lane_of(message.topic(), message.key().unwrap_or_default(), self.lanes.len());
-        self.lanes[lane].send(Arc::new(message.detach())).map_err(|_| SinkError::Config("a delivery lane stopped".into()))
+        self.lanes[lane].send(LaneInput::Message(Arc::new(message.detach()))).map_err(|_| SinkError::Config("a delivery lane stopped".into()))
     }
 
     /// Drain and stop: no more input; lanes finish what they hold (or stop at once after a
@@ -293,10 +331,12 @@ fn syncs_by_topic(config: &Config, destination: &str) -> Result<HashMap<String, 
     Ok(syncs)
 }
 
-/// Create (or check) the change topics, the destination's dead-letter topic and the schema topic.
-async fn ensure_sink_topics(config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>) -> Result<(), SinkError> {
+/// Create (or check) the change topics (the syncs' and the suppression lists'), the
+/// destination's dead-letter topic and the schema topic.
+async fn ensure_sink_topics(config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>, lists: &[String]) -> Result<(), SinkError> {
     let prefix = &config.kafka.topic_prefix;
     let mut topics: Vec<(String, TopicRole)> = syncs.keys().map(|t| (t.clone(), TopicRole::Compacted)).collect();
+    topics.extend(lists.iter().filter(|t| !syncs.contains_key(*t)).map(|t| (t.clone(), TopicRole::Compacted)));
     topics.push((naming::dead_letter_topic(prefix, destination), TopicRole::DeadLetter));
     topics.push((naming::schema_topic(prefix), TopicRole::Compacted));
     ensure_topics(&config.kafka, &topics).await.map_err(SinkError::Kafka)
@@ -331,23 +371,23 @@ fn build_deliverer(
 }
 
 /// The destination's consumer (manual commits, `read_committed`), subscribed to its change topics.
-fn subscribe(
-    config: &Config,
-    destination: &str,
-    syncs: &HashMap<String, SyncConfig>,
-    shared: &Arc<Shared>,
-) -> Result<StreamConsumer<SinkContext>, SinkError> {
+fn subscribe<'t>(config: &Config, destination: &str, topics: impl Iterator<Item = &'t str>, context: SinkContext) -> Result<StreamConsumer<SinkContext>, SinkError> {
     let consumer: StreamConsumer<SinkContext> = sluice_kafka::client_config(&config.kafka)
         .set("group.id", naming::sink_group(&config.kafka.topic_prefix, destination))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "false")
-        .create_with_context(SinkContext { shared: Arc::clone(shared) })
+        .create_with_context(context)
         .map_err(|e| SinkError::Kafka(sluice_kafka::KafkaError::Fatal { operation: "create consumer", source: e }))?;
-    let topics: Vec<&str> = syncs.keys().map(String::as_str).collect();
+    let mut unique: Vec<&str> = Vec::new();
+    for topic in topics {
+        if !unique.contains(&topic) {
+            unique.push(topic);
+        }
+    }
     consumer
-        .subscribe(&topics)
+        .subscribe(&unique)
         .map_err(|e| SinkError::Kafka(sluice_kafka::KafkaError::Fatal { operation: "subscribe", source: e }))?;
     Ok(consumer)
 }

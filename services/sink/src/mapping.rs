@@ -1,12 +1,15 @@
 //! From Kafka messages to destination records: decode, consent, sync mode, field mapping.
 //! A message that cannot be decoded is marked for the dead-letter topic, never dropped. Runs in
-//! the lanes, so decoding uses every core.
+//! the lanes, so decoding uses every core. The action is the membership rule's with what the
+//! record alone can tell (present, consented); for syncs with suppression lists the stage
+//! decides it again at send time ([`crate::membership`]), from the [`Presence`] returned here.
 
 use rdkafka::message::{Message, OwnedMessage};
 use sluice_avro::fingerprint_bytes;
 use sluice_core::config::SyncConfig;
 use sluice_destinations::{Action, OutboundRecord};
 
+use crate::membership::{self, Presence};
 use crate::schemas::{Lookup, SchemaCache};
 use crate::transform::{before, consents, current, map_fields};
 use crate::SinkError;
@@ -21,32 +24,26 @@ pub(crate) enum Prepared {
     Reject(String),
 }
 
-/// Decode and map one message. `Err` only for infrastructure failures (schema topic unreadable).
-pub(crate) async fn prepare(message: &OwnedMessage, sync: &SyncConfig, schemas: &SchemaCache) -> Result<Prepared, SinkError> {
+/// Decode and map one message, and say what it tells the membership stage about its row.
+/// `Err` only for infrastructure failures (schema topic unreadable).
+pub(crate) async fn prepare(message: &OwnedMessage, sync: &SyncConfig, schemas: &SchemaCache) -> Result<(Prepared, Presence), SinkError> {
     Ok(match prepare_inner(message, sync, schemas).await? {
         Ok(prepared) => prepared,
-        Err(reason) => Prepared::Reject(reason),
+        Err(reason) => (Prepared::Reject(reason), Presence::Untracked),
     })
 }
 
-async fn prepare_inner(message: &OwnedMessage, sync: &SyncConfig, schemas: &SchemaCache) -> Result<Result<Prepared, String>, SinkError> {
-    let Some(payload) = message.payload() else { return Ok(Ok(Prepared::Skip)) };
-    let fingerprint = match fingerprint_bytes(payload) {
-        Ok(f) => f,
-        Err(error) => return Ok(Err(format!("value: {error}"))),
-    };
-    let decoder = match schemas.event_decoder(&fingerprint).await.map_err(SinkError::Kafka)? {
-        Lookup::Found(decoder) => decoder,
-        Lookup::Unusable(error) => return Ok(Err(format!("value schema: {error}"))),
-        Lookup::Missing => return Ok(Err(format!("value schema {} is not on the schema topic", sluice_avro::fingerprint_hex(&fingerprint)))),
-    };
-    let decoded = match decoder.decode(payload) {
+async fn prepare_inner(message: &OwnedMessage, sync: &SyncConfig, schemas: &SchemaCache) -> Result<Result<(Prepared, Presence), String>, SinkError> {
+    let Some(payload) = message.payload() else { return Ok(Ok((Prepared::Skip, Presence::Untracked))) };
+    let decoded = match schemas.decode_event(payload).await.map_err(SinkError::Kafka)? {
         Ok(d) => d,
-        Err(error) => return Ok(Err(format!("value: {error}"))),
+        Err(reason) => return Ok(Err(reason)),
     };
     let Some(image) = current(&decoded) else { return Ok(Err("event has neither a before nor an after image".into())) };
     let consented = consents(sync.consent.as_ref(), &image);
-    let Some(action) = Action::for_change(sync.mode, decoded.event.op, consented) else { return Ok(Ok(Prepared::Skip)) };
+    let presence = membership::presence(sync, decoded.event.op, consented, &image);
+    // Not suppressed as far as the record can tell; the stage decides that at send time.
+    let Some(action) = membership::rule(sync.mode, decoded.event.op, consented, false) else { return Ok(Ok((Prepared::Skip, presence))) };
     // The key's columns are in the row image too: read them there by the key schema's field
     // names, rather than decoding the key bytes a second time.
     let Some(key_bytes) = message.key() else { return Ok(Err("message has no key".into())) };
@@ -83,7 +80,7 @@ async fn prepare_inner(message: &OwnedMessage, sync: &SyncConfig, schemas: &Sche
         previous,
         ts_ms: decoded.event.ts_ms,
     };
-    Ok(Ok(Prepared::Deliver { bytes: json_len(&record), record }))
+    Ok(Ok((Prepared::Deliver { bytes: json_len(&record), record }, presence)))
 }
 
 /// Length of a record's JSON, counted without building it (it is serialised again, once, into

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use sluice_avro::{fingerprint_hex, EventDecoder, KeyDecoder};
+use sluice_avro::{fingerprint_bytes, fingerprint_hex, DecodedEvent, EventDecoder, KeyDecoder};
 use sluice_core::config::KafkaConfig;
 use sluice_kafka::compacted::read_to_end;
 use sluice_kafka::KafkaError;
@@ -46,6 +46,21 @@ impl SchemaCache {
     /// Decoder for change events written with this fingerprint.
     pub(crate) async fn event_decoder(&self, fingerprint: &Fingerprint) -> Result<Lookup<EventDecoder>, KafkaError> {
         self.lookup(&self.events, fingerprint, EventDecoder::new).await
+    }
+
+    /// Decode a change event's value bytes with its writer schema. The inner `Err` says why the
+    /// bytes cannot be read (a dead letter's reason); the outer one is the schema topic failing.
+    pub(crate) async fn decode_event(&self, payload: &[u8]) -> Result<Result<DecodedEvent, String>, KafkaError> {
+        let fingerprint = match fingerprint_bytes(payload) {
+            Ok(f) => f,
+            Err(error) => return Ok(Err(format!("value: {error}"))),
+        };
+        let decoder = match self.event_decoder(&fingerprint).await? {
+            Lookup::Found(decoder) => decoder,
+            Lookup::Unusable(error) => return Ok(Err(format!("value schema: {error}"))),
+            Lookup::Missing => return Ok(Err(format!("value schema {} is not on the schema topic", fingerprint_hex(&fingerprint)))),
+        };
+        Ok(decoder.decode(payload).map_err(|error| format!("value: {error}")))
     }
 
     /// Decoder for keys written with this fingerprint.

@@ -1,0 +1,236 @@
+//! The stage's state at start, rebuilt from the topics: nothing of it lives on disk.
+//!
+//! Every partition of the syncs' change topics (the members) and of the lists' change topics
+//! (the entries) is read from its low to its high watermark, as `read_committed`, and applied in
+//! offset order, exactly as the live path would ([`super::Stage::observe`],
+//! [`super::Stage::admit_list`]). What the group has not committed yet will be delivered again
+//! after this, and is already in the state:
+//! - an audience record delivered again leaves the index alone (it holds a later state) and is
+//!   decided at send time like any record;
+//! - a list record delivered again is not applied again, but owes the recomputes it caused when
+//!   it was first applied (they may not have finished before the last stop: that is what its
+//!   uncommitted offset says). The rebuild applies the same records in the same order, so it
+//!   sees the same people get on or off the list, and records the rows to recompute by the list
+//!   record's position ([`Rebuilt::replay`]). Rows whose own latest record is still to be
+//!   delivered are left out: that record is decided at send time with the state as it is then.
+
+use std::collections::HashMap as StdHashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_core::config::KafkaConfig;
+use sluice_kafka::compacted::{scan, Range};
+use sluice_kafka::{client_config, KafkaError};
+use tokio::sync::mpsc;
+
+use super::identity::KeyHash;
+use super::state::{Member, State, Target};
+use super::{entry_of, presence, ListSpec, Presence, SyncSpec};
+use crate::schemas::SchemaCache;
+use crate::transform::{consents, current};
+use crate::SinkError;
+
+/// How long reading one topic to its end may take.
+const SCAN_DEADLINE: Duration = Duration::from_secs(600);
+
+/// (topic, partition)
+pub(super) type Partition = (String, i32);
+
+/// What the rebuild leaves the stage.
+pub(super) struct Rebuilt {
+    pub state: State,
+    /// Per partition read: the offset the state is complete up to (its high watermark then).
+    pub rebuilt_to: StdHashMap<Partition, i64>,
+    /// Recomputes owed by list records the group will deliver again, by (topic, partition,
+    /// offset); only records that owe some are here.
+    pub replay: StdHashMap<(String, i32, i64), Vec<Target>>,
+    /// Every partition of the lists' topics.
+    pub list_partitions: Vec<Partition>,
+    pub records: u64,
+    /// Records that could not be decoded (they are dead-lettered when the group delivers them).
+    pub unreadable: u64,
+}
+
+/// One partition's extent and the group's committed offset in it.
+struct Extent {
+    topic: String,
+    partition: i32,
+    low: i64,
+    high: i64,
+    committed: Option<i64>,
+}
+
+/// A record as read, owned so it can cross from the blocking reader to the decoder.
+struct Raw {
+    partition: i32,
+    offset: i64,
+    key: Vec<u8>,
+    payload: Option<Vec<u8>>,
+}
+
+/// Read the syncs' and the lists' topics to their ends; see the module docs.
+pub(super) async fn rebuild(
+    kafka: &KafkaConfig,
+    group: &str,
+    syncs: &[SyncSpec],
+    lists: &[ListSpec],
+    route: impl Fn(&str, &[u8]) -> u16,
+    schemas: &SchemaCache,
+) -> Result<Rebuilt, SinkError> {
+    let mut topics: Vec<String> = Vec::new();
+    for topic in syncs.iter().map(|s| &s.topic).chain(lists.iter().map(|l| &l.topic)) {
+        if !topics.contains(topic) {
+            topics.push(topic.clone());
+        }
+    }
+    let extents = {
+        let (kafka, group) = (kafka.clone(), group.to_string());
+        tokio::task::spawn_blocking(move || extents(&kafka, &group, &topics)).await.expect("extents reader does not panic").map_err(SinkError::Kafka)?
+    };
+    let committed: StdHashMap<Partition, Option<i64>> = extents.iter().map(|e| ((e.topic.clone(), e.partition), e.committed)).collect();
+    let mut rebuilt = Rebuilt {
+        state: State::new(syncs.iter().map(|s| s.lists.clone()).collect(), lists.len()),
+        rebuilt_to: extents.iter().map(|e| ((e.topic.clone(), e.partition), e.high)).collect(),
+        replay: StdHashMap::new(),
+        list_partitions: extents.iter().filter(|e| lists.iter().any(|l| l.topic == e.topic)).map(|e| (e.topic.clone(), e.partition)).collect(),
+        records: 0,
+        unreadable: 0,
+    };
+    // Members first: a list record's replay needs the rows it would recompute.
+    for (index, sync) in syncs.iter().enumerate() {
+        let mut records = read(kafka, &sync.topic, &extents);
+        while let Some(chunk) = records.recv().await {
+            for raw in chunk? {
+                let Some(decoded) = rebuilt.decode(&raw, schemas).await? else { continue };
+                let Some(image) = current(&decoded) else { continue };
+                let member = match presence(&sync.config, decoded.event.op, consents(sync.config.consent.as_ref(), &image), &image) {
+                    Presence::Present { identity, .. } => Some(Member { identity, offset: raw.offset, partition: raw.partition, lane: route(&sync.topic, &raw.key) }),
+                    Presence::Gone => None,
+                    Presence::Untracked => continue,
+                };
+                rebuilt.state.set_member(index, KeyHash::of(&raw.key), member);
+            }
+        }
+    }
+    let topic_of_sync: Vec<&str> = syncs.iter().map(|s| s.topic.as_str()).collect();
+    let mut list_topics: Vec<&str> = Vec::new();
+    for list in lists {
+        if !list_topics.contains(&list.topic.as_str()) {
+            list_topics.push(&list.topic);
+        }
+    }
+    for topic in list_topics {
+        let mut records = read(kafka, topic, &extents);
+        while let Some(chunk) = records.recv().await {
+            for raw in chunk? {
+                let Some(decoded) = rebuilt.decode(&raw, schemas).await? else { continue };
+                let row = KeyHash::of(&raw.key);
+                let replayed = committed.get(&(topic.to_string(), raw.partition)).copied().flatten().is_some_and(|c| raw.offset >= c);
+                for (list, spec) in lists.iter().enumerate().filter(|(_, l)| l.topic == topic) {
+                    let changed = rebuilt.state.set_entry(list, row, entry_of(spec, &decoded));
+                    if !replayed || changed.is_empty() {
+                        continue;
+                    }
+                    // Rows whose latest record the group delivers again are decided then.
+                    let targets = rebuilt.state.targets(list, &changed, |sync, member| {
+                        committed.get(&(topic_of_sync[sync].to_string(), member.partition)).copied().flatten().is_some_and(|c| member.offset < c)
+                    });
+                    if !targets.is_empty() {
+                        rebuilt.replay.entry((topic.to_string(), raw.partition, raw.offset)).or_default().extend(targets);
+                    }
+                }
+            }
+        }
+    }
+    Ok(rebuilt)
+}
+
+impl Rebuilt {
+    /// The event of a record, or `None` for a tombstone or a record that cannot be decoded
+    /// (counted).
+    async fn decode(&mut self, raw: &Raw, schemas: &SchemaCache) -> Result<Option<sluice_avro::DecodedEvent>, SinkError> {
+        self.records += 1;
+        let Some(payload) = &raw.payload else { return Ok(None) };
+        match schemas.decode_event(payload).await.map_err(SinkError::Kafka)? {
+            Ok(decoded) => Ok(Some(decoded)),
+            Err(_) => {
+                self.unreadable += 1;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Every record of `topic` from its low to its high watermark, in chunks, read on a blocking
+/// thread while the caller decodes.
+fn read(kafka: &KafkaConfig, topic: &str, extents: &[Extent]) -> mpsc::Receiver<Result<Vec<Raw>, SinkError>> {
+    const CHUNK: usize = 1024;
+    let ranges: Vec<Range> = extents.iter().filter(|e| e.topic == topic).map(|e| Range { partition: e.partition, from: e.low, to: e.high }).collect();
+    let (tx, rx) = mpsc::channel(4);
+    let (kafka, topic) = (kafka.clone(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        let scanned = scan(&kafka, &topic, &ranges, SCAN_DEADLINE, |message| {
+            chunk.push(Raw {
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
+                payload: message.payload().map(<[u8]>::to_vec),
+            });
+            if chunk.len() == CHUNK {
+                // The receiver only goes away when the rebuild failed; the scan then ends anyway.
+                let _sent = tx.blocking_send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK))));
+            }
+        });
+        let last = match scanned {
+            Ok(_) => Ok(chunk),
+            Err(error) => Err(SinkError::Kafka(error)),
+        };
+        let _sent = tx.blocking_send(last);
+    });
+    rx
+}
+
+/// Partitions, watermarks and the group's committed offsets of `topics`. Blocking.
+fn extents(kafka: &KafkaConfig, group: &str, topics: &[String]) -> Result<Vec<Extent>, KafkaError> {
+    let consumer: BaseConsumer = client_config(kafka)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|source| KafkaError::Fatal { operation: "create stage reader", source })?;
+    let timeout = Duration::from_secs(10);
+    let mut extents = Vec::new();
+    let mut list = TopicPartitionList::new();
+    for topic in topics {
+        for partition in partitions(&consumer, topic)? {
+            let (low, high) = consumer.fetch_watermarks(topic, partition, timeout).map_err(|source| KafkaError::Retryable { operation: "fetch watermarks", source })?;
+            list.add_partition(topic, partition);
+            extents.push(Extent { topic: topic.clone(), partition, low, high, committed: None });
+        }
+    }
+    let committed = consumer.committed_offsets(list, timeout).map_err(|source| KafkaError::Retryable { operation: "fetch committed offsets", source })?;
+    for extent in &mut extents {
+        if let Some(Offset::Offset(offset)) = committed.find_partition(&extent.topic, extent.partition).map(|e| e.offset()) {
+            extent.committed = Some(offset);
+        }
+    }
+    Ok(extents)
+}
+
+/// A topic's partition ids; a topic created a moment ago may take a few metadata rounds to show
+/// them.
+fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, KafkaError> {
+    let started = Instant::now();
+    loop {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|source| KafkaError::Retryable { operation: "fetch metadata", source })?;
+        let ids: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions()).map(|p| p.id()).collect();
+        if !ids.is_empty() || started.elapsed() > Duration::from_secs(10) {
+            return Ok(ids);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
