@@ -424,3 +424,118 @@ fn specs(config: &Config, syncs: &StdHashMap<String, SyncConfig>) -> (Vec<SyncSp
     }
     (specs, lists)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::config::KafkaConfig;
+
+    /// The rule, for every mode a list applies to: present ∧ consented ∧ ¬suppressed adds;
+    /// anything else leaves, except a delete in upsert mode (which never propagates).
+    #[test]
+    fn the_membership_rule() {
+        use Action::{Delete, Upsert};
+        for mode in sluice_core::config::SUPPRESSIBLE_MODES {
+            let deleted = if mode == SyncMode::Upsert { None } else { Some(Delete) };
+            for (op, consented, suppressed, expected) in [
+                (Op::Update, true, false, Some(Upsert)),
+                (Op::Read, true, false, Some(Upsert)),
+                (Op::Update, true, true, Some(Delete)),
+                (Op::Update, false, false, Some(Delete)),
+                (Op::Create, false, true, Some(Delete)),
+                (Op::Delete, true, false, deleted),
+            ] {
+                assert_eq!(rule(mode, op, consented, suppressed), expected, "{mode:?} {op:?} consented={consented} suppressed={suppressed}");
+            }
+        }
+    }
+
+    fn sync(extra: &str) -> SyncConfig {
+        toml::from_str(&format!("model = \"customers\"\ndestination = \"d\"\nmode = \"audience\"\nfields = {{ email = \"email\" }}\n{extra}")).expect("a sync")
+    }
+
+    fn record(action: Action, op: Op, previous: bool) -> OutboundRecord {
+        let email = serde_json::json!({"email": "ada@example.com"});
+        OutboundRecord {
+            id: "t/0/1".into(),
+            model: "customers".into(),
+            action,
+            op,
+            key: Default::default(),
+            fields: email.as_object().unwrap().clone(),
+            previous: previous.then(|| serde_json::json!({"email": "old@example.com"}).as_object().unwrap().clone()),
+            ts_ms: 0,
+        }
+    }
+
+    /// A stage over one sync (`topic`) honouring one list, with nothing read from Kafka.
+    fn stage() -> Stage {
+        let kafka = KafkaConfig {
+            bootstrap_servers: "127.0.0.1:1".into(),
+            topic_prefix: "t".into(),
+            partitions: 1,
+            replication_factor: 1,
+            properties: Default::default(),
+        };
+        let identifier = IdentifierConfig { column: toml::Spanned::new(0..0, "email".into()), transforms: vec![] };
+        Stage {
+            destination: "meta".into(),
+            syncs: vec![SyncSpec {
+                topic: "topic".into(),
+                model: "customers".into(),
+                config: sync("suppressed_by = [\"buyers\"]\nidentifier = { column = \"email\" }"),
+                lists: vec![0],
+            }],
+            lists: vec![ListSpec { name: "buyers".into(), topic: "purchases".into(), identifier }],
+            state: Mutex::new(State::new(vec![vec![0]], 1)),
+            rebuilt_to: StdHashMap::new(),
+            replay: Mutex::new(StdHashMap::new()),
+            list_partitions: Vec::new(),
+            reader: Reader::new(&kafka).expect("a consumer is built without connecting"),
+            lanes: 1,
+            route: |_, _, _| 0,
+        }
+    }
+
+    #[test]
+    fn send_time_decisions_follow_the_list() {
+        let stage = stage();
+        let ada = Some(Identity::of_text("ada@example.com"));
+        let member = Presence::Present { identity: ada, consented: true };
+        let decide = |presence: Presence, mut record: OutboundRecord, topic: &str| {
+            stage.decide(std::iter::once((topic, &presence, &mut record)));
+            record
+        };
+        let kept = decide(member, record(Action::Upsert, Op::Update, true), "topic");
+        assert_eq!((kept.action, kept.previous.is_some()), (Action::Upsert, true), "not on the list: as mapped");
+
+        stage.state.lock().unwrap().set_entry(0, KeyHash::of(b"purchase-1"), ada);
+        let removed = decide(member, record(Action::Upsert, Op::Update, true), "topic");
+        assert_eq!((removed.action, removed.previous), (Action::Delete, None), "on the list: leaves, as a revoked consent does");
+        let other = decide(Presence::Present { identity: Some(Identity::of_text("bob@example.com")), consented: true }, record(Action::Upsert, Op::Update, false), "topic");
+        assert_eq!(other.action, Action::Upsert, "someone else stays");
+        let nobody = decide(Presence::Present { identity: None, consented: true }, record(Action::Upsert, Op::Update, false), "topic");
+        assert_eq!(nobody.action, Action::Upsert, "a row without identifier is on no list");
+        let elsewhere = decide(member, record(Action::Upsert, Op::Update, false), "another-topic");
+        assert_eq!(elsewhere.action, Action::Upsert, "a sync without lists is not the stage's");
+        let untracked = decide(Presence::Untracked, record(Action::Upsert, Op::Update, false), "topic");
+        assert_eq!(untracked.action, Action::Upsert);
+
+        stage.state.lock().unwrap().set_entry(0, KeyHash::of(b"purchase-1"), None);
+        let back = decide(member, record(Action::Upsert, Op::Update, false), "topic");
+        assert_eq!(back.action, Action::Upsert, "released: a member again");
+        let revoked = decide(Presence::Present { identity: ada, consented: false }, record(Action::Delete, Op::Update, false), "topic");
+        assert_eq!(revoked.action, Action::Delete, "consent is the same stage");
+    }
+
+    #[test]
+    fn presence_is_tracked_only_for_syncs_with_lists() {
+        let columns = vec!["email".to_string()];
+        let row = vec![sluice_core::Value::String("ada@example.com".into())];
+        let image = Image { columns: &columns, row: &row };
+        let with = sync("suppressed_by = [\"buyers\"]\nidentifier = { column = \"email\" }");
+        assert_eq!(presence(&with, Op::Update, true, &image), Presence::Present { identity: Some(Identity::of_text("ada@example.com")), consented: true });
+        assert_eq!(presence(&with, Op::Delete, true, &image), Presence::Gone);
+        assert_eq!(presence(&sync(""), Op::Update, true, &image), Presence::Untracked);
+    }
+}

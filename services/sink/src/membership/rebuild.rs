@@ -127,7 +127,7 @@ pub(super) async fn rebuild(
             for raw in chunk? {
                 let Some(decoded) = rebuilt.decode(&raw, schemas).await? else { continue };
                 let row = KeyHash::of(&raw.key);
-                let replayed = committed.get(&(topic.to_string(), raw.partition)).copied().flatten().is_some_and(|c| raw.offset >= c);
+                let replayed = delivered_again(committed.get(&(topic.to_string(), raw.partition)).copied().flatten(), raw.offset);
                 for (list, spec) in lists.iter().enumerate().filter(|(_, l)| l.topic == topic) {
                     let changed = rebuilt.state.set_entry(list, row, entry_of(spec, &decoded));
                     if !replayed || changed.is_empty() {
@@ -135,7 +135,7 @@ pub(super) async fn rebuild(
                     }
                     // Rows whose latest record the group delivers again are decided then.
                     let targets = rebuilt.state.targets(list, &changed, |sync, member| {
-                        committed.get(&(topic_of_sync[sync].to_string(), member.partition)).copied().flatten().is_some_and(|c| member.offset < c)
+                        !delivered_again(committed.get(&(topic_of_sync[sync].to_string(), member.partition)).copied().flatten(), member.offset)
                     });
                     if !targets.is_empty() {
                         rebuilt.replay.entry((topic.to_string(), raw.partition, raw.offset)).or_default().extend(targets);
@@ -145,6 +145,15 @@ pub(super) async fn rebuild(
         }
     }
     Ok(rebuilt)
+}
+
+/// Whether the group delivers the record at `offset` again, given the partition's committed
+/// offset: at or after it, or anywhere when nothing was committed (the group then starts at the
+/// beginning, `auto.offset.reset = earliest`; e.g. a list added to a sync that has been running
+/// for months: every existing list record is delivered, and owes the removals of the members it
+/// names).
+fn delivered_again(committed: Option<i64>, offset: i64) -> bool {
+    committed.is_none_or(|committed| offset >= committed)
 }
 
 impl Rebuilt {
@@ -232,5 +241,19 @@ fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, KafkaErr
             return Ok(ids);
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_the_group_delivers_again() {
+        assert!(delivered_again(Some(10), 10), "the committed offset is the next to deliver");
+        assert!(delivered_again(Some(10), 11));
+        assert!(!delivered_again(Some(10), 9), "finished before the stop");
+        assert!(delivered_again(None, 0), "nothing committed: from the beginning");
+        assert!(delivered_again(None, 1_000_000));
     }
 }
