@@ -68,7 +68,13 @@ impl Endpoint {
 
     /// A request to the endpoint, authenticated; the caller adds the body.
     pub fn request(&self, method: reqwest::Method) -> reqwest::RequestBuilder {
-        let request = self.client.request(method, &self.url);
+        self.request_at(method, "")
+    }
+
+    /// A request to `path` below the endpoint's URL (appended as written), authenticated; for
+    /// kinds whose calls go to several resources of one API root.
+    pub fn request_at(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.client.request(method, format!("{}{path}", self.url));
         match &self.auth {
             Auth::Bearer(value) => request.header(reqwest::header::AUTHORIZATION, value.clone()),
             Auth::Query(name, token) => request.query(&[(*name, token.as_str())]),
@@ -79,6 +85,11 @@ impl Endpoint {
     /// Send `body` as JSON and read the whole answer ([`send_json`]).
     pub async fn send_json(&self, vendor: &str, method: reqwest::Method, body: &impl serde::Serialize) -> Result<Answer, DeliveryError> {
         send_json(vendor, self.request(method).json(body)).await
+    }
+
+    /// Send `body` as JSON to `path` below the endpoint's URL and read the whole answer.
+    pub async fn send_json_at(&self, vendor: &str, method: reqwest::Method, path: &str, body: &impl serde::Serialize) -> Result<Answer, DeliveryError> {
+        send_json(vendor, self.request_at(method, path).json(body)).await
     }
 }
 

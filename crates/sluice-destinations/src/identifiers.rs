@@ -1,12 +1,19 @@
-//! Identifier normalisation and SHA-256 hashing for ad platforms (Meta Custom Audiences first).
+//! Identifier normalisation and SHA-256 hashing: Meta Custom Audiences' schema keys, the email
+//! form CRMs match on, and the rule every destination and the sink's transforms share.
 //!
 //! Guarantees:
+//! - **Identifiers are never invented.** A value that is nothing once normalised (a blank or
+//!   whitespace email, a phone of "n/a", an invalid email without `@`) gives `None`: it is
+//!   missing, never sent as an empty identifier or as the hash of the empty string, and the
+//!   caller counts it (`sluice_destination_identifiers_missing_total`). A value that already is
+//!   the SHA-256 of the empty string ([`EMPTY_SHA256`], what hashing nothing gives) is missing
+//!   too.
 //! - Every hashed value is SHA-256 of the *normalised* UTF-8 string, lowercase hex, no salt, as
 //!   Meta documents (Marketing API customer-file guide; the official Python/Ruby business SDKs).
+//!   A value that already is a lowercase hex SHA-256 (hashed by a sync's `sha256` transform) is
+//!   sent as it is, not hashed twice.
 //! - Normalisation is total and deterministic: the same person always hashes the same, whatever
-//!   the warehouse's casing, padding or punctuation. A value that is empty after normalisation
-//!   (or plainly invalid, like an email without `@`) gives `None`, so it is never sent as the
-//!   hash of an empty string.
+//!   the warehouse's casing, padding or punctuation.
 //! - `MADID` and `EXTERN_ID` are normalised but not hashed (Meta's SDK and Segment send them
 //!   as is).
 //!
@@ -71,6 +78,20 @@ impl MetaKey {
     }
 }
 
+/// SHA-256 of the empty string: what hashing a missing value gives, so never an identifier.
+pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// Whether `value` is a lowercase hex SHA-256 (64 characters of `0-9a-f`).
+pub fn is_sha256_hex(value: &str) -> bool {
+    value.len() == 64 && value.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// An identifier that has no normal form of its own (an external id, a set member): the value
+/// as it is, or `None` when it is blank (empty or whitespace only) or the hash of nothing.
+pub fn present(raw: &str) -> Option<String> {
+    (!raw.trim().is_empty() && raw != EMPTY_SHA256).then(|| raw.to_string())
+}
+
 /// Lowercase hex SHA-256 of a string's UTF-8 bytes.
 pub fn sha256_hex(value: &str) -> String {
     let digest = Sha256::digest(value.as_bytes());
@@ -81,9 +102,13 @@ pub fn sha256_hex(value: &str) -> String {
     out
 }
 
-/// The value Meta expects for `key`: normalised, then hashed when the key is hashed. `None`
-/// when nothing usable is left.
+/// The value Meta expects for `key`: normalised, then hashed when the key is hashed. A value
+/// already hashed (a lowercase hex SHA-256) is sent as it is. `None` when nothing usable is
+/// left, including the hash of the empty string.
 pub fn meta_value(key: MetaKey, raw: &str) -> Option<String> {
+    if key.is_hashed() && is_sha256_hex(raw.trim()) {
+        return present(raw.trim());
+    }
     let normalised = normalise(key, raw)?;
     Some(if key.is_hashed() { sha256_hex(&normalised) } else { normalised })
 }
@@ -140,7 +165,7 @@ pub fn normalise(key: MetaKey, raw: &str) -> Option<String> {
         MetaKey::Madid => raw.trim().to_lowercase(),
         MetaKey::ExternId => raw.trim().to_string(),
     };
-    (!out.is_empty()).then_some(out)
+    (!out.is_empty() && out != EMPTY_SHA256).then_some(out)
 }
 
 fn letters_only(raw: &str) -> String {
@@ -154,9 +179,17 @@ fn two_digits(raw: &str, min: u32, max: u32) -> Option<String> {
 }
 
 /// Email as CRMs want it for matching: trimmed and lowercased (HubSpot and Braze do not
-/// document case-insensitive matching, so sending one form avoids duplicates).
-pub fn canonical_email(raw: &str) -> String {
-    raw.trim().to_lowercase()
+/// document case-insensitive matching, so sending one form avoids duplicates); `None` when
+/// nothing is left.
+pub fn canonical_email(raw: &str) -> Option<String> {
+    let email = raw.trim().to_lowercase();
+    (!email.is_empty()).then_some(email)
+}
+
+/// A phone number as ad platforms hash it: digits only, without leading zeros (E.164 without
+/// `+`; the country code must already be part of it); `None` when no digit is left.
+pub fn canonical_phone(raw: &str) -> Option<String> {
+    normalise(MetaKey::Phone, raw)
 }
 
 #[cfg(test)]
@@ -215,6 +248,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The case: a phone of "n/a", hashed by a sync, must not become a member.
+    #[test]
+    fn nothing_is_never_an_identifier() {
+        assert_eq!(sha256_hex(""), EMPTY_SHA256);
+        for key in [MetaKey::Email, MetaKey::Phone, MetaKey::Fn, MetaKey::ExternId] {
+            assert_eq!(meta_value(key, EMPTY_SHA256), None, "{key:?}: the hash of nothing is missing");
+            assert_eq!(meta_value(key, "   "), None, "{key:?}: blank is missing");
+        }
+        assert_eq!(meta_value(MetaKey::Phone, "n/a"), None);
+        let hashed = sha256_hex("16505551234");
+        assert_eq!(meta_value(MetaKey::Phone, &hashed).as_deref(), Some(hashed.as_str()), "already hashed: sent as it is, not hashed twice");
+        assert_eq!(canonical_email("  \t"), None);
+        assert_eq!(canonical_email(" A@B.c ").as_deref(), Some("a@b.c"));
+        assert_eq!(canonical_phone("n/a"), None);
+        assert_eq!(canonical_phone("000"), None, "zeros only: no number left");
+        assert_eq!(present(" "), None);
+        assert_eq!(present(EMPTY_SHA256), None);
+        assert_eq!(present(" W-1").as_deref(), Some(" W-1"), "kept as it is");
     }
 
     #[test]

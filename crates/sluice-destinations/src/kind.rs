@@ -17,10 +17,11 @@
 use std::future::Future;
 
 use serde::de::DeserializeOwned;
-use sluice_core::config::{Config, ConfigError, DestinationConfig};
+use sluice_core::config::{Config, ConfigError, DestinationConfig, SyncMode};
 
 use crate::destination::{DeliveryError, Destination, RecordFailure};
 use crate::metrics::Metrics;
+use crate::modes::ModeRefusal;
 use crate::plan::{Plan, RefusalReason};
 use crate::record::OutboundRecord;
 use crate::retry::{RetryLogic, Verdict};
@@ -34,6 +35,12 @@ pub trait Kind: RetryLogic + Send + Sync + Sized {
 
     /// The kind's settings (`config.rs`).
     type Config: DeserializeOwned + Validate + std::fmt::Debug + Send + Sync;
+
+    /// Whether a sync in `mode` can be honoured with these settings: `Err` says why not and what
+    /// to use instead. Every kind declares its modes here (and its doc page has the table of
+    /// what each does on insert, update, delete and revoked consent); the registry refuses a
+    /// sync in any other mode when the config is checked ([`crate::modes`]).
+    fn check_mode(config: &Self::Config, mode: SyncMode) -> Result<(), ModeRefusal>;
 
     /// Build from validated settings; nothing connects. `metrics` carries the configured
     /// destination's name.
@@ -77,6 +84,9 @@ async fn deliver<K: Kind>(kind: &K, batch: &[OutboundRecord]) -> Result<Vec<Reco
     for reason in &plan.skipped {
         metrics.delete_skipped(*reason);
     }
+    for field in &plan.missing {
+        metrics.identifier_missing(field);
+    }
     for refusal in &plan.refused {
         metrics.records_refused(refusal.reason, 1);
     }
@@ -111,6 +121,12 @@ pub(crate) fn settings<K: Kind>(config: &Config, destination: &DestinationConfig
     let settings: K::Config = config.kind_settings(destination)?;
     settings.validate().map_err(|invalid| config.kind_error(destination, invalid.key, &invalid.message, &invalid.fix))?;
     Ok(settings)
+}
+
+/// Every sync into `destination` in a mode `K` honours with `settings`; the error names the
+/// sync's line, the mode, the kind, why, and the fix.
+pub(crate) fn modes<K: Kind>(config: &Config, destination: &DestinationConfig, settings: &K::Config) -> Result<(), ConfigError> {
+    crate::modes::check_syncs(config, destination, K::NAME, |mode| K::check_mode(settings, mode))
 }
 
 /// `K` built from its settings, labelled with the destination's name.
@@ -176,6 +192,27 @@ macro_rules! registry {
             )+
         }
 
+        impl KindConfig {
+            /// The mapped fields every record must carry ([`Validate::identifier_fields`]).
+            ///
+            /// [`Validate::identifier_fields`]: $crate::settings::Validate::identifier_fields
+            pub fn identifier_fields(&self) -> Vec<$crate::settings::IdentifierField> {
+                match self {
+                    $(KindConfig::$kind(settings) => $crate::settings::Validate::identifier_fields(settings),)+
+                }
+            }
+        }
+
+        /// Each kind's name and the keys of its table, from its settings struct (for the
+        /// reference test).
+        #[cfg(test)]
+        pub(crate) fn kind_fields() -> Vec<(&'static str, Vec<&'static str>)> {
+            vec![$((
+                <$module::$kind as $crate::kind::Kind>::NAME,
+                $crate::validate::reference::fields_of::<<$module::$kind as $crate::kind::Kind>::Config>(),
+            )),+]
+        }
+
         /// The name of every kind, in registry order (the tables a destination may have).
         pub const KIND_NAMES: &[&str] = &[$(<$module::$kind as $crate::kind::Kind>::NAME),+];
 
@@ -194,8 +231,9 @@ macro_rules! registry {
             Err($crate::kind::unknown_kind(config, destination, KIND_NAMES))
         }
 
-        /// Build the destination a config describes. Nothing connects here; errors are config
-        /// errors, as from [`parse`].
+        /// Build the destination a config describes, once every sync into it is in a mode its
+        /// kind honours ([`crate::modes`]). Nothing connects here; errors are config errors, as
+        /// from [`parse`].
         pub fn build(
             config: &sluice_core::config::Config,
             destination: &sluice_core::config::DestinationConfig,
@@ -203,6 +241,7 @@ macro_rules! registry {
             Ok(match parse(config, destination)? {
                 $(
                     KindConfig::$kind(settings) => {
+                        $crate::kind::modes::<$module::$kind>(config, destination, &settings)?;
                         AnyDestination::$kind($crate::kind::construct::<$module::$kind>(config, destination, &settings)?)
                     }
                 )+
@@ -210,8 +249,7 @@ macro_rules! registry {
         }
 
         /// Check every destination's kind table of a config, building each (nothing
-        /// connects): what `sluice check` adds to `Config::load`, so a config it accepts starts
-        /// every sink.
+        /// connects). [`validate`](crate::validate()) does this and more, for a scope.
         pub fn check(config: &sluice_core::config::Config) -> Result<(), sluice_core::config::ConfigError> {
             for destination in &config.destinations {
                 build(config, destination)?;

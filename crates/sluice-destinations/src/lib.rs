@@ -23,9 +23,11 @@
 //! | `classify.rs` | the vendor's answer → [`Verdict`], as the two hooks of [`RetryLogic`]; the table test of the whole policy |
 //!
 //! Shared by all: [`kind`] (the [`Kind`] trait, the one delivery loop, the registry macro),
-//! [`retry`] (the classifier shape), [`plan`], [`settings`], [`metrics`] (one set of metric
-//! names for every kind), [`http`] (the status policy and the HTTP plumbing), [`identifiers`]
-//! (normalisation and hashing). Kinds are registered in one place, `registry.rs`, from which the
+//! [`modes`] (the sync modes each kind declares it honours, and the refusal of the others when
+//! the config is checked), [`retry`] (the classifier shape), [`plan`], [`settings`], [`metrics`]
+//! (one set of metric names for every kind), [`http`] (the status policy and the HTTP
+//! plumbing), [`identifiers`] (normalisation and hashing: a value that normalises to nothing is
+//! missing, never an identifier). Kinds are registered in one place, `registry.rs`, from which the
 //! kind modules, [`AnyDestination`], `KindConfig`, `KIND_NAMES`, [`parse`], [`build`] and
 //! [`check`] are generated; adding a kind is the recipe "Adding a destination" in
 //! `docs/destinations/README.md`.
@@ -43,10 +45,12 @@ pub mod http;
 pub mod identifiers;
 pub mod kind;
 pub mod metrics;
+pub mod modes;
 pub mod plan;
 pub mod record;
 pub mod retry;
 pub mod settings;
+pub mod validate;
 
 // `registry.rs` declares the kind modules; loaded by path so that they resolve beside it, as
 // `src/<kind>/`.
@@ -56,8 +60,10 @@ mod registry;
 pub use destination::{DeliveryError, Destination, RecordFailure};
 pub use kind::Kind;
 pub use metrics::Metrics;
-pub use plan::{Plan, UnsupportedDelete};
+pub use modes::ModeRefusal;
+pub use plan::{OnDelete, Plan};
 pub use record::{batch_digest, value_text, Action, OutboundRecord};
 pub use registry::*;
 pub use retry::{RequestFailure, RetryLogic, Verdict};
-pub use settings::{Invalid, Validate};
+pub use settings::{IdentifierField, Invalid, Validate};
+pub use validate::{load, validate};

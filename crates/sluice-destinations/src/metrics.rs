@@ -6,7 +6,9 @@
 //!
 //! | metric | type | labels | counts |
 //! |---|---|---|---|
-//! | `sluice_destination_records_refused_total` | counter | `reason` = `no_identifier`, `delete_unsupported`, `vendor`, `vendor_retryable` | records not applied: refused before sending, or by the vendor inside a request that went through |
+//! | `sluice_destination_records_refused_total` | counter | `reason` = `no_identifier`, `on_delete_reject`, `vendor`, `vendor_retryable` | records not applied: refused before sending, or by the vendor inside a request that went through |
+//! | `sluice_destination_identifiers_missing_total` | counter | `field` (the mapped field's configured name) | identifier values that normalised to nothing (a blank email, a phone of "n/a"): treated as missing, never sent; counted by the sink's transforms and by each kind's own normalisation |
+//! | `sluice_destination_records_unchanged_total` | counter | `reason` = `not_found`, `exists`, `already_deleted` | records confirmed without changing anything, after asking the vendor: an `update` of a record it does not hold, a `create` of one it holds, a delete of one already gone |
 //! | `sluice_destination_throttled_total` | counter | `signal`: the vendor's throttle signal, from a fixed set per kind (each kind's module doc lists its own) | throttle answers |
 //! | `sluice_destination_deletes_skipped_total` | counter | `reason` = `on_delete_skip`, `suppression_mode`, `nothing_to_unsubscribe` | deletes confirmed without a request |
 //! | `sluice_destination_vendor_rows_received_total` | counter | `operation` = `add`, `remove` | rows the vendor reports received (Meta `num_received`) |
@@ -20,7 +22,7 @@
 //! Requests, retries, latency and dead letters are the sink's (`sluice_sink_*`): a retried
 //! request is counted there, never as refused here.
 
-use crate::plan::{RefusalReason, SkipReason};
+use crate::plan::{RefusalReason, SkipReason, Unchanged};
 
 /// The metrics of one configured destination.
 #[derive(Debug, Clone)]
@@ -52,6 +54,21 @@ impl Metrics {
     pub fn delete_skipped(&self, reason: SkipReason) {
         metrics::counter!("sluice_destination_deletes_skipped_total", "destination" => self.destination.clone(), "kind" => self.kind, "reason" => reason.label())
             .increment(1);
+    }
+
+    /// An identifier value that normalised to nothing, in mapped field `field` (a configured
+    /// name, so a bounded label; never the value).
+    pub fn identifier_missing(&self, field: &str) {
+        metrics::counter!("sluice_destination_identifiers_missing_total", "destination" => self.destination.clone(), "kind" => self.kind, "field" => field.to_string())
+            .increment(1);
+    }
+
+    /// Records confirmed without a change at the vendor, by why.
+    pub fn records_unchanged(&self, reason: Unchanged, count: usize) {
+        if count > 0 {
+            metrics::counter!("sluice_destination_records_unchanged_total", "destination" => self.destination.clone(), "kind" => self.kind, "reason" => reason.label())
+                .increment(count as u64);
+        }
     }
 
     /// Rows the vendor reports it received and found invalid, for one operation.

@@ -118,4 +118,67 @@ mod tests {
         assert_eq!(error.line, Some(10), "{error}");
         assert!(error.message.contains("missing field"), "{error}");
     }
+
+    /// Every kind's settings variants against every sync mode: the modes each honours are
+    /// accepted, every other one is refused at the sync's `mode` line, naming the model, the
+    /// destination, the mode and the kind, with the kind's reason and a fix. This is the matrix
+    /// of `docs/destinations/README.md`.
+    #[test]
+    fn each_kind_accepts_its_modes_and_refuses_the_others_with_the_reason() {
+        use sluice_core::config::SyncMode::{self, *};
+        std::env::set_var("SLUICE_TEST_REDIS_URL_UNSET_OK", "redis://127.0.0.1:6379");
+        let redis = "[destinations.redis]\nurl = { env = \"SLUICE_TEST_REDIS_URL_UNSET_OK\" }";
+        let meta = format!("[destinations.meta]\naccess_token = {SECRET}\naudience_id = \"1\"\nidentifiers = {{ email = \"EMAIL\" }}");
+        let braze = format!("[destinations.braze]\nbase_url = \"http://127.0.0.1:1\"\napi_key = {SECRET}");
+        let salesforce = format!("[destinations.salesforce]\ninstance_url = \"http://127.0.0.1:1\"\naccess_token = {SECRET}\nsobject = \"Contact\"\nexternal_id_field = \"W__c\"");
+        let hubspot = format!("[destinations.hubspot]\naccess_token = {SECRET}");
+        let cases: Vec<(String, &str, &[SyncMode])> = vec![
+            ("[destinations.webhook]\nurl = \"http://127.0.0.1:1\"".into(), "webhook", &[Upsert, Update, Create, Mirror, Append, Audience]),
+            (redis.into(), "redis", &[Upsert, Update, Create, Mirror]),
+            (format!("{redis}\nmode = \"set\"\nset_key = \"s\"\nmember_field = \"email\""), "redis", &[Upsert, Audience, Mirror]),
+            (hubspot.clone(), "hubspot", &[Upsert, Update, Create, Mirror]),
+            (format!("{hubspot}\non_delete = \"skip\""), "hubspot", &[Upsert, Update, Create]),
+            (format!("{hubspot}\non_delete = \"reject\""), "hubspot", &[Upsert, Update, Create]),
+            (braze.clone(), "braze", &[Upsert, Update, Mirror]),
+            (format!("{braze}\nmode = \"suppression\""), "braze", &[Upsert, Update]),
+            (meta.clone(), "meta", &[Audience, Mirror]),
+            (format!("{meta}\nmode = \"suppression\""), "meta", &[Upsert]),
+            (salesforce.clone(), "salesforce", &[Upsert, Mirror]),
+            (format!("{salesforce}\non_delete = \"skip\""), "salesforce", &[Upsert]),
+        ];
+        for (table, kind, supported) in cases {
+            for mode in SyncMode::ALL {
+                let model = "[[models]]\nname = \"customers\"\ntable = \"customers\"\nprimary_key = [\"id\"]\ncolumns = [\"id\", \"email\"]\ndetection = { mode = \"diff\" }";
+                let text = format!("{table}\n\n{model}\n\n[[syncs]]\nmodel = \"customers\"\ndestination = \"d\"\nmode = \"{mode}\"\nfields = {{ email = \"email\" }}\n");
+                let config = config(&text);
+                let mode_line = crate::kind::TEST_CONFIG_HEAD.lines().count() + text.lines().position(|l| l.starts_with("mode = \"") && !l.contains("set\"") && !l.contains("suppression")).unwrap() + 1;
+                let outcome = check(&config);
+                if supported.contains(&mode) {
+                    outcome.unwrap_or_else(|e| panic!("{kind} honours {mode}:\n{table}\n{e}"));
+                    continue;
+                }
+                let error = outcome.expect_err(&format!("{kind} refuses {mode}:\n{table}"));
+                let head = format!("sync of model \"customers\" to destination \"d\": mode \"{mode}\" is not supported by the {kind} destination: ");
+                assert!(error.message.starts_with(&head) && error.message.len() > head.len() + 20, "{kind} {mode}: with the kind's reason: {error}");
+                assert_eq!(error.line, Some(mode_line), "{kind} {mode}: at the sync's mode line: {error}");
+                // The fix names what works instead: the on_delete setting a mirror needs, or
+                // exactly the modes the kind honours.
+                let honoured: Vec<String> = supported.iter().map(|m| format!("\"{m}\"")).collect();
+                let lists_them = error.fix == format!("use mode = {} for this destination, or sync to a destination that can honour \"{mode}\"", honoured.join(" or "));
+                assert!(lists_them || (mode == Mirror && error.fix.contains("remove on_delete")), "{kind} {mode}: {error}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_unwritten_mode_is_upsert_and_is_refused_at_the_destination_line() {
+        let model = "[[models]]\nname = \"m\"\ntable = \"m\"\nprimary_key = [\"id\"]\ncolumns = [\"id\", \"email\"]\ndetection = { mode = \"diff\" }";
+        let table = format!("[destinations.meta]\naccess_token = {SECRET}\naudience_id = \"1\"\nidentifiers = {{ email = \"EMAIL\" }}");
+        let config = config(&format!("{table}\n{model}\n[[syncs]]\nmodel = \"m\"\ndestination = \"d\"\nfields = {{ email = \"email\" }}\n"));
+        let error = check(&config).unwrap_err();
+        assert!(error.message.contains("mode \"upsert\" is not supported by the meta destination"), "{error}");
+        assert_eq!(error.line, Some(22), "the sync's destination line: {error}");
+
+        assert_eq!(error.fix, "use mode = \"audience\" or \"mirror\" for this destination, or sync to a destination that can honour \"upsert\"");
+    }
 }

@@ -1,7 +1,9 @@
 //! `sluice`: the operator's command line.
 //!
-//! - `sluice check --config FILE`: validate a config file, every destination's kind table and
-//!   its secrets included (exit 2 with file:line and the fix).
+//! - `sluice check --config FILE [--service all|poller|sink:NAME]`: the one validation every
+//!   service runs at load (`sluice_destinations::validate`), for every service (default) or for
+//!   one service's view: its secrets only, its destination only (exit 2 with file:line and the
+//!   fix). A config `check` accepts starts every service.
 //! - `sluice demo-receiver --listen ADDR`: a webhook receiver that prints every record it gets,
 //!   one line each; used by the quickstart and docker-compose to show changes arriving.
 //! - `sluice plan MODEL --config FILE`: dry run of the next run of a model in any mode —
@@ -18,16 +20,24 @@
 //!   data contract) to `schemas/models/MODEL.avsc`; point `schema_contract` at it. With
 //!   `--writer DIR`: write the model's full key and value writer schemas instead (the exact
 //!   text published on the schema topic, for consumers in other languages; docs/consumers.md).
+//! - `sluice replay --destination NAME --to earliest|latest|TIME|TOPIC:PARTITION:OFFSET
+//!   [--model MODEL] [--execute [--force [--wait-secs N]]] [--json] --config FILE`: move one
+//!   destination's consumer group so its sink re-applies (or skips) changes; shows the plan and
+//!   changes nothing without `--execute` (exit 0 done, 1 error, 2 config, 4 live members refused;
+//!   docs/operations.md).
+
+mod replay;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use axum::routing::{get, post};
+use sluice_core::config::{Config, ConfigError, Scope};
 use axum::{Json, Router};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Operate sluice: validate configs, run the demo receiver")]
+#[command(version, about = "Operate sluice: validate configs, plan and snapshot models, replay destinations, run the demo receiver")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,6 +49,10 @@ enum Command {
     Check {
         #[arg(long, env = "SLUICE_CONFIG", default_value = "sluice.toml")]
         config: PathBuf,
+        /// Check one service's view: `poller` or `sink:<destination>` (its secrets only);
+        /// default `all`.
+        #[arg(long, default_value = "all")]
+        service: Scope,
     },
     /// Show what the next run of a model would emit, with samples; emit nothing.
     Plan {
@@ -66,6 +80,36 @@ enum Command {
     Schema {
         #[command(subcommand)]
         command: SchemaCommand,
+    },
+    /// Move one destination's consumer group so its sink re-applies (or skips) changes; shows
+    /// the plan, and changes nothing without --execute. Exit codes: 0 done or plan shown, 1
+    /// error, 2 bad config or arguments, 4 refused because the group has live members.
+    Replay {
+        /// The destination whose group moves (a `[[destinations]]` name); no other group moves.
+        #[arg(long)]
+        destination: String,
+        /// `earliest`, `latest`, an RFC 3339 time (the first record at or after it, per
+        /// partition) or `<topic>:<partition>:<offset>` (that partition only).
+        #[arg(long)]
+        to: replay::Target,
+        /// Only the change topic of this model's sync.
+        #[arg(long)]
+        model: Option<String>,
+        /// Move the group (it must have no live members); without it the plan is shown only.
+        #[arg(long)]
+        execute: bool,
+        /// With --execute: do not refuse when the group has members; wait up to --wait-secs for
+        /// them to leave (a killed sink stays a member until its session times out), then move.
+        #[arg(long, requires = "execute")]
+        force: bool,
+        /// How long --force waits for the group to empty.
+        #[arg(long, default_value_t = 60, requires = "force")]
+        wait_secs: u64,
+        /// The plan (and any error) as JSON on stdout, for scripts.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "SLUICE_CONFIG", default_value = "sluice.toml")]
+        config: PathBuf,
     },
     /// Print records POSTed to /hook (the webhook destination's JSON batches).
     DemoReceiver {
@@ -114,12 +158,10 @@ enum SchemaCommand {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match Cli::parse().command {
-        // Config::load checks all but the destinations' kind tables, which only their kinds
-        // can parse: checking those too means a config `check` accepts starts every sink.
-        Command::Check { config } => match sluice_core::config::Config::load(&config).and_then(|c| sluice_destinations::check(&c).map(|()| c)) {
+        Command::Check { config, service } => match sluice_destinations::load(&config, &service) {
             Ok(c) => {
                 println!(
-                    "{}: ok ({} models, {} destinations, {} syncs)",
+                    "{}: ok for {service} ({} models, {} destinations, {} syncs)",
                     config.display(),
                     c.models.len(),
                     c.destinations.len(),
@@ -133,7 +175,7 @@ async fn main() -> std::process::ExitCode {
             }
         },
         Command::Plan { model, config, samples } => {
-            let config = match sluice_core::config::Config::load(&config) {
+            let config = match load_for_warehouse(&config) {
                 Ok(config) => config,
                 Err(error) => {
                     eprintln!("error: {error}");
@@ -156,7 +198,7 @@ async fn main() -> std::process::ExitCode {
             }
         }
         Command::Schema { command: SchemaCommand::Export { model, config, out, writer } } => {
-            let config = match sluice_core::config::Config::load(&config) {
+            let config = match load_for_warehouse(&config) {
                 Ok(config) => config,
                 Err(error) => {
                     eprintln!("error: {error}");
@@ -190,7 +232,7 @@ async fn main() -> std::process::ExitCode {
             }
         }
         Command::Snapshot { model, config } => {
-            let config = match sluice_core::config::Config::load(&config) {
+            let config = match load_for_warehouse(&config) {
                 Ok(config) => config,
                 Err(error) => {
                     eprintln!("error: {error}");
@@ -200,7 +242,7 @@ async fn main() -> std::process::ExitCode {
             snapshot(&config, &model).await
         }
         Command::Warehouse { command: WarehouseCommand::Exec { config, sql, file, create } } => {
-            let config = match sluice_core::config::Config::load(&config) {
+            let config = match load_for_warehouse(&config) {
                 Ok(config) => config,
                 Err(error) => {
                     eprintln!("error: {error}");
@@ -231,6 +273,10 @@ async fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Command::Replay { destination, to, model, execute, force, wait_secs, json, config } => {
+            let request = replay::Request { destination, target: to, model, execute, force, wait: std::time::Duration::from_secs(wait_secs), json };
+            replay::run(config, request).await
+        }
         Command::DemoReceiver { listen } => match demo_receiver(listen).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(error) => {
@@ -239,6 +285,15 @@ async fn main() -> std::process::ExitCode {
             }
         },
     }
+}
+
+/// A config for the commands that read the warehouse (`plan`, `snapshot`, `schema export`,
+/// `warehouse exec`): the file checked and the warehouse's secret resolved, with its line when
+/// it does not. Not the poller's whole scope: `schema export` writes the contracts it checks.
+fn load_for_warehouse(path: &std::path::Path) -> Result<Config, ConfigError> {
+    let config = Config::load(path)?;
+    config.check_secrets(&Scope::Poller)?;
+    Ok(config)
 }
 
 /// A progress bar over the first snapshot's rows (a plain line per chunk when stderr is not a

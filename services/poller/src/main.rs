@@ -38,7 +38,8 @@ struct Args {
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let _telemetry = sluice_telemetry::setup_telemetry("sluice-poller", args.log_json);
-    let config = match sluice_core::config::Config::load(&args.config) {
+    // The one validation, for the poller's scope: Kafka's and the warehouse's secrets only.
+    let config = match sluice_destinations::load(&args.config, &sluice_core::config::Scope::Poller) {
         Ok(config) => Arc::new(config),
         Err(error) => {
             eprintln!("error: {error}");

@@ -70,14 +70,12 @@ pub struct CronError {
 
 impl Schedule {
     pub fn for_model(model: &ModelConfig, waker: Arc<Notify>) -> Result<Schedule, CronError> {
-        let cron = match &model.cron {
-            None => None,
-            Some(expression) => Some(croner::Cron::new(expression).with_seconds_optional().parse().map_err(|e| CronError {
-                model: model.name.get_ref().clone(),
-                expression: expression.clone(),
-                reason: e.to_string(),
-            })?),
-        };
+        // The config's own parse of it: the validation at load accepted exactly what runs here.
+        let cron = model.cron_schedule().map_err(|reason| CronError {
+            model: model.name.get_ref().clone(),
+            expression: model.cron.clone().unwrap_or_default(),
+            reason,
+        })?;
         Ok(Schedule { interval: Duration::from_millis(model.poll_interval_ms), cron, waker })
     }
 

@@ -136,14 +136,14 @@ enum Delay {
 }
 
 /// The retry state of one [`Deliverer::attempt`]: attempts made and the backoff budget.
-struct Retries {
-    backoff: ExponentialBackoff,
+pub(crate) struct Retries {
+    pub(crate) backoff: ExponentialBackoff,
     made: usize,
     first_answer_ms: Option<i64>,
 }
 
 impl Retries {
-    fn new(retry: &RetryConfig) -> Retries {
+    pub(crate) fn new(retry: &RetryConfig) -> Retries {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(retry.initial_backoff_ms))
             .with_max_delay(Duration::from_millis(retry.max_backoff_ms))
@@ -332,6 +332,7 @@ impl<D: Destination, L: DeadLetterSink> Deliverer<D, L> {
     }
 
     async fn dead_letter_refused(&self, message: &OwnedMessage, failure: &Failure) -> Result<(), SinkError> {
+        let failure = &Failure { class: dead_letters::refused_class(message, failure.class), ..failure.clone() };
         tracing::warn!(
             destination = %self.destination, topic = message.topic(), partition = message.partition(), offset = message.offset(),
             class = failure.class.label(), status = ?failure.cause.status, attempts = failure.attempts.made, error = %failure.cause.message,

@@ -34,6 +34,7 @@ use crate::membership::{Pending, Presence, Recompute, Stage};
 use crate::recompute::{self, ListStep};
 use crate::offsets::OffsetTracker;
 use crate::schemas::SchemaCache;
+use crate::side::{self, Origin};
 
 /// State shared by the consume loop, the lanes and the rebalance callback.
 pub(crate) struct Shared {
@@ -122,7 +123,8 @@ impl Batch {
     }
 
     fn push(&mut self, item: Item) {
-        let key = (item.message.topic().to_string(), item.message.key().unwrap_or_default().to_vec());
+        // By the change a record carries: a side record coalesces with live records of its key.
+        let key = (side::lane_topic(item.message.as_ref()).into_owned(), item.message.key().unwrap_or_default().to_vec());
         match self.by_key.get(&key) {
             Some(&at) => {
                 // A later change of the same key replaces the earlier one in place.
@@ -201,22 +203,38 @@ impl<D: Destination, L: DeadLetterSink> LaneContext<D, L> {
     /// Decode and map a message; a record to deliver comes back as an item, anything else is
     /// finished here (skipped, or dead-lettered and acknowledged).
     async fn admit(&self, message: Arc<OwnedMessage>) -> Result<Option<Item>, SinkError> {
-        // A suppression list's record is the stage's; it goes on to delivery only when its
-        // topic is also a sync's.
-        let done = match &self.stage {
-            Some(stage) if stage.is_list_topic(message.topic()) => match self.admit_list(stage, &message).await? {
-                Some(done) => done,
-                None => return Ok(None),
-            },
-            _ => Done::Offset,
+        let (prepared, presence, done) = match side::origin(message.as_ref(), |topic| self.syncs.contains_key(topic)) {
+            Err(reason) => (Prepared::Reject(reason), Presence::Untracked, Done::Offset),
+            // A side record is the change it carries: mapped with the sync of that change's
+            // topic, and that change for the membership stage.
+            Ok(origin) => {
+                // A suppression list's record is the stage's; it goes on to delivery only when
+                // its topic is also a sync's.
+                let done = match &self.stage {
+                    Some(stage) if stage.is_list_topic(&origin.topic) => match self.admit_list(stage, &message, &origin).await? {
+                        Some(done) => done,
+                        None => return Ok(None),
+                    },
+                    _ => Done::Offset,
+                };
+                let (prepared, presence) = match self.syncs.get(origin.topic.as_ref()) {
+                    Some(sync) => mapping::prepare(&message, &origin, sync, &self.schemas).await?,
+                    None => (Prepared::Reject(format!("topic {} is not a change topic of this destination", origin.topic)), Presence::Untracked),
+                };
+                if let Some(stage) = &self.stage {
+                    stage.observe(&origin, message.key().unwrap_or_default(), &presence);
+                }
+                (prepared, presence, done)
+            }
         };
-        let sync = self.syncs.get(message.topic()).expect("subscribed topics come from the syncs and the lists");
-        let (prepared, presence) = mapping::prepare(&message, sync, &self.schemas).await?;
-        if let Some(stage) = &self.stage {
-            stage.observe(&message, &presence);
-        }
         match prepared {
-            Prepared::Deliver { record, bytes } => return Ok(Some(Item { message, record, bytes, presence, done })),
+            Prepared::Deliver { record, bytes, missing } => {
+                if !missing.is_empty() {
+                    let metrics = sluice_destinations::Metrics::new(self.destination.as_str(), self.deliverer.target.kind());
+                    missing.iter().for_each(|field| metrics.identifier_missing(field));
+                }
+                return Ok(Some(Item { message, record, bytes, presence, done }));
+            }
             Prepared::Skip => {
                 metrics::counter!("sluice_sink_records_total", "destination" => self.destination.clone(), "outcome" => "skipped").increment(1);
             }
@@ -229,8 +247,8 @@ impl<D: Destination, L: DeadLetterSink> LaneContext<D, L> {
     /// A suppression list's record: the stage applies it, its recomputes go to their lanes.
     /// Returns what its delivery finishes when its topic is also a sync's; `None` when it is
     /// dealt with here.
-    async fn admit_list(&self, stage: &Stage, message: &Arc<OwnedMessage>) -> Result<Option<Done>, SinkError> {
-        match recompute::admit_list(stage, &self.schemas, message, self.syncs.contains_key(message.topic())).await? {
+    async fn admit_list(&self, stage: &Stage, message: &Arc<OwnedMessage>, origin: &Origin<'_>) -> Result<Option<Done>, SinkError> {
+        match recompute::admit_list(stage, &self.schemas, message, origin, self.syncs.contains_key(origin.topic.as_ref())).await? {
             ListStep::DeadLetter(reason) => self.deliverer.dead_letter_unreadable(message, &reason).await?,
             ListStep::Finish => {}
             ListStep::Recompute { recomputes, done } => {
@@ -296,8 +314,10 @@ impl<D: Destination, L: DeadLetterSink> LaneContext<D, L> {
             }
         }
         if let Some(stage) = &self.stage {
-            // Membership is decided here, at send time, in the key's lane (`membership`).
-            let topics = batch.messages.iter().map(|m| m.topic());
+            // Membership is decided here, at send time, in the key's lane (`membership`); a
+            // side record by the change topic it carries.
+            let topics: Vec<_> = batch.messages.iter().map(|m| side::lane_topic(m.as_ref())).collect();
+            let topics = topics.iter().map(|topic| topic.as_ref());
             stage.decide(topics.zip(&batch.presences).zip(batch.records.iter_mut()).map(|((topic, presence), record)| (topic, presence, record)));
         }
         let outcome = if batch.is_empty() { Ok(()) } else { self.deliverer.deliver(&batch.messages, &batch.records).instrument(span).await };
@@ -394,13 +414,7 @@ mod tests {
 
     fn lane_context(answers: impl IntoIterator<Item = Answer>) -> LaneContext<ScriptedDestination, RecordingDeadLetters> {
         // Nothing connects: the schema cache only reads its topic on a lookup.
-        let kafka = KafkaConfig {
-            bootstrap_servers: "127.0.0.1:1".into(),
-            topic_prefix: "test".into(),
-            partitions: 1,
-            replication_factor: 1,
-            properties: Default::default(),
-        };
+        let kafka = KafkaConfig::plaintext("127.0.0.1:1", "test");
         LaneContext {
             destination: "crm".into(),
             syncs: HashMap::new(),

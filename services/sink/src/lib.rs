@@ -19,8 +19,14 @@
 //!   exponential backoff honouring `Retry-After`, then dead-lettered once the retry budget is
 //!   spent; a fatal failure (credentials, endpoint) stops consumption, turns `/readyz` false and
 //!   dead-letters nothing.
+//! - **Kafka refusing or away at start is waited out**: not ready, `/readyz` naming the listener,
+//!   the cause and the fix (a rejected SCRAM password, an untrusted broker certificate), retried
+//!   with backoff until it works (`sluice_kafka::connection::retry_until_connected`).
 //! - **SIGTERM drains**: reading stops, lanes finish what they hold (bounded by
 //!   `DRAIN_TIMEOUT`), the finished prefix is committed synchronously.
+//! - **No key moves backwards** ([`guard`]): a replay, a side record (backfill, redrive) or the
+//!   live stream never hands the destination a state of a key older than one it has or is about
+//!   to have; a delete whose `d` event compaction removed still reaches it ([`deletes`]).
 //! - **Membership holds** ([`membership`]): for syncs naming suppression lists, a row is sent
 //!   as a member only when present, consented and on none of its lists, decided at send time in
 //!   its lane; a list change re-decides the rows it affects, in their lanes, and its offset is
@@ -28,9 +34,9 @@
 //!
 //! ## Where each guarantee is kept
 //!
-//! [`run`] is three steps: `Sink::start` (setup: topics, destination, dead-letter writer,
-//! consumer, lanes; then `/readyz` turns true), `Sink::consume` (the loop) and `Sink::drain`
-//! (shutdown). Then:
+//! [`run`] is three steps: `Sink::start` (setup: topics — retried while Kafka refuses —,
+//! destination, dead-letter writer, consumer, lanes; then `/readyz` turns true),
+//! `Sink::consume` (the loop) and `Sink::drain` (shutdown). Then:
 //! - at-least-once: `OffsetTracker` ([`offsets`]) computes the finished prefix; a lane finishes
 //!   a batch only when `Deliverer::deliver` returned `Ok` (`LaneContext::flush`), which it does
 //!   only once every dead letter is acknowledged ([`deliver`]); the prefix is committed by
@@ -42,13 +48,23 @@
 //!   `LaneContext::flush` drops unsent records of partitions no longer owned;
 //! - failure classes: the decisions are `Deliverer::attempt`'s ([`deliver`]); a lane's fatal
 //!   error reaches `Sink::consume` through `Shared::failed`, and [`run`] turns `/readyz` false;
-//! - SIGTERM drains: `Sink::drain`.
+//! - SIGTERM drains: `Sink::drain`;
+//! - no key backwards: `Sink::dispatch` asks `OrderGuard::admit` about every record, live or
+//!   from the side topic, in dispatch order; `guard::load` builds the guard before consuming and
+//!   on every assignment (`SinkContext::post_rebalance`); `offset_list` carries a replay's
+//!   frontier on every commit below it. Suppression lists' topics are not the guard's: their
+//!   records are state of a list, applied by the stage in offset order (docs/sink.md);
 //! - membership holds: `membership::Stage` (rebuilt in `Sink::start`), decided in
-//!   `LaneContext::flush`, list records and recomputes in [`recompute`]; a process that does not
-//!   receive every list partition stops (`SinkContext::post_rebalance`).
+//!   `LaneContext::flush`, list records and recomputes in [`recompute`], side records by the
+//!   change they carry; a process that does not receive every list partition stops
+//!   (`SinkContext::post_rebalance`).
 
+#[cfg(test)]
+mod config_fuzz;
 mod dead_letters;
+mod deletes;
 mod deliver;
+mod guard;
 mod lanes;
 mod limits;
 mod mapping;
@@ -56,6 +72,7 @@ mod membership;
 mod offsets;
 mod recompute;
 mod schemas;
+mod side;
 #[cfg(test)]
 mod testing;
 mod transform;
@@ -63,16 +80,17 @@ mod transform;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use sluice_core::config::{Config, DestinationConfig, SyncConfig};
+use sluice_core::config::{Config, DestinationConfig, KafkaConfig, SyncConfig};
 use sluice_core::naming;
 use sluice_destinations::{AnyDestination, Destination};
-use sluice_kafka::admin::{ensure_topics, TopicRole};
+use sluice_kafka::admin::{Admin, TopicRole};
+use sluice_kafka::connection::{retry_until_connected, ConnectionContext};
 use sluice_kafka::dead_letter::DeadLetterWriter;
 use sluice_telemetry::ops::Health;
 use tokio::sync::mpsc;
@@ -80,8 +98,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use deliver::SinkError;
+pub use guard::predict::{predict_replay, ReplayCounts};
 
 use crate::deliver::Deliverer;
+use crate::guard::{Admission, OrderGuard};
 use crate::lanes::{BatchLimits, LaneInput, Shared};
 use crate::membership::Stage;
 use crate::offsets::Partition;
@@ -95,14 +115,27 @@ const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// How long the buffer may stay full before the partitions are paused ([`BackPressure`]).
 const PAUSE_AFTER: Duration = Duration::from_secs(5);
 
-/// Commits finished offsets of partitions being revoked, inside librdkafka's rebalance callback,
-/// and checks that an assignment gives the membership stage every list partition.
+/// Commits finished offsets of partitions being revoked and brings the order guard up to the
+/// partitions assigned, inside librdkafka's rebalance callback, and checks that an assignment
+/// gives the membership stage every list partition; reports rejected credentials or
+/// certificates with the listener and the fix.
 struct SinkContext {
     shared: Arc<Shared>,
+    guard: Arc<Mutex<OrderGuard>>,
     stage: Option<Arc<Stage>>,
+    kafka: KafkaConfig,
+    connection: ConnectionContext,
 }
 
-impl ClientContext for SinkContext {}
+impl ClientContext for SinkContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.connection.record(&error, reason);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.connection.log(level, facility, message);
+    }
+}
 
 impl ConsumerContext for SinkContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -117,7 +150,7 @@ impl ConsumerContext for SinkContext {
         let mut tracker = self.shared.tracker.lock().expect("tracker lock");
         let offsets: Vec<(Partition, i64)> = tracker.committable().into_iter().filter(|(p, _)| partitions.contains(p)).collect();
         if !offsets.is_empty() {
-            match consumer.commit(&offset_list(&offsets), CommitMode::Sync) {
+            match consumer.commit(&offset_list(&offsets, &self.guard), CommitMode::Sync) {
                 Ok(()) => tracker.committed(&offsets),
                 Err(error) => tracing::warn!(%error, "commit on revocation failed; the new owner re-delivers those records"),
             }
@@ -128,7 +161,16 @@ impl ConsumerContext for SinkContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let (Rebalance::Assign(_), Some(stage)) = (rebalance, &self.stage) else { return };
+        let Rebalance::Assign(assigned) = rebalance else { return };
+        // Before any record of these partitions is consumed: the guard must know what the
+        // group already delivered there (another instance may have moved them on).
+        if let Err(error) = guard::load::on_assign(&self.kafka, &self.guard, consumer, assigned) {
+            tracing::error!(%error, "cannot bring the order guard up to the assigned partitions; stopping");
+            self.shared.fatal.lock().expect("fatal lock").get_or_insert(SinkError::Kafka(error));
+            self.shared.failed.cancel();
+            return;
+        }
+        let Some(stage) = &self.stage else { return };
         // The whole assignment (a cooperative rebalance reports only what it adds).
         let Ok(assignment) = consumer.assignment() else { return };
         let missing = stage.missing_partitions(&assignment);
@@ -146,10 +188,17 @@ impl ConsumerContext for SinkContext {
     }
 }
 
-fn offset_list(offsets: &[(Partition, i64)]) -> TopicPartitionList {
+/// The offsets to commit, each carrying the replay frontier while it is below it (the order
+/// guard rebuilds from it after a restart, `sluice_kafka::groups`).
+fn offset_list(offsets: &[(Partition, i64)], guard: &Mutex<OrderGuard>) -> TopicPartitionList {
+    let guard = guard.lock().expect("guard lock");
     let mut list = TopicPartitionList::new();
     for ((topic, partition), offset) in offsets {
-        list.add_partition_offset(topic, *partition, Offset::Offset(*offset)).expect("valid offset");
+        let mut element = list.add_partition(topic, *partition);
+        element.set_offset(Offset::Offset(*offset)).expect("valid offset");
+        if let Some(frontier) = guard.carried_frontier(topic, *partition, *offset) {
+            element.set_metadata(sluice_kafka::groups::frontier_metadata(frontier));
+        }
     }
     list
 }
@@ -166,7 +215,9 @@ pub async fn run(config: Arc<Config>, destination: &str, health: Arc<Health>, sh
 }
 
 async fn run_inner(config: Arc<Config>, destination: &str, health: &Health, shutdown: CancellationToken) -> Result<(), SinkError> {
-    let sink = Sink::start(&config, destination).await?;
+    let Some(sink) = Sink::start(&config, destination, health, &shutdown).await? else {
+        return Ok(());
+    };
     // Ready once subscribed with lanes running; a fatal error turns it false again (`run`).
     health.set_ready();
     let stopped = sink.consume(&shutdown).await;
@@ -181,6 +232,8 @@ struct Sink {
     destination: String,
     consumer: StreamConsumer<SinkContext>,
     shared: Arc<Shared>,
+    /// Decides, in dispatch order, which records reach the destination ([`guard`]).
+    guard: Arc<Mutex<OrderGuard>>,
     /// One sender per lane; dropping them is what tells the lanes to finish and stop.
     lanes: Vec<LaneSender>,
     lane_tasks: JoinSet<()>,
@@ -190,22 +243,36 @@ struct Sink {
 }
 
 impl Sink {
-    /// Setup: check the config, create the topics, build the destination and the dead-letter
-    /// writer, subscribe, start the lanes. Nothing is consumed yet.
-    async fn start(config: &Config, destination: &str) -> Result<Sink, SinkError> {
+    /// Setup: check the config (the destination's kind table, and every sync in a mode its kind
+    /// honours), build the destination and the dead-letter writer, create the topics,
+    /// subscribe, start the lanes. Nothing is consumed yet, and a config refused touches
+    /// nothing. While Kafka is away or refuses us, not ready with the reason and retried
+    /// ([`retry_until_connected`]); `None` if shut down meanwhile.
+    async fn start(config: &Config, destination: &str, health: &Health, shutdown: &CancellationToken) -> Result<Option<Sink>, SinkError> {
         let dest = config
             .destination(destination)
             .ok_or_else(|| SinkError::Config(format!("destination {destination:?} is not in the config")))?;
         let syncs = syncs_by_topic(config, destination)?;
-        let list_topics = membership::list_topics(config, destination);
-        ensure_sink_topics(config, destination, &syncs, &list_topics).await?;
-        let schemas = schemas::SchemaCache::new(config.kafka.clone(), naming::schema_topic(&config.kafka.topic_prefix));
-        let stage = Stage::start(config, destination, &syncs, dest.max_concurrency, lane_of, &schemas).await?;
         let lane_stop = CancellationToken::new();
         let (deliverer, batch_limits) = build_deliverer(config, dest, lane_stop.clone())?;
+        let list_topics = membership::list_topics(config, destination);
+        let Some(prepared) = retry_until_connected("create topics", health, shutdown, || prepare_topics(config, destination, &syncs, &list_topics)).await else {
+            return Ok(None);
+        };
+        let (side_topic, guard) = prepared?;
+        let guard = Arc::new(Mutex::new(guard));
         let shared = Arc::new(Shared::new());
-        let context = SinkContext { shared: Arc::clone(&shared), stage: stage.clone() };
-        let consumer = subscribe(config, destination, syncs.keys().map(String::as_str).chain(list_topics.iter().map(String::as_str)), context)?;
+        let schemas = schemas::SchemaCache::new(config.kafka.clone(), naming::schema_topic(&config.kafka.topic_prefix))
+            .with_consent_checks(syncs.values().filter_map(|sync| sluice_destinations::validate::ConsentCheck::new(config, sync)));
+        let stage = Stage::start(config, destination, &syncs, dest.max_concurrency, lane_of, &schemas).await?;
+        let context = SinkContext {
+            shared: Arc::clone(&shared),
+            guard: Arc::clone(&guard),
+            stage: stage.clone(),
+            kafka: config.kafka.clone(),
+            connection: ConnectionContext::default(),
+        };
+        let consumer = subscribe(config, destination, &syncs, &side_topic, &list_topics, context)?;
         tracing::info!(
             %destination, kind = deliverer.target.kind(), topics = ?syncs.keys().collect::<Vec<_>>(), lanes = dest.max_concurrency,
             rate_limited = deliverer.limits.is_limited(), "sink started"
@@ -229,15 +296,16 @@ impl Sink {
         }
         let weak = lanes.iter().map(LaneSender::downgrade).collect();
         assert!(lane_context.lanes.set(weak).is_ok(), "lanes are set once");
-        Ok(Sink {
+        Ok(Some(Sink {
             destination: destination.to_string(),
             consumer,
             shared,
+            guard,
             lanes,
             lane_tasks,
             lane_stop,
             max_buffered_records: dest.max_buffered_records,
-        })
+        }))
     }
 
     /// The consume loop, until shutdown (`Ok`) or a failure: hands messages to lanes, applies
@@ -268,7 +336,7 @@ impl Sink {
                         metrics::counter!("sluice_sink_pauses_total", "destination" => self.destination.clone()).increment(1);
                     }
                     if last_commit.elapsed() >= COMMIT_EVERY {
-                        commit(&self.consumer, &self.shared, CommitMode::Async);
+                        commit(&self.consumer, &self.shared, &self.guard, CommitMode::Async);
                         last_commit = Instant::now();
                     }
                 }
@@ -280,13 +348,26 @@ impl Sink {
         }
     }
 
-    /// Register a consumed message as in flight and hand it to its key's lane.
+    /// Register a consumed message as in flight, let the order guard decide it, and hand it to
+    /// the lane of its key, or finish it here.
     fn dispatch(&self, message: &BorrowedMessage<'_>) -> Result<(), SinkError> {
         self.shared.tracker.lock().expect("tracker lock").register(message.topic(), message.partition(), message.offset());
+        // Decided here, one record at a time in dispatch order, which is what makes the
+        // guard's decisions the order the destination sees (`guard` module doc).
+        let admission = self.guard.lock().expect("guard lock").admit(message);
+        let lane_topic = match admission {
+            Admission::Deliver { lane_topic } => lane_topic,
+            Admission::Finish(outcome) => {
+                tracing::debug!(destination = %self.destination, topic = message.topic(), partition = message.partition(), offset = message.offset(), outcome = outcome.label(), "finished without a request");
+                metrics::counter!("sluice_sink_records_total", "destination" => self.destination.clone(), "outcome" => outcome.label()).increment(1);
+                self.shared.tracker.lock().expect("tracker lock").finish(message.topic(), message.partition(), message.offset());
+                return Ok(());
+            }
+        };
         self.shared.buffered.fetch_add(1, Ordering::SeqCst);
-        // Decoding and mapping happen in the lane, so they use every core; the key picks the
-        // lane, so per-key order holds.
-        let lane = lane_of(message.topic(), message.key().unwrap_or_default(), self.lanes.len());
+        // Decoding and mapping happen in the lane, so they use every core; the change topic and
+        // key pick the lane, so per-key order holds, side records included.
+        let lane = lane_of(&lane_topic, message.key().unwrap_or_default(), self.lanes.len());
         self.lanes[lane].send(LaneInput::Message(Arc::new(message.detach()))).map_err(|_| SinkError::Config("a delivery lane stopped".into()))
     }
 
@@ -294,7 +375,7 @@ impl Sink {
     /// failure), bounded by `DRAIN_TIMEOUT`; then the finished prefix is committed
     /// synchronously. A lane's fatal error wins over a clean stop.
     async fn drain(self, stopped: Result<(), SinkError>) -> Result<(), SinkError> {
-        let Sink { destination, consumer, shared, lanes, mut lane_tasks, lane_stop, .. } = self;
+        let Sink { destination, consumer, shared, guard, lanes, mut lane_tasks, lane_stop, .. } = self;
         drop(lanes);
         if stopped.is_err() {
             lane_stop.cancel();
@@ -308,7 +389,7 @@ impl Sink {
             lane_stop.cancel();
             while lane_tasks.join_next().await.is_some() {}
         }
-        commit(&consumer, &shared, CommitMode::Sync);
+        commit(&consumer, &shared, &guard, CommitMode::Sync);
         let result = match (stopped, shared.fatal.lock().expect("fatal lock").take()) {
             (Ok(()), Some(error)) => Err(error),
             (result, _) => result,
@@ -331,15 +412,48 @@ fn syncs_by_topic(config: &Config, destination: &str) -> Result<HashMap<String, 
     Ok(syncs)
 }
 
+/// The topics and the order guard a sink needs before it consumes: the side topic (its partition
+/// count checked against the change topics'), every topic created or checked, the guard built.
+/// A Kafka failure is the outer `Err` (the caller retries it while not ready); a config that
+/// cannot work (partition counts) the inner one.
+async fn prepare_topics(config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>, lists: &[String]) -> Result<Result<(String, OrderGuard), SinkError>, sluice_kafka::KafkaError> {
+    let split = |error: SinkError| match error {
+        SinkError::Kafka(kafka) => Err(kafka),
+        other => Ok(Err(other)),
+    };
+    let admin = Admin::new(&config.kafka)?;
+    let (side_topic, partitions) = match side::side_topic(&admin, config, destination, syncs).await {
+        Ok(side) => side,
+        Err(error) => return split(error),
+    };
+    // Independent round trips, and a start is what a restarted sink waits for: together.
+    let (ensured, guard) =
+        tokio::join!(ensure_sink_topics(&admin, config, destination, syncs, lists, (&side_topic, partitions)), guard::load::build(config, destination, syncs, partitions));
+    match ensured.and(guard) {
+        Ok(guard) => Ok(Ok((side_topic, guard))),
+        Err(error) => split(error),
+    }
+}
+
 /// Create (or check) the change topics (the syncs' and the suppression lists'), the
-/// destination's dead-letter topic and the schema topic.
-async fn ensure_sink_topics(config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>, lists: &[String]) -> Result<(), SinkError> {
+/// destination's dead-letter topic, the schema topic and the destination's side topic (with
+/// `side`'s partition count, that of its change topics, [`side::side_topic`]), in one round.
+async fn ensure_sink_topics(
+    admin: &Admin,
+    config: &Config,
+    destination: &str,
+    syncs: &HashMap<String, SyncConfig>,
+    lists: &[String],
+    side: (&str, i32),
+) -> Result<(), SinkError> {
     let prefix = &config.kafka.topic_prefix;
-    let mut topics: Vec<(String, TopicRole)> = syncs.keys().map(|t| (t.clone(), TopicRole::Compacted)).collect();
-    topics.extend(lists.iter().filter(|t| !syncs.contains_key(*t)).map(|t| (t.clone(), TopicRole::Compacted)));
-    topics.push((naming::dead_letter_topic(prefix, destination), TopicRole::DeadLetter));
-    topics.push((naming::schema_topic(prefix), TopicRole::Compacted));
-    ensure_topics(&config.kafka, &topics).await.map_err(SinkError::Kafka)
+    let created = config.kafka.partitions;
+    let mut topics: Vec<(String, TopicRole, i32)> = syncs.keys().map(|t| (t.clone(), TopicRole::Changes, created)).collect();
+    topics.extend(lists.iter().filter(|t| !syncs.contains_key(*t)).map(|t| (t.clone(), TopicRole::Changes, created)));
+    topics.push((naming::dead_letter_topic(prefix, destination), TopicRole::DeadLetter, created));
+    topics.push((naming::schema_topic(prefix), TopicRole::Compacted, created));
+    topics.push((side.0.to_string(), TopicRole::Side, side.1));
+    admin.ensure(&topics).await.map_err(SinkError::Kafka)
 }
 
 /// The destination with its dead-letter writer, limits and retry policy, and the batch limits
@@ -354,7 +468,9 @@ fn build_deliverer(
     let batch_limits = BatchLimits {
         max_records: dest.batch_max_records.min(target.max_batch_records()),
         max_bytes: dest.batch_max_bytes,
-        linger: Duration::from_millis(dest.batch_linger_ms),
+        // Validated to be at most BATCH_LINGER_MS; capped here too, since a lane adds it to an
+        // `Instant` (which panics on overflow).
+        linger: Duration::from_millis(dest.batch_linger_ms.min(sluice_core::config::bounds::BATCH_LINGER_MS.max as u64)),
     };
     let dlq_topic = naming::dead_letter_topic(&config.kafka.topic_prefix, destination);
     let deliverer = Deliverer {
@@ -362,7 +478,7 @@ fn build_deliverer(
         retry: dest.retry.clone(),
         target,
         dead_letters: DeadLetterWriter::new(&config.kafka, dlq_topic).map_err(SinkError::Kafka)?,
-        limits: limits::RateLimits::new(&dest.rate_limit),
+        limits: limits::RateLimits::new(&dest.rate_limit).map_err(|e| SinkError::Config(format!("destination {destination:?}: {e}")))?,
         concurrency: limits::AdaptiveConcurrency::new(dest.max_concurrency),
         shutdown: lane_stop,
         clock: deliver::system_clock,
@@ -370,24 +486,33 @@ fn build_deliverer(
     Ok((deliverer, batch_limits))
 }
 
-/// The destination's consumer (manual commits, `read_committed`), subscribed to its change topics.
-fn subscribe<'t>(config: &Config, destination: &str, topics: impl Iterator<Item = &'t str>, context: SinkContext) -> Result<StreamConsumer<SinkContext>, SinkError> {
+/// The destination's consumer (manual commits, `read_committed`), subscribed to its change topics,
+/// its side topic and the change topics of the suppression lists its syncs name.
+fn subscribe(
+    config: &Config,
+    destination: &str,
+    syncs: &HashMap<String, SyncConfig>,
+    side_topic: &str,
+    list_topics: &[String],
+    context: SinkContext,
+) -> Result<StreamConsumer<SinkContext>, SinkError> {
     let consumer: StreamConsumer<SinkContext> = sluice_kafka::client_config(&config.kafka)
         .set("group.id", naming::sink_group(&config.kafka.topic_prefix, destination))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "false")
+        // Range gives partition p of every subscribed topic (they have equal counts) to one
+        // instance: the side records of partition p meet the live records of their keys there
+        // (`sluice_kafka::side`). Set after the user's properties, so it always holds.
+        .set("partition.assignment.strategy", "range")
         .create_with_context(context)
         .map_err(|e| SinkError::Kafka(sluice_kafka::KafkaError::Fatal { operation: "create consumer", source: e }))?;
-    let mut unique: Vec<&str> = Vec::new();
-    for topic in topics {
-        if !unique.contains(&topic) {
-            unique.push(topic);
-        }
-    }
+    let mut topics: Vec<&str> = syncs.keys().map(String::as_str).chain([side_topic]).collect();
+    // A list's model may also be synced to this destination: subscribe to its topic once.
+    topics.extend(list_topics.iter().map(String::as_str).filter(|t| !syncs.contains_key(*t)));
     consumer
-        .subscribe(&unique)
+        .subscribe(&topics)
         .map_err(|e| SinkError::Kafka(sluice_kafka::KafkaError::Fatal { operation: "subscribe", source: e }))?;
     Ok(consumer)
 }
@@ -457,13 +582,13 @@ fn set_paused(consumer: &StreamConsumer<SinkContext>, pause: bool) {
 }
 
 /// Commit the finished prefix of every owned partition.
-fn commit(consumer: &StreamConsumer<SinkContext>, shared: &Shared, mode: CommitMode) {
+fn commit(consumer: &StreamConsumer<SinkContext>, shared: &Shared, guard: &Mutex<OrderGuard>, mode: CommitMode) {
     let mut tracker = shared.tracker.lock().expect("tracker lock");
     let offsets = tracker.committable();
     if offsets.is_empty() {
         return;
     }
-    match consumer.commit(&offset_list(&offsets), mode) {
+    match consumer.commit(&offset_list(&offsets, guard), mode) {
         Ok(()) => tracker.committed(&offsets),
         Err(error) => tracing::warn!(%error, "offset commit failed; retried at the next commit"),
     }

@@ -48,22 +48,42 @@ impl Drop for Permit<'_> {
     }
 }
 
+/// A rate no limiter can hold: not finite, not positive, or so small or large that its period
+/// is not a `Duration` of at least a nanosecond. The config's validation refuses these first
+/// (`sluice_core::config::bounds`); this keeps the conversion total anyway.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("rate_limit.{setting} = {rate} cannot be enforced (see docs/configuration.md#rate-limits)")]
+pub(crate) struct InvalidRate {
+    setting: &'static str,
+    rate: f64,
+}
+
+/// The pacing period of `rate` per second: `1/rate` as a non-zero `Duration`.
+fn period(setting: &'static str, rate: f64) -> Result<Duration, InvalidRate> {
+    let invalid = || InvalidRate { setting, rate };
+    if !(rate.is_finite() && rate > 0.0) {
+        return Err(invalid());
+    }
+    Duration::try_from_secs_f64(1.0 / rate).ok().filter(|p| !p.is_zero()).ok_or_else(invalid)
+}
+
 impl RateLimits {
-    pub(crate) fn new(config: &sluice_core::config::RateLimitConfig) -> RateLimits {
-        let pacing = config.requests_per_second.map(|rate| {
-            let period = Duration::from_secs_f64(1.0 / rate);
-            DefaultDirectRateLimiter::direct(Quota::with_period(period).expect("positive rate, validated").allow_burst(NonZeroU32::MIN))
-        });
-        let requests = config.requests_per_second.map(|rate| {
+    pub(crate) fn new(config: &sluice_core::config::RateLimitConfig) -> Result<RateLimits, InvalidRate> {
+        let (mut pacing, mut requests, mut records) = (None, None, None);
+        if let Some(rate) = config.requests_per_second {
+            let period = period("requests_per_second", rate)?;
+            let quota = Quota::with_period(period).ok_or(InvalidRate { setting: "requests_per_second", rate })?;
+            pacing = Some(DefaultDirectRateLimiter::direct(quota.allow_burst(NonZeroU32::MIN)));
             // Below one request per second the window stretches: one request per 1/rate seconds.
-            if rate >= 1.0 {
-                Window::new(rate.floor() as usize, Duration::from_secs(1))
-            } else {
-                Window::new(1, Duration::from_secs_f64(1.0 / rate))
+            requests = Some(if rate >= 1.0 { Window::new(rate.floor() as usize, Duration::from_secs(1)) } else { Window::new(1, period) });
+        }
+        if let Some(rate) = config.records_per_second {
+            if !(rate.is_finite() && rate >= 1.0) {
+                return Err(InvalidRate { setting: "records_per_second", rate });
             }
-        });
-        let records = config.records_per_second.map(|rate| Window::new(rate.floor() as usize, Duration::from_secs(1)));
-        RateLimits { pacing, requests, records }
+            records = Some(Window::new(rate.floor() as usize, Duration::from_secs(1)));
+        }
+        Ok(RateLimits { pacing, requests, records })
     }
 
     /// Wait until a request of `records` records may be sent; hold the permit until its answer.
@@ -237,7 +257,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn records_per_second_hold_in_every_window_of_sends() {
-        let limits = RateLimits::new(&sluice_core::config::RateLimitConfig { requests_per_second: None, records_per_second: Some(1000.0) });
+        let limits = RateLimits::new(&sluice_core::config::RateLimitConfig { requests_per_second: None, records_per_second: Some(1000.0) }).unwrap();
         let start = Instant::now();
         let mut sends = Vec::new();
         for n in [100usize, 500, 500, 300, 700, 50, 500, 500, 500] {
@@ -249,6 +269,22 @@ mod tests {
             let in_window: usize = sends[i..].iter().take_while(|(u, _)| *u < *t + Duration::from_secs(1)).map(|(_, n)| n).sum();
             assert!(in_window <= 1000, "window from {t:?} holds {in_window} records");
         }
+    }
+
+    /// Issue 12: `inf` panicked in `Quota::with_period`, `1e-20` in `Duration::from_secs_f64`.
+    #[test]
+    fn rates_no_limiter_can_hold_are_errors_not_panics() {
+        use sluice_core::config::RateLimitConfig;
+        for rate in [f64::INFINITY, f64::NAN, 1e-20, 0.0, -0.0, -1.0, 1e300, f64::MIN_POSITIVE] {
+            let config = RateLimitConfig { requests_per_second: Some(rate), records_per_second: None };
+            assert!(RateLimits::new(&config).is_err(), "requests_per_second = {rate}");
+        }
+        for rate in [f64::INFINITY, f64::NAN, 0.5, -1.0] {
+            let config = RateLimitConfig { requests_per_second: None, records_per_second: Some(rate) };
+            assert!(RateLimits::new(&config).is_err(), "records_per_second = {rate}");
+        }
+        let config = RateLimitConfig { requests_per_second: Some(1.0 / 86_400.0), records_per_second: Some(1e9) };
+        assert!(RateLimits::new(&config).unwrap().is_limited());
     }
 
     #[tokio::test(start_paused = true)]

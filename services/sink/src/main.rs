@@ -33,7 +33,9 @@ struct Args {
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let _telemetry = sluice_telemetry::setup_telemetry(&format!("sluice-sink-{}", args.destination), args.log_json);
-    let config = match sluice_core::config::Config::load(&args.config) {
+    // The one validation, for this sink's scope: its destination's secrets and Kafka's only.
+    let scope = sluice_core::config::Scope::Sink(args.destination.clone());
+    let config = match sluice_destinations::load(&args.config, &scope) {
         Ok(config) => Arc::new(config),
         Err(error) => {
             eprintln!("error: {error}");

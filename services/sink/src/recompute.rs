@@ -20,6 +20,7 @@ use crate::deliver::{Done, Item, SinkError};
 use crate::mapping::{self, Prepared};
 use crate::membership::{ListAdmission, Pending, Recompute, Stage};
 use crate::schemas::SchemaCache;
+use crate::side::Origin;
 
 /// What a lane does with a list record.
 pub(crate) enum ListStep {
@@ -32,9 +33,9 @@ pub(crate) enum ListStep {
     Recompute { recomputes: Vec<Recompute>, done: Option<Done> },
 }
 
-/// Apply a list record to the stage; see [`ListStep`].
-pub(crate) async fn admit_list(stage: &Stage, schemas: &SchemaCache, message: &Arc<OwnedMessage>, also_synced: bool) -> Result<ListStep, SinkError> {
-    let targets = match stage.admit_list(message, schemas).await? {
+/// Apply a list record, carrying the change at `origin`, to the stage; see [`ListStep`].
+pub(crate) async fn admit_list(stage: &Stage, schemas: &SchemaCache, message: &Arc<OwnedMessage>, origin: &Origin<'_>, also_synced: bool) -> Result<ListStep, SinkError> {
+    let targets = match stage.admit_list(message, origin, schemas).await? {
         // A sync of the same topic fails to read it too, and dead-letters it there.
         ListAdmission::Reject(_) if also_synced => return Ok(ListStep::Recompute { recomputes: Vec::new(), done: Some(Done::Offset) }),
         ListAdmission::Reject(reason) => return Ok(ListStep::DeadLetter(format!("suppression list record: {reason}"))),
@@ -44,7 +45,7 @@ pub(crate) async fn admit_list(stage: &Stage, schemas: &SchemaCache, message: &A
     if parts == 0 {
         return Ok(ListStep::Finish);
     }
-    let pending = Pending::new(Arc::clone(message), parts);
+    let pending = Pending::new(Arc::clone(message), origin, parts);
     let recomputes = targets.into_iter().map(|target| Recompute { target, pending: Arc::clone(&pending) }).collect();
     Ok(ListStep::Recompute { recomputes, done: also_synced.then_some(Done::Part(pending)) })
 }
@@ -67,8 +68,11 @@ pub(crate) async fn read_back(
         let Some(message) = stage.read_back(target, partition, offset).await? else { return Ok(Err("superseded")) };
         let sync = syncs.get(message.topic()).expect("a sync's topic");
         let message = Arc::new(message);
-        Ok(match mapping::prepare(&message, sync, schemas).await? {
-            (Prepared::Deliver { mut record, bytes }, presence) => {
+        // Read from the change topic itself: the record carries its own coordinates.
+        let origin = Origin { topic: message.topic().into(), partition: message.partition(), offset: message.offset(), side: false };
+        // Its empty identifiers were counted when it was consumed.
+        Ok(match mapping::prepare(&message, &origin, sync, schemas).await? {
+            (Prepared::Deliver { mut record, bytes, missing: _ }, presence) => {
                 let list_id = pending.id();
                 record.id = format!("{}+{list_id}", record.id);
                 let bytes = bytes + list_id.len() + 1;

@@ -146,7 +146,7 @@ pub(crate) fn deliverer(retry: RetryConfig, answers: impl IntoIterator<Item = An
         retry,
         target: ScriptedDestination::new(answers),
         dead_letters: RecordingDeadLetters::default(),
-        limits: RateLimits::new(&RateLimitConfig::default()),
+        limits: RateLimits::new(&RateLimitConfig::default()).expect("no limits"),
         concurrency: AdaptiveConcurrency::new(4),
         shutdown: CancellationToken::new(),
         clock: paused_clock,

@@ -1,13 +1,17 @@
 //! Field mapping: from a decoded row to the destination's fields, and the consent decision.
 //!
 //! Only mapped fields ever leave. Transforms run in the order written; NULL stays NULL through
-//! every transform (a missing identifier is not hashed into the hash of the empty string).
+//! every transform, and a value a transform leaves empty (`normalize_phone` of "n/a",
+//! `normalize_email` or `trim` of a blank, `sha256` of nothing) becomes NULL: a value that
+//! normalises to nothing is *missing*, never an identifier and never hashed into the hash of
+//! the empty string. Each such field is reported ([`Mapped::missing`]) so the sink counts it
+//! (`sluice_destination_identifiers_missing_total`).
 
 use serde_json::Value as Json;
 use sluice_avro::DecodedEvent;
 use sluice_core::config::{Coerce, ConsentRule, FieldSource, TemplateText, Transform, TransformedColumn};
 use sluice_core::Row;
-use sluice_destinations::identifiers::{canonical_email, normalise, sha256_hex, MetaKey};
+use sluice_destinations::identifiers::{canonical_email, canonical_phone, sha256_hex};
 
 /// A row image with its column names, as mapping reads it.
 pub(crate) struct Image<'a> {
@@ -40,23 +44,41 @@ pub(crate) fn before(decoded: &DecodedEvent) -> Option<Image<'_>> {
     decoded.event.before.as_ref().map(|row| Image { columns: &decoded.columns, row })
 }
 
-/// The mapped fields of an image.
-pub(crate) fn map_fields<'a>(
-    fields: impl IntoIterator<Item = (&'a String, &'a FieldSource)>,
-    image: &Image<'_>,
-) -> serde_json::Map<String, Json> {
-    fields.into_iter().map(|(name, source)| (name.clone(), field_value(source, image))).collect()
+/// An image's mapped fields, and the fields whose value its transforms left empty.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Mapped {
+    /// Destination field → value.
+    pub fields: serde_json::Map<String, Json>,
+    /// Fields whose column held a value that normalised to nothing (now NULL), by name.
+    pub missing: Vec<String>,
 }
 
-fn field_value(source: &FieldSource, image: &Image<'_>) -> Json {
-    match source {
-        FieldSource::Column(column) => image.get(column),
-        FieldSource::Transformed(TransformedColumn { column, transforms, coerce }) => {
-            let value = transforms.iter().fold(image.get(column), |value, t| apply(*t, value));
-            coerce.map_or(value.clone(), |c| coerce_to(c, value))
+/// The mapped fields of an image.
+pub(crate) fn map_fields<'a>(fields: impl IntoIterator<Item = (&'a String, &'a FieldSource)>, image: &Image<'_>) -> Mapped {
+    let mut mapped = Mapped::default();
+    for (name, source) in fields {
+        let (value, emptied) = field_value(source, image);
+        if emptied {
+            mapped.missing.push(name.clone());
         }
-        FieldSource::Value(constant) => serde_json::to_value(&constant.value).unwrap_or(Json::Null),
-        FieldSource::Template(TemplateText { template }) => Json::String(render(template, image)),
+        mapped.fields.insert(name.clone(), value);
+    }
+    mapped
+}
+
+/// A field's value, and whether its transforms turned a value into nothing (NULL).
+fn field_value(source: &FieldSource, image: &Image<'_>) -> (Json, bool) {
+    match source {
+        FieldSource::Column(column) => (image.get(column), false),
+        FieldSource::Transformed(TransformedColumn { column, transforms, coerce }) => {
+            let raw = image.get(column);
+            let had_value = !raw.is_null();
+            let value = transforms.iter().fold(raw, |value, t| apply(*t, value));
+            let emptied = had_value && value.is_null();
+            (coerce.map_or(value.clone(), |c| coerce_to(c, value)), emptied)
+        }
+        FieldSource::Value(constant) => (serde_json::to_value(&constant.value).unwrap_or(Json::Null), false),
+        FieldSource::Template(TemplateText { template }) => (Json::String(render(template, image)), false),
     }
 }
 
@@ -81,19 +103,21 @@ fn text(value: &Json) -> Option<String> {
     }
 }
 
-/// Apply one transform; NULL stays NULL.
+/// Apply one transform; NULL stays NULL, and a result that is empty is NULL (missing).
 pub(crate) fn apply(transform: Transform, value: Json) -> Json {
     let Some(s) = text(&value) else { return Json::Null };
-    Json::String(match transform {
-        Transform::Trim => s.trim().to_string(),
-        Transform::Lowercase => s.to_lowercase(),
-        Transform::Uppercase => s.to_uppercase(),
-        Transform::DigitsOnly => s.chars().filter(char::is_ascii_digit).collect(),
+    let out = match transform {
+        Transform::Trim => Some(s.trim().to_string()),
+        Transform::Lowercase => Some(s.to_lowercase()),
+        Transform::Uppercase => Some(s.to_uppercase()),
+        Transform::DigitsOnly => Some(s.chars().filter(char::is_ascii_digit).collect()),
         // The same normal forms and hash the destinations use, from one place.
         Transform::NormalizeEmail => canonical_email(&s),
-        Transform::NormalizePhone => normalise(MetaKey::Phone, &s).unwrap_or_default(),
-        Transform::Sha256 => sha256_hex(&s),
-    })
+        Transform::NormalizePhone => canonical_phone(&s),
+        // Hashing nothing would invent an identifier: the hash of the empty string.
+        Transform::Sha256 => (!s.trim().is_empty()).then(|| sha256_hex(&s)),
+    };
+    out.filter(|v| !v.is_empty()).map_or(Json::Null, Json::String)
 }
 
 fn coerce_to(target: Coerce, value: Json) -> Json {
@@ -147,10 +171,38 @@ mod tests {
             .clone()
             .try_into()
             .unwrap();
-        assert_eq!(field_value(&source, &image), json!(sha256_hex("ada@example.com")), "trimmed, lowercased, hashed");
+        assert_eq!(field_value(&source, &image), (json!(sha256_hex("ada@example.com")), false), "trimmed, lowercased, hashed");
         assert_eq!(apply(Transform::Sha256, Json::Null), Json::Null);
         assert_eq!(apply(Transform::NormalizePhone, json!("0044 20 7946 0958")), json!("442079460958"));
         assert_eq!(apply(Transform::NormalizeEmail, json!("  Ada@Example.COM ")), json!("ada@example.com"));
+    }
+
+    /// The case: a phone of "n/a" normalised and hashed must not become the hash of "".
+    #[test]
+    fn a_value_that_normalises_to_nothing_is_missing_and_reported() {
+        for (transform, value) in [
+            (Transform::NormalizePhone, "n/a"),
+            (Transform::NormalizePhone, "000"),
+            (Transform::NormalizeEmail, "   "),
+            (Transform::Trim, " \t "),
+            (Transform::DigitsOnly, "none"),
+            (Transform::Sha256, ""),
+            (Transform::Sha256, "  "),
+            (Transform::Lowercase, ""),
+        ] {
+            assert_eq!(apply(transform, json!(value)), Json::Null, "{transform:?} of {value:?}");
+        }
+        let columns = vec!["phone".to_string(), "email".to_string()];
+        let row = vec![Value::String("n/a".into()), Value::Null];
+        let image = Image { columns: &columns, row: &row };
+        let hashed = |column: &str| FieldSource::Transformed(TransformedColumn { column: column.into(), transforms: vec![Transform::NormalizePhone, Transform::Sha256], coerce: None });
+        let fields: std::collections::BTreeMap<String, FieldSource> =
+            [("phone_sha256".to_string(), hashed("phone")), ("email_sha256".to_string(), hashed("email")), ("raw".to_string(), FieldSource::Column("phone".into()))].into();
+        let mapped = map_fields(&fields, &image);
+        assert_eq!(mapped.fields["phone_sha256"], Json::Null, "never sha256(\"\") = {}", sha256_hex(""));
+        assert_eq!(mapped.fields["email_sha256"], Json::Null);
+        assert_eq!(mapped.fields["raw"], json!("n/a"), "a column mapped as it is stays as it is");
+        assert_eq!(mapped.missing, ["phone_sha256"], "only the value that normalised to nothing is reported; a NULL was missing already");
     }
 
     #[test]
@@ -158,9 +210,9 @@ mod tests {
         let (columns, row) = image_fields();
         let image = Image { columns: &columns, row: &row };
         let template = FieldSource::Template(TemplateText { template: "{email}/{first}!".into() });
-        assert_eq!(field_value(&template, &image), json!("  Ada@Example.COM /!"));
+        assert_eq!(field_value(&template, &image).0, json!("  Ada@Example.COM /!"));
         let ltv = FieldSource::Transformed(TransformedColumn { column: "ltv".into(), transforms: vec![], coerce: Some(Coerce::Float) });
-        assert_eq!(field_value(&ltv, &image), json!(12.5));
+        assert_eq!(field_value(&ltv, &image).0, json!(12.5));
         assert_eq!(coerce_to(Coerce::Integer, json!("12.9")), json!(12));
         assert_eq!(coerce_to(Coerce::Boolean, json!("yes")), json!(true));
     }

@@ -45,10 +45,20 @@ pub struct DestinationConfig {
     pub rate_limit: RateLimitConfig,
     /// The kind's table (`[destinations.<kind>]`), unparsed.
     pub kind: KindTable,
+    /// Where each common key is written, so an error about one names its line.
+    keys: Vec<Spanned<String>>,
+}
+
+impl DestinationConfig {
+    /// Where a common key (`batch_linger_ms`, `rate_limit`, ...) is written; the entry's name
+    /// when it is not written (its default is in force).
+    pub fn key_span(&self, key: &str) -> Range<usize> {
+        self.keys.iter().find(|k| k.get_ref() == key).map_or_else(|| self.name.span(), |k| k.span())
+    }
 }
 
 /// The common keys of a `[[destinations]]` entry; any other key must be the kind's table.
-const COMMON_KEYS: &[&str] =
+pub const COMMON_KEYS: &[&str] =
     &["name", "batch_max_records", "batch_linger_ms", "retry", "batch_max_bytes", "max_concurrency", "max_buffered_records", "rate_limit"];
 
 /// A destination kind's table as written: its name, where it is, and each top-level key and
@@ -185,7 +195,11 @@ impl<'de> de::Visitor<'de> for EntryVisitor {
         let mut max_buffered_records = None;
         let mut rate_limit = None;
         let mut kind: Option<KindTable> = None;
+        let mut keys = Vec::new();
         while let Some(key) = map.next_key::<Spanned<String>>()? {
+            if COMMON_KEYS.contains(&key.get_ref().as_str()) {
+                keys.push(key.clone());
+            }
             match key.get_ref().as_str() {
                 "name" => name = Some(map.next_value()?),
                 "batch_max_records" => batch_max_records = Some(map.next_value()?),
@@ -219,6 +233,7 @@ impl<'de> de::Visitor<'de> for EntryVisitor {
             max_buffered_records: max_buffered_records.unwrap_or_else(defaults::max_buffered_records),
             rate_limit: rate_limit.unwrap_or_default(),
             kind,
+            keys,
         })
     }
 }

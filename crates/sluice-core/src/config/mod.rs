@@ -1,30 +1,33 @@
 //! The declarative configuration: one TOML file for warehouse, Kafka, models, destinations and
-//! syncs.
+//! syncs. Every key, its default and its meaning: `docs/configuration.md`.
 //!
 //! Guarantees:
-//! - Everything is validated before anything connects: unknown keys, wrong types, dangling
-//!   references, duplicate names, missing secrets. Every error names the file, the line and the
-//!   fix ([`ConfigError`]).
+//! - [`Config::parse`] checks everything knowable from the file but the destinations' kind
+//!   tables: unknown keys, wrong types, dangling references, duplicate names, numbers outside
+//!   their [`bounds`], cron expressions. Every error names the file, the line and the fix
+//!   ([`ConfigError`]). `sluice-destinations`' `validate` adds the kind tables and what needs
+//!   them, for a [`Scope`]; `sluice check` and every service run it at load.
 //! - Secrets are never written inline: a secret field takes `{ env = "VAR" }` or
-//!   `{ file = "/path" }` and is resolved at load time, so a missing variable fails up front and
-//!   the file itself can be committed.
+//!   `{ file = "/path" }` ([`secret`]). Each process resolves only the secrets of its scope:
+//!   Kafka's when the file is parsed (every process talks to Kafka), the warehouse's only in the
+//!   poller's scope ([`Config::check_secrets`], [`WarehouseConfig::location`]), a destination's
+//!   only when its kind table is parsed (by its sink, or by `sluice check`).
 //! - Precedence: environment over file, for the few settings an operator overrides per
 //!   deployment (`SLUICE_KAFKA_BOOTSTRAP_SERVERS`, `SLUICE_KAFKA_TOPIC_PREFIX`).
 //!
 //! Every destination kind is a sub-table named after the kind (`[destinations.webhook]`). This
 //! crate knows no kinds: it keeps that table as written ([`KindTable`]) and the
 //! `sluice-destinations` registry parses and validates it, with errors placed by
-//! [`Config::error_at`] and [`Config::kind_error`] from the source text kept in the [`Config`]. So
-//! [`Config::load`] checks everything but the kinds' tables; `sluice check` checks those too.
+//! [`Config::error_at`] and [`Config::kind_error`] from the source text kept in the [`Config`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::de::{self, Deserializer};
 use serde::Deserialize;
+use toml::Spanned;
 
 /// A configuration error, pointing at the offending place and saying how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,9 +104,56 @@ pub struct KafkaConfig {
     /// Replication factor of topics sluice creates (1 for a single local broker, 3 in production).
     #[serde(default = "defaults::replication_factor")]
     pub replication_factor: i32,
-    /// Extra librdkafka properties applied to every client (e.g. security settings).
+    /// `plaintext` (default), `ssl`, `sasl_ssl` or `sasl_plaintext` ([`SecurityProtocol`]).
     #[serde(default)]
-    pub properties: BTreeMap<String, String>,
+    pub security_protocol: Option<Spanned<SecurityProtocol>>,
+    /// TLS settings of `ssl` and `sasl_ssl` ([`TlsConfig`]).
+    #[serde(default)]
+    pub tls: Option<Spanned<TlsConfig>>,
+    /// SASL settings of `sasl_ssl` and `sasl_plaintext` ([`SaslConfig`]).
+    #[serde(default)]
+    pub sasl: Option<Spanned<SaslConfig>>,
+    /// Extra librdkafka properties applied to every client (tuning); not the ones the typed
+    /// settings own ([`SECURITY_PROPERTIES`]). A value may be a secret reference
+    /// (`"ssl.keystore.password" = { env = "KAFKA_KEYSTORE_PASSWORD" }`).
+    #[serde(default = "defaults::no_properties")]
+    pub properties: Spanned<BTreeMap<String, MaybeSecret>>,
+    /// `min.compaction.lag.ms` of change topics: how long every change event, `d` events
+    /// included, stays in the topic before compaction may drop it for a newer record of its key.
+    /// A sink that lags less than this sees every delete as its `d` event. Applied when topics
+    /// are created and to existing change topics at every start (default 7 days).
+    #[serde(default = "defaults::min_compaction_lag_ms")]
+    pub min_compaction_lag_ms: u64,
+    /// `delete.retention.ms` of change topics: how long a tombstone stays after compaction
+    /// reached it. A sink that lags more than `min_compaction_lag_ms` but less than both together
+    /// still sees the delete, as a tombstone whose `d` event is gone (docs/sink.md). Applied like
+    /// `min_compaction_lag_ms` (default 7 days).
+    #[serde(default = "defaults::delete_retention_ms")]
+    pub delete_retention_ms: u64,
+}
+
+impl KafkaConfig {
+    /// A plaintext connection to `bootstrap_servers` with the default topic settings, for tests
+    /// and tools that build a config in code.
+    pub fn plaintext(bootstrap_servers: impl Into<String>, topic_prefix: impl Into<String>) -> KafkaConfig {
+        KafkaConfig {
+            bootstrap_servers: bootstrap_servers.into(),
+            topic_prefix: topic_prefix.into(),
+            partitions: defaults::partitions(),
+            replication_factor: defaults::replication_factor(),
+            security_protocol: None,
+            tls: None,
+            sasl: None,
+            properties: defaults::no_properties(),
+            min_compaction_lag_ms: defaults::min_compaction_lag_ms(),
+            delete_retention_ms: defaults::delete_retention_ms(),
+        }
+    }
+
+    /// The protocol, `plaintext` when not written.
+    pub fn security_protocol(&self) -> SecurityProtocol {
+        self.security_protocol.as_ref().map(|p| *p.get_ref()).unwrap_or_default()
+    }
 }
 
 /// The warehouse models are read from.
@@ -114,9 +164,10 @@ pub struct WarehouseConfig {
     #[serde(default = "defaults::warehouse_name")]
     pub name: String,
     pub kind: WarehouseKind,
-    /// PostgreSQL: the connection string, by reference (it usually holds a password).
+    /// PostgreSQL: the connection string, by reference (it usually holds a password). Resolved
+    /// only by [`WarehouseConfig::location`], so a sink never reads it.
     #[serde(default)]
-    pub url: Option<Secret>,
+    pub url: Option<Spanned<SecretRef>>,
     /// DuckDB: the database file (relative to the working directory, like `schema_contract`).
     /// It must exist: a missing file is an error, never a new empty warehouse.
     #[serde(default)]
@@ -181,98 +232,52 @@ impl WarehouseSetting {
 }
 
 /// Where the warehouse is, by kind (validated: each kind has its own setting and only that).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum WarehouseLocation<'a> {
-    Postgres { url: &'a str },
+    /// The connection string, resolved.
+    Postgres { url: Secret },
     Duckdb { path: &'a Path },
 }
 
+/// Why the warehouse cannot be located: its secret does not resolve, or the setting its kind
+/// needs is missing (only for a `WarehouseConfig` built by hand: parsing refuses that).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LocationError {
+    /// The connection string's reference does not resolve.
+    #[error("[warehouse] url: {0}")]
+    Secret(#[from] SecretError),
+    /// The kind's setting is missing.
+    #[error("[warehouse] kind = \"{kind}\" needs `{key}`")]
+    Missing { kind: &'static str, key: &'static str },
+}
+
 impl WarehouseConfig {
-    /// The warehouse's address for its kind.
-    pub fn location(&self) -> WarehouseLocation<'_> {
-        match self.kind {
-            WarehouseKind::Postgres => WarehouseLocation::Postgres { url: self.url.as_ref().expect("validated: postgres has a url").expose() },
-            WarehouseKind::Duckdb => WarehouseLocation::Duckdb { path: self.path.as_deref().expect("validated: duckdb has a path") },
-        }
+    /// The warehouse's address for its kind, its secret resolved now.
+    pub fn location(&self) -> Result<WarehouseLocation<'_>, LocationError> {
+        let missing = || LocationError::Missing { kind: self.kind.name(), key: self.kind.setting().0.key() };
+        Ok(match self.kind {
+            WarehouseKind::Postgres => WarehouseLocation::Postgres { url: self.url.as_ref().ok_or_else(missing)?.get_ref().resolve()? },
+            WarehouseKind::Duckdb => WarehouseLocation::Duckdb { path: self.path.as_deref().ok_or_else(missing)? },
+        })
     }
 }
 
-/// A secret, given by reference and resolved at load time. Its value is never printed.
-#[derive(Clone)]
-pub struct Secret {
-    reference: String,
-    value: String,
-}
-
-impl Secret {
-    /// The secret's value; keep it out of logs.
-    pub fn expose(&self) -> &str {
-        &self.value
-    }
-
-    /// A secret with a literal value, for tests and generated configs.
-    pub fn literal(value: impl Into<String>) -> Secret {
-        Secret { reference: "literal".into(), value: value.into() }
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Secret({}, redacted)", self.reference)
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Reference {
-            env: Option<String>,
-            file: Option<String>,
-        }
-        struct Visitor;
-        impl<'de> de::Visitor<'de> for Visitor {
-            type Value = Secret;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a secret reference: { env = \"VAR\" } or { file = \"/path\" }")
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Secret, E> {
-                Err(E::custom(
-                    "secrets are never written inline; reference one: { env = \"VAR\" } or { file = \"/path\" }",
-                ))
-            }
-            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Secret, A::Error> {
-                let reference = Reference::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                match (reference.env, reference.file) {
-                    (Some(var), None) => match std::env::var(&var) {
-                        Ok(value) => Ok(Secret { reference: format!("env:{var}"), value }),
-                        Err(_) => Err(de::Error::custom(format!(
-                            "environment variable {var} is not set; export it before starting"
-                        ))),
-                    },
-                    (None, Some(path)) => match std::fs::read_to_string(&path) {
-                        Ok(value) => Ok(Secret {
-                            reference: format!("file:{path}"),
-                            value: value.trim_end_matches(['\n', '\r']).to_string(),
-                        }),
-                        Err(e) => Err(de::Error::custom(format!("cannot read secret file {path}: {e}"))),
-                    },
-                    _ => Err(de::Error::custom("a secret takes exactly one of `env` or `file`")),
-                }
-            }
-        }
-        deserializer.deserialize_any(Visitor)
-    }
-}
-
+pub mod bounds;
 pub mod delivery;
 pub mod destinations;
+pub mod kafka;
 pub mod models;
+pub mod scope;
+pub mod secret;
 pub mod suppression;
 pub mod syncs;
+mod validate;
 pub use delivery::*;
 pub use destinations::*;
+pub use kafka::*;
 pub use models::*;
+pub use scope::*;
+pub use secret::*;
 pub use suppression::*;
 pub use syncs::*;
 
@@ -285,6 +290,16 @@ pub(crate) mod defaults {
     }
     pub fn replication_factor() -> i32 {
         1
+    }
+    pub fn min_compaction_lag_ms() -> u64 {
+        7 * 24 * 3600 * 1000
+    }
+    pub fn delete_retention_ms() -> u64 {
+        7 * 24 * 3600 * 1000
+    }
+    pub fn no_properties() -> toml::Spanned<std::collections::BTreeMap<String, super::MaybeSecret>> {
+        // Never pointed at: an error about a property has a property, hence a real span.
+        toml::Spanned::new(0..0, std::collections::BTreeMap::new())
     }
     pub fn warehouse_name() -> String {
         "warehouse".into()
@@ -309,6 +324,9 @@ pub(crate) mod defaults {
     }
     pub fn batch_linger_ms() -> u64 {
         100
+    }
+    pub fn yes() -> bool {
+        true
     }
 }
 
@@ -374,6 +392,11 @@ impl Config {
         })
     }
 
+    /// The file the config was read from (as given to [`Config::parse`]).
+    pub fn path(&self) -> &Path {
+        &self.source.path
+    }
+
     /// The model of that name.
     pub fn model(&self, name: &str) -> Option<&ModelConfig> {
         self.models.iter().find(|m| m.name.get_ref() == name)
@@ -384,142 +407,37 @@ impl Config {
         self.destinations.iter().find(|d| d.name.get_ref() == name)
     }
 
+    /// Resolve the secrets of the core sections that `scope` uses, and refuse the first that
+    /// does not resolve at its line: the warehouse's connection string for the poller's scope.
+    /// Kafka's were resolved by [`Config::parse`]; a destination's are resolved with its kind
+    /// table (`sluice-destinations`).
+    pub fn check_secrets(&self, scope: &Scope) -> Result<(), ConfigError> {
+        if !scope.has_poller() {
+            return Ok(());
+        }
+        if let Some(url) = &self.warehouse.url {
+            url.get_ref().resolve().map_err(|e| {
+                self.error_at(url.span(), format!("[warehouse] url: {e}"), format!("export the variable or create the file in the poller's environment (see {})", validate::reference("secrets")))
+            })?;
+        }
+        Ok(())
+    }
+
     /// The syncs delivering into one destination.
     pub fn syncs_to<'a>(&'a self, destination: &'a str) -> impl Iterator<Item = &'a SyncConfig> + 'a {
         self.syncs.iter().filter(move |s| s.destination.get_ref() == destination)
     }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        let err = |span: Range<usize>, message: String, fix: &str| self.error_at(span, message, fix);
-        let whole = |message: String, fix: &str| ConfigError {
-            file: self.source.path.clone(),
-            line: None,
-            message,
-            fix: fix.to_string(),
-        };
-        if self.kafka.bootstrap_servers.trim().is_empty() {
-            return Err(whole("kafka.bootstrap_servers is empty".into(), "set it, e.g. \"127.0.0.1:9092\""));
-        }
-        if !is_identifier(&self.kafka.topic_prefix) {
-            return Err(whole(
-                format!("kafka.topic_prefix {:?} is not a valid topic segment", self.kafka.topic_prefix),
-                "use letters, digits, '_' and '-' only",
-            ));
-        }
-        let kind = self.warehouse.kind;
-        let (setting, example) = kind.setting();
-        let given = [(WarehouseSetting::Url, self.warehouse.url.is_some()), (WarehouseSetting::Path, self.warehouse.path.is_some())];
-        if given.iter().any(|&(key, is_set)| is_set != (key == setting)) {
-            let others: Vec<String> = given.iter().filter(|(key, _)| *key != setting).map(|(key, _)| format!("`{}`", key.key())).collect();
-            return Err(whole(format!("[warehouse] kind = \"{}\" needs `{}` and no {}", kind.name(), setting.key(), others.join(" or ")), example));
-        }
-        let mut names = HashSet::new();
-        for model in &self.models {
-            let name = model.name.get_ref();
-            if !is_identifier(name) {
-                return Err(err(model.name.span(), format!("model name {name:?} cannot name a topic"), "use letters, digits, '_' and '-' only"));
-            }
-            if !names.insert(name.clone()) {
-                return Err(err(model.name.span(), format!("model {name:?} is defined twice"), "give each model a unique name"));
-            }
-            if model.table.is_some() == model.query.is_some() {
-                return Err(err(model.name.span(), format!("model {name:?} needs exactly one of `table` and `query`"), "set `table = \"schema.table\"` or `query = \"select ...\"`"));
-            }
-            if model.primary_key.is_empty() {
-                return Err(err(model.name.span(), format!("model {name:?} has no primary key"), "list its key columns: primary_key = [\"id\"]"));
-            }
-            for key in &model.primary_key {
-                if !model.columns.contains(key) {
-                    return Err(err(model.name.span(), format!("model {name:?}: primary-key column {key:?} is not in `columns`"), "add it to `columns`"));
-                }
-            }
-            let detection_columns: Vec<&String> = match &model.detection {
-                Detection::Cursor { cursor_column, created_column, deleted_column, .. } => {
-                    std::iter::once(cursor_column).chain(created_column.iter()).chain(deleted_column.iter()).collect()
-                }
-                Detection::Diff {} | Detection::WarehouseDiff {} => Vec::new(),
-            };
-            for column in detection_columns {
-                if !model.columns.contains(column) {
-                    return Err(err(model.name.span(), format!("model {name:?}: detection column {column:?} is not in `columns`"), "add it to `columns`"));
-                }
-            }
-            if model.notify_channel.is_some() && !self.warehouse.kind.can_notify() {
-                return Err(err(
-                    model.name.span(),
-                    format!("model {name:?}: notify_channel needs a warehouse that can notify (PostgreSQL's LISTEN/NOTIFY); kind = \"{}\" cannot", self.warehouse.kind.name()),
-                    "remove it and use poll_interval_ms, cron or POST /run/<model>",
-                ));
-            }
-            if let Detection::Cursor { cursor_column, deleted_column, reconcile_interval_ms, .. } = &model.detection {
-                if let Some(deleted) = deleted_column {
-                    if model.primary_key.contains(deleted) || deleted == cursor_column {
-                        return Err(err(model.name.span(), format!("model {name:?}: deleted_column {deleted:?} is a primary-key column or the cursor column, so it cannot mark a row deleted"), "name the column that marks a deleted row, e.g. deleted_column = \"deleted_at\" (non-NULL = deleted) or \"is_deleted\" (true = deleted)"));
-                    }
-                }
-                if *reconcile_interval_ms == Some(0) {
-                    return Err(err(model.name.span(), format!("model {name:?}: reconcile_interval_ms must be positive"), "use e.g. reconcile_interval_ms = 3600000 (hourly), or remove it to never reconcile hard deletes"));
-                }
-            }
-            if model.batch_rows == 0 || model.poll_interval_ms == 0 {
-                return Err(err(model.name.span(), format!("model {name:?}: batch_rows and poll_interval_ms must be positive"), "use e.g. batch_rows = 10000, poll_interval_ms = 1000"));
-            }
-        }
-        let mut names = HashSet::new();
-        for destination in &self.destinations {
-            let name = destination.name.get_ref();
-            if !is_identifier(name) {
-                return Err(err(destination.name.span(), format!("destination name {name:?} cannot name a topic"), "use letters, digits, '_' and '-' only"));
-            }
-            if !names.insert(name.clone()) {
-                return Err(err(destination.name.span(), format!("destination {name:?} is defined twice"), "give each destination a unique name"));
-            }
-            if destination.batch_max_records == 0 || destination.retry.max_attempts == 0 || destination.max_concurrency == 0 || destination.batch_max_bytes == 0 {
-                return Err(err(destination.name.span(), format!("destination {name:?}: batch_max_records, batch_max_bytes, max_concurrency and retry.max_attempts must be positive"), "use e.g. batch_max_records = 500, max_concurrency = 8"));
-            }
-            if destination.max_buffered_records < destination.batch_max_records {
-                return Err(err(destination.name.span(), format!("destination {name:?}: max_buffered_records is below batch_max_records, so no full batch could form"), "raise max_buffered_records (default 10000)"));
-            }
-            let limits = &destination.rate_limit;
-            if limits.requests_per_second.is_some_and(|r| r.is_nan() || r <= 0.0) || limits.records_per_second.is_some_and(|r| r.is_nan() || r < 1.0) {
-                return Err(err(destination.name.span(), format!("destination {name:?}: rate limits must be positive (records_per_second at least 1)"), "e.g. rate_limit = { requests_per_second = 10 }"));
-            }
-        }
-        for sync in &self.syncs {
-            let Some(model) = self.model(sync.model.get_ref()) else {
-                return Err(err(sync.model.span(), format!("sync names unknown model {:?}", sync.model.get_ref()), "define it under [[models]] or fix the name"));
-            };
-            if self.destination(sync.destination.get_ref()).is_none() {
-                return Err(err(sync.destination.span(), format!("sync names unknown destination {:?}", sync.destination.get_ref()), "define it under [[destinations]] or fix the name"));
-            }
-            if sync.fields.get_ref().is_empty() {
-                return Err(err(sync.fields.span(), "sync maps no fields, so nothing would leave".into(), "map at least one: fields = { email = \"email\" }"));
-            }
-            for (field, source) in sync.fields.get_ref() {
-                for column in source.columns() {
-                    if !model.columns.contains(&column) {
-                        return Err(err(sync.fields.span(), format!("field {field:?} maps column {column:?}, which model {:?} does not have", model.name.get_ref()), "map one of the model's `columns`"));
-                    }
-                }
-            }
-            if let Some(consent) = &sync.consent {
-                if !model.columns.contains(&consent.column) {
-                    return Err(err(sync.model.span(), format!("consent column {:?} is not a column of model {:?}", consent.column, model.name.get_ref()), "add it to the model's `columns`"));
-                }
-            }
-        }
-        self.validate_suppression()
-    }
 }
+
 
 /// Letters, digits, `_` and `-`: safe inside topic, group and transactional-id names.
 fn is_identifier(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-/// 1-based line number of a byte offset.
+/// 1-based line number of a byte offset (counted in bytes: any offset is safe).
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 fn fix_for_parse_error(message: &str) -> String {
@@ -529,6 +447,8 @@ fn fix_for_parse_error(message: &str) -> String {
         "add the missing key".into()
     } else if message.contains("environment variable") {
         "export the variable in the service's environment".into()
+    } else if message.contains("unknown variant") {
+        "use one of the values the message lists".into()
     } else {
         "see docs/configuration.md for the expected shape".into()
     }
@@ -538,7 +458,7 @@ fn fix_for_parse_error(message: &str) -> String {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    pub(super) const GOOD: &str = r#"
 [kafka]
 bootstrap_servers = "127.0.0.1:9092"
 
@@ -573,7 +493,9 @@ fields = { email = "email" }
     fn a_valid_config_loads() {
         let config = parse(GOOD).expect("valid");
         assert_eq!(config.kafka.topic_prefix, "sluice");
-        assert_eq!(config.warehouse.url.as_ref().unwrap().expose(), "postgres://u:p@h/db");
+        assert_eq!((config.kafka.min_compaction_lag_ms, config.kafka.delete_retention_ms), (604_800_000, 604_800_000), "deletes kept a week by default");
+        let Ok(WarehouseLocation::Postgres { url }) = config.warehouse.location() else { panic!("a postgres location") };
+        assert_eq!(url.expose(), "postgres://u:p@h/db");
         assert_eq!(config.syncs_to("crm").count(), 1);
         assert!(!format!("{:?}", config.warehouse.url).contains("u:p"), "secrets never print");
     }
@@ -596,11 +518,32 @@ fields = { email = "email" }
         assert_eq!(e.line, Some(7), "{e}");
     }
 
+    /// The warehouse's secret is resolved by the poller's scope only: a sink starts without it.
     #[test]
-    fn missing_secret_variable_is_named() {
+    fn missing_secret_variable_is_named_in_the_scopes_that_need_it() {
         let text = GOOD.replace("SLUICE_TEST_WAREHOUSE_URL", "SLUICE_TEST_UNSET_VARIABLE");
-        let e = parse(&text).unwrap_err();
-        assert!(e.message.contains("SLUICE_TEST_UNSET_VARIABLE is not set"), "{e}");
+        let config = parse(&text).expect("parsing resolves no warehouse secret");
+        for scope in [Scope::Poller, Scope::All] {
+            let e = config.check_secrets(&scope).unwrap_err();
+            assert!(e.message.contains("SLUICE_TEST_UNSET_VARIABLE is not set"), "{e}");
+            assert_eq!(e.line, Some(7), "{e}");
+        }
+        config.check_secrets(&Scope::Sink("crm".into())).expect("a sink never reads the warehouse URL");
+        assert!(config.warehouse.location().unwrap_err().to_string().contains("SLUICE_TEST_UNSET_VARIABLE is not set"));
+    }
+
+    #[test]
+    fn kafka_properties_take_secret_references() {
+        std::env::set_var("SLUICE_TEST_KAFKA_PASSWORD", "pw");
+        // (Security settings have typed keys of their own; `properties` is for the rest, e.g. a
+        // keystore password of a provider-specific property.)
+        let text = GOOD.replace("bootstrap_servers = \"127.0.0.1:9092\"", "bootstrap_servers = \"127.0.0.1:9092\"\nproperties = { \"client.id\" = { env = \"SLUICE_TEST_KAFKA_PASSWORD\" }, \"linger.ms\" = \"5\" }");
+        let config = parse(&text).expect("valid");
+        let properties = config.kafka.properties.get_ref();
+        assert_eq!((properties["client.id"].expose(), properties["linger.ms"].expose()), ("pw", "5"));
+        let e = parse(&text.replace("SLUICE_TEST_KAFKA_PASSWORD", "SLUICE_TEST_KAFKA_UNSET")).unwrap_err();
+        assert!(e.message.contains("SLUICE_TEST_KAFKA_UNSET is not set"), "every process talks to Kafka: {e}");
+        assert_eq!(e.line, Some(4), "the property's line: {e}");
     }
 
     #[test]
@@ -636,7 +579,7 @@ fields = { email = "email" }
     fn duckdb_warehouse_takes_a_path_and_refuses_postgres_only_settings() {
         let duck = GOOD.replace("kind = \"postgres\"", "kind = \"duckdb\"").replace("url = { env = \"SLUICE_TEST_WAREHOUSE_URL\" }", "path = \"demo/warehouse.duckdb\"");
         let config = parse(&duck).expect("a duckdb warehouse with a path loads");
-        assert!(matches!(config.warehouse.location(), WarehouseLocation::Duckdb { path } if path == Path::new("demo/warehouse.duckdb")));
+        assert!(matches!(config.warehouse.location(), Ok(WarehouseLocation::Duckdb { path }) if path == Path::new("demo/warehouse.duckdb")));
 
         let with_url = GOOD.replace("kind = \"postgres\"", "kind = \"duckdb\"");
         let e = parse(&with_url).unwrap_err();
@@ -685,6 +628,34 @@ fields = { email = "email" }
     }
 
     #[test]
+    fn expire_is_validated_and_refused_where_the_poller_cannot_emit_it() {
+        let with = |detection: &str, expire: &str| {
+            GOOD.replace("detection = { mode = \"cursor\", cursor_column = \"updated_at\" }", &format!("detection = {detection}\nexpire = {expire}"))
+        };
+        let cursor = "{ mode = \"cursor\", cursor_column = \"updated_at\" }";
+        let ok = parse(&with(cursor, "{ column = \"updated_at\", after_ms = 1209600000 }")).expect("valid");
+        assert_eq!(ok.models[0].expire, Some(Expire { column: "updated_at".into(), after_ms: 1_209_600_000 }));
+        assert!(matches!(ok.models[0].detection, Detection::Cursor { before_images: true, .. }), "before images by default");
+        assert!(parse(&with("{ mode = \"diff\" }", "{ column = \"updated_at\", after_ms = 1 }")).is_ok());
+
+        let e = parse(&with(cursor, "{ column = \"purchased_at\", after_ms = 1000 }")).unwrap_err();
+        assert_eq!(e.to_string(), "sluice.toml:10: model \"customers\": expire.column \"purchased_at\" is not in `columns`\n  fix: add it to `columns`");
+        let e = parse(&with(cursor, "{ column = \"updated_at\", after_ms = 0 }")).unwrap_err();
+        assert!(e.message.contains("expire.after_ms must be positive"), "{e}");
+        let e = parse(&with(cursor, "{ column = \"updated_at\", after_ms = -5 }")).unwrap_err();
+        assert!(e.line.is_some(), "{e}");
+        let e = parse(&with(cursor, "{ column = \"updated_at\", after = 5 }")).unwrap_err();
+        assert!(e.message.contains("unknown field `after`"), "{e}");
+        let e = parse(&with("{ mode = \"warehouse_diff\" }", "{ column = \"updated_at\", after_ms = 1000 }")).unwrap_err();
+        assert!(e.message.contains("expire is not available in mode = \"warehouse_diff\""), "{e}");
+        assert!(e.fix.starts_with("write the filter in the model's query"), "{e}");
+        let opted_out = "{ mode = \"cursor\", cursor_column = \"updated_at\", before_images = false }";
+        assert!(matches!(parse(&with(opted_out, "{ column = \"updated_at\", after_ms = 1 }").replace("expire = { column = \"updated_at\", after_ms = 1 }", "")).unwrap().models[0].detection, Detection::Cursor { before_images: false, .. }));
+        let e = parse(&with(opted_out, "{ column = \"updated_at\", after_ms = 1000 }")).unwrap_err();
+        assert!(e.message.contains("before_images = false turns it off"), "{e}");
+    }
+
+    #[test]
     fn destination_entries_need_exactly_one_kind_table_and_errors_name_the_line() {
         // GOOD's destination: `[[destinations]]` on line 16, `[destinations.webhook]` on 18.
         let two = GOOD.replace("url = \"http://127.0.0.1:1/hook\"", "url = \"http://127.0.0.1:1/hook\"\n[destinations.redis]\nurl = \"r\"");
@@ -720,6 +691,19 @@ fields = { email = "email" }
         let e = config.kind_settings::<Settings>(destination).unwrap_err();
         assert_eq!(e.line, Some(20), "{e}");
         assert!(e.message.starts_with("destination \"crm\": webhook: "), "{e}");
+    }
+
+    #[test]
+    fn a_sync_mode_defaults_to_upsert_and_keeps_its_line() {
+        let config = parse(GOOD).expect("valid");
+        assert_eq!(config.syncs[0].mode(), SyncMode::Upsert);
+        assert_eq!(line_of(&config.source.text, config.syncs[0].mode_span().start), 23, "no mode: the sync's destination line");
+        let audience = parse(&GOOD.replace("destination = \"crm\"\n", "destination = \"crm\"\nmode = \"audience\"\n")).expect("valid");
+        assert_eq!(audience.syncs[0].mode(), SyncMode::Audience);
+        assert_eq!(line_of(&audience.source.text, audience.syncs[0].mode_span().start), 24, "the mode's own line");
+        assert_eq!(SyncMode::ALL.map(SyncMode::name), ["upsert", "update", "create", "mirror", "append", "audience"]);
+        let typo = GOOD.replace("destination = \"crm\"\n", "destination = \"crm\"\nmode = \"mirrror\"\n");
+        assert!(parse(&typo).unwrap_err().message.contains("unknown variant `mirrror`"));
     }
 
     #[test]

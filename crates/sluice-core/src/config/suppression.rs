@@ -111,10 +111,10 @@ impl Config {
                 None => Ok(()),
             };
         };
-        if !SUPPRESSIBLE_MODES.contains(&sync.mode) {
+        if !SUPPRESSIBLE_MODES.contains(&sync.mode()) {
             return Err(self.error_at(
                 first.span(),
-                format!("{which}: suppression lists keep people out of a destination, which mode {:?} cannot do", sync.mode.name()),
+                format!("{which}: suppression lists keep people out of a destination, which mode {:?} cannot do", sync.mode().name()),
                 "use mode = \"audience\", \"mirror\" or \"upsert\" (a row can leave and come back), or remove suppressed_by",
             ));
         }

@@ -8,8 +8,10 @@ use toml::Spanned;
 
 use super::IdentifierConfig;
 
-/// What a sync does at its destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+/// What a sync does at its destination. Not every destination can honour every mode: each
+/// destination kind declares the modes it supports (`sluice-destinations`), and a sync in a mode
+/// its destination cannot honour is refused when the config is checked, with the reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum SyncMode {
     /// Update the record, or create it when missing. Deletes are not propagated.
@@ -29,7 +31,10 @@ pub enum SyncMode {
 }
 
 impl SyncMode {
-    /// The mode as written in the config.
+    /// Every mode, in the order the docs list them.
+    pub const ALL: [SyncMode; 6] = [SyncMode::Upsert, SyncMode::Update, SyncMode::Create, SyncMode::Mirror, SyncMode::Append, SyncMode::Audience];
+
+    /// The mode as written in the config (`mode = "upsert"`).
     pub fn name(self) -> &'static str {
         match self {
             SyncMode::Upsert => "upsert",
@@ -42,14 +47,22 @@ impl SyncMode {
     }
 }
 
+impl std::fmt::Display for SyncMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One model flowing into one destination.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncConfig {
     pub model: Spanned<String>,
     pub destination: Spanned<String>,
-    #[serde(default)]
-    pub mode: SyncMode,
+    /// What the sync does at its destination ([`SyncConfig::mode`]); kept with its place in the
+    /// file so an unsupported mode is refused at its line. Absent: `upsert`.
+    #[serde(default, rename = "mode")]
+    pub mode_setting: Option<Spanned<SyncMode>>,
     /// `destination_field = <source>`. Only mapped fields ever leave. A source is a column name
     /// (`email = "email"`) or a table: `{ column = "email", transforms = ["normalize_email",
     /// "sha256"], type = "string" }`, `{ value = 42 }` (a constant) or
@@ -75,6 +88,17 @@ pub struct SyncConfig {
 }
 
 impl SyncConfig {
+    /// The sync's mode (`upsert` when not written).
+    pub fn mode(&self) -> SyncMode {
+        self.mode_setting.as_ref().map(|m| *m.get_ref()).unwrap_or_default()
+    }
+
+    /// Where the mode is written, or the sync's `destination` when it is not: what an error
+    /// about the mode points at.
+    pub fn mode_span(&self) -> std::ops::Range<usize> {
+        self.mode_setting.as_ref().map_or_else(|| self.destination.span(), |m| m.span())
+    }
+
     /// Every column the sync reads (mapped fields, templates, consent, identifier).
     pub fn columns(&self) -> Vec<String> {
         let mut columns: Vec<String> = self.fields.get_ref().values().flat_map(FieldSource::columns).collect();

@@ -3,7 +3,9 @@
 use serde::Deserialize;
 use sluice_core::config::Secret;
 
-use crate::settings::{default_timeout_ms, nonempty, positive, yes, Invalid, Validate};
+use sluice_core::config::bounds::Bounded;
+
+use crate::settings::{default_timeout_ms, http_url, nonempty, timeout, within, yes, IdentifierField, Invalid, Validate};
 
 /// Braze: `POST <base_url>/users/track`.
 #[derive(Debug, Clone, Deserialize)]
@@ -77,7 +79,7 @@ pub enum BrazeMode {
 impl Validate for BrazeConfig {
     fn validate(&self) -> Result<(), Invalid> {
         nonempty("base_url", &self.base_url, "the workspace's REST endpoint, e.g. base_url = \"https://rest.iad-01.braze.com\"")?;
-        positive("max_objects_per_request", self.max_objects_per_request, "max_objects_per_request = 75 (50 on MAU plans)")?;
+        within("max_objects_per_request", self.max_objects_per_request as f64, MAX_OBJECTS)?;
         if self.mode == BrazeMode::Suppression && !self.unsubscribe_email && self.subscription_group_ids.is_empty() {
             return Err(Invalid::new(
                 "mode",
@@ -86,9 +88,20 @@ impl Validate for BrazeConfig {
             ));
         }
         crate::http::bearer(self.api_key.expose(), "api_key")?;
-        Ok(())
+        timeout(self.timeout_ms)?;
+        http_url("base_url", &self.base_url, "https://rest.iad-01.braze.com")
+    }
+
+    fn identifier_fields(&self) -> Vec<IdentifierField> {
+        vec![match &self.identifier_field {
+            Some(field) => IdentifierField::new("identifier_field", field),
+            None => IdentifierField::new("identifier", self.identifier.name()),
+        }]
     }
 }
+
+/// Objects per `/users/track` request: Braze takes at most 75.
+const MAX_OBJECTS: Bounded = Bounded { min: 1.0, max: 75.0, example: "max_objects_per_request = 75 (50 on MAU plans)" };
 
 #[cfg(test)]
 mod tests {

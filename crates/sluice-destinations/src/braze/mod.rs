@@ -4,9 +4,10 @@
 //! `{"attributes":[{"external_id":"u1", <mapped fields>...}, ...]}`, at most 75 objects (50 on
 //! the 2024-25 MAU plans: `max_objects_per_request`). Only attributes are sent, never events or
 //! purchases: those are not deduplicated by Braze, so a retried batch would double-count them.
-//! Email identifiers are trimmed and lowercased.
+//! Email identifiers are trimmed and lowercased; an identifier that is nothing once normalised
+//! (a blank email or external id) is missing: the record is refused and the field counted.
 //!
-//! Actions, by `mode`:
+//! Actions, by `mode` (the sync modes each honours are in [`Braze::check_mode`]):
 //! - `attributes`: Upsert/Create/Event write the mapped fields (`_update_existing_only: false`,
 //!   so a new user is created); Update writes them only to existing users
 //!   (`_update_existing_only: true`); Delete (a row leaving, consent revoked) unsubscribes:
@@ -32,7 +33,10 @@ mod request;
 
 pub use config::{BrazeConfig, BrazeIdentifier, BrazeMode};
 
+use sluice_core::config::SyncMode;
+
 use crate::http::{bearer, Answer, Auth, Endpoint};
+use crate::modes::{one_of, ModeRefusal};
 use crate::{DeliveryError, Invalid, Kind, Metrics, OutboundRecord, Plan};
 
 /// The Braze destination.
@@ -50,6 +54,28 @@ pub struct Braze {
 impl Kind for Braze {
     const NAME: &'static str = "braze";
     type Config = BrazeConfig;
+
+    /// `attributes`: `upsert`, `update` (`_update_existing_only`), `mirror` (a delete
+    /// unsubscribes). `suppression`: `upsert` and `update` (a row's presence unsubscribes an
+    /// existing user). Never `create` (Braze has no create-only write), `append` (events are not
+    /// deduplicated: a retry would double-count them) or `audience` (leaving unsubscribes, but
+    /// entering again cannot re-subscribe someone who chose to leave).
+    fn check_mode(config: &BrazeConfig, mode: SyncMode) -> Result<(), ModeRefusal> {
+        let supported: &[SyncMode] = match config.mode {
+            BrazeMode::Attributes => &[SyncMode::Upsert, SyncMode::Update, SyncMode::Mirror],
+            BrazeMode::Suppression => &[SyncMode::Upsert, SyncMode::Update],
+        };
+        one_of(mode, supported, || match (config.mode, mode) {
+            (_, SyncMode::Create) => "Braze's /users/track has no create-only write: an existing user would be changed".into(),
+            (_, SyncMode::Append) => "Braze does not deduplicate events, so a retried batch would count them twice; sluice sends attributes only".into(),
+            (BrazeMode::Attributes, _) => {
+                "leaving an audience unsubscribes, but entering it again cannot re-subscribe someone who chose to leave: use mirror".into()
+            }
+            (BrazeMode::Suppression, _) => {
+                "in suppression mode a row's presence unsubscribes and a suppression ending never re-subscribes, so deletes cannot propagate".into()
+            }
+        })
+    }
 
     fn new(config: &BrazeConfig, metrics: Metrics) -> Result<Braze, Invalid> {
         Ok(Braze {

@@ -1,7 +1,7 @@
 //! Batch → one `/users/track` request: an attribute object per record sent.
 
 use super::{Braze, BrazeIdentifier, BrazeMode};
-use crate::identifiers::canonical_email;
+use crate::identifiers::{canonical_email, present};
 use crate::plan::{RefusalReason, SkipReason};
 use crate::{Action, OutboundRecord, Plan};
 
@@ -30,13 +30,13 @@ impl Braze {
                 plan.skip(SkipReason::NothingToUnsubscribe);
                 continue;
             }
-            let Some(id) = record.text(&self.identifier_field) else {
-                plan.refuse(index, RefusalReason::NoIdentifier, format!("record has no value for identifier field {:?}", self.identifier_field));
-                continue;
+            let normalise: fn(&str) -> Option<String> = match self.identifier {
+                BrazeIdentifier::Email => canonical_email,
+                BrazeIdentifier::ExternalId => present,
             };
-            let id = match self.identifier {
-                BrazeIdentifier::Email => canonical_email(&id),
-                BrazeIdentifier::ExternalId => id,
+            let Some(id) = plan.identifier(&self.identifier_field, record.text(&self.identifier_field), normalise) else {
+                plan.refuse(index, RefusalReason::NoIdentifier, format!("record has no usable value for identifier field {:?}", self.identifier_field));
+                continue;
             };
             let mut object = serde_json::Map::new();
             if !deleting {
@@ -102,6 +102,7 @@ pub(super) mod tests {
             record(Action::Upsert, serde_json::json!({"email": " Jane@X.com", "plan": "pro"}), None),
             record(Action::Delete, serde_json::json!({}), Some(serde_json::json!({"email": "bob@x.com"}))),
             record(Action::Upsert, serde_json::json!({"plan": "pro"}), None),
+            record(Action::Upsert, serde_json::json!({"email": " \t ", "plan": "pro"}), None),
         ]);
         let request = &plan.requests[0];
         assert_eq!(
@@ -113,7 +114,8 @@ pub(super) mod tests {
             ])
         );
         assert_eq!(request.owners, [0, 1]);
-        assert_eq!(plan.refused_indexes(), [2]);
+        assert_eq!(plan.refused_indexes(), [2, 3], "no email, and a blank one: refused");
+        assert_eq!(plan.missing, ["email"], "the blank email is counted as missing");
     }
 
     #[test]

@@ -3,10 +3,13 @@
 use serde::Deserialize;
 use sluice_core::config::Secret;
 
-use crate::settings::{default_timeout_ms, nonempty, positive, yes, Invalid, Validate};
-use crate::UnsupportedDelete;
+use sluice_core::config::bounds::{Bounded, VENDOR_WAIT_MS};
 
-/// HubSpot CRM v3: `POST /crm/v3/objects/<object_type>/batch/upsert`.
+use crate::settings::{default_timeout_ms, http_url, nonempty, timeout, within, yes, IdentifierField, Invalid, Validate};
+use crate::OnDelete;
+
+/// HubSpot CRM v3 batch endpoints under `/crm/v3/objects/<object_type>/batch/`: `upsert`,
+/// `read` (ids by `idProperty`), `update`, `create`, `archive`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HubSpotConfig {
@@ -37,10 +40,11 @@ pub struct HubSpotConfig {
     /// records (without it one bad input fails the whole batch with 400).
     #[serde(default = "yes")]
     pub multi_status: bool,
-    /// What a Delete does: HubSpot's batch archive takes HubSpot record ids, not `id_property`
-    /// values.
+    /// What a Delete does: `archive` (the default; `delete` is accepted too) looks the records'
+    /// HubSpot ids up by `id_property` and archives them; `skip` confirms without a request
+    /// (counted); `reject` dead-letters. A `mirror` sync needs `archive`.
     #[serde(default)]
-    pub on_delete: UnsupportedDelete,
+    pub on_delete: OnDelete,
     /// Per-request timeout; a timeout is retryable.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -78,12 +82,24 @@ impl Validate for HubSpotConfig {
     fn validate(&self) -> Result<(), Invalid> {
         nonempty("id_property", &self.id_property, "id_property = \"email\", or a property with a unique value")?;
         nonempty("object_type", &self.object_type, "object_type = \"contacts\"")?;
-        positive("max_inputs_per_request", self.max_inputs_per_request, "max_inputs_per_request = 100 (HubSpot's limit)")?;
+        within("max_inputs_per_request", self.max_inputs_per_request as f64, MAX_INPUTS)?;
         self.time_zone()?;
         crate::http::bearer(self.access_token.expose(), "access_token")?;
-        Ok(())
+        within("ten_secondly_backoff_ms", self.ten_secondly_backoff_ms as f64, VENDOR_WAIT_MS)?;
+        timeout(self.timeout_ms)?;
+        http_url("base_url", &self.base_url, "https://api.hubapi.com")
+    }
+
+    fn identifier_fields(&self) -> Vec<IdentifierField> {
+        vec![match &self.id_field {
+            Some(field) => IdentifierField::new("id_field", field),
+            None => IdentifierField::new("id_property", &self.id_property),
+        }]
     }
 }
+
+/// Inputs per request: HubSpot's batch endpoints take at most 100.
+const MAX_INPUTS: Bounded = Bounded { min: 1.0, max: 100.0, example: "max_inputs_per_request = 100 (HubSpot's limit)" };
 
 #[cfg(test)]
 mod tests {
@@ -94,6 +110,8 @@ mod tests {
         let hubspot = test_settings::<super::super::HubSpot>("[destinations.hubspot]\naccess_token = { env = \"SLUICE_TEST_DESTINATIONS_SECRET\" }").unwrap();
         assert_eq!((hubspot.max_inputs_per_request, hubspot.id_property.as_str(), hubspot.portal_time_zone.as_str()), (100, "email", "UTC"));
         assert!(hubspot.multi_status);
-        assert_eq!((hubspot.base_url.as_str(), hubspot.object_type.as_str(), hubspot.on_delete), ("https://api.hubapi.com", "contacts", crate::UnsupportedDelete::Skip));
+        assert_eq!((hubspot.base_url.as_str(), hubspot.object_type.as_str(), hubspot.on_delete), ("https://api.hubapi.com", "contacts", crate::OnDelete::Delete));
+        let archive = test_settings::<super::super::HubSpot>("[destinations.hubspot]\naccess_token = { env = \"SLUICE_TEST_DESTINATIONS_SECRET\" }\non_delete = \"archive\"").unwrap();
+        assert_eq!(archive.on_delete, crate::OnDelete::Delete, "HubSpot's own word for it");
     }
 }

@@ -6,7 +6,9 @@ use serde::Deserialize;
 use sluice_core::config::Secret;
 
 use crate::identifiers::MetaKey;
-use crate::settings::{default_timeout_ms, nonempty, positive, Invalid, Validate};
+use sluice_core::config::bounds::Bounded;
+
+use crate::settings::{default_timeout_ms, http_url, nonempty, timeout, within, IdentifierField, Invalid, Validate};
 
 /// Meta Custom Audiences: `POST` (add) and `DELETE` (remove) `/<version>/<audience_id>/users`.
 #[derive(Debug, Clone, Deserialize)]
@@ -92,7 +94,7 @@ impl MetaConfig {
 impl Validate for MetaConfig {
     fn validate(&self) -> Result<(), Invalid> {
         nonempty("audience_id", &self.audience_id, "the Custom Audience's id, e.g. audience_id = \"23851234567890\"")?;
-        positive("max_rows_per_request", self.max_rows_per_request, "max_rows_per_request = 10000 (Meta's limit)")?;
+        within("max_rows_per_request", self.max_rows_per_request as f64, MAX_ROWS)?;
         if self.identifiers.is_empty() {
             return Err(Invalid::new("identifiers", "maps no field", "e.g. identifiers = { email = \"EMAIL\" }"));
         }
@@ -100,9 +102,19 @@ impl Validate for MetaConfig {
         if self.token_placement == TokenPlacement::Bearer {
             crate::http::bearer(self.access_token.expose(), "access_token")?;
         }
-        Ok(())
+        nonempty("api_version", &self.api_version, "api_version = \"v21.0\"")?;
+        timeout(self.timeout_ms)?;
+        http_url("base_url", &self.base_url, "https://graph.facebook.com")
+    }
+
+    /// Every identifier: one no sync maps is empty in every row Meta receives.
+    fn identifier_fields(&self) -> Vec<IdentifierField> {
+        self.identifiers.keys().map(|field| IdentifierField::new("identifiers", field)).collect()
     }
 }
+
+/// Rows per request: Meta takes at most 10,000.
+const MAX_ROWS: Bounded = Bounded { min: 1.0, max: 10_000.0, example: "max_rows_per_request = 10000 (Meta's limit)" };
 
 #[cfg(test)]
 mod tests {

@@ -5,11 +5,15 @@
 //! "session":{"session_id":n,"batch_seq":1,"last_batch_flag":true,"estimated_num_total":k}}`,
 //! at most 10,000 rows. The token travels as `?access_token=` (documented) or as a bearer header
 //! (`token_placement`). Every configured field is normalised and hashed by
-//! [`crate::identifiers`]; a missing value is `""`. `session_id` is derived from the batch, so a
-//! retried batch re-sends the same session.
+//! [`crate::identifiers`] (a value already hashed by the sync is sent as it is); a missing value
+//! is `""`, and a value that normalises to nothing (a phone of "n/a", the hash of the empty
+//! string) is missing too, and counted: it never becomes a member. A record with no usable
+//! value is refused. `session_id` is derived from the batch, so a retried batch re-sends the
+//! same session.
 //!
-//! Actions, by `mode`: `audience`: Upsert/Update/Create/Event add, Delete removes;
-//! `suppression`: Upsert/Update/Create/Event remove, Delete is skipped. An identifier change
+//! Actions, by `mode` (the sync modes each honours are in [`Meta::check_mode`]): `audience`:
+//! Upsert/Update/Create/Event add, Delete removes; `suppression`: Upsert/Update/Create/Event
+//! remove, Delete is skipped. An identifier change
 //! (the `before` image hashes differently) removes the old row and adds the new one. Within a
 //! batch the last action per row wins (membership is a set), so one request never both adds
 //! and removes a row; removes are sent before adds.
@@ -34,8 +38,11 @@ mod request;
 
 pub use config::{AudienceMode, MetaConfig, TokenPlacement};
 
+use sluice_core::config::SyncMode;
+
 use crate::http::{bearer, Answer, Auth, Endpoint};
 use crate::identifiers::MetaKey;
+use crate::modes::{one_of, ModeRefusal};
 use crate::{DeliveryError, Invalid, Kind, Metrics, OutboundRecord, Plan};
 
 /// The Meta Custom Audiences destination.
@@ -52,6 +59,22 @@ pub struct Meta {
 impl Kind for Meta {
     const NAME: &'static str = "meta";
     type Config = MetaConfig;
+
+    /// `audience` mode: `audience` and `mirror` (the same here: add on entering, remove on
+    /// leaving or revoked consent). `suppression` mode: `upsert` (a row's presence removes the
+    /// person; a delete is skipped). Nothing else: an audience that ignored deletes would keep
+    /// people who left, and Meta holds members, not events.
+    fn check_mode(config: &MetaConfig, mode: SyncMode) -> Result<(), ModeRefusal> {
+        let supported: &[SyncMode] = match config.mode {
+            AudienceMode::Audience => &[SyncMode::Audience, SyncMode::Mirror],
+            AudienceMode::Suppression => &[SyncMode::Upsert],
+        };
+        one_of(mode, supported, || match (config.mode, mode) {
+            (_, SyncMode::Append) => "a Custom Audience holds members, not events".into(),
+            (AudienceMode::Audience, _) => format!("an audience must remove the people who leave it, and mode \"{mode}\" never removes anyone whose row is deleted"),
+            (AudienceMode::Suppression, _) => "in suppression mode a row's presence removes the person and a suppression ending never adds anyone back, so only upsert fits".into(),
+        })
+    }
 
     fn new(config: &MetaConfig, metrics: Metrics) -> Result<Meta, Invalid> {
         Ok(Meta {

@@ -1,7 +1,7 @@
 //! Batch → membership rows → remove requests, then add requests, each within Meta's row limit.
 
 use super::{AudienceMode, Meta};
-use crate::identifiers::meta_value;
+use crate::identifiers::{meta_value, MetaKey};
 use crate::plan::{Keyed, RefusalReason, SkipReason};
 use crate::{batch_digest, OutboundRecord, Plan};
 
@@ -79,12 +79,13 @@ impl Meta {
                     continue;
                 }
             };
-            let Some(row) = self.row(record, false) else {
+            let Some(row) = self.row(|field, key| plan.identifier(field, record.text(field), |raw| meta_value(key, raw))) else {
                 plan.refuse(index, RefusalReason::NoIdentifier, "record has no usable identifier after normalisation");
                 continue;
             };
             if operation == Operation::Add {
-                if let Some(old) = self.row(record, true).filter(|old| *old != row) {
+                let before = |field: &str| record.previous.as_ref().and_then(|p| p.get(field)).and_then(crate::value_text);
+                if let Some(old) = self.row(|field, key| before(field).and_then(|raw| meta_value(key, &raw))).filter(|old| *old != row) {
                     set(&mut rows, old, Operation::Remove, index);
                 }
             }
@@ -93,17 +94,12 @@ impl Meta {
         rows
     }
 
-    /// A record's row from one image (`false`: the record's best value of each field, see
-    /// [`OutboundRecord::text`]; `true`: the `before` image only).
-    fn row(&self, record: &OutboundRecord, before: bool) -> Option<Vec<String>> {
-        let row: Vec<String> = self
-            .columns
-            .iter()
-            .map(|(field, key)| {
-                let raw = if before { record.previous.as_ref().and_then(|p| p.get(field)).and_then(crate::value_text) } else { record.text(field) };
-                raw.and_then(|raw| meta_value(*key, &raw)).unwrap_or_default()
-            })
-            .collect();
+    /// A row in schema order, each column's value from `value(field, key)` (normalised and
+    /// hashed; `None` is missing, sent as `""`); `None` when every column is missing. The
+    /// current row reads the record's best value of each field ([`OutboundRecord::text`]) and
+    /// counts values that normalise to nothing; the old row reads the `before` image only.
+    fn row(&self, mut value: impl FnMut(&str, MetaKey) -> Option<String>) -> Option<Vec<String>> {
+        let row: Vec<String> = self.columns.iter().map(|(field, key)| value(field, *key).unwrap_or_default()).collect();
         row.iter().any(|v| !v.is_empty()).then_some(row)
     }
 
@@ -168,6 +164,8 @@ pub(super) mod tests {
                 record("t/0/1", Action::Upsert, serde_json::json!({"email": "New@X.com", "phone": "+1 650 555 1234"}), Some(serde_json::json!({"email": "old@x.com", "phone": "+1 650 555 1234"}))),
                 record("t/0/2", Action::Delete, serde_json::json!({}), Some(serde_json::json!({"email": "gone@x.com"}))),
                 record("t/0/3", Action::Upsert, serde_json::json!({"email": "no-at-sign"}), None),
+                record("t/0/4", Action::Upsert, serde_json::json!({"email": "d@x.com", "phone": "n/a"}), None),
+                record("t/0/5", Action::Upsert, serde_json::json!({"phone": sha256_hex("")}), None),
             ],
             &mut plan,
         ));
@@ -178,9 +176,11 @@ pub(super) mod tests {
                 (vec![sha256_hex("old@x.com"), phone.clone()], Operation::Remove, vec![0]),
                 (vec![sha256_hex("new@x.com"), phone], Operation::Add, vec![0]),
                 (vec![sha256_hex("gone@x.com"), String::new()], Operation::Remove, vec![1]),
+                (vec![sha256_hex("d@x.com"), String::new()], Operation::Add, vec![3]),
             ]
         );
-        assert_eq!(plan.refused_indexes(), [2]);
+        assert_eq!(plan.refused_indexes(), [2, 4], "nothing usable: refused; a phone of n/a is missing, never the hash of \"\"");
+        assert_eq!(plan.missing, ["email", "phone", "phone"], "every value that normalised to nothing is counted");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 use serde::Deserialize;
 use sluice_core::config::Secret;
 
-use crate::settings::{default_timeout_ms, nonempty, Invalid, Validate};
+use sluice_core::config::bounds::TTL_SECS;
+
+use crate::settings::{default_timeout_ms, nonempty, timeout, within, IdentifierField, Invalid, Validate};
 
 /// The Redis destination: the low-latency store a website reads (on-site suppression,
 /// personalisation attributes).
@@ -46,7 +48,7 @@ pub enum RedisMode {
     /// `DEL`.
     #[default]
     Hash,
-    /// One set for all records: Upsert/Update/Create `SADD` the member, Delete `SREM`s it.
+    /// One set for all records: Upsert `SADD`s the member, Delete `SREM`s it.
     Set,
 }
 
@@ -80,7 +82,18 @@ impl Validate for RedisConfig {
         if self.ttl_secs == Some(0) {
             return Err(Invalid::new("ttl_secs", "must be positive", "leave it out for no expiry"));
         }
-        Ok(())
+        if let Some(ttl) = self.ttl_secs {
+            within("ttl_secs", ttl as f64, TTL_SECS)?;
+        }
+        timeout(self.timeout_ms)
+    }
+
+    /// Set mode reads the member from a mapped field.
+    fn identifier_fields(&self) -> Vec<IdentifierField> {
+        match self.mode {
+            RedisMode::Set => vec![IdentifierField::new("member_field", &self.member_field)],
+            RedisMode::Hash => Vec::new(),
+        }
     }
 }
 

@@ -2,13 +2,18 @@
 //!
 //! Two shapes, chosen by `mode`:
 //! - `hash`: one hash per record at `key_template` (`{model}`, `{key}` = primary-key values
-//!   joined by `:`). Upsert/Update/Create/Event `HSET` the mapped fields (a null field is
-//!   `HDEL`ed, arrays and objects are stored as JSON text); Delete (and an Event with op `d`)
-//!   `DEL`s the key. Update and Create behave as upsert: Redis has no cheap conditional
-//!   multi-field write, and a website store wants the latest state.
-//! - `set`: one set (`set_key`) of members (`member_field`'s value): Upsert/Update/Create/Event
-//!   `SADD`; Delete `SREM`. When the member changed (the `before` image has another value), the
-//!   old member is `SREM`ed first, so the set never keeps a stale identifier.
+//!   joined by `:`). Upsert/Event `HSET` the mapped fields (a null field is `HDEL`ed, arrays and
+//!   objects are stored as JSON text); Update and Create are one atomic script each (`EVAL`)
+//!   that checks `EXISTS` first: Update writes only a hash that exists, Create only one that
+//!   does not, and a hash left alone is counted
+//!   (`sluice_destination_records_unchanged_total{reason="not_found"|"exists"}`). Delete (and
+//!   an Event with op `d`) `DEL`s the key.
+//! - `set`: one set (`set_key`) of members (`member_field`'s value): Upsert/Event `SADD`;
+//!   Delete `SREM`. When the member changed (the `before` image has another value), the old
+//!   member is `SREM`ed first, so the set never keeps a stale identifier. A member that is
+//!   blank is missing: the record is refused and the field counted.
+//!
+//! The sync modes each shape honours are in [`Redis::check_mode`].
 //!
 //! `ttl_secs` sets `EXPIRE` on every written hash, or on the set after each batch.
 //!
@@ -33,7 +38,9 @@ use std::time::Duration;
 
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::RedisError;
+use sluice_core::config::SyncMode;
 
+use crate::modes::{one_of, ModeRefusal};
 use crate::{DeliveryError, Invalid, Kind, Metrics, OutboundRecord, Plan};
 
 /// The Redis destination.
@@ -54,6 +61,23 @@ pub struct Redis {
 impl Kind for Redis {
     const NAME: &'static str = "redis";
     type Config = RedisConfig;
+
+    /// `hash`: `upsert`, `update`, `create` (conditional writes) and `mirror` (a delete `DEL`s).
+    /// `set`: `upsert` (members added; a delete leaves them, revoked consent removes them),
+    /// `audience` and `mirror` (the same here: added on entering, removed on leaving). Never
+    /// `append` (no event store). A set has no `update` or `create` (a member has no fields),
+    /// a hash no `audience` (membership is a set).
+    fn check_mode(config: &RedisConfig, mode: SyncMode) -> Result<(), ModeRefusal> {
+        let supported: &[SyncMode] = match config.mode {
+            RedisMode::Hash => &[SyncMode::Upsert, SyncMode::Update, SyncMode::Create, SyncMode::Mirror],
+            RedisMode::Set => &[SyncMode::Upsert, SyncMode::Audience, SyncMode::Mirror],
+        };
+        one_of(mode, supported, || match (config.mode, mode) {
+            (_, SyncMode::Append) => "Redis hashes and sets hold current state, not a stream of change events".into(),
+            (RedisMode::Hash, _) => "audience membership is a set: use mode = \"set\" with a member_field".into(),
+            (RedisMode::Set, _) => format!("a set member has no fields to {mode}; membership is added or removed"),
+        })
+    }
 
     /// The URL is parsed, nothing connects.
     fn new(config: &RedisConfig, metrics: Metrics) -> Result<Redis, Invalid> {
@@ -96,9 +120,14 @@ impl Kind for Redis {
         })
     }
 
+    /// Commands sent, and conditional writes that left their hash alone (a reply of 0).
     fn observe(&self, request: &request::Request, answer: &Answer) {
-        if let Answer::Replies(_) = answer {
-            self.metrics.commands(request.owners.len());
+        let Answer::Replies(replies) = answer else { return };
+        self.metrics.commands(request.owners.len());
+        for &(position, unchanged) in &request.guarded {
+            if matches!(replies.get(position), Some(::redis::Value::Int(0))) {
+                self.metrics.records_unchanged(unchanged, 1);
+            }
         }
     }
 }

@@ -3,10 +3,13 @@
 use serde::Deserialize;
 use sluice_core::config::Secret;
 
-use crate::settings::{default_timeout_ms, nonempty, positive, Invalid, Validate};
-use crate::UnsupportedDelete;
+use sluice_core::config::bounds::Bounded;
 
-/// Salesforce: `PATCH /services/data/<api_version>/composite/sobjects/<sobject>/<external_id_field>`.
+use crate::settings::{default_timeout_ms, http_url, nonempty, timeout, within, IdentifierField, Invalid, Validate};
+use crate::OnDelete;
+
+/// Salesforce REST under `/services/data/<api_version>/`: sObject Collections upsert by external
+/// ID, a SOQL `query` for record ids, and sObject Collections delete.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SalesforceConfig {
@@ -33,9 +36,11 @@ pub struct SalesforceConfig {
     /// allocation spent (otherwise the limit hit is on concurrency and backoff decides).
     #[serde(default = "default_allocation_exhausted_wait_secs")]
     pub allocation_exhausted_wait_secs: u64,
-    /// What a Delete does: sObject Collections delete takes record ids, not external ids.
+    /// What a Delete does: `delete` (the default) looks the record ids up by external ID (SOQL)
+    /// and deletes them with sObject Collections delete; `skip` confirms without a request
+    /// (counted); `reject` dead-letters. A `mirror` sync needs `delete`.
     #[serde(default)]
-    pub on_delete: UnsupportedDelete,
+    pub on_delete: OnDelete,
     /// Per-request timeout; a timeout is retryable.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -59,11 +64,23 @@ impl Validate for SalesforceConfig {
         nonempty("instance_url", &self.instance_url, "the org's My Domain URL, e.g. instance_url = \"https://acme.my.salesforce.com\"")?;
         nonempty("sobject", &self.sobject, "sobject = \"Contact\"")?;
         nonempty("external_id_field", &self.external_id_field, "the external-ID field records are matched on, e.g. external_id_field = \"Warehouse_Id__c\"")?;
-        positive("max_records_per_request", self.max_records_per_request, "max_records_per_request = 200 (Salesforce's limit)")?;
+        within("max_records_per_request", self.max_records_per_request as f64, MAX_RECORDS)?;
         crate::http::bearer(self.access_token.expose(), "access_token")?;
-        Ok(())
+        nonempty("api_version", &self.api_version, "api_version = \"v62.0\"")?;
+        within("allocation_exhausted_wait_secs", self.allocation_exhausted_wait_secs as f64, ALLOCATION_WAIT_SECS)?;
+        timeout(self.timeout_ms)?;
+        http_url("instance_url", &self.instance_url, "https://acme.my.salesforce.com")
+    }
+
+    fn identifier_fields(&self) -> Vec<IdentifierField> {
+        vec![IdentifierField::new("external_id_field", &self.external_id_field)]
     }
 }
+
+/// Records per sObject Collections request: Salesforce takes at most 200.
+const MAX_RECORDS: Bounded = Bounded { min: 1.0, max: 200.0, example: "max_records_per_request = 200 (Salesforce's limit)" };
+/// The wait for a spent 24-hour allocation: at most the rolling day itself.
+const ALLOCATION_WAIT_SECS: Bounded = Bounded { min: 1.0, max: 86_400.0, example: "allocation_exhausted_wait_secs = 3600" };
 
 #[cfg(test)]
 mod tests {
@@ -78,5 +95,6 @@ mod tests {
         assert_eq!(salesforce.max_records_per_request, 200);
         assert_eq!(salesforce.retryable_error_codes, ["UNABLE_TO_LOCK_ROW"]);
         assert_eq!((salesforce.api_version.as_str(), salesforce.allocation_exhausted_wait_secs), ("v62.0", 3600));
+        assert_eq!(salesforce.on_delete, crate::OnDelete::Delete);
     }
 }

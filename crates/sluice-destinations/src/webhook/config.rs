@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use sluice_core::config::Secret;
+use sluice_core::config::{MaybeSecret, Secret};
 
 use super::request::Signer;
-use crate::settings::{default_timeout_ms, nonempty, Invalid, Validate};
+use crate::settings::{default_timeout_ms, http_url, nonempty, timeout, Invalid, Validate};
 
 /// The generic webhook destination.
 #[derive(Debug, Clone, Deserialize)]
@@ -25,25 +25,8 @@ pub struct WebhookConfig {
     pub signing_secret: Option<Secret>,
 }
 
-/// A header value: plain text, or a secret by reference.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum HeaderValue {
-    /// Written in the file.
-    Plain(String),
-    /// Resolved from the environment or a file.
-    Secret(Secret),
-}
-
-impl HeaderValue {
-    /// The value to send; keep it out of logs.
-    pub fn expose(&self) -> &str {
-        match self {
-            HeaderValue::Plain(s) => s,
-            HeaderValue::Secret(secret) => secret.expose(),
-        }
-    }
-}
+/// A header value: plain text, or a secret by reference (`{ env = "TOKEN" }`).
+pub type HeaderValue = MaybeSecret;
 
 impl WebhookConfig {
     /// The configured headers, values marked sensitive so they never print.
@@ -71,7 +54,8 @@ impl Validate for WebhookConfig {
         nonempty("url", &self.url, "url = \"https://example.com/hook\"")?;
         self.header_map()?;
         self.signer()?;
-        Ok(())
+        timeout(self.timeout_ms)?;
+        http_url("url", &self.url, "https://example.com/hook")
     }
 }
 

@@ -4,6 +4,10 @@
 //! `{"records": [OutboundRecord, ...]}`. Every record carries a stable `id`, so a receiver can
 //! make retries and replays idempotent.
 //!
+//! Actions: every sync mode is honoured; each record carries its `action` (`upsert`, `update`,
+//! `create`, `delete`, `event`) and `op`, and the receiver applies it: `append` sends every
+//! change as an event, deletes included.
+//!
 //! Signing (when `signing_secret` is set), Standard Webhooks v1:
 //! - `webhook-id`: `msg_` + hex of [`crate::batch_digest`], so the same batch carries the same
 //!   id on every retry and a receiver can deduplicate on it;
@@ -28,8 +32,10 @@ mod request;
 pub use config::{HeaderValue, WebhookConfig};
 pub use request::{webhook_id, Signer};
 
+use sluice_core::config::SyncMode;
+
 use crate::http::{send_json, Answer, Auth, Endpoint};
-use crate::{DeliveryError, Invalid, Kind, Metrics, OutboundRecord, Plan};
+use crate::{DeliveryError, Invalid, Kind, Metrics, ModeRefusal, OutboundRecord, Plan};
 
 /// The webhook destination.
 pub struct Webhook {
@@ -42,6 +48,11 @@ pub struct Webhook {
 impl Kind for Webhook {
     const NAME: &'static str = "webhook";
     type Config = WebhookConfig;
+
+    /// Every mode: the receiver gets each record's action and decides what it means.
+    fn check_mode(_config: &WebhookConfig, _mode: SyncMode) -> Result<(), ModeRefusal> {
+        Ok(())
+    }
 
     /// Headers parsed, signing key decoded; nothing connects.
     fn new(config: &WebhookConfig, metrics: Metrics) -> Result<Webhook, Invalid> {

@@ -27,8 +27,9 @@ pub enum AnyWarehouse {
 impl AnyWarehouse {
     /// Connect to (PostgreSQL) or open (DuckDB) the configured warehouse.
     pub async fn connect(config: &WarehouseConfig) -> Result<AnyWarehouse, WarehouseError> {
-        match config.location() {
-            WarehouseLocation::Postgres { url } => Ok(AnyWarehouse::Postgres(Postgres::connect(url).await?)),
+        // The connection string is resolved here, by the process that connects, and only then.
+        match config.location().map_err(|e| WarehouseError::Unsupported(e.to_string()))? {
+            WarehouseLocation::Postgres { url } => Ok(AnyWarehouse::Postgres(Postgres::connect(url.expose()).await?)),
             #[cfg(feature = "duckdb")]
             WarehouseLocation::Duckdb { path } => Ok(AnyWarehouse::DuckDb(self::duckdb::DuckDb::open(path).await?)),
             #[cfg(not(feature = "duckdb"))]
@@ -43,7 +44,7 @@ impl AnyWarehouse {
     /// the poller itself never creates one).
     pub async fn connect_for_script(config: &WarehouseConfig, create: bool) -> Result<AnyWarehouse, WarehouseError> {
         #[cfg(feature = "duckdb")]
-        if let (true, WarehouseLocation::Duckdb { path }) = (create, config.location()) {
+        if let (true, Ok(WarehouseLocation::Duckdb { path })) = (create, config.location()) {
             return Ok(AnyWarehouse::DuckDb(self::duckdb::DuckDb::create(path).await?));
         }
         let _ = create;

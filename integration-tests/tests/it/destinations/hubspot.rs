@@ -5,12 +5,16 @@ use std::time::Duration;
 use sluice_core::config::Secret;
 use sluice_core::ErrorClass;
 use sluice_destinations::hubspot::{HubSpot, HubSpotConfig};
-use sluice_destinations::{Action, Destination, Kind, UnsupportedDelete};
+use sluice_destinations::{Action, Destination, Kind, OnDelete};
 use sluice_integration_tests::contract;
 
 use super::{indices, metrics, record, retry_after, with_previous};
 
 fn hubspot(base_url: &str, token: &str, multi_status: bool, zone: &str) -> HubSpot {
+    hubspot_with(base_url, token, multi_status, zone, OnDelete::Skip)
+}
+
+fn hubspot_with(base_url: &str, token: &str, multi_status: bool, zone: &str, on_delete: OnDelete) -> HubSpot {
     HubSpot::new(&HubSpotConfig {
         base_url: base_url.into(),
         access_token: Secret::literal(token),
@@ -21,7 +25,7 @@ fn hubspot(base_url: &str, token: &str, multi_status: bool, zone: &str) -> HubSp
         portal_time_zone: zone.into(),
         ten_secondly_backoff_ms: 10_000,
         multi_status,
-        on_delete: UnsupportedDelete::Skip,
+        on_delete,
         timeout_ms: 5_000,
     },
         metrics::<HubSpot>(),
@@ -110,5 +114,67 @@ async fn hubspot_bad_token_is_fatal_and_outages_retry() {
     let destination = hubspot(&url, "pat-1", true, "UTC");
     assert_eq!(retry_after(&destination.send(&batch).await.unwrap_err()), None);
     assert_eq!(retry_after(&destination.send(&batch).await.unwrap_err()), Some(Duration::from_secs(2)));
+    assert!(server.contact("a@example.com").is_none());
+}
+
+#[tokio::test]
+async fn hubspot_update_never_creates_and_create_never_updates() {
+    let (url, server) = contract::hubspot::start("pat-1").await;
+    let known = server.seed(serde_json::json!({"email": "known@example.com", "plan": "free"}));
+    let destination = hubspot_with(&url, "pat-1", true, "UTC", OnDelete::Delete);
+    let update = [
+        record(1, Action::Update, serde_json::json!({"email": "Known@Example.com", "plan": "pro"})),
+        record(2, Action::Update, serde_json::json!({"email": "stranger@example.com", "plan": "pro"})),
+    ];
+    assert!(destination.send(&update).await.unwrap().is_empty(), "a record HubSpot does not hold is left alone, not refused");
+    assert_eq!(server.contact("known@example.com").unwrap()["plan"], "pro");
+    assert!(server.contact("stranger@example.com").is_none(), "update never creates");
+    let sent = server.requests();
+    assert_eq!(server.paths(), ["batch/read", "batch/update"]);
+    assert_eq!(sent[0].body, serde_json::json!({"idProperty": "email", "properties": ["email"], "inputs": [{"id": "known@example.com"}, {"id": "stranger@example.com"}]}));
+    assert_eq!(sent[1].body["inputs"], serde_json::json!([{"id": known, "properties": {"email": "known@example.com", "plan": "pro"}, "objectWriteTraceId": "sluice.changes.customers/0/1"}]));
+
+    let create = [
+        record(3, Action::Create, serde_json::json!({"email": "known@example.com", "plan": "enterprise"})),
+        record(4, Action::Create, serde_json::json!({"email": "new@example.com", "plan": "free"})),
+    ];
+    assert!(destination.send(&create).await.unwrap().is_empty());
+    assert_eq!(server.contact("known@example.com").unwrap()["plan"], "pro", "create never changes an existing record");
+    assert_eq!(server.contact("new@example.com").unwrap()["plan"], "free");
+    assert_eq!(&server.paths()[2..], ["batch/read", "batch/create"]);
+    assert_eq!(server.requests()[3].body["inputs"].as_array().unwrap().len(), 1, "only the record not found is created");
+}
+
+#[tokio::test]
+async fn hubspot_deletes_look_up_record_ids_and_archive_them() {
+    let (url, server) = contract::hubspot::start("pat-1").await;
+    let gone = server.seed(serde_json::json!({"email": "gone@example.com"}));
+    server.seed(serde_json::json!({"email": "stays@example.com"}));
+    let destination = hubspot_with(&url, "pat-1", true, "UTC", OnDelete::Delete);
+    let batch = [
+        record(1, Action::Delete, serde_json::json!({"email": "gone@example.com"})),
+        record(2, Action::Delete, serde_json::json!({"email": "never-there@example.com"})),
+    ];
+    assert!(destination.send(&batch).await.unwrap().is_empty(), "a record HubSpot does not hold is already deleted");
+    assert_eq!(server.emails(), ["stays@example.com"]);
+    assert_eq!(*server.archived.lock().unwrap(), ["gone@example.com"]);
+    assert_eq!(server.paths(), ["batch/read", "batch/archive"]);
+    assert_eq!(server.requests()[1].body, serde_json::json!({"inputs": [{"id": gone}]}));
+    // Again: nothing left to archive, so only the read goes out.
+    assert!(destination.send(&batch).await.unwrap().is_empty());
+    assert_eq!(server.paths(), ["batch/read", "batch/archive", "batch/read"]);
+}
+
+#[tokio::test]
+async fn hubspot_a_throttled_read_is_retried_like_any_request() {
+    let (url, server) = contract::hubspot::start("pat-1").await;
+    server.seed(serde_json::json!({"email": "a@example.com"}));
+    server.faults.push(contract::hubspot::Fault::TenSecondly);
+    let destination = hubspot_with(&url, "pat-1", true, "UTC", OnDelete::Delete);
+    let batch = [record(1, Action::Delete, serde_json::json!({"email": "a@example.com"}))];
+    let error = destination.send(&batch).await.unwrap_err();
+    assert_eq!((error.status, retry_after(&error)), (Some(429), Some(Duration::from_secs(10))));
+    assert_eq!(server.paths(), ["batch/read"], "nothing archived after a refused read");
+    assert!(destination.send(&batch).await.unwrap().is_empty());
     assert!(server.contact("a@example.com").is_none());
 }

@@ -5,12 +5,16 @@ use std::time::Duration;
 use sluice_core::config::Secret;
 use sluice_core::ErrorClass;
 use sluice_destinations::salesforce::{Salesforce, SalesforceConfig};
-use sluice_destinations::{Action, Destination, Kind, UnsupportedDelete};
+use sluice_destinations::{Action, Destination, Kind, OnDelete};
 use sluice_integration_tests::contract;
 
 use super::{indices, metrics, record, retry_after};
 
 fn salesforce(base_url: &str, token: &str) -> Salesforce {
+    salesforce_with(base_url, token, OnDelete::Reject)
+}
+
+fn salesforce_with(base_url: &str, token: &str, on_delete: OnDelete) -> Salesforce {
     Salesforce::new(&SalesforceConfig {
         instance_url: base_url.into(),
         access_token: Secret::literal(token),
@@ -20,7 +24,7 @@ fn salesforce(base_url: &str, token: &str) -> Salesforce {
         max_records_per_request: 200,
         retryable_error_codes: vec!["UNABLE_TO_LOCK_ROW".into()],
         allocation_exhausted_wait_secs: 3600,
-        on_delete: UnsupportedDelete::Reject,
+        on_delete,
         timeout_ms: 5_000,
     },
         metrics::<Salesforce>(),
@@ -88,4 +92,43 @@ async fn salesforce_invalid_session_is_fatal() {
     let error = salesforce(&url, "expired").send(&[record(1, Action::Upsert, serde_json::json!({"Warehouse_Id__c": "W-1", "LastName": "Doe"}))]).await.unwrap_err();
     assert_eq!((error.class, error.status), (ErrorClass::Fatal, Some(401)));
     assert!(error.excerpt.contains("INVALID_SESSION_ID"));
+}
+
+#[tokio::test]
+async fn salesforce_deletes_the_ids_a_query_finds_by_external_id() {
+    let (url, server) = contract::salesforce::start("00D-token").await;
+    let destination = salesforce_with(&url, "00D-token", OnDelete::Delete);
+    let upserts: Vec<_> = ["W-1", "W-2", "O'Hara"]
+        .iter()
+        .enumerate()
+        .map(|(i, w)| record(i as u32 + 1, Action::Upsert, serde_json::json!({"Warehouse_Id__c": w, "LastName": "Doe"})))
+        .collect();
+    assert!(destination.send(&upserts).await.unwrap().is_empty());
+    server.undeletable.lock().unwrap().insert("W-2".into());
+    let deletes = [
+        record(1, Action::Delete, serde_json::json!({"Warehouse_Id__c": "W-1"})),
+        record(2, Action::Delete, serde_json::json!({"Warehouse_Id__c": "W-2"})),
+        record(3, Action::Delete, serde_json::json!({"Warehouse_Id__c": "O'Hara"})),
+        record(4, Action::Delete, serde_json::json!({"Warehouse_Id__c": "W-404"})),
+    ];
+    let failures = destination.send(&deletes).await.unwrap();
+    assert_eq!(indices(&failures), [1], "only the record Salesforce refused to delete");
+    assert_eq!(failures[0].class, ErrorClass::Permanent);
+    assert!(failures[0].message.contains("DELETE_FAILED"), "{}", failures[0].message);
+    assert_eq!(server.external_ids(), ["W-2"]);
+    assert_eq!(server.deleted(), ["W-1", "O'Hara"]);
+    let sent = server.requests();
+    let query = &sent[1];
+    assert_eq!((query.method.as_str(), query.path.as_str()), ("GET", "/query"));
+    assert_eq!(
+        query.query.as_deref(),
+        Some("SELECT Id, Warehouse_Id__c FROM Contact WHERE Warehouse_Id__c IN ('W-1', 'W-2', 'O\\'Hara', 'W-404')"),
+        "quoted as SOQL literals"
+    );
+    assert_eq!((sent[2].method.as_str(), sent[2].path.as_str()), ("DELETE", "/composite/sobjects"));
+    assert!(sent[2].query.as_deref().unwrap().contains("allOrNone=false"));
+    // Again: the deleted are not found any more, W-2 still refuses.
+    let again = destination.send(&deletes).await.unwrap();
+    assert_eq!(indices(&again), [1]);
+    assert_eq!(server.requests().len(), 5, "a query, then a delete of the one id it found");
 }

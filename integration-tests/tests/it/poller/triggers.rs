@@ -61,9 +61,12 @@ async fn cron_schedules_runs() {
     token.cancel();
     poller.await.unwrap().unwrap();
 
-    let bad = hourly(&f, "cron = \"every tuesday\"");
-    let error = sluice_poller::run(bad, None, Health::new(), CancellationToken::new()).await.unwrap_err();
-    assert!(format!("{error:#}").contains("cron expression \"every tuesday\" is invalid"), "{error:#}");
+    // A cron expression the poller cannot schedule never reaches it: the config is refused at
+    // load (by every service and `sluice check`), at the model's line, with the fix.
+    let bad = f.config_text.replace("poll_interval_ms = 200", "poll_interval_ms = 3600000\ncron = \"every tuesday\"");
+    let error = Config::parse("integration-test.toml", &bad).unwrap_err();
+    assert!(error.message.contains("cron = \"every tuesday\" does not parse"), "{error}");
+    assert!(error.line.is_some() && error.fix.contains("e.g. \"0 */15 * * * *\""), "{error}");
 }
 
 /// POST with a raw HTTP/1.1 request (no HTTP client dependency needed); returns the status.

@@ -65,6 +65,7 @@ pub(crate) use identity::{Identity, KeyHash};
 pub(crate) use state::Target;
 
 use crate::schemas::SchemaCache;
+use crate::side::Origin;
 use crate::transform::{current, Image};
 use crate::SinkError;
 use fetch::Reader;
@@ -90,12 +91,25 @@ pub(crate) enum Presence {
 
 /// The presence a record of `sync` gives its row.
 pub(crate) fn presence(sync: &SyncConfig, op: Op, consented: bool, image: &Image<'_>) -> Presence {
-    match &sync.identifier {
-        Some(_) if !sync.is_suppressed() => Presence::Untracked,
+    match tracked(sync) {
         None => Presence::Untracked,
         Some(_) if op == Op::Delete => Presence::Gone,
         Some(spec) => Presence::Present { identity: identity::identity_of(spec, image), consented },
     }
+}
+
+/// The presence a delete known only by its key gives its row (`crate::deletes`): gone, like
+/// after any delete.
+pub(crate) fn presence_of_delete(sync: &SyncConfig) -> Presence {
+    match tracked(sync) {
+        None => Presence::Untracked,
+        Some(_) => Presence::Gone,
+    }
+}
+
+/// The identifier of a sync whose rows the stage tracks: one that names lists.
+fn tracked(sync: &SyncConfig) -> Option<&IdentifierConfig> {
+    sync.identifier.as_ref().filter(|_| sync.is_suppressed())
 }
 
 /// Whom a list record's row names now: `None` when it is deleted or names nobody.
@@ -127,12 +141,14 @@ pub(crate) struct ListSpec {
 /// delivery): it finishes when the last one does.
 pub(crate) struct Pending {
     message: Arc<OwnedMessage>,
+    /// The id of the change the record carries (a side record's original one).
+    id: String,
     remaining: AtomicUsize,
 }
 
 impl Pending {
-    pub(crate) fn new(message: Arc<OwnedMessage>, parts: usize) -> Arc<Pending> {
-        Arc::new(Pending { message, remaining: AtomicUsize::new(parts) })
+    pub(crate) fn new(message: Arc<OwnedMessage>, origin: &Origin<'_>, parts: usize) -> Arc<Pending> {
+        Arc::new(Pending { message, id: origin.id(), remaining: AtomicUsize::new(parts) })
     }
 
     /// The list record.
@@ -143,8 +159,8 @@ impl Pending {
     /// The list record's id, which a recompute's record carries after its own
     /// (`<row's id>+<list record's id>`): a new decision about an old record is a new event for
     /// receivers that deduplicate by id.
-    pub(crate) fn id(&self) -> String {
-        format!("{}/{}/{}", self.message.topic(), self.message.partition(), self.message.offset())
+    pub(crate) fn id(&self) -> &str {
+        &self.id
     }
 
     /// One part finished; true when it was the last.
@@ -173,8 +189,12 @@ pub(crate) struct Stage {
     syncs: Vec<SyncSpec>,
     lists: Vec<ListSpec>,
     state: Mutex<State>,
-    /// Per partition, the offset the rebuild read to: records before it are in the state.
-    rebuilt_to: StdHashMap<(String, i32), i64>,
+    /// Per partition of the syncs' topics, the offset the rebuild read to (the group's frontier):
+    /// records before it are in the members.
+    members_to: StdHashMap<(String, i32), i64>,
+    /// Per partition of the lists' topics, the offset the rebuild read to: records before it
+    /// are in the entries.
+    entries_to: StdHashMap<(String, i32), i64>,
     /// Recomputes owed by list records the group delivers again ([`rebuild`]).
     replay: Mutex<StdHashMap<(String, i32, i64), Vec<Target>>>,
     list_partitions: Vec<(String, i32)>,
@@ -222,7 +242,8 @@ impl Stage {
             syncs,
             lists,
             state: Mutex::new(rebuilt.state),
-            rebuilt_to: rebuilt.rebuilt_to,
+            members_to: rebuilt.members_to,
+            entries_to: rebuilt.entries_to,
             replay: Mutex::new(rebuilt.replay),
             list_partitions: rebuilt.list_partitions,
             lanes,
@@ -261,38 +282,38 @@ impl Stage {
         self.list_partitions.iter().filter(|(topic, partition)| assignment.find_partition(topic, *partition).is_none()).cloned().collect()
     }
 
-    /// A record of a sync with lists was admitted to its lane: index its row. Records the
-    /// rebuild already read past change nothing (the index holds a later state).
-    pub(crate) fn observe(&self, message: &OwnedMessage, presence: &Presence) {
-        let Some(sync) = self.sync_of(message.topic()) else { return };
-        if self.rebuilt(message) {
+    /// A record of a sync with lists was admitted to its lane: index its row, at the change it
+    /// carries (`origin`: a side record's original one, so a recompute reads it back from the
+    /// change topic). Records the rebuild already read past change nothing (the index holds a
+    /// later state).
+    pub(crate) fn observe(&self, origin: &Origin<'_>, key: &[u8], presence: &Presence) {
+        let Some(sync) = self.sync_of(&origin.topic) else { return };
+        if rebuilt(&self.members_to, origin) {
             return;
         }
-        let key = message.key().unwrap_or_default();
         let member = match *presence {
             Presence::Untracked => return,
             Presence::Gone => None,
             Presence::Present { identity, .. } => Some(Member {
                 identity,
-                offset: message.offset(),
-                partition: message.partition(),
-                lane: (self.route)(message.topic(), key, self.lanes) as u16,
+                offset: origin.offset,
+                partition: origin.partition,
+                lane: (self.route)(&origin.topic, key, self.lanes) as u16,
             }),
         };
         self.state.lock().expect("stage lock").set_member(sync, KeyHash::of(key), member);
     }
 
-    fn rebuilt(&self, message: &OwnedMessage) -> bool {
-        self.rebuilt_to.get(&(message.topic().to_string(), message.partition())).is_some_and(|&end| message.offset() < end)
-    }
 
     /// A list record reached its lane: apply it to the entries and name the rows to decide
     /// again; one step under the stage's lock (the ordering argument). A record the rebuild
     /// already applied is not applied again; it owes the recomputes the rebuild recorded for it.
-    pub(crate) async fn admit_list(&self, message: &OwnedMessage, schemas: &SchemaCache) -> Result<ListAdmission, SinkError> {
-        let topic = message.topic();
-        if self.rebuilt(message) {
-            let owed = self.replay.lock().expect("replay lock").remove(&(topic.to_string(), message.partition(), message.offset()));
+    /// `origin` is the change the record carries (its own coordinates, or a side record's
+    /// original ones when the list's topic is also a synced one).
+    pub(crate) async fn admit_list(&self, message: &OwnedMessage, origin: &Origin<'_>, schemas: &SchemaCache) -> Result<ListAdmission, SinkError> {
+        let topic = origin.topic.as_ref();
+        if rebuilt(&self.entries_to, origin) {
+            let owed = self.replay.lock().expect("replay lock").remove(&(topic.to_string(), origin.partition, origin.offset));
             return Ok(ListAdmission::Recompute(owed.unwrap_or_default()));
         }
         // A tombstone follows the delete that already took the row off.
@@ -309,7 +330,7 @@ impl Stage {
             if named.is_none() && decoded.event.op != Op::Delete {
                 metrics::counter!("sluice_sink_suppression_unidentified_total", "destination" => self.destination.clone(), "list" => spec.name.clone()).increment(1);
                 tracing::warn!(
-                    destination = %self.destination, list = %spec.name, topic, partition = message.partition(), offset = message.offset(),
+                    destination = %self.destination, list = %spec.name, topic, partition = origin.partition, offset = origin.offset,
                     column = %spec.identifier.column.get_ref(), "suppression list row has no identifier, so it suppresses nobody; fill the column in the model"
                 );
             }
@@ -341,7 +362,7 @@ impl Stage {
             let (Some(sync), Presence::Present { identity, consented }) = (self.sync_of(topic), presence) else { continue };
             let suppressed = state.suppressed(sync, *identity);
             // Never `None` for the modes lists apply to (validated); keep the action if it were.
-            let Some(action) = rule(self.syncs[sync].config.mode, record.op, *consented, suppressed) else { continue };
+            let Some(action) = rule(self.syncs[sync].config.mode(), record.op, *consented, suppressed) else { continue };
             if action != record.action {
                 record.action = action;
                 if action == Action::Delete {
@@ -391,6 +412,12 @@ impl Stage {
         metrics::gauge!("sluice_sink_stage_bytes", "destination" => self.destination.clone()).set(bytes as f64);
         (sizes.lists.iter().map(|(rows, _)| rows).sum(), sizes.members.iter().sum())
     }
+}
+
+/// Whether the rebuild read past the change at `origin` (`read_to`: per partition, where it
+/// stopped).
+fn rebuilt(read_to: &StdHashMap<(String, i32), i64>, origin: &Origin<'_>) -> bool {
+    read_to.get(&(origin.topic.to_string(), origin.partition)).is_some_and(|&end| origin.offset < end)
 }
 
 /// The syncs of this destination that name lists, and those lists.
@@ -470,13 +497,7 @@ mod tests {
 
     /// A stage over one sync (`topic`) honouring one list, with nothing read from Kafka.
     fn stage() -> Stage {
-        let kafka = KafkaConfig {
-            bootstrap_servers: "127.0.0.1:1".into(),
-            topic_prefix: "t".into(),
-            partitions: 1,
-            replication_factor: 1,
-            properties: Default::default(),
-        };
+        let kafka = KafkaConfig::plaintext("127.0.0.1:1", "t");
         let identifier = IdentifierConfig { column: toml::Spanned::new(0..0, "email".into()), transforms: vec![] };
         Stage {
             destination: "meta".into(),
@@ -488,7 +509,8 @@ mod tests {
             }],
             lists: vec![ListSpec { name: "buyers".into(), topic: "purchases".into(), identifier }],
             state: Mutex::new(State::new(vec![vec![0]], 1)),
-            rebuilt_to: StdHashMap::new(),
+            members_to: StdHashMap::new(),
+            entries_to: StdHashMap::new(),
             replay: Mutex::new(StdHashMap::new()),
             list_partitions: Vec::new(),
             reader: Reader::new(&kafka).expect("a consumer is built without connecting"),
@@ -528,6 +550,26 @@ mod tests {
         assert_eq!(revoked.action, Action::Delete, "consent is the same stage");
     }
 
+    /// A side record (backfill, redrive) is the change it carries: indexed at its original
+    /// coordinates, so a recompute reads it back from the change topic; what the rebuild read
+    /// past (the group's frontier) is not indexed again.
+    #[test]
+    fn a_side_record_is_indexed_at_the_change_it_carries() {
+        let mut stage = stage();
+        stage.members_to.insert(("topic".into(), 0), 10);
+        let ada = Presence::Present { identity: Some(Identity::of_text("ada@example.com")), consented: true };
+        let target = Target { sync: 0, key: KeyHash::of(b"k"), lane: 0 };
+        let side = Origin { topic: "topic".into(), partition: 0, offset: 41, side: true };
+        stage.observe(&side, b"k", &ada);
+        assert_eq!(stage.locate(&target), Some((0, 41)), "the original partition and offset, not the side topic's");
+        let replayed = Origin { topic: "topic".into(), partition: 0, offset: 9, side: false };
+        stage.observe(&replayed, b"k", &Presence::Gone);
+        assert_eq!(stage.locate(&target), Some((0, 41)), "below the frontier: already in the rebuild");
+        let deleted = Origin { topic: "topic".into(), partition: 0, offset: 42, side: true };
+        stage.observe(&deleted, b"k", &Presence::Gone);
+        assert_eq!(stage.locate(&target), None, "a delete (a key-only one too) takes the row out");
+    }
+
     #[test]
     fn presence_is_tracked_only_for_syncs_with_lists() {
         let columns = vec!["email".to_string()];
@@ -537,5 +579,7 @@ mod tests {
         assert_eq!(presence(&with, Op::Update, true, &image), Presence::Present { identity: Some(Identity::of_text("ada@example.com")), consented: true });
         assert_eq!(presence(&with, Op::Delete, true, &image), Presence::Gone);
         assert_eq!(presence(&sync(""), Op::Update, true, &image), Presence::Untracked);
+        assert_eq!(presence_of_delete(&with), Presence::Gone, "a delete known only by its key");
+        assert_eq!(presence_of_delete(&sync("")), Presence::Untracked);
     }
 }

@@ -1,12 +1,24 @@
 //! The stage's state at start, rebuilt from the topics: nothing of it lives on disk.
 //!
-//! Every partition of the syncs' change topics (the members) and of the lists' change topics
-//! (the entries) is read from its low to its high watermark, as `read_committed`, and applied in
-//! offset order, exactly as the live path would ([`super::Stage::observe`],
-//! [`super::Stage::admit_list`]). What the group has not committed yet will be delivered again
-//! after this, and is already in the state:
-//! - an audience record delivered again leaves the index alone (it holds a later state) and is
-//!   decided at send time like any record;
+//! Every partition of the lists' change topics (the entries) is read from its low to its high
+//! watermark, and every partition of the syncs' change topics (the members) from its low
+//! watermark to the group's *frontier* there (the highest offset it ever committed, as the order
+//! guard reads it: `crate::guard::load`), as `read_committed`, and applied in offset order,
+//! exactly as the live path would ([`super::Stage::observe`], [`super::Stage::admit_list`]).
+//!
+//! Why members stop at the frontier: a recompute reads back its row's record at the location the
+//! index holds, and sends it. Below the frontier every record reached the destination; above it,
+//! the records are still to come through the row's lane, in order, and are indexed when they are
+//! admitted there. So the location is always a record the lane has been handed (or the
+//! destination has), never one ahead of records of the same row still queued for the lane: a
+//! recompute never sends a newer state that an older one, delivered after it, would undo — the
+//! order guard's promise (no key goes backwards) holds for recomputes too. The entries, in
+//! contrast, are the list's latest state: that is what every decision must see.
+//!
+//! What the group has not committed yet will be delivered again after this:
+//! - an audience record below the frontier delivered again (a replay) leaves the index alone (it
+//!   holds that row's latest state below the frontier) and is decided at send time like any
+//!   record; one above it is indexed when admitted;
 //! - a list record delivered again is not applied again, but owes the recomputes it caused when
 //!   it was first applied (they may not have finished before the last stop: that is what its
 //!   uncommitted offset says). The rebuild applies the same records in the same order, so it
@@ -19,9 +31,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use sluice_core::config::KafkaConfig;
 use sluice_kafka::compacted::{scan, Range};
+use sluice_kafka::groups::{self, Committed};
 use sluice_kafka::{client_config, KafkaError};
 use tokio::sync::mpsc;
 
@@ -41,8 +53,12 @@ pub(super) type Partition = (String, i32);
 /// What the rebuild leaves the stage.
 pub(super) struct Rebuilt {
     pub state: State,
-    /// Per partition read: the offset the state is complete up to (its high watermark then).
-    pub rebuilt_to: StdHashMap<Partition, i64>,
+    /// Per partition of the syncs' topics: the offset the members are complete up to (the
+    /// group's frontier).
+    pub members_to: StdHashMap<Partition, i64>,
+    /// Per partition of the lists' topics: the offset the entries are complete up to (the high
+    /// watermark then).
+    pub entries_to: StdHashMap<Partition, i64>,
     /// Recomputes owed by list records the group will deliver again, by (topic, partition,
     /// offset); only records that owe some are here.
     pub replay: StdHashMap<(String, i32, i64), Vec<Target>>,
@@ -53,13 +69,21 @@ pub(super) struct Rebuilt {
     pub unreadable: u64,
 }
 
-/// One partition's extent and the group's committed offset in it.
+/// One partition's extent and the group's committed position in it.
 struct Extent {
     topic: String,
     partition: i32,
     low: i64,
     high: i64,
-    committed: Option<i64>,
+    committed: Committed,
+}
+
+impl Extent {
+    /// Where the members read of this partition ends: the group's frontier (nothing when the
+    /// group never committed here: every record is then delivered, and indexed, again).
+    fn members_end(&self) -> i64 {
+        self.committed.frontier().unwrap_or(self.low).clamp(self.low, self.high)
+    }
 }
 
 /// A record as read, owned so it can cross from the blocking reader to the decoder.
@@ -89,18 +113,21 @@ pub(super) async fn rebuild(
         let (kafka, group) = (kafka.clone(), group.to_string());
         tokio::task::spawn_blocking(move || extents(&kafka, &group, &topics)).await.expect("extents reader does not panic").map_err(SinkError::Kafka)?
     };
-    let committed: StdHashMap<Partition, Option<i64>> = extents.iter().map(|e| ((e.topic.clone(), e.partition), e.committed)).collect();
+    let committed: StdHashMap<Partition, Option<i64>> = extents.iter().map(|e| ((e.topic.clone(), e.partition), e.committed.offset)).collect();
+    let is_list = |topic: &str| lists.iter().any(|l| l.topic == topic);
+    let is_sync = |topic: &str| syncs.iter().any(|s| s.topic == topic);
     let mut rebuilt = Rebuilt {
         state: State::new(syncs.iter().map(|s| s.lists.clone()).collect(), lists.len()),
-        rebuilt_to: extents.iter().map(|e| ((e.topic.clone(), e.partition), e.high)).collect(),
+        members_to: extents.iter().filter(|e| is_sync(&e.topic)).map(|e| ((e.topic.clone(), e.partition), e.members_end())).collect(),
+        entries_to: extents.iter().filter(|e| is_list(&e.topic)).map(|e| ((e.topic.clone(), e.partition), e.high)).collect(),
         replay: StdHashMap::new(),
-        list_partitions: extents.iter().filter(|e| lists.iter().any(|l| l.topic == e.topic)).map(|e| (e.topic.clone(), e.partition)).collect(),
+        list_partitions: extents.iter().filter(|e| is_list(&e.topic)).map(|e| (e.topic.clone(), e.partition)).collect(),
         records: 0,
         unreadable: 0,
     };
     // Members first: a list record's replay needs the rows it would recompute.
     for (index, sync) in syncs.iter().enumerate() {
-        let mut records = read(kafka, &sync.topic, &extents);
+        let mut records = read(kafka, &sync.topic, &extents, Extent::members_end);
         while let Some(chunk) = records.recv().await {
             for raw in chunk? {
                 let Some(decoded) = rebuilt.decode(&raw, schemas).await? else { continue };
@@ -122,7 +149,7 @@ pub(super) async fn rebuild(
         }
     }
     for topic in list_topics {
-        let mut records = read(kafka, topic, &extents);
+        let mut records = read(kafka, topic, &extents, |e| e.high);
         while let Some(chunk) = records.recv().await {
             for raw in chunk? {
                 let Some(decoded) = rebuilt.decode(&raw, schemas).await? else { continue };
@@ -172,11 +199,11 @@ impl Rebuilt {
     }
 }
 
-/// Every record of `topic` from its low to its high watermark, in chunks, read on a blocking
+/// Every record of `topic` from its low watermark to `end`, in chunks, read on a blocking
 /// thread while the caller decodes.
-fn read(kafka: &KafkaConfig, topic: &str, extents: &[Extent]) -> mpsc::Receiver<Result<Vec<Raw>, SinkError>> {
+fn read(kafka: &KafkaConfig, topic: &str, extents: &[Extent], end: impl Fn(&Extent) -> i64) -> mpsc::Receiver<Result<Vec<Raw>, SinkError>> {
     const CHUNK: usize = 1024;
-    let ranges: Vec<Range> = extents.iter().filter(|e| e.topic == topic).map(|e| Range { partition: e.partition, from: e.low, to: e.high }).collect();
+    let ranges: Vec<Range> = extents.iter().filter(|e| e.topic == topic).map(|e| Range { partition: e.partition, from: e.low, to: end(e) }).collect();
     let (tx, rx) = mpsc::channel(4);
     let (kafka, topic) = (kafka.clone(), topic.to_string());
     tokio::task::spawn_blocking(move || {
@@ -202,7 +229,7 @@ fn read(kafka: &KafkaConfig, topic: &str, extents: &[Extent]) -> mpsc::Receiver<
     rx
 }
 
-/// Partitions, watermarks and the group's committed offsets of `topics`. Blocking.
+/// Partitions, watermarks and the group's committed positions of `topics`. Blocking.
 fn extents(kafka: &KafkaConfig, group: &str, topics: &[String]) -> Result<Vec<Extent>, KafkaError> {
     let consumer: BaseConsumer = client_config(kafka)
         .set("group.id", group)
@@ -211,19 +238,16 @@ fn extents(kafka: &KafkaConfig, group: &str, topics: &[String]) -> Result<Vec<Ex
         .map_err(|source| KafkaError::Fatal { operation: "create stage reader", source })?;
     let timeout = Duration::from_secs(10);
     let mut extents = Vec::new();
-    let mut list = TopicPartitionList::new();
     for topic in topics {
         for partition in partitions(&consumer, topic)? {
             let (low, high) = consumer.fetch_watermarks(topic, partition, timeout).map_err(|source| KafkaError::Retryable { operation: "fetch watermarks", source })?;
-            list.add_partition(topic, partition);
-            extents.push(Extent { topic: topic.clone(), partition, low, high, committed: None });
+            extents.push(Extent { topic: topic.clone(), partition, low, high, committed: Committed::default() });
         }
     }
-    let committed = consumer.committed_offsets(list, timeout).map_err(|source| KafkaError::Retryable { operation: "fetch committed offsets", source })?;
+    let all: Vec<Partition> = extents.iter().map(|e| (e.topic.clone(), e.partition)).collect();
+    let committed = groups::committed_with(&consumer, &all)?;
     for extent in &mut extents {
-        if let Some(Offset::Offset(offset)) = committed.find_partition(&extent.topic, extent.partition).map(|e| e.offset()) {
-            extent.committed = Some(offset);
-        }
+        extent.committed = committed.get(&(extent.topic.clone(), extent.partition)).copied().unwrap_or_default();
     }
     Ok(extents)
 }
