@@ -65,6 +65,7 @@ mod dead_letters;
 mod deletes;
 mod deliver;
 mod guard;
+mod hashes;
 mod lanes;
 mod limits;
 mod mapping;

@@ -61,7 +61,7 @@ use rdkafka::message::{Headers, Message};
 use sluice_core::config::{SyncConfig, SyncMode};
 
 use crate::side;
-use index::{key_hash, Kind, PartitionIndex, Verdict};
+use index::{Kind, KeyHash, PartitionIndex, Verdict};
 
 /// What the consume loop does with a consumed record.
 #[derive(Debug, PartialEq, Eq)]
@@ -132,7 +132,7 @@ impl OrderGuard {
         let Some(key) = message.key() else { return unplaced };
         let Some(topic) = self.topics.get_mut(origin.topic.as_ref()) else { return unplaced };
         let index = topic.partitions.entry(origin.partition).or_default();
-        match index.decide(key_hash(key), origin.offset, kind_of(message), topic.supersede, !origin.side) {
+        match index.decide(KeyHash::of(key), origin.offset, kind_of(message), topic.supersede, !origin.side) {
             Verdict::Deliver | Verdict::KeyOnlyDelete => Admission::Deliver { lane_topic: origin.topic },
             Verdict::Superseded => Admission::Finish(Outcome::Superseded),
             Verdict::Tombstone => Admission::Finish(Outcome::Skipped),

@@ -16,8 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use sluice_core::config::KafkaConfig;
 use sluice_kafka::{client_config, KafkaError};
 
-
-use super::identity::KeyHash;
+use crate::hashes::KeyHash;
 
 /// How long one read may take before it counts as a Kafka failure.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);

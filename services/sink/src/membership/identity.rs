@@ -5,36 +5,19 @@
 //!   their normalised texts are equal; the text itself is never stored, logged or counted. A
 //!   cryptographic hash because the texts are chosen by the public (an email typed into a form):
 //!   nobody can craft an identifier that collides with someone else's.
-//! - A [`KeyHash`] is the xxh3-128 of a record key's bytes (warehouse primary keys, not chosen
-//!   by the public), the stage's name for an audience row or a list row.
+//! - A [`KeyHash`] ([`crate::hashes`]) is the hash of a record key's bytes, the stage's name for
+//!   an audience row or a list row.
 //!
-//! Both are uniformly distributed already, so the maps keyed by them use [`PassThrough`] rather
-//! than hashing a hash again. One bit of each is fixed (127 random bits), so that an `Option`
-//! of either costs no extra bytes.
-
-use std::hash::{BuildHasherDefault, Hasher};
-use std::num::NonZeroU64;
+//! Both are uniformly distributed already, so the maps keyed by them are [`HashMap`]s that do not
+//! hash a hash again. One bit of each is fixed (127 random bits), so that an `Option` of either
+//! costs no extra bytes.
 
 use sha2::Digest;
 use sluice_core::config::IdentifierConfig;
 use sluice_destinations::value_text;
 
+use crate::hashes::Hash128;
 use crate::transform::{apply, Image};
-
-/// 128 hash bits, laid out for small tables: 8-byte aligned, and never all zero in the high
-/// half (its top bit is set), so `Option` of it costs nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Hash128 {
-    high: NonZeroU64,
-    low: u64,
-}
-
-impl Hash128 {
-    fn new(bits: u128) -> Hash128 {
-        let high = NonZeroU64::new(((bits >> 64) as u64) | 1 << 63).expect("top bit set");
-        Hash128 { high, low: bits as u64 }
-    }
-}
 
 /// A person, as the hash of their normalised identifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,48 +33,12 @@ impl Identity {
     }
 }
 
-/// A record key (an audience row or a list row), as the hash of its bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct KeyHash(Hash128);
-
-impl KeyHash {
-    pub(crate) fn of(key: &[u8]) -> KeyHash {
-        KeyHash(Hash128::new(xxhash_rust::xxh3::xxh3_128(key)))
-    }
-}
-
 /// The identity an image names: its identifier column through the transforms, as text. `None`
 /// when the value is NULL or empty (nobody).
 pub(crate) fn identity_of(spec: &IdentifierConfig, image: &Image<'_>) -> Option<Identity> {
     let value = spec.transforms.iter().fold(image.get(spec.column.get_ref()), |value, t| apply(*t, value));
     value_text(&value).map(|text| Identity::of_text(&text))
 }
-
-/// A hasher for keys that are already uniform hashes: it keeps their low 64 bits.
-#[derive(Default)]
-pub(crate) struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only reached by types other than the hashes; fold them in rather than lose them.
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = self.0.rotate_left(32) ^ value;
-    }
-}
-
-/// `HashMap`s keyed by [`Identity`] or [`KeyHash`].
-pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<PassThrough>>;
 
 #[cfg(test)]
 mod tests {
@@ -119,11 +66,5 @@ mod tests {
             let row = vec![Value::Long(3), nobody];
             assert_eq!(identity_of(&normalised, &Image { columns: &columns, row: &row }), None);
         }
-    }
-
-    #[test]
-    fn key_hashes_tell_keys_apart() {
-        assert_eq!(KeyHash::of(b"\xc3\x01k1"), KeyHash::of(b"\xc3\x01k1"));
-        assert_ne!(KeyHash::of(b"\xc3\x01k1"), KeyHash::of(b"\xc3\x01k2"));
     }
 }

@@ -61,9 +61,10 @@ use sluice_core::config::{Config, IdentifierConfig, SyncConfig, SyncMode};
 use sluice_core::{naming, Op};
 use sluice_destinations::{Action, OutboundRecord};
 
-pub(crate) use identity::{Identity, KeyHash};
+pub(crate) use identity::Identity;
 pub(crate) use state::Target;
 
+use crate::hashes::KeyHash;
 use crate::schemas::SchemaCache;
 use crate::side::Origin;
 use crate::transform::{current, Image};

@@ -37,9 +37,9 @@ use sluice_kafka::groups::{self, Committed};
 use sluice_kafka::{client_config, KafkaError};
 use tokio::sync::mpsc;
 
-use super::identity::KeyHash;
 use super::state::{Member, State, Target};
 use super::{entry_of, presence, ListSpec, Presence, SyncSpec};
+use crate::hashes::KeyHash;
 use crate::schemas::SchemaCache;
 use crate::transform::{consents, current};
 use crate::SinkError;

@@ -14,7 +14,8 @@
 //! `sluice_sink_stage_bytes`; the figures per entry and per member are measured by the tests
 //! below and written down in `docs/sink.md`.
 
-use super::identity::{HashMap, Identity, KeyHash};
+use super::identity::Identity;
+use crate::hashes::{HashMap, KeyHash};
 
 /// Where an audience row's latest record is, and whom it names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
