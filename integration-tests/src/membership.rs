@@ -9,8 +9,9 @@
 //! process. The steps a test takes are methods, so a scenario is a list of them (see
 //! `tests/it/suppression.rs`): a purchase ([`Run::purchase`]), an attribute change
 //! ([`Run::rename`]), consent changes ([`Run::set_consent`]), the purchase row deleted
-//! ([`Run::delete_purchase`]); waits until each sink finished a change ([`Run::processed`]);
-//! and what each destination holds.
+//! ([`Run::delete_purchase`]), a customer's latest change sent again through every
+//! destination's side topic, as `sluice backfill` does ([`Run::backfill`]); waits until each
+//! sink finished a change ([`Run::processed`]); and what each destination holds.
 
 use std::path::PathBuf;
 use std::process::Child;
@@ -21,6 +22,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sluice_core::config::Config;
 use sluice_core::naming;
+use sluice_kafka::side::{Original, SideProducer, SideRecord};
 use sluice_telemetry::ops::Health;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -293,6 +295,50 @@ impl Run {
                     break;
                 }
                 assert!(tokio::time::Instant::now() < deadline, "{destination} did not finish {topic}/{partition}/{offset} within {timeout:?} (committed {committed:?})");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// Send customer `id`'s latest change again, through every destination's side topic (what
+    /// `sluice backfill` does), and wait until each sink finished and committed it there.
+    pub async fn backfill(&self, id: i64, timeout: Duration) {
+        let topic = naming::change_topic(&self.prefix, "customers");
+        let records = read_topic(&topic);
+        let events = crate::decode_events(&self.prefix, &records);
+        let latest = records
+            .iter()
+            .filter(|r| r.payload.is_some())
+            .zip(&events)
+            .filter(|(_, e)| e.current("id") == Some(&sluice_core::Value::Long(id)))
+            .map(|(r, _)| r)
+            .last()
+            .unwrap_or_else(|| panic!("no change of customer {id} in {topic}"));
+        let original = Original { topic: topic.clone(), partition: latest.partition, offset: latest.offset, timestamp_ms: None };
+        let mut record = SideRecord::new(original, latest.key.clone().expect("a keyed change"), latest.payload.clone(), "test-backfill");
+        record.kept = latest.headers.iter().map(|(k, v)| (k.clone(), v.clone().into_bytes())).collect();
+        let deadline = tokio::time::Instant::now() + timeout;
+        for destination in DESTINATIONS {
+            let side = naming::side_topic(&self.prefix, destination);
+            SideProducer::new(&self.config.kafka, side.clone()).expect("side producer").send(&record).await.expect("side record sent");
+            let group = naming::sink_group(&self.prefix, destination);
+            loop {
+                let committed = {
+                    let (group, side) = (group.clone(), side.clone());
+                    let partition = latest.partition;
+                    tokio::task::spawn_blocking(move || committed_offset(&group, &side, partition)).await.expect("committed offsets")
+                };
+                let high = {
+                    let (kafka, side) = (self.config.kafka.clone(), side.clone());
+                    let partition = latest.partition;
+                    tokio::task::spawn_blocking(move || sluice_kafka::groups::watermarks(&kafka, &side).expect("watermarks").into_iter().find(|w| w.0 == partition).map(|w| w.2))
+                        .await
+                        .expect("watermarks")
+                };
+                if committed.is_some() && committed == high {
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{destination} did not finish its side record within {timeout:?} (committed {committed:?}, end {high:?})");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

@@ -159,6 +159,41 @@ mod holds {
         }
     }
 
+    /// A side record (a backfill, a redrive) of a synced row goes through the membership stage
+    /// like the live record it copies: a suppressed buyer's last consented state, sent again,
+    /// does not bring them back; a prospect's is applied again as a member.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_backfilled_record_of_a_suppressed_buyer_keeps_them_out() {
+        let run = Run::start(Options::default()).await;
+        for (id, name) in [(BUYER, "Ada"), (PROSPECT, "Bob")] {
+            run.add_customer(id, name, true).await;
+        }
+        until("both customers are members everywhere", || async { everywhere(&run, BUYER, true).await && everywhere(&run, PROSPECT, true).await }).await;
+        run.purchase(PURCHASE, BUYER).await;
+        until("the buyer removed everywhere", || everywhere(&run, BUYER, false)).await;
+        let (buyer_ops, prospect_ops) = (run.meta_operations(BUYER).len(), run.meta_operations(PROSPECT).len());
+
+        run.backfill(BUYER, WAIT).await;
+        run.backfill(PROSPECT, WAIT).await;
+        assert!(everywhere(&run, BUYER, false).await, "a backfill of the buyer's consented state does not bring them back");
+        let buyer = run.meta_operations(BUYER);
+        assert!(buyer.len() > buyer_ops && buyer[buyer_ops..].iter().all(|op| op == "DELETE"), "the side record was decided as leaving: {buyer:?}");
+        assert!(everywhere(&run, PROSPECT, true).await);
+        let prospect = run.meta_operations(PROSPECT);
+        assert_eq!(&prospect[prospect_ops..], ["POST"], "the prospect's side record applied again as a member: {prospect:?}");
+
+        // Released: the buyer's next backfill is a member again.
+        run.delete_purchase(PURCHASE).await;
+        until("the buyer back everywhere", || everywhere(&run, BUYER, true)).await;
+        run.backfill(BUYER, WAIT).await;
+        assert!(everywhere(&run, BUYER, true).await);
+        assert_eq!(run.meta_operations(BUYER).last().map(String::as_str), Some("POST"));
+
+        for (destination, dead) in run.finish().await {
+            assert_eq!(dead, 0, "nothing dead-lettered at {destination}");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn suppression_holds_through_attribute_changes_release_and_consent() {
         suppression_holds(false).await;
