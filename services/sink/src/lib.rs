@@ -265,7 +265,12 @@ impl Sink {
         let shared = Arc::new(Shared::new());
         let schemas = schemas::SchemaCache::new(config.kafka.clone(), naming::schema_topic(&config.kafka.topic_prefix))
             .with_consent_checks(syncs.values().filter_map(|sync| sluice_destinations::validate::ConsentCheck::new(config, sync)));
-        let stage = Stage::start(config, destination, &syncs, dest.max_concurrency, lane_of, &schemas).await?;
+        // Reads the topics just prepared; Kafka away meanwhile is waited out the same way.
+        let rebuild = || async { kafka_apart(Stage::start(config, destination, &syncs, dest.max_concurrency, lane_of, &schemas).await) };
+        let Some(stage) = retry_until_connected("rebuild the membership stage", health, shutdown, rebuild).await else {
+            return Ok(None);
+        };
+        let stage = stage?;
         let context = SinkContext {
             shared: Arc::clone(&shared),
             guard: Arc::clone(&guard),
@@ -418,21 +423,24 @@ fn syncs_by_topic(config: &Config, destination: &str) -> Result<HashMap<String, 
 /// A Kafka failure is the outer `Err` (the caller retries it while not ready); a config that
 /// cannot work (partition counts) the inner one.
 async fn prepare_topics(config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>, lists: &[String]) -> Result<Result<(String, OrderGuard), SinkError>, sluice_kafka::KafkaError> {
-    let split = |error: SinkError| match error {
-        SinkError::Kafka(kafka) => Err(kafka),
-        other => Ok(Err(other)),
-    };
     let admin = Admin::new(&config.kafka)?;
     let (side_topic, partitions) = match side::side_topic(&admin, config, destination, syncs).await {
         Ok(side) => side,
-        Err(error) => return split(error),
+        Err(error) => return kafka_apart(Err(error)),
     };
     // Independent round trips, and a start is what a restarted sink waits for: together.
     let (ensured, guard) =
         tokio::join!(ensure_sink_topics(&admin, config, destination, syncs, lists, (&side_topic, partitions)), guard::load::build(config, destination, syncs, partitions));
-    match ensured.and(guard) {
-        Ok(guard) => Ok(Ok((side_topic, guard))),
-        Err(error) => split(error),
+    kafka_apart(ensured.and(guard).map(|guard| (side_topic, guard)))
+}
+
+/// A start step's result with Kafka's failures apart, as [`retry_until_connected`] takes them:
+/// the outer `Err` is retried while not ready; anything else (a config that cannot work) is the
+/// inner result.
+fn kafka_apart<T>(result: Result<T, SinkError>) -> Result<Result<T, SinkError>, sluice_kafka::KafkaError> {
+    match result {
+        Err(SinkError::Kafka(kafka)) => Err(kafka),
+        other => Ok(other),
     }
 }
 
