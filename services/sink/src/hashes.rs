@@ -1,6 +1,6 @@
 //! The 128-bit hashes the sink keeps instead of record keys, and the tables keyed by them: one
-//! definition for the order guard's index ([`crate::guard`]) and the membership stage's state
-//! ([`crate::membership`]).
+//! definition for the order guard's index and the membership stage's state (both import it;
+//! it imports neither).
 //!
 //! - A [`KeyHash`] is the xxh3-128 of a record key's bytes (warehouse primary keys, not chosen
 //!   by the public), with one bit fixed: 127 random bits, so two keys collide with probability
