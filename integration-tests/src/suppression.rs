@@ -444,7 +444,7 @@ async fn watch_set(mut redis: redis::aio::MultiplexedConnection, key: String, se
 }
 
 /// Delete the run's topics (best effort: a leftover topic only costs disk).
-async fn delete_topics(prefix: &str) {
+pub async fn delete_topics(prefix: &str) {
     let bootstrap = kafka_bootstrap();
     let consumer: BaseConsumer = match ClientConfig::new().set("bootstrap.servers", &bootstrap).create() {
         Ok(c) => c,

@@ -37,6 +37,7 @@ use sluice_kafka::KafkaError;
 use tokio_util::sync::CancellationToken;
 
 use crate::dead_letters::{self, Attempts, Cause, DeadLetterSink, Failure};
+use crate::membership::{Pending, Presence};
 use crate::limits::{AdaptiveConcurrency, RateLimits};
 
 /// Why a sink stopped.
@@ -68,6 +69,19 @@ pub(crate) struct Item {
     pub message: Arc<OwnedMessage>,
     pub record: OutboundRecord,
     pub bytes: usize,
+    /// What the record says about its row, for the membership stage's send-time decision.
+    pub presence: Presence,
+    /// What finishes when the record is applied or dead-lettered.
+    pub done: Done,
+}
+
+/// What an applied (or dead-lettered) record finishes.
+pub(crate) enum Done {
+    /// Its own offset.
+    Offset,
+    /// One part of a list record's work ([`crate::membership::Pending`]): a recompute, or the
+    /// delivery of a record whose topic is both a list's and a sync's.
+    Part(Arc<Pending>),
 }
 
 /// Milliseconds since the epoch, for the failure times of dead letters.

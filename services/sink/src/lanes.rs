@@ -7,10 +7,16 @@
 //!
 //! A lane builds batches by count, bytes and linger, and coalesces several changes of one key
 //! inside a batch into the latest (the superseded records finish when the batch does).
+//!
+//! With suppression lists, a lane also takes *recomputes* of its keys ([`LaneInput`]) and lets
+//! the membership stage decide each batch's memberships just before sending it
+//! ([`crate::membership`], whose ordering argument rests on exactly that: one batch at a time
+//! per lane, decided at send time). The steps a lane takes for the stage are in
+//! [`crate::recompute`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rdkafka::message::{Message, OwnedMessage};
@@ -22,11 +28,13 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::dead_letters::DeadLetterSink;
-use crate::deliver::{Deliverer, Item, SinkError, Stop};
+use crate::deliver::{Deliverer, Done, Item, SinkError, Stop};
 use crate::mapping::{self, Prepared};
+use crate::membership::{Pending, Presence, Recompute, Stage};
+use crate::recompute::{self, ListStep};
 use crate::offsets::OffsetTracker;
 use crate::schemas::SchemaCache;
-use crate::side;
+use crate::side::{self, Origin};
 
 /// State shared by the consume loop, the lanes and the rebalance callback.
 pub(crate) struct Shared {
@@ -58,6 +66,23 @@ impl Shared {
             tracker.finish(message.topic(), message.partition(), message.offset());
         }
     }
+
+    /// One part of a list record's work finished; the record itself when it was the last.
+    pub(crate) fn finish_part(&self, pending: &Pending) {
+        if pending.finish_one() {
+            self.finish([pending.message()]);
+            self.buffered.fetch_sub(1, Ordering::SeqCst);
+            self.progress.notify_one();
+        }
+    }
+}
+
+/// What a lane is given.
+pub(crate) enum LaneInput {
+    /// A consumed record.
+    Message(Arc<OwnedMessage>),
+    /// A row of this lane to decide again, because a suppression list changed.
+    Recompute(Recompute),
 }
 
 /// Limits of one batch.
@@ -75,15 +100,26 @@ pub(crate) struct Batch {
     pub messages: Vec<Arc<OwnedMessage>>,
     pub records: Vec<OutboundRecord>,
     sizes: Vec<usize>,
+    presences: Vec<Presence>,
+    dones: Vec<Done>,
     by_key: HashMap<(String, Vec<u8>), usize>,
     bytes: usize,
     /// Messages of coalesced (superseded) records, finished with the batch.
-    superseded: Vec<Arc<OwnedMessage>>,
+    superseded: Vec<(Arc<OwnedMessage>, Done)>,
 }
 
 impl Batch {
     fn new() -> Batch {
-        Batch { messages: Vec::new(), records: Vec::new(), sizes: Vec::new(), by_key: HashMap::new(), bytes: 0, superseded: Vec::new() }
+        Batch {
+            messages: Vec::new(),
+            records: Vec::new(),
+            sizes: Vec::new(),
+            presences: Vec::new(),
+            dones: Vec::new(),
+            by_key: HashMap::new(),
+            bytes: 0,
+            superseded: Vec::new(),
+        }
     }
 
     fn push(&mut self, item: Item) {
@@ -95,13 +131,17 @@ impl Batch {
                 self.bytes = self.bytes - self.sizes[at] + item.bytes;
                 self.sizes[at] = item.bytes;
                 self.records[at] = item.record;
-                self.superseded.push(std::mem::replace(&mut self.messages[at], item.message));
+                self.presences[at] = item.presence;
+                let message = std::mem::replace(&mut self.messages[at], item.message);
+                self.superseded.push((message, std::mem::replace(&mut self.dones[at], item.done)));
             }
             None => {
                 self.by_key.insert(key, self.records.len());
                 self.bytes += item.bytes;
                 self.sizes.push(item.bytes);
                 self.records.push(item.record);
+                self.presences.push(item.presence);
+                self.dones.push(item.done);
                 self.messages.push(item.message);
             }
         }
@@ -115,9 +155,10 @@ impl Batch {
         self.records.is_empty()
     }
 
-    /// Messages the batch accounts for, superseded ones included.
-    fn len(&self) -> usize {
-        self.messages.len() + self.superseded.len()
+    /// Consumed records the batch holds (counted in `Shared::buffered` until it finishes);
+    /// recomputes are not, their list record is.
+    fn consumed(&self) -> usize {
+        self.dones.iter().chain(self.superseded.iter().map(|(_, done)| done)).filter(|done| matches!(done, Done::Offset)).count()
     }
 
     /// Drop the records of partitions this instance no longer owns; returns how many.
@@ -127,12 +168,19 @@ impl Batch {
             return 0;
         }
         let keep: Vec<bool> = self.messages.iter().map(|m| tracker.owns(m.topic(), m.partition())).collect();
-        let mut i = 0;
-        self.records.retain(|_| (keep[i], i += 1).0);
-        let mut i = 0;
-        self.messages.retain(|_| (keep[i], i += 1).0);
+        retain(&mut self.records, &keep);
+        retain(&mut self.messages, &keep);
+        retain(&mut self.sizes, &keep);
+        retain(&mut self.presences, &keep);
+        retain(&mut self.dones, &keep);
         before - self.records.len()
     }
+}
+
+/// Keep the elements whose flag is set (flags parallel to the elements).
+fn retain<T>(items: &mut Vec<T>, keep: &[bool]) {
+    let mut i = 0;
+    items.retain(|_| (keep[i], i += 1).0);
 }
 
 /// What every lane shares. Generic over the destination and the dead-letter sink only so
@@ -144,19 +192,40 @@ pub(crate) struct LaneContext<D, L> {
     pub deliverer: Deliverer<D, L>,
     pub shared: Arc<Shared>,
     pub limits: BatchLimits,
+    /// The membership stage, when a sync of this destination names suppression lists.
+    pub stage: Option<Arc<Stage>>,
+    /// Every lane's input, to enqueue recomputes; weak, so that dropping the sink's senders
+    /// still stops the lanes.
+    pub lanes: OnceLock<Vec<mpsc::WeakUnboundedSender<LaneInput>>>,
 }
 
 impl<D: Destination, L: DeadLetterSink> LaneContext<D, L> {
     /// Decode and map a message; a record to deliver comes back as an item, anything else is
     /// finished here (skipped, or dead-lettered and acknowledged).
     async fn admit(&self, message: Arc<OwnedMessage>) -> Result<Option<Item>, SinkError> {
-        // A side record is mapped with the sync of the change topic it carries.
-        let prepared = match side::origin(message.as_ref(), |topic| self.syncs.contains_key(topic)) {
-            Ok(origin) => match self.syncs.get(origin.topic.as_ref()) {
-                Some(sync) => mapping::prepare(&message, &origin, sync, &self.schemas).await?,
-                None => Prepared::Reject(format!("topic {} is not a change topic of this destination", origin.topic)),
-            },
-            Err(reason) => Prepared::Reject(reason),
+        let (prepared, presence, done) = match side::origin(message.as_ref(), |topic| self.syncs.contains_key(topic)) {
+            Err(reason) => (Prepared::Reject(reason), Presence::Untracked, Done::Offset),
+            // A side record is the change it carries: mapped with the sync of that change's
+            // topic, and that change for the membership stage.
+            Ok(origin) => {
+                // A suppression list's record is the stage's; it goes on to delivery only when
+                // its topic is also a sync's.
+                let done = match &self.stage {
+                    Some(stage) if stage.is_list_topic(&origin.topic) => match self.admit_list(stage, &message, &origin).await? {
+                        Some(done) => done,
+                        None => return Ok(None),
+                    },
+                    _ => Done::Offset,
+                };
+                let (prepared, presence) = match self.syncs.get(origin.topic.as_ref()) {
+                    Some(sync) => mapping::prepare(&message, &origin, sync, &self.schemas).await?,
+                    None => (Prepared::Reject(format!("topic {} is not a change topic of this destination", origin.topic)), Presence::Untracked),
+                };
+                if let Some(stage) = &self.stage {
+                    stage.observe(&origin, message.key().unwrap_or_default(), &presence);
+                }
+                (prepared, presence, done)
+            }
         };
         match prepared {
             Prepared::Deliver { record, bytes, missing } => {
@@ -164,21 +233,73 @@ impl<D: Destination, L: DeadLetterSink> LaneContext<D, L> {
                     let metrics = sluice_destinations::Metrics::new(self.destination.as_str(), self.deliverer.target.kind());
                     missing.iter().for_each(|field| metrics.identifier_missing(field));
                 }
-                return Ok(Some(Item { message, record, bytes }));
+                return Ok(Some(Item { message, record, bytes, presence, done }));
             }
             Prepared::Skip => {
                 metrics::counter!("sluice_sink_records_total", "destination" => self.destination.clone(), "outcome" => "skipped").increment(1);
             }
             Prepared::Reject(reason) => self.deliverer.dead_letter_unreadable(&message, &reason).await?,
         }
-        self.shared.finish([message.as_ref()]);
-        self.shared.buffered.fetch_sub(1, Ordering::SeqCst);
+        self.finish_admitted(&message, done);
         Ok(None)
+    }
+
+    /// A suppression list's record: the stage applies it, its recomputes go to their lanes.
+    /// Returns what its delivery finishes when its topic is also a sync's; `None` when it is
+    /// dealt with here.
+    async fn admit_list(&self, stage: &Stage, message: &Arc<OwnedMessage>, origin: &Origin<'_>) -> Result<Option<Done>, SinkError> {
+        match recompute::admit_list(stage, &self.schemas, message, origin, self.syncs.contains_key(origin.topic.as_ref())).await? {
+            ListStep::DeadLetter(reason) => self.deliverer.dead_letter_unreadable(message, &reason).await?,
+            ListStep::Finish => {}
+            ListStep::Recompute { recomputes, done } => {
+                for recompute in recomputes {
+                    self.enqueue(recompute);
+                }
+                // Without `done`, the record finishes with its recomputes.
+                return Ok(done);
+            }
+        }
+        self.finish_admitted(message, Done::Offset);
+        Ok(None)
+    }
+
+    /// Into the lane of its row. A recompute that cannot be enqueued (the sink is stopping)
+    /// leaves its list record unfinished: the group delivers it again after the restart.
+    fn enqueue(&self, recompute: Recompute) {
+        let lane = self.lanes.get().and_then(|lanes| lanes.get(usize::from(recompute.target.lane))).and_then(|weak| weak.upgrade());
+        if lane.is_none_or(|lane| lane.send(LaneInput::Recompute(recompute)).is_err()) {
+            tracing::debug!(destination = %self.destination, "stopping: a recompute was not enqueued; its list record is delivered again after the restart");
+        }
+    }
+
+    /// A recompute: its row's latest record, read back, to be decided at flush; finished here
+    /// when there is nothing to send.
+    async fn recompute(&self, recompute: Recompute) -> Result<Option<Item>, SinkError> {
+        let stage = self.stage.as_ref().expect("recomputes come from the stage");
+        match recompute::read_back(stage, &self.syncs, &self.schemas, &recompute).await? {
+            Ok(item) => Ok(Some(item)),
+            Err(_nothing_to_send) => {
+                self.shared.finish_part(&recompute.pending);
+                Ok(None)
+            }
+        }
+    }
+
+    /// A record finished at admission (skipped, dead-lettered, or a list record with nothing
+    /// left to do).
+    pub(crate) fn finish_admitted(&self, message: &OwnedMessage, done: Done) {
+        match done {
+            Done::Offset => {
+                self.shared.finish([message]);
+                self.shared.buffered.fetch_sub(1, Ordering::SeqCst);
+            }
+            Done::Part(pending) => self.shared.finish_part(&pending),
+        }
     }
 
     /// Deliver a batch and finish its records.
     async fn flush(&self, mut batch: Batch) -> Result<(), Stop> {
-        let count = batch.len();
+        let count = batch.consumed();
         // Records of partitions revoked meanwhile belong to another instance now: drop them
         // unsent (they were not committed, so their new owner delivers them).
         let foreign = batch.retain_owned(&self.shared.tracker.lock().expect("tracker lock"));
@@ -192,13 +313,35 @@ impl<D: Destination, L: DeadLetterSink> LaneContext<D, L> {
                 tracing::trace!(?error, "trace context not attached");
             }
         }
+        if let Some(stage) = &self.stage {
+            // Membership is decided here, at send time, in the key's lane (`membership`); a
+            // side record by the change topic it carries.
+            let topics: Vec<_> = batch.messages.iter().map(|m| side::lane_topic(m.as_ref())).collect();
+            let topics = topics.iter().map(|topic| topic.as_ref());
+            stage.decide(topics.zip(&batch.presences).zip(batch.records.iter_mut()).map(|((topic, presence), record)| (topic, presence, record)));
+        }
         let outcome = if batch.is_empty() { Ok(()) } else { self.deliverer.deliver(&batch.messages, &batch.records).instrument(span).await };
         if outcome.is_ok() {
-            self.shared.finish(batch.messages.iter().chain(&batch.superseded).map(Arc::as_ref));
+            let finished = batch.messages.iter().zip(&batch.dones).chain(batch.superseded.iter().map(|(m, d)| (m, d)));
+            let (offsets, parts): (Vec<_>, Vec<_>) = finished.partition(|(_, done)| matches!(done, Done::Offset));
+            self.shared.finish(offsets.into_iter().map(|(m, _)| m.as_ref()));
+            for (_, done) in parts {
+                if let Done::Part(pending) = done {
+                    self.shared.finish_part(pending);
+                }
+            }
         }
         self.shared.buffered.fetch_sub(count, Ordering::SeqCst);
         self.shared.progress.notify_one();
         outcome
+    }
+
+    /// Admit a consumed record, or read a recompute's row back.
+    async fn take(&self, input: LaneInput) -> Result<Option<Item>, SinkError> {
+        match input {
+            LaneInput::Message(message) => self.admit(message).await,
+            LaneInput::Recompute(recompute) => self.recompute(recompute).await,
+        }
     }
 
     fn fail(&self, stop: Stop) {
@@ -210,7 +353,7 @@ impl<D: Destination, L: DeadLetterSink> LaneContext<D, L> {
 }
 
 /// Run one lane until its channel closes (shutdown) or a stop.
-pub(crate) async fn run_lane<D: Destination, L: DeadLetterSink>(mut rx: mpsc::UnboundedReceiver<Arc<OwnedMessage>>, cx: Arc<LaneContext<D, L>>) {
+pub(crate) async fn run_lane<D: Destination, L: DeadLetterSink>(mut rx: mpsc::UnboundedReceiver<LaneInput>, cx: Arc<LaneContext<D, L>>) {
     let mut batch = Batch::new();
     let mut deadline = tokio::time::Instant::now();
     loop {
@@ -223,7 +366,7 @@ pub(crate) async fn run_lane<D: Destination, L: DeadLetterSink>(mut rx: mpsc::Un
             }
         };
         match next {
-            Some(Some(message)) => match cx.admit(message).await {
+            Some(Some(input)) => match cx.take(input).await {
                 Ok(Some(item)) => {
                     if batch.is_empty() {
                         deadline = tokio::time::Instant::now() + cx.limits.linger;
@@ -266,7 +409,7 @@ mod tests {
     use crate::testing::{self, message, record, refused, Answer, RecordingDeadLetters, ScriptedDestination};
 
     fn item(key: &str, offset: i64) -> Item {
-        Item { message: message(key, offset), record: record(offset), bytes: 10 }
+        Item { message: message(key, offset), record: record(offset), bytes: 10, presence: Presence::Untracked, done: Done::Offset }
     }
 
     fn lane_context(answers: impl IntoIterator<Item = Answer>) -> LaneContext<ScriptedDestination, RecordingDeadLetters> {
@@ -279,6 +422,8 @@ mod tests {
             deliverer: testing::deliverer(RetryConfig::default(), answers),
             shared: Arc::new(Shared::new()),
             limits: BatchLimits { max_records: 10, max_bytes: 1000, linger: Duration::ZERO },
+            stage: None,
+            lanes: OnceLock::new(),
         }
     }
 
@@ -314,8 +459,8 @@ mod tests {
         assert_eq!(batch.records.len(), 2);
         assert_eq!(batch.messages[0].offset(), 3, "latest change of `a`, in `a`'s place");
         assert_eq!(batch.records[0].id, "t/0/3");
-        assert_eq!(batch.superseded.iter().map(|m| m.offset()).collect::<Vec<_>>(), [1]);
-        assert_eq!(batch.len(), 3, "the superseded record still counts until the batch finishes");
+        assert_eq!(batch.superseded.iter().map(|(m, _)| m.offset()).collect::<Vec<_>>(), [1]);
+        assert_eq!(batch.consumed(), 3, "the superseded record still counts until the batch finishes");
         assert_eq!(batch.bytes, 20);
     }
 

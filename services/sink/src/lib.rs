@@ -27,6 +27,10 @@
 //! - **No key moves backwards** ([`guard`]): a replay, a side record (backfill, redrive) or the
 //!   live stream never hands the destination a state of a key older than one it has or is about
 //!   to have; a delete whose `d` event compaction removed still reaches it ([`deletes`]).
+//! - **Membership holds** ([`membership`]): for syncs naming suppression lists, a row is sent
+//!   as a member only when present, consented and on none of its lists, decided at send time in
+//!   its lane; a list change re-decides the rows it affects, in their lanes, and its offset is
+//!   committed only once they are.
 //!
 //! ## Where each guarantee is kept
 //!
@@ -48,7 +52,12 @@
 //! - no key backwards: `Sink::dispatch` asks `OrderGuard::admit` about every record, live or
 //!   from the side topic, in dispatch order; `guard::load` builds the guard before consuming and
 //!   on every assignment (`SinkContext::post_rebalance`); `offset_list` carries a replay's
-//!   frontier on every commit below it.
+//!   frontier on every commit below it. Suppression lists' topics are not the guard's: their
+//!   records are state of a list, applied by the stage in offset order (docs/sink.md);
+//! - membership holds: `membership::Stage` (rebuilt in `Sink::start`), decided in
+//!   `LaneContext::flush`, list records and recomputes in [`recompute`], side records by the
+//!   change they carry; a process that does not receive every list partition stops
+//!   (`SinkContext::post_rebalance`).
 
 #[cfg(test)]
 mod config_fuzz;
@@ -56,10 +65,13 @@ mod dead_letters;
 mod deletes;
 mod deliver;
 mod guard;
+mod hashes;
 mod lanes;
 mod limits;
 mod mapping;
+mod membership;
 mod offsets;
+mod recompute;
 mod schemas;
 mod side;
 #[cfg(test)]
@@ -73,7 +85,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sluice_core::config::{Config, DestinationConfig, KafkaConfig, SyncConfig};
 use sluice_core::naming;
@@ -91,7 +103,8 @@ pub use guard::predict::{predict_replay, ReplayCounts};
 
 use crate::deliver::Deliverer;
 use crate::guard::{Admission, OrderGuard};
-use crate::lanes::{BatchLimits, Shared};
+use crate::lanes::{BatchLimits, LaneInput, Shared};
+use crate::membership::Stage;
 use crate::offsets::Partition;
 
 /// How long a revocation waits for in-flight records of the revoked partitions. Below the
@@ -104,11 +117,13 @@ const COMMIT_EVERY: Duration = Duration::from_millis(500);
 const PAUSE_AFTER: Duration = Duration::from_secs(5);
 
 /// Commits finished offsets of partitions being revoked and brings the order guard up to the
-/// partitions assigned, inside librdkafka's rebalance callback; reports rejected credentials or
+/// partitions assigned, inside librdkafka's rebalance callback, and checks that an assignment
+/// gives the membership stage every list partition; reports rejected credentials or
 /// certificates with the listener and the fix.
 struct SinkContext {
     shared: Arc<Shared>,
     guard: Arc<Mutex<OrderGuard>>,
+    stage: Option<Arc<Stage>>,
     kafka: KafkaConfig,
     connection: ConnectionContext,
 }
@@ -154,7 +169,23 @@ impl ConsumerContext for SinkContext {
             tracing::error!(%error, "cannot bring the order guard up to the assigned partitions; stopping");
             self.shared.fatal.lock().expect("fatal lock").get_or_insert(SinkError::Kafka(error));
             self.shared.failed.cancel();
+            return;
         }
+        let Some(stage) = &self.stage else { return };
+        // The whole assignment (a cooperative rebalance reports only what it adds).
+        let Ok(assignment) = consumer.assignment() else { return };
+        let missing = stage.missing_partitions(&assignment);
+        if missing.is_empty() {
+            return;
+        }
+        let error = SinkError::Config(format!(
+            "{} partition(s) of suppression list topics are assigned to another process (e.g. {}/{}); the membership stage needs every list entry, so run one instance of this destination's sink",
+            missing.len(),
+            missing[0].0,
+            missing[0].1
+        ));
+        self.shared.fatal.lock().expect("fatal lock").get_or_insert(error);
+        self.shared.failed.cancel();
     }
 }
 
@@ -194,8 +225,8 @@ async fn run_inner(config: Arc<Config>, destination: &str, health: &Health, shut
     sink.drain(stopped).await
 }
 
-/// A lane's input: consumed messages, routed by key.
-type LaneSender = mpsc::UnboundedSender<Arc<OwnedMessage>>;
+/// A lane's input: consumed messages, routed by key (and recomputes, which lanes send).
+type LaneSender = mpsc::UnboundedSender<LaneInput>;
 
 /// A started sink: its consumer, the lanes it feeds, and the state they share.
 struct Sink {
@@ -225,20 +256,33 @@ impl Sink {
         let syncs = syncs_by_topic(config, destination)?;
         let lane_stop = CancellationToken::new();
         let (deliverer, batch_limits) = build_deliverer(config, dest, lane_stop.clone())?;
-        let Some(prepared) = retry_until_connected("create topics", health, shutdown, || prepare_topics(config, destination, &syncs)).await else {
+        let list_topics = membership::list_topics(config, destination);
+        let Some(prepared) = retry_until_connected("create topics", health, shutdown, || prepare_topics(config, destination, &syncs, &list_topics)).await else {
             return Ok(None);
         };
         let (side_topic, guard) = prepared?;
         let guard = Arc::new(Mutex::new(guard));
         let shared = Arc::new(Shared::new());
-        let context = SinkContext { shared: Arc::clone(&shared), guard: Arc::clone(&guard), kafka: config.kafka.clone(), connection: ConnectionContext::default() };
-        let consumer = subscribe(config, destination, &syncs, &side_topic, context)?;
+        let schemas = schemas::SchemaCache::new(config.kafka.clone(), naming::schema_topic(&config.kafka.topic_prefix))
+            .with_consent_checks(syncs.values().filter_map(|sync| sluice_destinations::validate::ConsentCheck::new(config, sync)));
+        // Reads the topics just prepared; Kafka away meanwhile is waited out the same way.
+        let rebuild = || async { kafka_apart(Stage::start(config, destination, &syncs, dest.max_concurrency, lane_of, &schemas).await) };
+        let Some(stage) = retry_until_connected("rebuild the membership stage", health, shutdown, rebuild).await else {
+            return Ok(None);
+        };
+        let stage = stage?;
+        let context = SinkContext {
+            shared: Arc::clone(&shared),
+            guard: Arc::clone(&guard),
+            stage: stage.clone(),
+            kafka: config.kafka.clone(),
+            connection: ConnectionContext::default(),
+        };
+        let consumer = subscribe(config, destination, &syncs, &side_topic, &list_topics, context)?;
         tracing::info!(
             %destination, kind = deliverer.target.kind(), topics = ?syncs.keys().collect::<Vec<_>>(), lanes = dest.max_concurrency,
             rate_limited = deliverer.limits.is_limited(), "sink started"
         );
-        let schemas = schemas::SchemaCache::new(config.kafka.clone(), naming::schema_topic(&config.kafka.topic_prefix))
-            .with_consent_checks(syncs.values().filter_map(|sync| sluice_destinations::validate::ConsentCheck::new(config, sync)));
         let lane_context = Arc::new(lanes::LaneContext {
             destination: destination.to_string(),
             syncs,
@@ -246,6 +290,8 @@ impl Sink {
             deliverer,
             shared: Arc::clone(&shared),
             limits: batch_limits,
+            stage,
+            lanes: std::sync::OnceLock::new(),
         });
         let mut lanes = Vec::with_capacity(dest.max_concurrency);
         let mut lane_tasks = JoinSet::new();
@@ -254,6 +300,8 @@ impl Sink {
             lanes.push(tx);
             lane_tasks.spawn(lanes::run_lane(rx, Arc::clone(&lane_context)));
         }
+        let weak = lanes.iter().map(LaneSender::downgrade).collect();
+        assert!(lane_context.lanes.set(weak).is_ok(), "lanes are set once");
         Ok(Some(Sink {
             destination: destination.to_string(),
             consumer,
@@ -326,7 +374,7 @@ impl Sink {
         // Decoding and mapping happen in the lane, so they use every core; the change topic and
         // key pick the lane, so per-key order holds, side records included.
         let lane = lane_of(&lane_topic, message.key().unwrap_or_default(), self.lanes.len());
-        self.lanes[lane].send(Arc::new(message.detach())).map_err(|_| SinkError::Config("a delivery lane stopped".into()))
+        self.lanes[lane].send(LaneInput::Message(Arc::new(message.detach()))).map_err(|_| SinkError::Config("a delivery lane stopped".into()))
     }
 
     /// Drain and stop: no more input; lanes finish what they hold (or stop at once after a
@@ -374,32 +422,43 @@ fn syncs_by_topic(config: &Config, destination: &str) -> Result<HashMap<String, 
 /// count checked against the change topics'), every topic created or checked, the guard built.
 /// A Kafka failure is the outer `Err` (the caller retries it while not ready); a config that
 /// cannot work (partition counts) the inner one.
-async fn prepare_topics(config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>) -> Result<Result<(String, OrderGuard), SinkError>, sluice_kafka::KafkaError> {
-    let split = |error: SinkError| match error {
-        SinkError::Kafka(kafka) => Err(kafka),
-        other => Ok(Err(other)),
-    };
+async fn prepare_topics(config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>, lists: &[String]) -> Result<Result<(String, OrderGuard), SinkError>, sluice_kafka::KafkaError> {
     let admin = Admin::new(&config.kafka)?;
     let (side_topic, partitions) = match side::side_topic(&admin, config, destination, syncs).await {
         Ok(side) => side,
-        Err(error) => return split(error),
+        Err(error) => return kafka_apart(Err(error)),
     };
     // Independent round trips, and a start is what a restarted sink waits for: together.
     let (ensured, guard) =
-        tokio::join!(ensure_sink_topics(&admin, config, destination, syncs, (&side_topic, partitions)), guard::load::build(config, destination, syncs, partitions));
-    match ensured.and(guard) {
-        Ok(guard) => Ok(Ok((side_topic, guard))),
-        Err(error) => split(error),
+        tokio::join!(ensure_sink_topics(&admin, config, destination, syncs, lists, (&side_topic, partitions)), guard::load::build(config, destination, syncs, partitions));
+    kafka_apart(ensured.and(guard).map(|guard| (side_topic, guard)))
+}
+
+/// A start step's result with Kafka's failures apart, as [`retry_until_connected`] takes them:
+/// the outer `Err` is retried while not ready; anything else (a config that cannot work) is the
+/// inner result.
+fn kafka_apart<T>(result: Result<T, SinkError>) -> Result<Result<T, SinkError>, sluice_kafka::KafkaError> {
+    match result {
+        Err(SinkError::Kafka(kafka)) => Err(kafka),
+        other => Ok(other),
     }
 }
 
-/// Create (or check) the change topics, the destination's dead-letter topic, the schema topic
-/// and the destination's side topic (with `side`'s partition count, that of its change topics,
-/// [`side::side_topic`]), in one round.
-async fn ensure_sink_topics(admin: &Admin, config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>, side: (&str, i32)) -> Result<(), SinkError> {
+/// Create (or check) the change topics (the syncs' and the suppression lists'), the
+/// destination's dead-letter topic, the schema topic and the destination's side topic (with
+/// `side`'s partition count, that of its change topics, [`side::side_topic`]), in one round.
+async fn ensure_sink_topics(
+    admin: &Admin,
+    config: &Config,
+    destination: &str,
+    syncs: &HashMap<String, SyncConfig>,
+    lists: &[String],
+    side: (&str, i32),
+) -> Result<(), SinkError> {
     let prefix = &config.kafka.topic_prefix;
     let created = config.kafka.partitions;
     let mut topics: Vec<(String, TopicRole, i32)> = syncs.keys().map(|t| (t.clone(), TopicRole::Changes, created)).collect();
+    topics.extend(lists.iter().filter(|t| !syncs.contains_key(*t)).map(|t| (t.clone(), TopicRole::Changes, created)));
     topics.push((naming::dead_letter_topic(prefix, destination), TopicRole::DeadLetter, created));
     topics.push((naming::schema_topic(prefix), TopicRole::Compacted, created));
     topics.push((side.0.to_string(), TopicRole::Side, side.1));
@@ -436,13 +495,14 @@ fn build_deliverer(
     Ok((deliverer, batch_limits))
 }
 
-/// The destination's consumer (manual commits, `read_committed`), subscribed to its change topics
-/// and its side topic.
+/// The destination's consumer (manual commits, `read_committed`), subscribed to its change topics,
+/// its side topic and the change topics of the suppression lists its syncs name.
 fn subscribe(
     config: &Config,
     destination: &str,
     syncs: &HashMap<String, SyncConfig>,
     side_topic: &str,
+    list_topics: &[String],
     context: SinkContext,
 ) -> Result<StreamConsumer<SinkContext>, SinkError> {
     let consumer: StreamConsumer<SinkContext> = sluice_kafka::client_config(&config.kafka)
@@ -457,7 +517,9 @@ fn subscribe(
         .set("partition.assignment.strategy", "range")
         .create_with_context(context)
         .map_err(|e| SinkError::Kafka(sluice_kafka::KafkaError::Fatal { operation: "create consumer", source: e }))?;
-    let topics: Vec<&str> = syncs.keys().map(String::as_str).chain([side_topic]).collect();
+    let mut topics: Vec<&str> = syncs.keys().map(String::as_str).chain([side_topic]).collect();
+    // A list's model may also be synced to this destination: subscribe to its topic once.
+    topics.extend(list_topics.iter().map(String::as_str).filter(|t| !syncs.contains_key(*t)));
     consumer
         .subscribe(&topics)
         .map_err(|e| SinkError::Kafka(sluice_kafka::KafkaError::Fatal { operation: "subscribe", source: e }))?;

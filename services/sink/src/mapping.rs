@@ -1,7 +1,10 @@
 //! From Kafka messages to destination records: decode, consent, sync mode, field mapping.
 //! A message that cannot be decoded is marked for the dead-letter topic, never dropped. Runs in
 //! the lanes, so decoding uses every core. A tombstone reaching a lane is a delete known only by
-//! its key (the order guard finishes every other one): [`crate::deletes`] maps it.
+//! its key (the order guard finishes every other one): [`crate::deletes`] maps it. The action is
+//! the membership rule's with what the record alone can tell (present, consented); for syncs
+//! with suppression lists the stage decides it again at send time ([`crate::membership`]), from
+//! the [`Presence`] returned here.
 
 use std::sync::Arc;
 
@@ -11,6 +14,7 @@ use sluice_core::config::SyncConfig;
 use sluice_destinations::{Action, OutboundRecord};
 
 use crate::deletes;
+use crate::membership::{self, Presence};
 use crate::schemas::{Lookup, SchemaCache};
 use crate::side::Origin;
 use crate::transform::{before, consents, current, map_fields};
@@ -28,25 +32,20 @@ pub(crate) enum Prepared {
 }
 
 /// Decode and map one message, carrying the change at `origin` (its own coordinates, or a side
-/// record's original ones: the record's id). `Err` only for infrastructure failures (schema
-/// topic unreadable).
-pub(crate) async fn prepare(message: &OwnedMessage, origin: &Origin<'_>, sync: &SyncConfig, schemas: &SchemaCache) -> Result<Prepared, SinkError> {
+/// record's original ones: the record's id), and say what it tells the membership stage about
+/// its row. `Err` only for infrastructure failures (schema topic unreadable).
+pub(crate) async fn prepare(message: &OwnedMessage, origin: &Origin<'_>, sync: &SyncConfig, schemas: &SchemaCache) -> Result<(Prepared, Presence), SinkError> {
     Ok(match prepare_inner(message, origin, sync, schemas).await? {
         Ok(prepared) => prepared,
-        Err(reason) => Prepared::Reject(reason),
+        Err(reason) => (Prepared::Reject(reason), Presence::Untracked),
     })
 }
 
-async fn prepare_inner(message: &OwnedMessage, origin: &Origin<'_>, sync: &SyncConfig, schemas: &SchemaCache) -> Result<Result<Prepared, String>, SinkError> {
+async fn prepare_inner(message: &OwnedMessage, origin: &Origin<'_>, sync: &SyncConfig, schemas: &SchemaCache) -> Result<Result<(Prepared, Presence), String>, SinkError> {
     let Some(payload) = message.payload() else { return key_only(message, origin, sync, schemas).await };
-    let fingerprint = match fingerprint_bytes(payload) {
-        Ok(f) => f,
-        Err(error) => return Ok(Err(format!("value: {error}"))),
-    };
-    let decoder = match schemas.event_decoder(&fingerprint).await.map_err(SinkError::Kafka)? {
-        Lookup::Found(decoder) => decoder,
-        Lookup::Unusable(error) => return Ok(Err(format!("value schema: {error}"))),
-        Lookup::Missing => return Ok(Err(format!("value schema {} is not on the schema topic", sluice_avro::fingerprint_hex(&fingerprint)))),
+    let (fingerprint, decoder) = match schemas.event_decoder_of(payload).await.map_err(SinkError::Kafka)? {
+        Ok(found) => found,
+        Err(reason) => return Ok(Err(reason)),
     };
     // A consent rule that can never match this schema's column would remove every row: stop.
     schemas.check_consent(sync.model.get_ref(), &fingerprint).await.map_err(|e| SinkError::Config(e.to_string()))?;
@@ -56,7 +55,9 @@ async fn prepare_inner(message: &OwnedMessage, origin: &Origin<'_>, sync: &SyncC
     };
     let Some(image) = current(&decoded) else { return Ok(Err("event has neither a before nor an after image".into())) };
     let consented = consents(sync.consent.as_ref(), &image);
-    let Some(action) = Action::for_change(sync.mode(), decoded.event.op, consented) else { return Ok(Ok(Prepared::Skip)) };
+    let presence = membership::presence(sync, decoded.event.op, consented, &image);
+    // Not suppressed as far as the record can tell; the stage decides that at send time.
+    let Some(action) = membership::rule(sync.mode(), decoded.event.op, consented, false) else { return Ok(Ok((Prepared::Skip, presence))) };
     // The key's columns are in the row image too: read them there by the key schema's field
     // names, rather than decoding the key bytes a second time.
     let Some(key_bytes) = message.key() else { return Ok(Err("message has no key".into())) };
@@ -89,11 +90,12 @@ async fn prepare_inner(message: &OwnedMessage, origin: &Origin<'_>, sync: &SyncC
         previous,
         ts_ms: decoded.event.ts_ms,
     };
-    Ok(Ok(Prepared::Deliver { bytes: json_len(&record), record, missing: mapped.missing }))
+    Ok(Ok((Prepared::Deliver { bytes: json_len(&record), record, missing: mapped.missing }, presence)))
 }
 
-/// A tombstone that reached a lane: a delete known only by its key ([`crate::deletes`]).
-async fn key_only(message: &OwnedMessage, origin: &Origin<'_>, sync: &SyncConfig, schemas: &SchemaCache) -> Result<Result<Prepared, String>, SinkError> {
+/// A tombstone that reached a lane: a delete known only by its key ([`crate::deletes`]). For
+/// the membership stage its row is gone, like after any delete.
+async fn key_only(message: &OwnedMessage, origin: &Origin<'_>, sync: &SyncConfig, schemas: &SchemaCache) -> Result<Result<(Prepared, Presence), String>, SinkError> {
     let Some(key_bytes) = message.key() else { return Ok(Err("tombstone has no key".into())) };
     let decoder = match key_decoder(key_bytes, schemas).await? {
         Ok(decoder) => decoder,
@@ -103,10 +105,11 @@ async fn key_only(message: &OwnedMessage, origin: &Origin<'_>, sync: &SyncConfig
         Ok(key) => key,
         Err(error) => return Ok(Err(format!("key: {error}"))),
     };
-    Ok(Ok(match deletes::key_only_record(message, origin, sync, key) {
+    let prepared = match deletes::key_only_record(message, origin, sync, key) {
         Some((record, missing)) => Prepared::Deliver { bytes: json_len(&record), record, missing },
         None => Prepared::Skip,
-    }))
+    };
+    Ok(Ok((prepared, membership::presence_of_delete(sync))))
 }
 
 /// The decoder of a key's writer schema (by the fingerprint in its bytes); the inner `Err` says

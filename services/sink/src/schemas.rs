@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use sluice_avro::{fingerprint_hex, EventDecoder, KeyDecoder};
+use sluice_avro::{fingerprint_bytes, fingerprint_hex, DecodedEvent, EventDecoder, KeyDecoder};
 use sluice_core::config::{ConfigError, KafkaConfig};
 use sluice_destinations::validate::ConsentCheck;
 use sluice_kafka::compacted::read_to_end;
@@ -81,6 +81,30 @@ impl SchemaCache {
     /// Decoder for change events written with this fingerprint.
     pub(crate) async fn event_decoder(&self, fingerprint: &Fingerprint) -> Result<Lookup<EventDecoder>, KafkaError> {
         self.lookup(&self.events, fingerprint, EventDecoder::new).await
+    }
+
+    /// The writer schema's decoder of a change event's value bytes, with the schema's
+    /// fingerprint. The inner `Err` says why the bytes cannot be read (a dead letter's reason);
+    /// the outer one is the schema topic failing.
+    pub(crate) async fn event_decoder_of(&self, payload: &[u8]) -> Result<Result<(Fingerprint, Arc<EventDecoder>), String>, KafkaError> {
+        let fingerprint = match fingerprint_bytes(payload) {
+            Ok(f) => f,
+            Err(error) => return Ok(Err(format!("value: {error}"))),
+        };
+        Ok(match self.event_decoder(&fingerprint).await? {
+            Lookup::Found(decoder) => Ok((fingerprint, decoder)),
+            Lookup::Unusable(error) => Err(format!("value schema: {error}")),
+            Lookup::Missing => Err(format!("value schema {} is not on the schema topic", fingerprint_hex(&fingerprint))),
+        })
+    }
+
+    /// Decode a change event's value bytes with its writer schema (errors as
+    /// [`SchemaCache::event_decoder_of`]'s).
+    pub(crate) async fn decode_event(&self, payload: &[u8]) -> Result<Result<DecodedEvent, String>, KafkaError> {
+        Ok(match self.event_decoder_of(payload).await? {
+            Ok((_, decoder)) => decoder.decode(payload).map_err(|error| format!("value: {error}")),
+            Err(reason) => Err(reason),
+        })
     }
 
     /// Decoder for keys written with this fingerprint.

@@ -20,7 +20,8 @@ pub(crate) struct Image<'a> {
 }
 
 impl Image<'_> {
-    fn get(&self, column: &str) -> Json {
+    /// A column's value; NULL when the image has no such column.
+    pub(crate) fn get(&self, column: &str) -> Json {
         self.columns.iter().position(|c| c == column).map_or(Json::Null, |i| self.row[i].to_json())
     }
 

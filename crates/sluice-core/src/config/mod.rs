@@ -66,6 +66,9 @@ pub struct Config {
     pub destinations: Vec<DestinationConfig>,
     #[serde(default)]
     pub syncs: Vec<SyncConfig>,
+    /// Models whose rows keep people out of the syncs that name them ([`suppression`]).
+    #[serde(default)]
+    pub suppression_lists: Vec<SuppressionListConfig>,
     /// The file and its text, so an error found after parsing still names its line.
     #[serde(skip)]
     source: Source,
@@ -266,6 +269,7 @@ pub mod kafka;
 pub mod models;
 pub mod scope;
 pub mod secret;
+pub mod suppression;
 pub mod syncs;
 mod validate;
 pub use delivery::*;
@@ -274,6 +278,7 @@ pub use kafka::*;
 pub use models::*;
 pub use scope::*;
 pub use secret::*;
+pub use suppression::*;
 pub use syncs::*;
 
 pub(crate) mod defaults {

@@ -1,9 +1,12 @@
-//! Syncs: one model flowing into one destination, with its mode and field mapping.
+//! Syncs: one model flowing into one destination, with its mode, field mapping, consent rule
+//! and the suppression lists it honours.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use toml::Spanned;
+
+use super::IdentifierConfig;
 
 /// What a sync does at its destination. Not every destination can honour every mode: each
 /// destination kind declares the modes it supports (`sluice-destinations`), and a sync in a mode
@@ -65,11 +68,23 @@ pub struct SyncConfig {
     /// "sha256"], type = "string" }`, `{ value = 42 }` (a constant) or
     /// `{ template = "{first_name} {last_name}" }`.
     pub fields: Spanned<BTreeMap<String, FieldSource>>,
-    /// Consent/suppression condition. A row that fails it is treated as *leaving* the
-    /// destination (removed, unsubscribed) rather than skipped, so a revocation propagates on
-    /// the next change. Absent = every row consents.
+    /// Consent condition. A row that fails it is treated as *leaving* the destination
+    /// (removed, unsubscribed) rather than skipped, so a revocation propagates on the next
+    /// change. Absent = every row consents. Decided by the sink's membership stage, with
+    /// `suppressed_by`.
     #[serde(default)]
     pub consent: Option<ConsentRule>,
+    /// Suppression lists (`[[suppression_lists]]` names) whose members this sync keeps out of
+    /// its destination for as long as they are on a list, whatever else changes about them;
+    /// they come back (with their current fields) when they leave every list. Needs
+    /// `identifier`, and a mode in which a row can leave: `audience`, `mirror` or `upsert`.
+    #[serde(default)]
+    pub suppressed_by: Vec<Spanned<String>>,
+    /// This sync's side of the match against its suppression lists: the column that identifies
+    /// a person and how it is normalised (the same transforms as the lists', so equal people
+    /// compare equal). Required with `suppressed_by`, refused without it.
+    #[serde(default)]
+    pub identifier: Option<IdentifierConfig>,
 }
 
 impl SyncConfig {
@@ -84,13 +99,21 @@ impl SyncConfig {
         self.mode_setting.as_ref().map_or_else(|| self.destination.span(), |m| m.span())
     }
 
-    /// Every column the sync reads (mapped fields, templates, consent).
+    /// Every column the sync reads (mapped fields, templates, consent, identifier).
     pub fn columns(&self) -> Vec<String> {
         let mut columns: Vec<String> = self.fields.get_ref().values().flat_map(FieldSource::columns).collect();
         if let Some(consent) = &self.consent {
             columns.push(consent.column.clone());
         }
+        if let Some(identifier) = &self.identifier {
+            columns.push(identifier.column.get_ref().clone());
+        }
         columns
+    }
+
+    /// Whether the sync names suppression lists (and so has a membership stage beyond consent).
+    pub fn is_suppressed(&self) -> bool {
+        !self.suppressed_by.is_empty()
     }
 }
 
@@ -170,6 +193,21 @@ pub enum Transform {
     NormalizePhone,
     /// Lowercase hex SHA-256 of the UTF-8 text. NULL stays NULL.
     Sha256,
+}
+
+impl Transform {
+    /// The transform as written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transform::Trim => "trim",
+            Transform::Lowercase => "lowercase",
+            Transform::Uppercase => "uppercase",
+            Transform::DigitsOnly => "digits_only",
+            Transform::NormalizeEmail => "normalize_email",
+            Transform::NormalizePhone => "normalize_phone",
+            Transform::Sha256 => "sha256",
+        }
+    }
 }
 
 /// Type coercion of a mapped value.

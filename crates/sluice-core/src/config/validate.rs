@@ -51,7 +51,8 @@ impl Config {
                 ));
             }
         }
-        Ok(())
+        // After syncs: a list's references (models, syncs' modes and columns) hold by then.
+        self.validate_suppression()
     }
 
     /// An error without a line (the `[kafka]` and `[warehouse]` sections are not spanned).

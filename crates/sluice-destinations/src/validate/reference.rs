@@ -13,8 +13,8 @@ use std::fmt;
 
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use sluice_core::config::{
-    Config, ConsentRule, ConstantValue, Detection, Gates, KafkaConfig, ModelConfig, RateLimitConfig, RetryConfig, SecretRef, SyncConfig, TemplateText,
-    TransformedColumn, WarehouseConfig, COMMON_KEYS,
+    Config, ConsentRule, ConstantValue, Detection, Expire, Gates, IdentifierConfig, KafkaConfig, ModelConfig, RateLimitConfig, RetryConfig, SecretRef,
+    SuppressionListConfig, SyncConfig, TemplateText, TransformedColumn, WarehouseConfig, COMMON_KEYS,
 };
 
 /// The field names serde knows for `T`, a struct deriving `Deserialize`.
@@ -78,11 +78,14 @@ fn accepted() -> BTreeMap<String, Vec<String>> {
     sections.insert("warehouse".into(), owned(fields_of::<WarehouseConfig>()));
     sections.insert("models".into(), owned(fields_of::<ModelConfig>()));
     sections.insert("gates".into(), owned(fields_of::<Gates>()));
+    sections.insert("expire".into(), owned(fields_of::<Expire>()));
     sections.insert("destinations".into(), COMMON_KEYS.iter().map(|k| k.to_string()).collect());
     sections.insert("retries".into(), owned(fields_of::<RetryConfig>()));
     sections.insert("rate-limits".into(), owned(fields_of::<RateLimitConfig>()));
     sections.insert("syncs".into(), owned(fields_of::<SyncConfig>()));
     sections.insert("consent".into(), owned(fields_of::<ConsentRule>()));
+    sections.insert("suppression-lists".into(), owned(fields_of::<SuppressionListConfig>()));
+    sections.insert("identifier".into(), owned(fields_of::<IdentifierConfig>()));
     let mut sources = owned(fields_of::<TransformedColumn>());
     sources.extend(owned(fields_of::<ConstantValue>()));
     sources.extend(owned(fields_of::<TemplateText>()));
@@ -158,7 +161,7 @@ fn the_reference_names_every_key_the_structs_accept() {
 #[test]
 fn the_reference_check_reports_an_undocumented_key() {
     let accepted = accepted();
-    for section in ["top-level", "kafka", "models", "detection", "destinations", "rate-limits", "secrets", "field-sources", "consent", "webhook", "salesforce"] {
+    for section in ["top-level", "kafka", "models", "detection", "destinations", "rate-limits", "secrets", "field-sources", "consent", "suppression-lists", "identifier", "webhook", "salesforce"] {
         assert!(accepted.get(section).is_some_and(|keys| !keys.is_empty()), "{section}: {accepted:?}");
     }
     assert!(accepted["detection"].contains(&"reconcile_interval_ms".to_string()), "{:?}", accepted["detection"]);

@@ -2,7 +2,7 @@
 //! each record: the pure heart of the order guard (the module doc of [`crate::guard`] states the
 //! guarantee and argues it).
 //!
-//! Per key (a 128-bit hash of its bytes) the index holds the offset of the latest *state* of
+//! Per key (a 128-bit hash of its bytes, [`KeyHash`]) the index holds the offset of the latest *state* of
 //! the key — a change event, `d` events included — that reached the destination or is on its
 //! way there, and whether that state was a delete. A record of the key at a lower offset is
 //! older than something the destination has (or is about to have): it is superseded.
@@ -10,38 +10,11 @@
 //! Memory: 24 bytes per key (16 of hash, 8 of offset and delete flag) plus the hash table's
 //! control byte and spare room: 29–57 bytes per key depending on how full the table is (7/16
 //! to 7/8 of its buckets), measured by `memory_per_key_is_what_the_docs_say`. A 128-bit hash
-//! makes a collision, which would let one key's newer state supersede another key's record,
-//! negligible (about n²/2¹²⁹: 10⁻²⁵ at ten million keys).
+//! (127 random bits) makes a collision, which would let one key's newer state supersede another
+//! key's record, negligible (about n²/2¹²⁸: 3·10⁻²⁵ at ten million keys).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
-/// The hash of a record key's bytes (xxh3-128): a key's identity in the index.
-pub(crate) type KeyHash = [u64; 2];
-
-/// Hash a record key's bytes.
-pub(crate) fn key_hash(key: &[u8]) -> KeyHash {
-    let hash = xxhash_rust::xxh3::xxh3_128(key);
-    [hash as u64, (hash >> 64) as u64]
-}
-
-/// The map key is already a hash: use its first word as is.
-#[derive(Default)]
-pub(crate) struct FirstWord(u64);
-
-impl Hasher for FirstWord {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    // `[u64; 2]` hashes as its length (`write_usize`, ignored) and then its 16 bytes at once.
-    fn write(&mut self, bytes: &[u8]) {
-        let mut word = [0u8; 8];
-        let n = bytes.len().min(8);
-        word[..n].copy_from_slice(&bytes[..n]);
-        self.0 ^= u64::from_ne_bytes(word);
-    }
-    fn write_usize(&mut self, _len: usize) {}
-}
+pub(crate) use crate::hashes::KeyHash;
+use crate::hashes::HashMap;
 
 /// What a record is, for the guard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +59,7 @@ impl Latest {
 /// The index of one partition.
 #[derive(Debug, Default)]
 pub(crate) struct PartitionIndex {
-    keys: HashMap<KeyHash, Latest, BuildHasherDefault<FirstWord>>,
+    keys: HashMap<KeyHash, Latest>,
     /// Every record below this offset has been through [`Self::learn`] or [`Self::decide`] as a
     /// live record: the index is complete below it.
     covered: i64,
@@ -185,7 +158,7 @@ mod tests {
     const DELETE: Kind = Kind::State { delete: true };
 
     fn k(name: &str) -> KeyHash {
-        key_hash(name.as_bytes())
+        KeyHash::of(name.as_bytes())
     }
 
     /// `a` changed at 1, 3 and 5, `b` at 2; all below the frontier (6).
@@ -311,7 +284,7 @@ mod tests {
         let mut index = PartitionIndex::default();
         let mut per_key = Vec::new();
         for n in 1..=1_000_000u64 {
-            index.learn(key_hash(&n.to_le_bytes()), n as i64, UPSERT);
+            index.learn(KeyHash::of(&n.to_le_bytes()), n as i64, UPSERT);
             if n.is_power_of_two() || n % 100_000 == 0 {
                 per_key.push(index.bytes() as f64 / n as f64);
             }

@@ -21,7 +21,7 @@ use sluice_kafka::compacted::{scan, Range};
 use sluice_kafka::groups::{self, Committed, Partition};
 use sluice_kafka::KafkaError;
 
-use super::index::key_hash;
+use super::index::KeyHash;
 use super::{kind_of, OrderGuard};
 use crate::SinkError;
 
@@ -95,7 +95,7 @@ fn catch_up(kafka: &KafkaConfig, guard: &mut OrderGuard, committed: &HashMap<Par
     for (topic, ranges) in by_topic {
         read += scan(kafka, topic, &ranges, READ_DEADLINE, |message| {
             let (Some(key), Some(index)) = (message.key(), guard.partition(topic, message.partition())) else { return };
-            index.learn(key_hash(key), message.offset(), kind_of(message));
+            index.learn(KeyHash::of(key), message.offset(), kind_of(message));
         })?;
         for range in ranges {
             if let Some(index) = guard.partition(topic, range.partition) {

@@ -61,7 +61,7 @@ use rdkafka::message::{Headers, Message};
 use sluice_core::config::{SyncConfig, SyncMode};
 
 use crate::side;
-use index::{key_hash, Kind, PartitionIndex, Verdict};
+use index::{Kind, KeyHash, PartitionIndex, Verdict};
 
 /// What the consume loop does with a consumed record.
 #[derive(Debug, PartialEq, Eq)]
@@ -123,14 +123,16 @@ impl OrderGuard {
 
     /// Decide a consumed record (see the module doc). A record the guard cannot place (a side
     /// record with bad headers, a record without a key) is delivered to the lane of its own
-    /// topic, which dead-letters it with the reason.
+    /// topic, which dead-letters it with the reason. So is every record of a topic it does not
+    /// index: a suppression list's, which is state of the list rather than a delivery and is
+    /// applied by the membership stage in offset order (`crate::membership`, docs/sink.md).
     pub(crate) fn admit<'m>(&mut self, message: &'m impl Message) -> Admission<'m> {
         let unplaced = Admission::Deliver { lane_topic: Cow::Borrowed(message.topic()) };
         let Ok(origin) = side::origin(message, |topic| self.is_change_topic(topic)) else { return unplaced };
         let Some(key) = message.key() else { return unplaced };
         let Some(topic) = self.topics.get_mut(origin.topic.as_ref()) else { return unplaced };
         let index = topic.partitions.entry(origin.partition).or_default();
-        match index.decide(key_hash(key), origin.offset, kind_of(message), topic.supersede, !origin.side) {
+        match index.decide(KeyHash::of(key), origin.offset, kind_of(message), topic.supersede, !origin.side) {
             Verdict::Deliver | Verdict::KeyOnlyDelete => Admission::Deliver { lane_topic: origin.topic },
             Verdict::Superseded => Admission::Finish(Outcome::Superseded),
             Verdict::Tombstone => Admission::Finish(Outcome::Skipped),
@@ -226,6 +228,24 @@ mod tests {
         assert_eq!(g.admit(&no_key), deliver(TOPIC));
         let bare = OwnedMessage::new(Some(b"v".to_vec()), Some(b"k".to_vec()), "p.side.crm".into(), Timestamp::NotAvailable, 0, 1, None);
         assert_eq!(g.admit(&bare), deliver("p.side.crm"), "no original headers");
+    }
+
+    /// A suppression list's records are state of the list, applied by the membership stage in
+    /// offset order: never indexed, superseded or skipped here, tombstones and replays included.
+    #[test]
+    fn records_of_a_topic_it_does_not_index_a_suppression_list_go_to_their_own_lane_undecided() {
+        const LIST: &str = "p.changes.purchases";
+        let mut g = guard("upsert");
+        let record = |offset: i64, payload: bool| {
+            let headers = sluice_kafka::headers::owned([(sluice_kafka::headers::OP, if payload { "u" } else { "d" })]);
+            OwnedMessage::new(payload.then(|| b"v".to_vec()), Some(b"k".to_vec()), LIST.into(), Timestamp::NotAvailable, 0, offset, Some(headers))
+        };
+        for (offset, payload) in [(5, true), (3, true), (6, false), (5, true), (7, false)] {
+            let m = record(offset, payload);
+            assert_eq!(g.admit(&m), deliver(LIST), "offset {offset}");
+        }
+        assert_eq!(g.size().0, 0, "nothing indexed");
+        assert!(g.partition(LIST, 0).is_none());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use sluice_core::config::KafkaConfig;
 use sluice_kafka::compacted::{scan, Range};
 use sluice_kafka::KafkaError;
 
-use super::index::{key_hash, PartitionIndex, Verdict};
+use super::index::{KeyHash, PartitionIndex, Verdict};
 use super::kind_of;
 
 /// How a replay of `from..frontier` of one partition will go.
@@ -53,12 +53,12 @@ pub fn predict_replay(
     let learn = Range { partition, from: (from - 1).max(0), to: frontier };
     scan(kafka, topic, &[learn], deadline, |message| {
         if let Some(key) = message.key() {
-            index.learn(key_hash(key), message.offset(), kind_of(message));
+            index.learn(KeyHash::of(key), message.offset(), kind_of(message));
         }
     })?;
     scan(kafka, topic, &[Range { partition, from, to: frontier }], deadline, |message| {
         let Some(key) = message.key() else { return };
-        match index.decide(key_hash(key), message.offset(), kind_of(message), supersede, false) {
+        match index.decide(KeyHash::of(key), message.offset(), kind_of(message), supersede, false) {
             Verdict::Tombstone => {}
             Verdict::Superseded => {
                 counts.records += 1;
