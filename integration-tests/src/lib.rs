@@ -6,6 +6,7 @@
 //! and can run in parallel against one broker.
 
 pub mod contract;
+pub mod process;
 pub mod receiver;
 pub mod suppression;
 

@@ -60,6 +60,7 @@ mod lanes;
 mod limits;
 mod mapping;
 mod offsets;
+mod retries;
 mod schemas;
 mod side;
 #[cfg(test)]
@@ -97,8 +98,9 @@ use crate::offsets::Partition;
 /// How long a revocation waits for in-flight records of the revoked partitions. Below the
 /// default session timeout (45 s) so the group never evicts us while we wait.
 const REVOKE_DRAIN: Duration = Duration::from_secs(15);
-/// How long SIGTERM waits for lanes to finish what they hold.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stop waits for requests already in flight (none starts after the stop). The
+/// default request timeout (`timeout_ms`), so a request that would time out is waited out.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// How long the buffer may stay full before the partitions are paused ([`BackPressure`]).
 const PAUSE_AFTER: Duration = Duration::from_secs(5);
@@ -129,8 +131,10 @@ impl ConsumerContext for SinkContext {
         let partitions: Vec<Partition> = revoked.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
         // Runs on the thread polling the consumer; lanes run on other runtime threads and keep
         // finishing records meanwhile.
+        // Unless the sink is stopping: its lanes start nothing more, so what is pending now
+        // never finishes, and waiting would only delay the exit (and the new owner).
         let deadline = Instant::now() + REVOKE_DRAIN;
-        while self.shared.tracker.lock().expect("tracker lock").pending_in(&partitions) > 0 && Instant::now() < deadline {
+        while !self.shared.stop.is_cancelled() && self.shared.tracker.lock().expect("tracker lock").pending_in(&partitions) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         let mut tracker = self.shared.tracker.lock().expect("tracker lock");
@@ -175,23 +179,46 @@ fn offset_list(offsets: &[(Partition, i64)], guard: &Mutex<OrderGuard>) -> Topic
 
 /// Run the sink of `destination` until `shutdown`, or until a fatal error (returned).
 pub async fn run(config: Arc<Config>, destination: &str, health: Arc<Health>, shutdown: CancellationToken) -> Result<(), SinkError> {
-    let result = run_inner(config, destination, &health, shutdown).await;
+    let stopped = Stopped { health: &health, destination, marked: std::sync::Once::new() };
+    let result = run_inner(config, &stopped, shutdown).await;
     if let Err(error) = &result {
-        health.set_not_ready(format!("destination {destination} stopped: {error}"));
-        metrics::gauge!("sluice_sink_stopped", "destination" => destination.to_string()).set(1.0);
-        tracing::error!(%destination, error = %error, "sink stopped; fix the cause and restart the service");
+        stopped.mark(error);
     }
     result
 }
 
-async fn run_inner(config: Arc<Config>, destination: &str, health: &Health, shutdown: CancellationToken) -> Result<(), SinkError> {
-    let Some(sink) = Sink::start(&config, destination, health, &shutdown).await? else {
+async fn run_inner(config: Arc<Config>, stopped: &Stopped<'_>, shutdown: CancellationToken) -> Result<(), SinkError> {
+    let Some(sink) = Sink::start(&config, stopped.destination, stopped.health, &shutdown).await? else {
         return Ok(());
     };
-    // Ready once subscribed with lanes running; a fatal error turns it false again (`run`).
-    health.set_ready();
-    let stopped = sink.consume(&shutdown).await;
-    sink.drain(stopped).await
+    // Ready once subscribed with lanes running; a fatal error turns it false again.
+    stopped.health.set_ready();
+    let outcome = sink.consume(&shutdown).await;
+    // At once, not after the drain: an operator (and an orchestrator's probe) must see a
+    // fatal answer the moment it arrives, and the drain of a failed sink can take seconds.
+    if let Err(error) = &outcome {
+        stopped.mark(error);
+    }
+    sink.drain(outcome).await
+}
+
+/// Marks the sink stopped by a failure, once: `/readyz` false with the reason, the
+/// `sluice_sink_stopped` gauge at 1, one error log.
+struct Stopped<'a> {
+    health: &'a Health,
+    destination: &'a str,
+    marked: std::sync::Once,
+}
+
+impl Stopped<'_> {
+    fn mark(&self, error: &SinkError) {
+        self.marked.call_once(|| {
+            let destination = self.destination;
+            self.health.set_not_ready(format!("destination {destination} stopped: {error}"));
+            metrics::gauge!("sluice_sink_stopped", "destination" => destination.to_string()).set(1.0);
+            tracing::error!(%destination, error = %error, "sink stopped; fix the cause and restart the service");
+        });
+    }
 }
 
 /// A lane's input: consumed messages, routed by key.
@@ -207,8 +234,6 @@ struct Sink {
     /// One sender per lane; dropping them is what tells the lanes to finish and stop.
     lanes: Vec<LaneSender>,
     lane_tasks: JoinSet<()>,
-    /// Cuts the lanes' retry waits short: after a failure, or when the drain runs out of time.
-    lane_stop: CancellationToken,
     max_buffered_records: usize,
 }
 
@@ -223,14 +248,13 @@ impl Sink {
             .destination(destination)
             .ok_or_else(|| SinkError::Config(format!("destination {destination:?} is not in the config")))?;
         let syncs = syncs_by_topic(config, destination)?;
-        let lane_stop = CancellationToken::new();
-        let (deliverer, batch_limits) = build_deliverer(config, dest, lane_stop.clone())?;
+        let shared = Arc::new(Shared::new());
+        let (deliverer, batch_limits) = build_deliverer(config, dest, shared.stop.clone())?;
         let Some(prepared) = retry_until_connected("create topics", health, shutdown, || prepare_topics(config, destination, &syncs)).await else {
             return Ok(None);
         };
         let (side_topic, guard) = prepared?;
         let guard = Arc::new(Mutex::new(guard));
-        let shared = Arc::new(Shared::new());
         let context = SinkContext { shared: Arc::clone(&shared), guard: Arc::clone(&guard), kafka: config.kafka.clone(), connection: ConnectionContext::default() };
         let consumer = subscribe(config, destination, &syncs, &side_topic, context)?;
         tracing::info!(
@@ -261,7 +285,6 @@ impl Sink {
             guard,
             lanes,
             lane_tasks,
-            lane_stop,
             max_buffered_records: dest.max_buffered_records,
         }))
     }
@@ -329,22 +352,23 @@ impl Sink {
         self.lanes[lane].send(Arc::new(message.detach())).map_err(|_| SinkError::Config("a delivery lane stopped".into()))
     }
 
-    /// Drain and stop: no more input; lanes finish what they hold (or stop at once after a
-    /// failure), bounded by `DRAIN_TIMEOUT`; then the finished prefix is committed
-    /// synchronously. A lane's fatal error wins over a clean stop.
+    /// Stop (SIGTERM or a failure): no request starts from here and every retry wait ends
+    /// (`Shared::stop`); a request already in flight may finish within `DRAIN_TIMEOUT`, after
+    /// which its lane is aborted; then the finished prefix — and only it — is committed
+    /// synchronously. Whatever was not finished is delivered again after the restart. A lane's
+    /// fatal error wins over a clean stop.
     async fn drain(self, stopped: Result<(), SinkError>) -> Result<(), SinkError> {
-        let Sink { destination, consumer, shared, guard, lanes, mut lane_tasks, lane_stop, .. } = self;
+        let Sink { destination, consumer, shared, guard, lanes, mut lane_tasks, .. } = self;
+        // Before the lanes see their input close, so none starts a request on the way out.
+        shared.stop.cancel();
         drop(lanes);
-        if stopped.is_err() {
-            lane_stop.cancel();
-        }
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
             while lane_tasks.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(%destination, "lanes did not drain in time; unfinished records will be delivered after restart");
-            lane_stop.cancel();
+            tracing::warn!(%destination, "a request was still in flight at the drain timeout; abandoned, its records are delivered again after restart");
+            lane_tasks.abort_all();
             while lane_tasks.join_next().await.is_some() {}
         }
         commit(&consumer, &shared, &guard, CommitMode::Sync);
