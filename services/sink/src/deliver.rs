@@ -90,7 +90,8 @@ pub(crate) struct Deliverer<D, L> {
     pub dead_letters: L,
     pub limits: RateLimits,
     pub concurrency: AdaptiveConcurrency,
-    /// Cancelled to cut retry waits short (a failure elsewhere, or a drain out of time).
+    /// The sink's stop (`Shared::stop`: SIGTERM or a failure): once cancelled no request starts
+    /// and every wait ends.
     pub shutdown: CancellationToken,
     /// A field, not a call, so tests under paused time can read tokio's clock instead.
     pub clock: Clock,

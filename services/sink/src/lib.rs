@@ -11,19 +11,26 @@
 //! - **Bounded memory.** Past `max_buffered_records` unfinished records the sink stops taking
 //!   messages; if that lasts over five seconds (a throttled or stalled destination) it pauses its
 //!   partitions and keeps polling, so it stays in its group, until lanes catch up.
-//! - **Rebalance-safe.** On revocation the sink waits (bounded, well under the session timeout)
-//!   for in-flight work of the revoked partitions, commits what finished, and forgets them: no
-//!   commit for a partition it no longer owns, and unsent records of it are dropped, not sent.
+//! - **Rebalance-safe.** On revocation the sink waits (bounded, under the session timeout; not at
+//!   all once it is stopping, when nothing more will finish) for in-flight work of the revoked
+//!   partitions, commits what finished, and forgets them: no commit for a partition it no longer
+//!   owns, and unsent records of it are dropped, not sent.
 //! - **Failure classes stay apart** ([`sluice_core::ErrorClass`]): a rejected record is
 //!   dead-lettered and the stream goes on; a retryable failure is retried with jittered
 //!   exponential backoff honouring `Retry-After`, then dead-lettered once the retry budget is
-//!   spent; a fatal failure (credentials, endpoint) stops consumption, turns `/readyz` false and
-//!   dead-letters nothing.
+//!   spent ([`retries`]: every backoff inside `max_backoff_ms`, a named wait honoured as named,
+//!   a throttle spending no budget unless `retry.throttle = "budget"`); a fatal failure
+//!   (credentials, endpoint) stops every lane at once, turns `/readyz` false and
+//!   `sluice_sink_stopped` to 1 at once (before the drain), and dead-letters nothing.
 //! - **Kafka refusing or away at start is waited out**: not ready, `/readyz` naming the listener,
 //!   the cause and the fix (a rejected SCRAM password, an untrusted broker certificate), retried
 //!   with backoff until it works (`sluice_kafka::connection::retry_until_connected`).
-//! - **SIGTERM drains**: reading stops, lanes finish what they hold (bounded by
-//!   `DRAIN_TIMEOUT`), the finished prefix is committed synchronously.
+//! - **SIGTERM stops within a bound**: reading stops, no request starts, every retry and
+//!   rate-limit wait ends, what lanes hold is not sent; a request in flight gets up to
+//!   `DRAIN_TIMEOUT`; the finished prefix — only it — is committed synchronously.
+//! - **Restarts recover fast**: under an instance id (static membership) a restarted replica
+//!   gets its partitions back at once; the session timeout is `SESSION_TIMEOUT_MS` unless the
+//!   user's `kafka.properties` set one.
 //! - **No key moves backwards** ([`guard`]): a replay, a side record (backfill, redrive) or the
 //!   live stream never hands the destination a state of a key older than one it has or is about
 //!   to have; a delete whose `d` event compaction removed still reaches it ([`deletes`]).
@@ -42,9 +49,13 @@
 //! - bounded memory: `BackPressure` decides, `Sink::consume` stops receiving, pauses and resumes;
 //! - rebalance-safe: `SinkContext::pre_rebalance` waits, commits and forgets the partitions;
 //!   `LaneContext::flush` drops unsent records of partitions no longer owned;
-//! - failure classes: the decisions are `Deliverer::attempt`'s ([`deliver`]); a lane's fatal
-//!   error reaches `Sink::consume` through `Shared::failed`, and [`run`] turns `/readyz` false;
-//! - SIGTERM drains: `Sink::drain`;
+//! - failure classes: the decisions are `Deliverer::attempt`'s ([`deliver`]), the waits
+//!   `Retries`' ([`retries`]); a lane's fatal error cancels `Shared::stop` and reaches
+//!   `Sink::consume` through `Shared::failed`, and `run_inner` marks the sink stopped (`Stopped`)
+//!   before `Sink::drain`;
+//! - SIGTERM stops: `Sink::drain` cancels `Shared::stop`, which `Deliverer::request` and
+//!   `Deliverer::wait` obey and `lanes::run_lane` reads as "send nothing more";
+//! - restarts: `subscribe` sets `group.instance.id` and the session timeout;
 //! - no key backwards: `Sink::dispatch` asks `OrderGuard::admit` about every record, live or
 //!   from the side topic, in dispatch order; `guard::load` builds the guard before consuming and
 //!   on every assignment (`SinkContext::post_rebalance`); `offset_list` carries a replay's
@@ -95,9 +106,18 @@ use crate::guard::{Admission, OrderGuard};
 use crate::lanes::{BatchLimits, Shared};
 use crate::offsets::Partition;
 
-/// How long a revocation waits for in-flight records of the revoked partitions. Below the
-/// default session timeout (45 s) so the group never evicts us while we wait.
-const REVOKE_DRAIN: Duration = Duration::from_secs(15);
+/// How long a revocation waits for in-flight records of the revoked partitions. Below
+/// `SESSION_TIMEOUT_MS`, so the group never evicts us while we wait.
+const REVOKE_DRAIN: Duration = Duration::from_secs(8);
+/// The sink's consumer session timeout unless `kafka.properties` sets `session.timeout.ms`:
+/// how long the group waits for a member that stopped heartbeating (killed, host gone) before
+/// moving its partitions. librdkafka heartbeats from a thread of its own, so a busy or
+/// throttled sink does not miss them; Kafka's default (45 s) only delayed recovery (issue 12:
+/// a restarted sink waited 42 s). At least the brokers' `group.min.session.timeout.ms` (6 s by
+/// default).
+const SESSION_TIMEOUT_MS: &str = "10000";
+/// A third of the session timeout, as Kafka advises.
+const HEARTBEAT_INTERVAL_MS: &str = "3000";
 /// How long a stop waits for requests already in flight (none starts after the stop). The
 /// default request timeout (`timeout_ms`), so a request that would time out is waited out.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -177,18 +197,33 @@ fn offset_list(offsets: &[(Partition, i64)], guard: &Mutex<OrderGuard>) -> Topic
     list
 }
 
-/// Run the sink of `destination` until `shutdown`, or until a fatal error (returned).
+/// Run the sink of `destination` until `shutdown`, or until a fatal error (returned), as a
+/// dynamic member of its consumer group.
 pub async fn run(config: Arc<Config>, destination: &str, health: Arc<Health>, shutdown: CancellationToken) -> Result<(), SinkError> {
+    run_as(config, destination, None, health, shutdown).await
+}
+
+/// [`run`], as the static member `instance_id` of the group when given (Kafka's static
+/// membership, `group.instance.id`): a replica restarted under the same id gets its partitions
+/// back at once, without a rebalance, instead of after the session timeout. Unique per replica
+/// (two replicas under one id fence each other: the older one stops).
+pub async fn run_as(
+    config: Arc<Config>,
+    destination: &str,
+    instance_id: Option<&str>,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> Result<(), SinkError> {
     let stopped = Stopped { health: &health, destination, marked: std::sync::Once::new() };
-    let result = run_inner(config, &stopped, shutdown).await;
+    let result = run_inner(config, instance_id, &stopped, shutdown).await;
     if let Err(error) = &result {
         stopped.mark(error);
     }
     result
 }
 
-async fn run_inner(config: Arc<Config>, stopped: &Stopped<'_>, shutdown: CancellationToken) -> Result<(), SinkError> {
-    let Some(sink) = Sink::start(&config, stopped.destination, stopped.health, &shutdown).await? else {
+async fn run_inner(config: Arc<Config>, instance_id: Option<&str>, stopped: &Stopped<'_>, shutdown: CancellationToken) -> Result<(), SinkError> {
+    let Some(sink) = Sink::start(&config, stopped.destination, instance_id, stopped.health, &shutdown).await? else {
         return Ok(());
     };
     // Ready once subscribed with lanes running; a fatal error turns it false again.
@@ -243,7 +278,7 @@ impl Sink {
     /// subscribe, start the lanes. Nothing is consumed yet, and a config refused touches
     /// nothing. While Kafka is away or refuses us, not ready with the reason and retried
     /// ([`retry_until_connected`]); `None` if shut down meanwhile.
-    async fn start(config: &Config, destination: &str, health: &Health, shutdown: &CancellationToken) -> Result<Option<Sink>, SinkError> {
+    async fn start(config: &Config, destination: &str, instance_id: Option<&str>, health: &Health, shutdown: &CancellationToken) -> Result<Option<Sink>, SinkError> {
         let dest = config
             .destination(destination)
             .ok_or_else(|| SinkError::Config(format!("destination {destination:?} is not in the config")))?;
@@ -256,7 +291,7 @@ impl Sink {
         let (side_topic, guard) = prepared?;
         let guard = Arc::new(Mutex::new(guard));
         let context = SinkContext { shared: Arc::clone(&shared), guard: Arc::clone(&guard), kafka: config.kafka.clone(), connection: ConnectionContext::default() };
-        let consumer = subscribe(config, destination, &syncs, &side_topic, context)?;
+        let consumer = subscribe(config, destination, instance_id, &syncs, &side_topic, context)?;
         tracing::info!(
             %destination, kind = deliverer.target.kind(), topics = ?syncs.keys().collect::<Vec<_>>(), lanes = dest.max_concurrency,
             rate_limited = deliverer.limits.is_limited(), "sink started"
@@ -323,7 +358,7 @@ impl Sink {
                 }
                 message = self.consumer.recv(), if !full || paused => match message {
                     Ok(message) => self.dispatch(&message)?,
-                    Err(error) => tracing::warn!(%error, "consume error"),
+                    Err(error) => consume_error(error)?,
                 },
             }
         }
@@ -461,15 +496,27 @@ fn build_deliverer(
 }
 
 /// The destination's consumer (manual commits, `read_committed`), subscribed to its change topics
-/// and its side topic.
+/// and its side topic; a static member of its group under `instance_id` when given.
 fn subscribe(
     config: &Config,
     destination: &str,
+    instance_id: Option<&str>,
     syncs: &HashMap<String, SyncConfig>,
     side_topic: &str,
     context: SinkContext,
 ) -> Result<StreamConsumer<SinkContext>, SinkError> {
-    let consumer: StreamConsumer<SinkContext> = sluice_kafka::client_config(&config.kafka)
+    let mut client = sluice_kafka::client_config(&config.kafka);
+    let properties = config.kafka.properties.get_ref();
+    if !properties.contains_key("session.timeout.ms") {
+        client.set("session.timeout.ms", SESSION_TIMEOUT_MS);
+        if !properties.contains_key("heartbeat.interval.ms") {
+            client.set("heartbeat.interval.ms", HEARTBEAT_INTERVAL_MS);
+        }
+    }
+    if let Some(id) = instance_id {
+        client.set("group.instance.id", id);
+    }
+    let consumer: StreamConsumer<SinkContext> = client
         .set("group.id", naming::sink_group(&config.kafka.topic_prefix, destination))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -541,6 +588,25 @@ fn lane_of(topic: &str, key: &[u8], lanes: usize) -> usize {
     topic.hash(&mut hasher);
     key.hash(&mut hasher);
     (hasher.finish() % lanes as u64) as usize
+}
+
+/// A consume error: logged, unless the consumer cannot go on (librdkafka's fatal errors, such
+/// as another replica taking over this one's `group.instance.id`), which stops the sink.
+fn consume_error(error: rdkafka::error::KafkaError) -> Result<(), SinkError> {
+    match error {
+        rdkafka::error::KafkaError::MessageConsumptionFatal(code) => {
+            let fix = if code == rdkafka::types::RDKafkaErrorCode::FencedInstanceId {
+                ": another replica joined the group under this --instance-id; give each replica its own"
+            } else {
+                ""
+            };
+            Err(SinkError::Config(format!("the consumer failed fatally ({code}){fix}")))
+        }
+        error => {
+            tracing::warn!(%error, "consume error");
+            Ok(())
+        }
+    }
 }
 
 fn set_paused(consumer: &StreamConsumer<SinkContext>, pause: bool) {

@@ -280,6 +280,32 @@ async fn shutdown_during_a_wait_interrupts_and_dead_letters_nothing() {
     assert!(d.dead_letters.written().is_empty(), "unfinished records are delivered again after restart, not dead-lettered");
 }
 
+/// After the stop no request starts: not a first attempt, and not one waiting for a rate-limit
+/// permit (at one request a minute, the second batch would wait 60 s): it ends at the stop,
+/// unsent, nothing dead-lettered.
+#[tokio::test(start_paused = true)]
+async fn after_the_stop_no_request_starts_and_a_rate_limit_wait_ends() {
+    let mut d = deliverer(RetryConfig::default(), [Ok(vec![])]);
+    d.limits = crate::limits::RateLimits::new(&sluice_core::config::RateLimitConfig { requests_per_second: Some(1.0 / 60.0), records_per_second: None }).unwrap();
+    let (messages, records) = batch(2);
+    d.deliver(&messages[..1], &records[..1]).await.expect("the first request goes at once");
+    let shutdown = d.shutdown.clone();
+    let start = Instant::now();
+    let (result, ()) = tokio::join!(d.deliver(&messages[1..], &records[1..]), async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        shutdown.cancel();
+    });
+    assert!(matches!(result, Err(Stop::Interrupted)), "{result:?}");
+    assert_eq!(start.elapsed(), Duration::from_secs(1), "the permit wait ends at the stop");
+    assert_eq!(d.target.sent_ids(), [ids(&[0])], "the second request never started");
+
+    let d = deliverer(RetryConfig::default(), Vec::<Answer>::new());
+    d.shutdown.cancel();
+    let result = d.deliver(&messages, &records).await;
+    assert!(matches!(result, Err(Stop::Interrupted)), "{result:?}");
+    assert!(d.target.sent().is_empty() && d.dead_letters.written().is_empty());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_dead_letter_that_cannot_be_written_stops_the_sink() {
     let d = deliverer(RetryConfig::default(), [Ok(vec![refused(0, Permanent, Some(207), "bad email")])]);
