@@ -33,12 +33,16 @@ pub struct DeliveryError {
     pub excerpt: String,
     /// What happened, in words (no personal data).
     pub message: String,
+    /// The vendor's throttle signal (`http_429`, `request_limit_exceeded`, ...) when the answer
+    /// was the vendor saying "later" rather than failing: the sink retries a throttle without
+    /// spending the retry budget (`retry.throttle`).
+    pub throttle: Option<&'static str>,
 }
 
 impl DeliveryError {
     /// A failure without an answer to quote (no HTTP status, no body).
     pub fn unanswered(class: ErrorClass, message: impl Into<String>) -> DeliveryError {
-        DeliveryError { class, status: None, excerpt: String::new(), message: message.into() }
+        DeliveryError { class, status: None, excerpt: String::new(), message: message.into(), throttle: None }
     }
 }
 

@@ -101,6 +101,7 @@ pub fn transport_error(vendor: &str, error: &reqwest::Error) -> DeliveryError {
         status: None,
         excerpt: String::new(),
         message: format!("{vendor} request failed: {}", without_url(error)),
+        throttle: None,
     }
 }
 
@@ -158,7 +159,7 @@ pub async fn send_json(vendor: &str, request: reqwest::RequestBuilder) -> Result
 
 /// A whole-request failure with the vendor's answer attached.
 pub fn answered(class: ErrorClass, status: u16, body: &str, message: String) -> DeliveryError {
-    DeliveryError { class, status: Some(status), excerpt: excerpt(body, EXCERPT_BYTES), message }
+    DeliveryError { class, status: Some(status), excerpt: excerpt(body, EXCERPT_BYTES), message, throttle: None }
 }
 
 /// `Retry-After` of a response that arrived at `now`, if present and readable.

@@ -106,7 +106,8 @@ async fn deliver<K: Kind>(kind: &K, batch: &[OutboundRecord]) -> Result<Vec<Reco
                 if let Some(signal) = failure.throttle {
                     metrics.throttled(signal);
                 }
-                return Err(failure.error);
+                // The signal travels with the error: the sink retries throttles differently.
+                return Err(DeliveryError { throttle: failure.throttle, ..failure.error });
             }
         }
     }

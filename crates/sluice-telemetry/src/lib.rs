@@ -1,6 +1,7 @@
 //! Telemetry every sluice service plugs into: logs, traces, metrics, health.
 //!
-//! - [`setup_telemetry`]: one call per process. `tracing` to stderr (JSON when asked), a
+//! - [`setup_telemetry`]: one call per process. `tracing` to stderr (JSON when asked; coloured
+//!   only when stderr is a terminal and `NO_COLOR` is unset, plain in a file or pipe), a
 //!   W3C trace-context propagator, and an OpenTelemetry tracer whose OTLP exporter is switched on
 //!   by the standard `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
 //!   variables (and off by `OTEL_SDK_DISABLED=true`). Spans get real trace ids even without an
@@ -43,6 +44,14 @@ fn otlp_requested() -> bool {
     endpoint && !disabled
 }
 
+/// Whether log lines carry ANSI colour: only when stderr, where they go, is a terminal and
+/// `NO_COLOR` is not set. A file, a pipe or a log shipper gets plain text (escape codes there
+/// are noise every grep and every log index has to strip).
+fn colour_logs() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Install logging, tracing and the propagator for this process. `service` becomes the
 /// OpenTelemetry `service.name` (unless `OTEL_SERVICE_NAME` overrides it). Log filter from
 /// `RUST_LOG` (default `info`). Safe to call more than once (tests): later calls only return a
@@ -69,10 +78,11 @@ pub fn setup_telemetry(service: &str, json_logs: bool) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let otel = tracing_opentelemetry::layer().with_tracer(tracer);
     let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let ansi = colour_logs();
     let installed = if json_logs {
-        registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).try_init()
+        registry.with(tracing_subscriber::fmt::layer().json().with_ansi(false).with_writer(std::io::stderr)).try_init()
     } else {
-        registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init()
+        registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).try_init()
     };
     if installed.is_ok() {
         if let Some(error) = exporter_error {

@@ -10,6 +10,7 @@
 mod destinations;
 mod identifier_change;
 mod outside_decoder;
+mod plain_logs;
 mod poller;
 mod secure_kafka;
 mod sink;

@@ -265,7 +265,7 @@ fn live_members_message(group: &str, destination: &str, members: &[groups::Membe
     format!(
         "group {group} has {} live member(s){waited}: {}. Kafka moves the offsets of an empty group only: stop every sink of destination {destination:?} first \
          (SIGTERM drains it: `systemctl stop`, `kubectl scale --replicas=0`, `docker compose stop`), then run this again. \
-         A killed sink stays a member until its session times out (session.timeout.ms, 45 s by default): --force waits for that, up to --wait-secs.",
+         A killed sink (or a stopped one with an --instance-id) stays a member until its session times out (session.timeout.ms, 10 s by default for the sink): --force waits for that, up to --wait-secs.",
         members.len(),
         listed.join(", ")
     )

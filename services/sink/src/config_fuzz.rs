@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use sluice_core::config::{Config, Scope};
 use sluice_destinations::{build, validate};
 
-use crate::deliver::Retries;
+use crate::retries::Retries;
 use crate::limits::{AdaptiveConcurrency, RateLimits};
 
 /// A valid config using every section, every kind and most keys; mutations start from it.
@@ -349,9 +349,7 @@ fn runtime(config: &Config) {
         RateLimits::new(&destination.rate_limit).expect("accepted rates make a limiter");
         let mut retries = Retries::new(&destination.retry);
         for _ in 0..destination.retry.max_attempts.min(30) {
-            if let Some(delay) = retries.backoff.next() {
-                let _ = tokio::time::Instant::now() + delay;
-            }
+            let _ = tokio::time::Instant::now() + retries.backoff.next();
         }
         let _ = tokio::time::Instant::now() + Duration::from_millis(destination.batch_linger_ms);
         let concurrency = AdaptiveConcurrency::new(destination.max_concurrency);

@@ -6,7 +6,9 @@
 //! - **Fatal** (the destination refuses everything, or a record's failure is fatal): stop with
 //!   [`Stop::Failed`], and dead-letter *nothing*, not even records of the same batch refused
 //!   before: they stay unfinished and are delivered again after the restart.
-//! - **Shutdown during a retry wait**: [`Stop::Interrupted`], nothing dead-lettered.
+//! - **Stop** ([`Deliverer::shutdown`] cancelled: SIGTERM or a failure elsewhere): no request
+//!   starts any more, a retry or rate-limit wait ends at once, and the records not finished
+//!   stay so: [`Stop::Interrupted`], nothing dead-lettered. A request already sent is answered.
 //! - **A dead-letter write fails**: [`Stop::Failed`]; the batch stays unfinished.
 //!
 //! The decisions, one request at a time ([`Deliverer::attempt`]):
@@ -16,9 +18,10 @@
 //! - refused as a whole (permanent) with several records → sent one by one to find the bad ones
 //!   (isolation), and only those are dead-lettered; with one record → dead-lettered;
 //! - retryable → sent again after the vendor's `Retry-After` (or reset time) when it gave one,
-//!   which spends no retry budget (throttling is a pause, not a failure), else after jittered
-//!   exponential backoff, which does; once `retry.max_attempts` attempts are spent on backoff
-//!   the records are dead-lettered as [`DeadLetterClass::RetriesExhausted`];
+//!   which spends no retry budget (throttling is a pause, not a failure); a throttle naming no
+//!   wait after jittered backoff, which spends none either unless `retry.throttle = "budget"`;
+//!   any other failure after jittered backoff, which does; once the budget is spent the records
+//!   are dead-lettered as [`DeadLetterClass::RetriesExhausted`] ([`crate::retries`]);
 //! - `retry.retry_on_statuses` turns a permanent status retryable (never a fatal one).
 //!
 //! Every attempt, retries included, takes an adaptive-concurrency slot and rate-limit permits
@@ -26,9 +29,8 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use rdkafka::message::{Message, OwnedMessage};
 use sluice_core::config::RetryConfig;
 use sluice_core::{DeadLetterClass, ErrorClass};
@@ -39,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::dead_letters::{self, Attempts, Cause, DeadLetterSink, Failure};
 use crate::membership::{Pending, Presence};
 use crate::limits::{AdaptiveConcurrency, RateLimits};
+use crate::retries::{Again, Delay, Retries};
 
 /// Why a sink stopped.
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +104,8 @@ pub(crate) struct Deliverer<D, L> {
     pub dead_letters: L,
     pub limits: RateLimits,
     pub concurrency: AdaptiveConcurrency,
-    /// Cancelled to cut retry waits short (a failure elsewhere, or a drain out of time).
+    /// The sink's stop (`Shared::stop`: SIGTERM or a failure): once cancelled no request starts
+    /// and every wait ends.
     pub shutdown: CancellationToken,
     /// A field, not a call, so tests under paused time can read tokio's clock instead.
     pub clock: Clock,
@@ -118,59 +122,12 @@ struct Decision {
 enum Next {
     /// Nothing left to send: the records not refused were applied.
     Done,
-    /// Send these records (indexes into the batch) again, after `retry_after` when the vendor
-    /// said how long to wait, else after backoff. `cause` is what they are dead-lettered with
-    /// if the budget runs out.
-    Retry { indexes: Vec<usize>, retry_after: Option<Duration>, cause: Cause },
+    /// Send these records (indexes into the batch) again, when `again` says
+    /// ([`crate::retries`]). `cause` is what they are dead-lettered with if the budget runs out.
+    Retry { indexes: Vec<usize>, again: Again, cause: Cause },
     /// Refused as a whole while carrying several records: send them one by one to find the bad
     /// ones, rather than dead-letter good records with them.
     Isolate,
-}
-
-/// A wait before the next attempt.
-enum Delay {
-    /// The vendor said when to come back (Retry-After, a reset time, a daily quota).
-    Throttled(Duration),
-    /// A failure without instructions: the next step of the backoff.
-    Backoff(Duration),
-}
-
-/// The retry state of one [`Deliverer::attempt`]: attempts made and the backoff budget.
-pub(crate) struct Retries {
-    pub(crate) backoff: ExponentialBackoff,
-    made: usize,
-    first_answer_ms: Option<i64>,
-}
-
-impl Retries {
-    pub(crate) fn new(retry: &RetryConfig) -> Retries {
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(retry.initial_backoff_ms))
-            .with_max_delay(Duration::from_millis(retry.max_backoff_ms))
-            .with_jitter()
-            .with_max_times(retry.max_attempts.saturating_sub(1))
-            .build();
-        Retries { backoff, made: 0, first_answer_ms: None }
-    }
-
-    /// Count an answered attempt; what a failure of it would carry. Once a record fails, the
-    /// first answer was a failure too (a success would have finished it), so the first answer
-    /// is its first failure.
-    fn answered(&mut self, now_ms: i64) -> Attempts {
-        self.made += 1;
-        let first = *self.first_answer_ms.get_or_insert(now_ms);
-        Attempts { made: self.made, first_failure_ms: first, last_failure_ms: now_ms }
-    }
-
-    /// The wait before the next attempt, or `None` once the retry budget is spent. A wait the
-    /// vendor asked for is throttling, not failure, and spends no budget, so a daily limit
-    /// pauses the destination instead of dead-lettering.
-    fn next_delay(&mut self, retry_after: Option<Duration>) -> Option<Delay> {
-        match retry_after {
-            Some(wait) => Some(Delay::Throttled(wait)),
-            None => self.backoff.next().map(Delay::Backoff),
-        }
-    }
 }
 
 impl<D: Destination, L: DeadLetterSink> Deliverer<D, L> {
@@ -191,7 +148,7 @@ impl<D: Destination, L: DeadLetterSink> Deliverer<D, L> {
         let mut retries = Retries::new(&self.retry);
         let mut refused = Vec::new();
         loop {
-            let answer = self.request(records, &indexes).await;
+            let answer = self.request(records, &indexes).await?;
             let attempts = retries.answered((self.clock)());
             let decision = self.decide(answer, &indexes, attempts)?;
             refused.extend(decision.refused);
@@ -203,8 +160,8 @@ impl<D: Destination, L: DeadLetterSink> Deliverer<D, L> {
                     }
                     return Ok(refused);
                 }
-                Next::Retry { indexes: again, retry_after, cause } => {
-                    let Some(delay) = retries.next_delay(retry_after) else {
+                Next::Retry { indexes: again, again: why, cause } => {
+                    let Some(delay) = retries.next_delay(why) else {
                         let message = format!("retries exhausted: {}", cause.message);
                         let exhausted = Failure { class: DeadLetterClass::RetriesExhausted, cause: Cause { message, ..cause }, attempts };
                         refused.extend(again.into_iter().map(|i| (i, exhausted.clone())));
@@ -217,20 +174,29 @@ impl<D: Destination, L: DeadLetterSink> Deliverer<D, L> {
         }
     }
 
-    /// One request with the records at `indexes`, under a concurrency slot and rate permits.
-    async fn request(&self, records: &[OutboundRecord], indexes: &[usize]) -> Result<Vec<RecordFailure>, DeliveryError> {
+    /// One request with the records at `indexes`, under a concurrency slot and rate permits;
+    /// [`Stop::Interrupted`] without sending once `shutdown` is cancelled, also while waiting
+    /// for the slot or the permits. A request already sent is not cut short: its answer decides.
+    async fn request(&self, records: &[OutboundRecord], indexes: &[usize]) -> Result<Result<Vec<RecordFailure>, DeliveryError>, Stop> {
         // The whole batch goes as it is; only a retried subset is copied.
         let batch: Cow<'_, [OutboundRecord]> = if indexes.len() == records.len() {
             Cow::Borrowed(records)
         } else {
             Cow::Owned(indexes.iter().map(|&i| records[i].clone()).collect())
         };
-        let _slot = self.concurrency.acquire().await;
-        let _permit = self.limits.acquire(batch.len()).await;
+        let held = async {
+            let slot = self.concurrency.acquire().await;
+            (slot, self.limits.acquire(batch.len()).await)
+        };
+        let _held = tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => return Err(Stop::Interrupted),
+            held = held => held,
+        };
         let started = Instant::now();
         let answer = self.target.send(&batch).await;
         metrics::histogram!("sluice_sink_request_seconds", "destination" => self.destination.clone()).record(started.elapsed().as_secs_f64());
-        answer
+        Ok(answer)
     }
 
     /// What the answer to the request that carried `indexes` means; `Err` for a fatal failure.
@@ -258,9 +224,10 @@ impl<D: Destination, L: DeadLetterSink> Deliverer<D, L> {
             }
             ErrorClass::Retryable { retry_after } => {
                 self.concurrency.backoff();
-                tracing::info!(destination = %self.destination, attempt = attempts.made, status = ?error.status, error = %error.message, "retrying request");
+                tracing::info!(destination = %self.destination, attempt = attempts.made, status = ?error.status, throttle = error.throttle, error = %error.message, "retrying request");
+                let again = Again::of(retry_after, error.throttle.is_some());
                 let cause = cause(error.message, error.status, error.excerpt);
-                nothing_refused(Next::Retry { indexes: indexes.to_vec(), retry_after, cause })
+                nothing_refused(Next::Retry { indexes: indexes.to_vec(), again, cause })
             }
         }
     }
@@ -291,7 +258,7 @@ impl<D: Destination, L: DeadLetterSink> Deliverer<D, L> {
             Next::Done
         } else {
             let cause = cause("records refused as retryable inside a successful request".to_string(), None, String::new());
-            Next::Retry { indexes: retry, retry_after, cause }
+            Next::Retry { indexes: retry, again: Again::of(retry_after, false), cause }
         };
         Ok(Decision { refused, next })
     }

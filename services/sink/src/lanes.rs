@@ -47,6 +47,11 @@ pub(crate) struct Shared {
     /// Cancelled when a lane hits a fatal error; the error is in `fatal`.
     pub failed: CancellationToken,
     pub fatal: Mutex<Option<SinkError>>,
+    /// Cancelled when the sink stops (SIGTERM or a failure): lanes start no request, retry and
+    /// rate-limit waits end at once ([`Deliverer::shutdown`] is this token), and nothing waits
+    /// for the records they held any more: they stay unfinished, uncommitted, and are
+    /// delivered again after the restart.
+    pub stop: CancellationToken,
 }
 
 impl Shared {
@@ -57,6 +62,7 @@ impl Shared {
             progress: tokio::sync::Notify::new(),
             failed: CancellationToken::new(),
             fatal: Mutex::new(None),
+            stop: CancellationToken::new(),
         }
     }
 
@@ -347,6 +353,8 @@ impl<D: Destination, L: DeadLetterSink> LaneContext<D, L> {
     fn fail(&self, stop: Stop) {
         if let Stop::Failed(error) = stop {
             self.shared.fatal.lock().expect("fatal lock").get_or_insert(error);
+            // Every lane stops starting requests now, not once the consume loop noticed.
+            self.shared.stop.cancel();
             self.shared.failed.cancel();
         }
     }
@@ -381,15 +389,8 @@ pub(crate) async fn run_lane<D: Destination, L: DeadLetterSink>(mut rx: mpsc::Un
             },
             // Linger elapsed: send what we have.
             Some(None) => {}
-            // Shutdown: send what we hold, then stop.
-            None => {
-                if !batch.is_empty() {
-                    if let Err(stop) = cx.flush(batch).await {
-                        cx.fail(stop);
-                    }
-                }
-                return;
-            }
+            // The sink stops: what this lane holds stays unfinished (`Shared::stop`).
+            None => return,
         }
         if let Err(stop) = cx.flush(std::mem::replace(&mut batch, Batch::new())).await {
             return cx.fail(stop);

@@ -11,19 +11,26 @@
 //! - **Bounded memory.** Past `max_buffered_records` unfinished records the sink stops taking
 //!   messages; if that lasts over five seconds (a throttled or stalled destination) it pauses its
 //!   partitions and keeps polling, so it stays in its group, until lanes catch up.
-//! - **Rebalance-safe.** On revocation the sink waits (bounded, well under the session timeout)
-//!   for in-flight work of the revoked partitions, commits what finished, and forgets them: no
-//!   commit for a partition it no longer owns, and unsent records of it are dropped, not sent.
+//! - **Rebalance-safe.** On revocation the sink waits (bounded, under the session timeout; not at
+//!   all once it is stopping, when nothing more will finish) for in-flight work of the revoked
+//!   partitions, commits what finished, and forgets them: no commit for a partition it no longer
+//!   owns, and unsent records of it are dropped, not sent.
 //! - **Failure classes stay apart** ([`sluice_core::ErrorClass`]): a rejected record is
 //!   dead-lettered and the stream goes on; a retryable failure is retried with jittered
 //!   exponential backoff honouring `Retry-After`, then dead-lettered once the retry budget is
-//!   spent; a fatal failure (credentials, endpoint) stops consumption, turns `/readyz` false and
-//!   dead-letters nothing.
+//!   spent ([`retries`]: every backoff inside `max_backoff_ms`, a named wait honoured as named,
+//!   a throttle spending no budget unless `retry.throttle = "budget"`); a fatal failure
+//!   (credentials, endpoint) stops every lane at once, turns `/readyz` false and
+//!   `sluice_sink_stopped` to 1 at once (before the drain), and dead-letters nothing.
 //! - **Kafka refusing or away at start is waited out**: not ready, `/readyz` naming the listener,
 //!   the cause and the fix (a rejected SCRAM password, an untrusted broker certificate), retried
 //!   with backoff until it works (`sluice_kafka::connection::retry_until_connected`).
-//! - **SIGTERM drains**: reading stops, lanes finish what they hold (bounded by
-//!   `DRAIN_TIMEOUT`), the finished prefix is committed synchronously.
+//! - **SIGTERM stops within a bound**: reading stops, no request starts, every retry and
+//!   rate-limit wait ends, what lanes hold is not sent; a request in flight gets up to
+//!   `DRAIN_TIMEOUT`; the finished prefix — only it — is committed synchronously.
+//! - **Restarts recover fast**: under an instance id (static membership) a restarted replica
+//!   gets its partitions back at once; the session timeout is `SESSION_TIMEOUT_MS` unless the
+//!   user's `kafka.properties` set one.
 //! - **No key moves backwards** ([`guard`]): a replay, a side record (backfill, redrive) or the
 //!   live stream never hands the destination a state of a key older than one it has or is about
 //!   to have; a delete whose `d` event compaction removed still reaches it ([`deletes`]).
@@ -46,9 +53,13 @@
 //! - bounded memory: `BackPressure` decides, `Sink::consume` stops receiving, pauses and resumes;
 //! - rebalance-safe: `SinkContext::pre_rebalance` waits, commits and forgets the partitions;
 //!   `LaneContext::flush` drops unsent records of partitions no longer owned;
-//! - failure classes: the decisions are `Deliverer::attempt`'s ([`deliver`]); a lane's fatal
-//!   error reaches `Sink::consume` through `Shared::failed`, and [`run`] turns `/readyz` false;
-//! - SIGTERM drains: `Sink::drain`;
+//! - failure classes: the decisions are `Deliverer::attempt`'s ([`deliver`]), the waits
+//!   `Retries`' ([`retries`]); a lane's fatal error cancels `Shared::stop` and reaches
+//!   `Sink::consume` through `Shared::failed`, and `run_inner` marks the sink stopped (`Stopped`)
+//!   before `Sink::drain`;
+//! - SIGTERM stops: `Sink::drain` cancels `Shared::stop`, which `Deliverer::request` and
+//!   `Deliverer::wait` obey and `lanes::run_lane` reads as "send nothing more";
+//! - restarts: `subscribe` sets `group.instance.id` and the session timeout;
 //! - no key backwards: `Sink::dispatch` asks `OrderGuard::admit` about every record, live or
 //!   from the side topic, in dispatch order; `guard::load` builds the guard before consuming and
 //!   on every assignment (`SinkContext::post_rebalance`); `offset_list` carries a replay's
@@ -72,6 +83,7 @@ mod mapping;
 mod membership;
 mod offsets;
 mod recompute;
+mod retries;
 mod schemas;
 mod side;
 #[cfg(test)]
@@ -107,11 +119,21 @@ use crate::lanes::{BatchLimits, LaneInput, Shared};
 use crate::membership::Stage;
 use crate::offsets::Partition;
 
-/// How long a revocation waits for in-flight records of the revoked partitions. Below the
-/// default session timeout (45 s) so the group never evicts us while we wait.
-const REVOKE_DRAIN: Duration = Duration::from_secs(15);
-/// How long SIGTERM waits for lanes to finish what they hold.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a revocation waits for in-flight records of the revoked partitions. Below
+/// `SESSION_TIMEOUT_MS`, so the group never evicts us while we wait.
+const REVOKE_DRAIN: Duration = Duration::from_secs(8);
+/// The sink's consumer session timeout unless `kafka.properties` sets `session.timeout.ms`:
+/// how long the group waits for a member that stopped heartbeating (killed, host gone) before
+/// moving its partitions. librdkafka heartbeats from a thread of its own, so a busy or
+/// throttled sink does not miss them; Kafka's default (45 s) only delayed recovery (issue 12:
+/// a restarted sink waited 42 s). At least the brokers' `group.min.session.timeout.ms` (6 s by
+/// default).
+const SESSION_TIMEOUT_MS: &str = "10000";
+/// A third of the session timeout, as Kafka advises.
+const HEARTBEAT_INTERVAL_MS: &str = "3000";
+/// How long a stop waits for requests already in flight (none starts after the stop). The
+/// default request timeout (`timeout_ms`), so a request that would time out is waited out.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// How long the buffer may stay full before the partitions are paused ([`BackPressure`]).
 const PAUSE_AFTER: Duration = Duration::from_secs(5);
@@ -144,8 +166,10 @@ impl ConsumerContext for SinkContext {
         let partitions: Vec<Partition> = revoked.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
         // Runs on the thread polling the consumer; lanes run on other runtime threads and keep
         // finishing records meanwhile.
+        // Unless the sink is stopping: its lanes start nothing more, so what is pending now
+        // never finishes, and waiting would only delay the exit (and the new owner).
         let deadline = Instant::now() + REVOKE_DRAIN;
-        while self.shared.tracker.lock().expect("tracker lock").pending_in(&partitions) > 0 && Instant::now() < deadline {
+        while !self.shared.stop.is_cancelled() && self.shared.tracker.lock().expect("tracker lock").pending_in(&partitions) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         let mut tracker = self.shared.tracker.lock().expect("tracker lock");
@@ -204,25 +228,63 @@ fn offset_list(offsets: &[(Partition, i64)], guard: &Mutex<OrderGuard>) -> Topic
     list
 }
 
-/// Run the sink of `destination` until `shutdown`, or until a fatal error (returned).
+/// Run the sink of `destination` until `shutdown`, or until a fatal error (returned), as a
+/// dynamic member of its consumer group.
 pub async fn run(config: Arc<Config>, destination: &str, health: Arc<Health>, shutdown: CancellationToken) -> Result<(), SinkError> {
-    let result = run_inner(config, destination, &health, shutdown).await;
+    run_as(config, destination, None, health, shutdown).await
+}
+
+/// [`run`], as the static member `instance_id` of the group when given (Kafka's static
+/// membership, `group.instance.id`): a replica restarted under the same id gets its partitions
+/// back at once, without a rebalance, instead of after the session timeout. Unique per replica
+/// (two replicas under one id fence each other: the older one stops).
+pub async fn run_as(
+    config: Arc<Config>,
+    destination: &str,
+    instance_id: Option<&str>,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> Result<(), SinkError> {
+    let stopped = Stopped { health: &health, destination, marked: std::sync::Once::new() };
+    let result = run_inner(config, instance_id, &stopped, shutdown).await;
     if let Err(error) = &result {
-        health.set_not_ready(format!("destination {destination} stopped: {error}"));
-        metrics::gauge!("sluice_sink_stopped", "destination" => destination.to_string()).set(1.0);
-        tracing::error!(%destination, error = %error, "sink stopped; fix the cause and restart the service");
+        stopped.mark(error);
     }
     result
 }
 
-async fn run_inner(config: Arc<Config>, destination: &str, health: &Health, shutdown: CancellationToken) -> Result<(), SinkError> {
-    let Some(sink) = Sink::start(&config, destination, health, &shutdown).await? else {
+async fn run_inner(config: Arc<Config>, instance_id: Option<&str>, stopped: &Stopped<'_>, shutdown: CancellationToken) -> Result<(), SinkError> {
+    let Some(sink) = Sink::start(&config, stopped.destination, instance_id, stopped.health, &shutdown).await? else {
         return Ok(());
     };
-    // Ready once subscribed with lanes running; a fatal error turns it false again (`run`).
-    health.set_ready();
-    let stopped = sink.consume(&shutdown).await;
-    sink.drain(stopped).await
+    // Ready once subscribed with lanes running; a fatal error turns it false again.
+    stopped.health.set_ready();
+    let outcome = sink.consume(&shutdown).await;
+    // At once, not after the drain: an operator (and an orchestrator's probe) must see a
+    // fatal answer the moment it arrives, and the drain of a failed sink can take seconds.
+    if let Err(error) = &outcome {
+        stopped.mark(error);
+    }
+    sink.drain(outcome).await
+}
+
+/// Marks the sink stopped by a failure, once: `/readyz` false with the reason, the
+/// `sluice_sink_stopped` gauge at 1, one error log.
+struct Stopped<'a> {
+    health: &'a Health,
+    destination: &'a str,
+    marked: std::sync::Once,
+}
+
+impl Stopped<'_> {
+    fn mark(&self, error: &SinkError) {
+        self.marked.call_once(|| {
+            let destination = self.destination;
+            self.health.set_not_ready(format!("destination {destination} stopped: {error}"));
+            metrics::gauge!("sluice_sink_stopped", "destination" => destination.to_string()).set(1.0);
+            tracing::error!(%destination, error = %error, "sink stopped; fix the cause and restart the service");
+        });
+    }
 }
 
 /// A lane's input: consumed messages, routed by key (and recomputes, which lanes send).
@@ -238,8 +300,6 @@ struct Sink {
     /// One sender per lane; dropping them is what tells the lanes to finish and stop.
     lanes: Vec<LaneSender>,
     lane_tasks: JoinSet<()>,
-    /// Cuts the lanes' retry waits short: after a failure, or when the drain runs out of time.
-    lane_stop: CancellationToken,
     max_buffered_records: usize,
 }
 
@@ -249,20 +309,19 @@ impl Sink {
     /// subscribe, start the lanes. Nothing is consumed yet, and a config refused touches
     /// nothing. While Kafka is away or refuses us, not ready with the reason and retried
     /// ([`retry_until_connected`]); `None` if shut down meanwhile.
-    async fn start(config: &Config, destination: &str, health: &Health, shutdown: &CancellationToken) -> Result<Option<Sink>, SinkError> {
+    async fn start(config: &Config, destination: &str, instance_id: Option<&str>, health: &Health, shutdown: &CancellationToken) -> Result<Option<Sink>, SinkError> {
         let dest = config
             .destination(destination)
             .ok_or_else(|| SinkError::Config(format!("destination {destination:?} is not in the config")))?;
         let syncs = syncs_by_topic(config, destination)?;
-        let lane_stop = CancellationToken::new();
-        let (deliverer, batch_limits) = build_deliverer(config, dest, lane_stop.clone())?;
+        let shared = Arc::new(Shared::new());
+        let (deliverer, batch_limits) = build_deliverer(config, dest, shared.stop.clone())?;
         let list_topics = membership::list_topics(config, destination);
         let Some(prepared) = retry_until_connected("create topics", health, shutdown, || prepare_topics(config, destination, &syncs, &list_topics)).await else {
             return Ok(None);
         };
         let (side_topic, guard) = prepared?;
         let guard = Arc::new(Mutex::new(guard));
-        let shared = Arc::new(Shared::new());
         let schemas = schemas::SchemaCache::new(config.kafka.clone(), naming::schema_topic(&config.kafka.topic_prefix))
             .with_consent_checks(syncs.values().filter_map(|sync| sluice_destinations::validate::ConsentCheck::new(config, sync)));
         // Reads the topics just prepared; Kafka away meanwhile is waited out the same way.
@@ -278,7 +337,7 @@ impl Sink {
             kafka: config.kafka.clone(),
             connection: ConnectionContext::default(),
         };
-        let consumer = subscribe(config, destination, &syncs, &side_topic, &list_topics, context)?;
+        let consumer = subscribe(config, destination, instance_id, &syncs, &side_topic, &list_topics, context)?;
         tracing::info!(
             %destination, kind = deliverer.target.kind(), topics = ?syncs.keys().collect::<Vec<_>>(), lanes = dest.max_concurrency,
             rate_limited = deliverer.limits.is_limited(), "sink started"
@@ -309,7 +368,6 @@ impl Sink {
             guard,
             lanes,
             lane_tasks,
-            lane_stop,
             max_buffered_records: dest.max_buffered_records,
         }))
     }
@@ -348,7 +406,7 @@ impl Sink {
                 }
                 message = self.consumer.recv(), if !full || paused => match message {
                     Ok(message) => self.dispatch(&message)?,
-                    Err(error) => tracing::warn!(%error, "consume error"),
+                    Err(error) => consume_error(error)?,
                 },
             }
         }
@@ -377,22 +435,23 @@ impl Sink {
         self.lanes[lane].send(LaneInput::Message(Arc::new(message.detach()))).map_err(|_| SinkError::Config("a delivery lane stopped".into()))
     }
 
-    /// Drain and stop: no more input; lanes finish what they hold (or stop at once after a
-    /// failure), bounded by `DRAIN_TIMEOUT`; then the finished prefix is committed
-    /// synchronously. A lane's fatal error wins over a clean stop.
+    /// Stop (SIGTERM or a failure): no request starts from here and every retry wait ends
+    /// (`Shared::stop`); a request already in flight may finish within `DRAIN_TIMEOUT`, after
+    /// which its lane is aborted; then the finished prefix — and only it — is committed
+    /// synchronously. Whatever was not finished is delivered again after the restart. A lane's
+    /// fatal error wins over a clean stop.
     async fn drain(self, stopped: Result<(), SinkError>) -> Result<(), SinkError> {
-        let Sink { destination, consumer, shared, guard, lanes, mut lane_tasks, lane_stop, .. } = self;
+        let Sink { destination, consumer, shared, guard, lanes, mut lane_tasks, .. } = self;
+        // Before the lanes see their input close, so none starts a request on the way out.
+        shared.stop.cancel();
         drop(lanes);
-        if stopped.is_err() {
-            lane_stop.cancel();
-        }
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
             while lane_tasks.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(%destination, "lanes did not drain in time; unfinished records will be delivered after restart");
-            lane_stop.cancel();
+            tracing::warn!(%destination, "a request was still in flight at the drain timeout; abandoned, its records are delivered again after restart");
+            lane_tasks.abort_all();
             while lane_tasks.join_next().await.is_some() {}
         }
         commit(&consumer, &shared, &guard, CommitMode::Sync);
@@ -496,16 +555,29 @@ fn build_deliverer(
 }
 
 /// The destination's consumer (manual commits, `read_committed`), subscribed to its change topics,
-/// its side topic and the change topics of the suppression lists its syncs name.
+/// its side topic and the change topics of the suppression lists its syncs name; a static member
+/// of its group under `instance_id` when given.
 fn subscribe(
     config: &Config,
     destination: &str,
+    instance_id: Option<&str>,
     syncs: &HashMap<String, SyncConfig>,
     side_topic: &str,
     list_topics: &[String],
     context: SinkContext,
 ) -> Result<StreamConsumer<SinkContext>, SinkError> {
-    let consumer: StreamConsumer<SinkContext> = sluice_kafka::client_config(&config.kafka)
+    let mut client = sluice_kafka::client_config(&config.kafka);
+    let properties = config.kafka.properties.get_ref();
+    if !properties.contains_key("session.timeout.ms") {
+        client.set("session.timeout.ms", SESSION_TIMEOUT_MS);
+        if !properties.contains_key("heartbeat.interval.ms") {
+            client.set("heartbeat.interval.ms", HEARTBEAT_INTERVAL_MS);
+        }
+    }
+    if let Some(id) = instance_id {
+        client.set("group.instance.id", id);
+    }
+    let consumer: StreamConsumer<SinkContext> = client
         .set("group.id", naming::sink_group(&config.kafka.topic_prefix, destination))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -579,6 +651,25 @@ fn lane_of(topic: &str, key: &[u8], lanes: usize) -> usize {
     topic.hash(&mut hasher);
     key.hash(&mut hasher);
     (hasher.finish() % lanes as u64) as usize
+}
+
+/// A consume error: logged, unless the consumer cannot go on (librdkafka's fatal errors, such
+/// as another replica taking over this one's `group.instance.id`), which stops the sink.
+fn consume_error(error: rdkafka::error::KafkaError) -> Result<(), SinkError> {
+    match error {
+        rdkafka::error::KafkaError::MessageConsumptionFatal(code) => {
+            let fix = if code == rdkafka::types::RDKafkaErrorCode::FencedInstanceId {
+                ": another replica joined the group under this --instance-id; give each replica its own"
+            } else {
+                ""
+            };
+            Err(SinkError::Config(format!("the consumer failed fatally ({code}){fix}")))
+        }
+        error => {
+            tracing::warn!(%error, "consume error");
+            Ok(())
+        }
+    }
 }
 
 fn set_paused(consumer: &StreamConsumer<SinkContext>, pause: bool) {

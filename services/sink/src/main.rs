@@ -27,6 +27,22 @@ struct Args {
     /// JSON logs (for log shippers).
     #[arg(long, env = "SLUICE_LOG_JSON")]
     log_json: bool,
+    /// This replica's stable name in the destination's consumer group (Kafka static membership,
+    /// `group.instance.id`): restarted under the same name, it gets its partitions back at once
+    /// instead of after the session timeout. Unique per replica, stable across its restarts
+    /// (a StatefulSet pod name, a systemd instance name). Unset: a dynamic member.
+    #[arg(long, env = "SLUICE_INSTANCE_ID", value_parser = instance_id)]
+    instance_id: Option<String>,
+}
+
+/// A `group.instance.id` Kafka accepts: 1 to 249 of `[A-Za-z0-9._-]`.
+fn instance_id(value: &str) -> Result<String, String> {
+    let valid = !value.is_empty() && value.len() <= 249 && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(value.to_string())
+    } else {
+        Err("1 to 249 characters of A-Z, a-z, 0-9, '.', '_' and '-' (e.g. the pod name)".to_string())
+    }
 }
 
 #[tokio::main]
@@ -49,7 +65,7 @@ async fn main() -> std::process::ExitCode {
         tracing::error!(%error, addr = %args.ops_listen, "cannot serve ops endpoints");
         return std::process::ExitCode::FAILURE;
     }
-    match sluice_sink::run(config, &args.destination, health, shutdown.clone()).await {
+    match sluice_sink::run_as(config, &args.destination, args.instance_id.as_deref(), health, shutdown.clone()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(_) => {
             // Already logged and marked not ready by `run`; stay observable until stopped.

@@ -189,7 +189,13 @@ pub(crate) fn batch(n: i64) -> (Vec<Arc<OwnedMessage>>, Vec<OutboundRecord>) {
 
 /// A request failure of `class`.
 pub(crate) fn failed(class: ErrorClass, status: Option<u16>, message: &str) -> Answer {
-    Err(DeliveryError { class, status, excerpt: format!("{{\"error\":\"{message}\"}}"), message: message.into() })
+    Err(DeliveryError { class, status, excerpt: format!("{{\"error\":\"{message}\"}}"), message: message.into(), throttle: None })
+}
+
+/// A throttle (retryable, with the vendor's throttle `signal`), naming `wait` or none.
+pub(crate) fn throttled(signal: &'static str, wait: Option<std::time::Duration>, status: u16) -> Answer {
+    let error = failed(ErrorClass::Retryable { retry_after: wait }, Some(status), signal).unwrap_err();
+    Err(DeliveryError { throttle: Some(signal), ..error })
 }
 
 /// A record failure of `class` at `index` of the request.

@@ -64,8 +64,10 @@ async fn braze_rate_limit_waits_for_the_reset() {
     let error = destination.send(&batch).await.unwrap_err();
     let wait = retry_after(&error).expect("X-RateLimit-Reset");
     assert!((Duration::from_secs(2)..=Duration::from_secs(3)).contains(&wait), "{wait:?}");
+    assert_eq!(error.throttle, Some("http_429"));
     server.faults.push(contract::braze::Fault::Status(503));
-    assert_eq!(retry_after(&destination.send(&batch).await.unwrap_err()), None);
+    let unavailable = destination.send(&batch).await.unwrap_err();
+    assert_eq!((retry_after(&unavailable), unavailable.throttle), (None, None), "a 503 is a failure, not a throttle");
     assert!(server.user("u1").is_none());
 }
 

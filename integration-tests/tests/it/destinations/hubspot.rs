@@ -66,6 +66,7 @@ async fn hubspot_ten_secondly_limit_is_retried_after_the_window() {
     let error = destination.send(&batch).await.unwrap_err();
     assert_eq!(error.status, Some(429));
     assert_eq!(retry_after(&error), Some(Duration::from_secs(10)), "X-HubSpot-RateLimit-Interval-Milliseconds");
+    assert_eq!(error.throttle, Some("ten_secondly"));
     assert!(error.excerpt.contains("TEN_SECONDLY_ROLLING"));
 }
 

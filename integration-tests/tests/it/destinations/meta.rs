@@ -119,10 +119,12 @@ async fn meta_throttle_codes_in_400_bodies_are_retryable() {
     let (url, server) = contract::meta::start("EAAB-token", "1").await;
     let destination = meta(&url, "EAAB-token", "1", AudienceMode::Audience);
     let batch = [record(1, Action::Upsert, serde_json::json!({"email": "jane@example.com"}))];
-    for (code, subcode) in [(80003, None), (17, Some(2446079)), (613, Some(1487742)), (4, None), (32, None)] {
+    let signals = [(80003, None, "business_use_case"), (17, Some(2446079), "user"), (613, Some(1487742), "ad_account"), (4, None, "app"), (32, None, "page")];
+    for (code, subcode, signal) in signals {
         server.faults.push(contract::meta::Fault::Error { status: 400, code, subcode, regain_minutes: 2 });
         let error = destination.send(&batch).await.unwrap_err();
         assert_eq!(error.status, Some(400));
+        assert_eq!(error.throttle, Some(signal), "code {code}: a throttle, whatever headers came with it");
         assert_eq!(retry_after(&error), Some(Duration::from_secs(120)), "code {code}: estimated_time_to_regain_access");
     }
     assert_eq!(server.member_count(), 0);

@@ -61,9 +61,11 @@ async fn salesforce_request_limit_is_throttling_not_auth() {
     server.faults.push(contract::salesforce::Fault::ConcurrentLimit);
     let error = destination.send(&batch).await.unwrap_err();
     assert_eq!((error.status, retry_after(&error)), (Some(403), None), "concurrency: backoff decides");
+    assert_eq!(error.throttle, Some("request_limit_exceeded"), "a throttle: the sink retries it without spending the budget");
     *server.allocation.lock().unwrap() = (5_000, 5_000);
     let error = destination.send(&batch).await.unwrap_err();
     assert_eq!(retry_after(&error), Some(Duration::from_secs(3600)), "allocation spent: a long pause");
+    assert_eq!(error.throttle, Some("request_limit_exceeded"));
     assert!(error.excerpt.contains("REQUEST_LIMIT_EXCEEDED"));
     assert!(server.record("W-1").is_none());
 }

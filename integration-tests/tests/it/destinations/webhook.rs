@@ -53,10 +53,12 @@ async fn webhook_throttle_gone_and_refusal_are_classified() {
     server.faults.push(contract::webhook::Fault::Status { status: 504, retry_after_secs: None });
     server.faults.push(contract::webhook::Fault::Status { status: 422, retry_after_secs: None });
     server.faults.push(contract::webhook::Fault::Status { status: 410, retry_after_secs: None });
-    assert_eq!(retry_after(&hook.send(&batch).await.unwrap_err()), Some(Duration::from_secs(7)));
-    assert_eq!(retry_after(&hook.send(&batch).await.unwrap_err()), None);
+    let throttled = hook.send(&batch).await.unwrap_err();
+    assert_eq!((retry_after(&throttled), throttled.throttle), (Some(Duration::from_secs(7)), Some("http_429")));
+    let gateway = hook.send(&batch).await.unwrap_err();
+    assert_eq!((retry_after(&gateway), gateway.throttle), (None, Some("http_504")), "Standard Webhooks: 504 is throttling");
     let refused = hook.send(&batch).await.unwrap_err();
-    assert_eq!((refused.class, refused.status), (ErrorClass::Permanent, Some(422)));
+    assert_eq!((refused.class, refused.status, refused.throttle), (ErrorClass::Permanent, Some(422), None));
     let gone = hook.send(&batch).await.unwrap_err();
     assert_eq!((gone.class, gone.status), (ErrorClass::Fatal, Some(410)), "410 disables the endpoint");
     assert!(server.deliveries().is_empty());

@@ -281,11 +281,19 @@ async fn sink_killed_mid_batch_loses_nothing() {
     let (url, received) = receiver::start().await;
     received.set_behaviour(Behaviour::Script(Arc::new(|_, records| Reply { delay: Duration::from_millis(30), ..Reply::ok(records.len()) })));
     // A killed member stays in the group until its session times out; a short session keeps
-    // the restarts quick.
+    // the restarts quick, and so does restarting under the same instance id (static membership).
     let kafka = r#"properties = { "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }"#;
+    let instance = sluice_integration_tests::unique("it-sink");
     let p = pipeline(&url, Spec { kafka_extra: kafka, ..spec("batch_max_records = 25\nbatch_linger_ms = 10\nmax_concurrency = 4", "", "fields = { v = \"v\" }") }).await;
     insert_rows(&p, 1..=1500, |id| format!("c{id}@example.com")).await;
     let (poller_stop, poller) = start_poller(&p.config);
+    // The kills are timed from here: with the snapshot not published yet (a loaded machine), the
+    // five short-lived sinks would have nothing to make progress on.
+    let topic = naming::change_topic(&p.prefix, "customers");
+    eventually("the snapshot published", WAIT, || {
+        sluice_kafka::groups::watermarks(&p.config.kafka, &topic).is_ok_and(|w| w.iter().map(|(_, _, high)| high).sum::<i64>() >= 1500)
+    })
+    .await;
     let dir = std::env::temp_dir().join(sluice_integration_tests::unique("sluice-it"));
     std::fs::create_dir_all(&dir).unwrap();
     let config_path = dir.join("sluice.toml");
@@ -294,6 +302,7 @@ async fn sink_killed_mid_batch_loses_nothing() {
         std::process::Command::new(sluice_integration_tests::binary("sluice-sink"))
             .args(["--config", config_path.to_str().unwrap(), "--destination", "crm", "--ops-listen", "127.0.0.1:0"])
             .env("RUST_LOG", "warn")
+            .env("SLUICE_INSTANCE_ID", &instance)
             .spawn()
             .expect("sink binary starts")
     };

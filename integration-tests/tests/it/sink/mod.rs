@@ -4,5 +4,6 @@
 mod common;
 mod compaction;
 mod delivery;
+mod failures;
 mod replay;
 mod side;

@@ -3,17 +3,17 @@
 
 use std::time::Duration;
 
-use sluice_core::config::RetryConfig;
+use sluice_core::config::{RetryConfig, ThrottleRetry};
 use sluice_core::ErrorClass::{self, Fatal, Permanent};
 use tokio::time::Instant;
 
 use super::{SinkError, Stop};
-use crate::testing::{batch, clock_ms, deliverer, failed, message, refused, Answer, Sent, Written};
+use crate::testing::{batch, clock_ms, deliverer, failed, message, refused, throttled, Answer, Sent, Written};
 
 const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
 fn retry(initial_backoff_ms: u64, max_backoff_ms: u64, max_attempts: usize) -> RetryConfig {
-    RetryConfig { initial_backoff_ms, max_backoff_ms, max_attempts, retry_on_statuses: Vec::new() }
+    RetryConfig { initial_backoff_ms, max_backoff_ms, max_attempts, retry_on_statuses: Vec::new(), throttle: ThrottleRetry::Wait }
 }
 
 fn retryable(wait: Option<Duration>) -> ErrorClass {
@@ -166,7 +166,7 @@ async fn retry_after_is_waited_exactly_and_spends_no_retry_budget() {
     assert!(sent.iter().all(|s| s.ids == ids(&[0, 1])));
     let gaps = gaps(&sent);
     assert_eq!(gaps[..5], [Duration::from_secs(7); 5], "each Retry-After waited exactly");
-    assert!((Duration::from_millis(100)..=Duration::from_millis(201)).contains(&gaps[5]), "then one backoff step: {:?}", gaps[5]);
+    assert!(gaps[5] <= Duration::from_millis(101), "then one backoff step, at most its ceiling (plus the timer's millisecond): {:?}", gaps[5]);
     assert!(d.dead_letters.written().is_empty(), "throttling never dead-letters");
 }
 
@@ -180,14 +180,14 @@ async fn failures_without_a_wait_back_off_with_jitter_then_dead_letter_as_retrie
     let sent = d.target.sent();
     assert_eq!(sent.len(), 5, "max_attempts requests");
     assert!(sent.iter().all(|s| s.ids == ids(&[0, 1])));
-    // Exponential from 100 ms, capped at 300 ms; jitter adds up to the step again (plus the
-    // timer's millisecond).
-    let steps = [100, 200, 300, 300].map(Duration::from_millis);
+    // Full jitter under ceilings exponential from 100 ms, capped at 300 ms: never above the
+    // ceiling (plus the timer's millisecond), so never above the cap.
+    let ceilings = [100, 200, 300, 300].map(Duration::from_millis);
     let gaps = gaps(&sent);
-    for (gap, step) in gaps.iter().zip(steps) {
-        assert!(*gap >= step && *gap <= step * 2 + Duration::from_millis(1), "gap {gap:?} for step {step:?}");
+    for (gap, ceiling) in gaps.iter().zip(ceilings) {
+        assert!(*gap <= ceiling + Duration::from_millis(1), "gap {gap:?} above its ceiling {ceiling:?}");
     }
-    assert!(gaps.iter().zip(steps).any(|(gap, step)| *gap > step + Duration::from_millis(1)), "jittered: {gaps:?}");
+    assert!(gaps.iter().zip(ceilings).any(|(gap, ceiling)| *gap < ceiling), "jittered: {gaps:?}");
 
     let dead = d.dead_letters.written();
     assert_eq!(offsets(&dead), [0, 1]);
@@ -201,6 +201,43 @@ async fn failures_without_a_wait_back_off_with_jitter_then_dead_letter_as_retrie
         assert_eq!(letter.header("sluice.error.first_failure_ms"), Some(first.as_str()));
         assert_eq!(letter.header("sluice.error.last_failure_ms"), Some(last.as_str()));
     }
+}
+
+/// Issue 12: twelve throttles in a row without a wait header dead-lettered the record as
+/// `retryable` after 10 attempts. A throttle is the vendor saying "later": under the default
+/// `retry.throttle = "wait"` it spends no budget however long it lasts (here four times the
+/// budget, Salesforce's and Meta's signals alternating), each wait a backoff inside the cap;
+/// under `"budget"` it dead-letters like a failure once the budget is spent.
+#[tokio::test(start_paused = true)]
+async fn throttles_without_a_wait_never_dead_letter_by_default() {
+    let throttles = || {
+        (0..12).map(|n| if n % 2 == 0 { throttled("request_limit_exceeded", None, 403) } else { throttled("business_use_case", None, 400) })
+    };
+    let d = deliverer(retry(100, 300, 3), throttles().chain([Ok(vec![])]));
+    let (messages, records) = batch(2);
+    d.deliver(&messages, &records).await.expect("delivered");
+    let sent = d.target.sent();
+    assert_eq!(sent.len(), 13, "every throttle retried, then applied");
+    assert!(gaps(&sent).iter().all(|gap| *gap <= Duration::from_millis(301)), "backoffs inside the cap: {:?}", gaps(&sent));
+    assert!(d.dead_letters.written().is_empty(), "a throttle never dead-letters");
+
+    let config = RetryConfig { throttle: ThrottleRetry::Budget, ..retry(100, 300, 3) };
+    let d = deliverer(config, throttles());
+    d.deliver(&messages, &records).await.expect("delivered (to the dead-letter topic)");
+    assert_eq!(d.target.sent().len(), 3, "max_attempts, throttles included");
+    let dead = d.dead_letters.written();
+    assert_eq!(offsets(&dead), [0, 1]);
+    assert_eq!(dead[0].header("sluice.error.class"), Some("retryable"));
+    assert_eq!(dead[0].header("sluice.error.attempts"), Some("3"));
+}
+
+/// A wait the destination names is honoured as named, also above `max_backoff_ms`.
+#[tokio::test(start_paused = true)]
+async fn a_named_wait_above_the_cap_is_honoured() {
+    let d = deliverer(retry(100, 1000, 3), [throttled("http_429", Some(Duration::from_secs(90)), 429), Ok(vec![])]);
+    let (messages, records) = batch(1);
+    d.deliver(&messages, &records).await.expect("delivered");
+    assert_eq!(gaps(&d.target.sent()), [Duration::from_secs(90)]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -241,6 +278,32 @@ async fn shutdown_during_a_wait_interrupts_and_dead_letters_nothing() {
     assert_eq!(start.elapsed(), Duration::from_secs(1), "the wait is cut short");
     assert_eq!(d.target.sent_ids(), [ids(&[0, 1])]);
     assert!(d.dead_letters.written().is_empty(), "unfinished records are delivered again after restart, not dead-lettered");
+}
+
+/// After the stop no request starts: not a first attempt, and not one waiting for a rate-limit
+/// permit (at one request a minute, the second batch would wait 60 s): it ends at the stop,
+/// unsent, nothing dead-lettered.
+#[tokio::test(start_paused = true)]
+async fn after_the_stop_no_request_starts_and_a_rate_limit_wait_ends() {
+    let mut d = deliverer(RetryConfig::default(), [Ok(vec![])]);
+    d.limits = crate::limits::RateLimits::new(&sluice_core::config::RateLimitConfig { requests_per_second: Some(1.0 / 60.0), records_per_second: None }).unwrap();
+    let (messages, records) = batch(2);
+    d.deliver(&messages[..1], &records[..1]).await.expect("the first request goes at once");
+    let shutdown = d.shutdown.clone();
+    let start = Instant::now();
+    let (result, ()) = tokio::join!(d.deliver(&messages[1..], &records[1..]), async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        shutdown.cancel();
+    });
+    assert!(matches!(result, Err(Stop::Interrupted)), "{result:?}");
+    assert_eq!(start.elapsed(), Duration::from_secs(1), "the permit wait ends at the stop");
+    assert_eq!(d.target.sent_ids(), [ids(&[0])], "the second request never started");
+
+    let d = deliverer(RetryConfig::default(), Vec::<Answer>::new());
+    d.shutdown.cancel();
+    let result = d.deliver(&messages, &records).await;
+    assert!(matches!(result, Err(Stop::Interrupted)), "{result:?}");
+    assert!(d.target.sent().is_empty() && d.dead_letters.written().is_empty());
 }
 
 #[tokio::test(start_paused = true)]
