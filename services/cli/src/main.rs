@@ -20,13 +20,21 @@
 //!   data contract) to `schemas/models/MODEL.avsc`; point `schema_contract` at it. With
 //!   `--writer DIR`: write the model's full key and value writer schemas instead (the exact
 //!   text published on the schema topic, for consumers in other languages; docs/consumers.md).
+//! - `sluice dlq list|show|redrive|purge --destination NAME [--error-class C] [--since T]
+//!   [--until T] [--key JSON] [--json] --config FILE`: the dead letters of one destination;
+//!   redrive re-sends them through its side topic, never moving a key backwards, never twice;
+//!   purge is recorded in a ledger (exit 0 done, 1 error, 2 config, 3 `show` found nothing;
+//!   docs/operations.md).
 //! - `sluice replay --destination NAME --to earliest|latest|TIME|TOPIC:PARTITION:OFFSET
 //!   [--model MODEL] [--execute [--force [--wait-secs N]]] [--json] --config FILE`: move one
 //!   destination's consumer group so its sink re-applies (or skips) changes; shows the plan and
 //!   changes nothing without `--execute` (exit 0 done, 1 error, 2 config, 4 live members refused;
 //!   docs/operations.md).
 
+mod dlq;
+mod failure;
 mod replay;
+mod scope;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -110,6 +118,12 @@ enum Command {
         json: bool,
         #[arg(long, env = "SLUICE_CONFIG", default_value = "sluice.toml")]
         config: PathBuf,
+    },
+    /// The dead letters of one destination: list, show, redrive, purge. Exit codes: 0 done, 1
+    /// error, 2 bad config or arguments, 3 `show` found nothing.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
     },
     /// Print records POSTed to /hook (the webhook destination's JSON batches).
     DemoReceiver {
@@ -277,6 +291,7 @@ async fn main() -> std::process::ExitCode {
             let request = replay::Request { destination, target: to, model, execute, force, wait: std::time::Duration::from_secs(wait_secs), json };
             replay::run(config, request).await
         }
+        Command::Dlq { command } => dlq::run(command).await,
         Command::DemoReceiver { listen } => match demo_receiver(listen).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(error) => {

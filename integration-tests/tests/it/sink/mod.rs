@@ -4,5 +4,6 @@
 mod common;
 mod compaction;
 mod delivery;
+mod dlq;
 mod replay;
 mod side;
