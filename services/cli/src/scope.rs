@@ -3,6 +3,7 @@
 
 use sluice_core::config::{Config, SyncMode};
 use sluice_core::naming;
+use sluice_kafka::admin::{Admin, TopicRole};
 
 use crate::failure::Failure;
 
@@ -53,4 +54,19 @@ pub(crate) fn destination_topics(config: &Config, destination: &str, model: Opti
 /// Load the config at `path` (exit 2 with the file and line when it is invalid).
 pub(crate) fn load(path: &std::path::Path) -> Result<Config, Failure> {
     Config::load(path).map_err(|error| Failure::Config(error.to_string()))
+}
+
+/// Create the destination's side topic if it is missing, with its change topics' partition count
+/// (what the sink requires, `sluice_sink::side`), together with `more` topics; returns its name.
+pub(crate) async fn ensure_side_topic(config: &Config, destination: &str, topics: &[Topic], more: &[(String, TopicRole, i32)]) -> Result<String, Failure> {
+    let kafka = &config.kafka;
+    let side = naming::side_topic(&kafka.topic_prefix, destination);
+    let admin = Admin::new(kafka)?;
+    let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
+    let counts = admin.partition_counts(&names).await?;
+    let partitions = names.iter().find_map(|n| counts.get(n).copied()).unwrap_or(kafka.partitions);
+    let mut wanted = vec![(side.clone(), TopicRole::Side, partitions)];
+    wanted.extend_from_slice(more);
+    admin.ensure(&wanted).await?;
+    Ok(side)
 }

@@ -1,6 +1,7 @@
 //! The sink service against the real broker: delivery, back-pressure, rebalances and kills; the
 //! order guard under replays, side records and compaction.
 
+mod backfill;
 mod common;
 mod compaction;
 mod delivery;

@@ -32,7 +32,7 @@ use std::process::ExitCode;
 
 use sluice_core::config::Config;
 use sluice_core::naming;
-use sluice_kafka::admin::{Admin, TopicRole};
+use sluice_kafka::admin::TopicRole;
 use sluice_kafka::producer::TransactionalProducer;
 use tracing::Instrument;
 
@@ -233,13 +233,8 @@ async fn show(context: &Context, only: Option<LetterId>, limit: usize, show_valu
 /// an earlier one of the same destination), with the side and ledger topics in place.
 async fn producer(context: &Context) -> Result<(TransactionalProducer, String), Failure> {
     let kafka = &context.config.kafka;
-    let side = naming::side_topic(&kafka.topic_prefix, &context.destination);
-    let admin = Admin::new(kafka)?;
-    let names: Vec<String> = context.topics.iter().map(|t| t.name.clone()).collect();
-    let counts = admin.partition_counts(&names).await?;
-    // The side topic has its change topics' partition count (the sink checks it, `sluice_sink::side`).
-    let partitions = names.iter().find_map(|n| counts.get(n).copied()).unwrap_or(kafka.partitions);
-    admin.ensure(&[(side.clone(), TopicRole::Side, partitions), (context.ledger_topic(), TopicRole::Compacted, 1)]).await?;
+    let ledger = (context.ledger_topic(), TopicRole::Compacted, 1);
+    let side = scope::ensure_side_topic(&context.config, &context.destination, &context.topics, &[ledger]).await?;
     let id = naming::dead_letter_ledger_transactional_id(&kafka.topic_prefix, &context.destination);
     Ok((TransactionalProducer::new(kafka, &id).await?, side))
 }
