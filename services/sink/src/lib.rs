@@ -50,6 +50,7 @@
 //!   on every assignment (`SinkContext::post_rebalance`); `offset_list` carries a replay's
 //!   frontier on every commit below it.
 
+mod breaker;
 #[cfg(test)]
 mod config_fuzz;
 mod dead_letters;
@@ -432,6 +433,7 @@ fn build_deliverer(
         concurrency: limits::AdaptiveConcurrency::new(dest.max_concurrency),
         shutdown: lane_stop,
         clock: deliver::system_clock,
+        breaker: Arc::new(breaker::Breaker::new(&dest.dead_letter_breaker)),
     };
     Ok((deliverer, batch_limits))
 }

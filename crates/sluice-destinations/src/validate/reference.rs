@@ -13,7 +13,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use sluice_core::config::{
-    Config, ConsentRule, ConstantValue, Detection, Gates, KafkaConfig, ModelConfig, RateLimitConfig, RetryConfig, SecretRef, SyncConfig, TemplateText,
+    Config, ConsentRule, ConstantValue, DeadLetterBreakerConfig, Detection, Gates, KafkaConfig, ModelConfig, RateLimitConfig, RetryConfig, SecretRef, SyncConfig, TemplateText,
     TransformedColumn, WarehouseConfig, COMMON_KEYS,
 };
 
@@ -81,6 +81,7 @@ fn accepted() -> BTreeMap<String, Vec<String>> {
     sections.insert("destinations".into(), COMMON_KEYS.iter().map(|k| k.to_string()).collect());
     sections.insert("retries".into(), owned(fields_of::<RetryConfig>()));
     sections.insert("rate-limits".into(), owned(fields_of::<RateLimitConfig>()));
+    sections.insert("dead-letter-breaker".into(), owned(fields_of::<DeadLetterBreakerConfig>()));
     sections.insert("syncs".into(), owned(fields_of::<SyncConfig>()));
     sections.insert("consent".into(), owned(fields_of::<ConsentRule>()));
     let mut sources = owned(fields_of::<TransformedColumn>());

@@ -2,6 +2,7 @@
 //! order guard under replays, side records and compaction.
 
 mod backfill;
+mod breaker;
 mod common;
 mod compaction;
 mod delivery;
