@@ -10,6 +10,21 @@ pub fn dead_letter_topic(prefix: &str, destination: &str) -> String {
     format!("{prefix}.dlq.{destination}")
 }
 
+/// Dead-letter ledger of one destination: `<prefix>.dlq_ledger.<destination>`. Compacted, one
+/// record per dead letter that an operator acted on (redriven, superseded, purged), keyed by the
+/// dead letter's `partition:offset`: the dead-letter topic itself is append-only, so what was
+/// done to its records is recorded here (`sluice dlq`, docs/operations.md).
+pub fn dead_letter_ledger_topic(prefix: &str, destination: &str) -> String {
+    format!("{prefix}.dlq_ledger.{destination}")
+}
+
+/// Transactional id of `sluice dlq redrive|purge` for one destination. One per destination, so
+/// two operators acting on the same dead letters at once fence each other instead of both
+/// redriving them.
+pub fn dead_letter_ledger_transactional_id(prefix: &str, destination: &str) -> String {
+    format!("{prefix}.dlq_ledger.{destination}")
+}
+
 /// Side topic of one destination: `<prefix>.side.<destination>`. Records that are not part of
 /// the live change stream but must reach the destination in order with it (a backfill, a
 /// dead-letter redrive) are produced here, each naming the change it carries in its headers; the

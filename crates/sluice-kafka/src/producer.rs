@@ -20,6 +20,9 @@ use crate::{client_config, KafkaError};
 #[derive(Debug, Clone)]
 pub struct OutRecord {
     pub topic: String,
+    /// The partition to write to; `None`: the partitioner's choice by key (the change topics'
+    /// rule). Side records name theirs (`crate::side`).
+    pub partition: Option<i32>,
     pub key: Option<Vec<u8>>,
     /// `None` is a tombstone.
     pub payload: Option<Vec<u8>>,
@@ -81,6 +84,9 @@ impl TransactionalProducer {
         let mut deliveries = Vec::with_capacity(records.len());
         for record in &records {
             let mut future_record = FutureRecord::to(&record.topic).headers(record.headers.clone());
+            if let Some(partition) = record.partition {
+                future_record = future_record.partition(partition);
+            }
             if let Some(key) = &record.key {
                 future_record = future_record.key(key);
             }

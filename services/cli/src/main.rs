@@ -20,13 +20,26 @@
 //!   data contract) to `schemas/models/MODEL.avsc`; point `schema_contract` at it. With
 //!   `--writer DIR`: write the model's full key and value writer schemas instead (the exact
 //!   text published on the schema topic, for consumers in other languages; docs/consumers.md).
+//! - `sluice backfill --destination NAME [--model MODEL] [--rate N] [--json] --config FILE`:
+//!   send the current state of every row of the destination's change topics through its side
+//!   topic, at most N records/s, while the live sync runs; the sink's order guard keeps every key
+//!   moving forwards (exit 0 done, 1 error, 2 config, 130 interrupted; docs/operations.md).
+//! - `sluice dlq list|show|redrive|purge --destination NAME [--error-class C] [--since T]
+//!   [--until T] [--key JSON] [--json] --config FILE`: the dead letters of one destination;
+//!   redrive re-sends them through its side topic, never moving a key backwards, never twice;
+//!   purge is recorded in a ledger (exit 0 done, 1 error, 2 config, 3 `show` found nothing;
+//!   docs/operations.md).
 //! - `sluice replay --destination NAME --to earliest|latest|TIME|TOPIC:PARTITION:OFFSET
 //!   [--model MODEL] [--execute [--force [--wait-secs N]]] [--json] --config FILE`: move one
 //!   destination's consumer group so its sink re-applies (or skips) changes; shows the plan and
 //!   changes nothing without `--execute` (exit 0 done, 1 error, 2 config, 4 live members refused;
 //!   docs/operations.md).
 
+mod backfill;
+mod dlq;
+mod failure;
 mod replay;
+mod scope;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -110,6 +123,31 @@ enum Command {
         json: bool,
         #[arg(long, env = "SLUICE_CONFIG", default_value = "sluice.toml")]
         config: PathBuf,
+    },
+    /// Send the current state of every row to one destination through its side topic, at a
+    /// bounded rate, while the live sync runs. Exit codes: 0 done, 1 error, 2 bad config or
+    /// arguments, 130 interrupted.
+    Backfill {
+        /// The destination to bring up to date (a `[[destinations]]` name).
+        #[arg(long)]
+        destination: String,
+        /// Only the change topic of this model's sync.
+        #[arg(long)]
+        model: Option<String>,
+        /// Side records per second, at most (leave room for live traffic in the vendor's limit).
+        #[arg(long, default_value_t = std::num::NonZeroU32::new(backfill::DEFAULT_RATE).expect("non-zero"))]
+        rate: std::num::NonZeroU32,
+        /// The summary (and any error) as JSON on stdout, for scripts; no progress bar.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "SLUICE_CONFIG", default_value = "sluice.toml")]
+        config: PathBuf,
+    },
+    /// The dead letters of one destination: list, show, redrive, purge. Exit codes: 0 done, 1
+    /// error, 2 bad config or arguments, 3 `show` found nothing.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
     },
     /// Print records POSTed to /hook (the webhook destination's JSON batches).
     DemoReceiver {
@@ -277,6 +315,8 @@ async fn main() -> std::process::ExitCode {
             let request = replay::Request { destination, target: to, model, execute, force, wait: std::time::Duration::from_secs(wait_secs), json };
             replay::run(config, request).await
         }
+        Command::Backfill { destination, model, rate, json, config } => backfill::run(config, backfill::Request { destination, model, rate, json }).await,
+        Command::Dlq { command } => dlq::run(command).await,
         Command::DemoReceiver { listen } => match demo_receiver(listen).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(error) => {

@@ -25,17 +25,15 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sluice_core::config::{Config, SyncMode};
+use sluice_core::config::Config;
 use sluice_core::naming;
 use sluice_kafka::compacted::{scan, Range};
 use sluice_kafka::groups::{self, CommitError, Committed, NewOffset, Partition};
-use sluice_kafka::KafkaError;
 use sluice_sink::{predict_replay, ReplayCounts};
 
-/// Exit code: a bad config or bad arguments.
-const EXIT_CONFIG: u8 = 2;
-/// Exit code: the group has live members.
-const EXIT_LIVE_MEMBERS: u8 = 4;
+use crate::failure::Failure;
+use crate::scope::{self, Topic};
+
 /// How long one read of a partition may take while planning.
 const READ_DEADLINE: Duration = Duration::from_secs(3600);
 
@@ -102,42 +100,6 @@ pub(crate) struct Request {
     pub json: bool,
 }
 
-/// Why the command stopped, with its exit code.
-#[derive(Debug)]
-enum Failure {
-    Config(String),
-    Refused(String),
-    Error(String),
-}
-
-impl Failure {
-    fn code(&self) -> u8 {
-        match self {
-            Failure::Config(_) => EXIT_CONFIG,
-            Failure::Refused(_) => EXIT_LIVE_MEMBERS,
-            Failure::Error(_) => 1,
-        }
-    }
-
-    fn message(&self) -> &str {
-        match self {
-            Failure::Config(m) | Failure::Refused(m) | Failure::Error(m) => m,
-        }
-    }
-}
-
-impl From<KafkaError> for Failure {
-    fn from(error: KafkaError) -> Failure {
-        Failure::Error(error.to_string())
-    }
-}
-
-/// One change topic of the destination: its name and whether its sync supersedes (not `append`).
-struct Topic {
-    name: String,
-    supersede: bool,
-}
-
 /// The move of one partition.
 #[derive(Debug, Clone)]
 struct PartitionPlan {
@@ -165,9 +127,9 @@ struct Report {
 
 /// Run `sluice replay` with the config at `config_path`.
 pub(crate) async fn run(config_path: std::path::PathBuf, request: Request) -> ExitCode {
-    let config = match Config::load(&config_path) {
+    let config = match scope::load(&config_path) {
         Ok(config) => config,
-        Err(error) => return fail(&request, &Failure::Config(error.to_string())),
+        Err(failure) => return failure.exit(request.json),
     };
     let json = request.json;
     let outcome = {
@@ -183,16 +145,8 @@ pub(crate) async fn run(config_path: std::path::PathBuf, request: Request) -> Ex
             }
             ExitCode::SUCCESS
         }
-        Err(failure) => fail(&request, &failure),
+        Err(failure) => failure.exit(json),
     }
-}
-
-fn fail(request: &Request, failure: &Failure) -> ExitCode {
-    eprintln!("error: {}", failure.message());
-    if request.json {
-        println!("{}", json!({ "error": failure.message(), "exit_code": failure.code() }));
-    }
-    ExitCode::from(failure.code())
 }
 
 /// Plan, and with `--execute` move the group. Blocking.
@@ -209,36 +163,14 @@ fn replay(config: &Config, request: &Request) -> Result<Report, Failure> {
     Ok(Report { group, partitions, executed: request.execute })
 }
 
-/// The destination's change topics (of `--model`'s sync only, when given); a clear error for a
-/// destination or model that does not exist or is not synced there.
+/// The destination's change topics (of `--model`'s sync only, when given); the `--to` topic
+/// must be one of them.
 fn topics(config: &Config, request: &Request) -> Result<Vec<Topic>, Failure> {
-    let destination = &request.destination;
-    if config.destination(destination).is_none() {
-        let known: Vec<&str> = config.destinations.iter().map(|d| d.name.get_ref().as_str()).collect();
-        return Err(Failure::Config(format!("destination {destination:?} is not in the config (its destinations: {})", known.join(", "))));
-    }
-    let syncs: Vec<_> = config.syncs_to(destination).collect();
-    let models: Vec<&str> = syncs.iter().map(|s| s.model.get_ref().as_str()).collect();
-    if let Some(model) = &request.model {
-        if config.model(model).is_none() {
-            return Err(Failure::Config(format!("model {model:?} is not in the config")));
-        }
-        if !models.contains(&model.as_str()) {
-            return Err(Failure::Config(format!("model {model:?} has no sync to destination {destination:?} (its models: {})", models.join(", "))));
-        }
-    }
-    let topics: Vec<Topic> = syncs
-        .iter()
-        .filter(|s| request.model.as_ref().is_none_or(|m| m == s.model.get_ref()))
-        .map(|s| Topic { name: naming::change_topic(&config.kafka.topic_prefix, s.model.get_ref()), supersede: s.mode() != SyncMode::Append })
-        .collect();
-    if topics.is_empty() {
-        return Err(Failure::Config(format!("no [[syncs]] deliver to destination {destination:?}")));
-    }
+    let topics = scope::destination_topics(config, &request.destination, request.model.as_deref())?;
     if let Target::Offset { topic, .. } = &request.target {
         if !topics.iter().any(|t| &t.name == topic) {
             let names: Vec<&str> = topics.iter().map(|t| t.name.as_str()).collect();
-            return Err(Failure::Config(format!("--to names topic {topic:?}, which is not a change topic of destination {destination:?} (its topics: {})", names.join(", "))));
+            return Err(Failure::Config(format!("--to names topic {topic:?}, which is not a change topic of destination {:?} (its topics: {})", request.destination, names.join(", "))));
         }
     }
     Ok(topics)

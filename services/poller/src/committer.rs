@@ -97,6 +97,7 @@ impl Committer {
             for published in &self.schemas {
                 records.push(OutRecord {
                     topic: self.schema_topic.clone(),
+                    partition: None,
                     key: Some(published.fingerprint.clone().into_bytes()),
                     payload: Some(published.json.clone().into_bytes()),
                     headers: headers::owned([]),
@@ -105,6 +106,7 @@ impl Committer {
         }
         records.push(OutRecord {
             topic: self.state_topic.clone(),
+            partition: None,
             key: Some(new_state.model.as_bytes().to_vec()),
             payload: Some(encode_state(&new_state)?),
             headers: headers::owned([(headers::RUN_ID, new_state.run_id.as_str())]),

@@ -86,10 +86,11 @@ impl<'a> ChangeWriter<'a> {
             pairs.push((EXPIRES_AT_HEADER, expires_at));
         }
         let mut records =
-            vec![OutRecord { topic: self.topic.clone(), key: Some(key.clone()), payload: Some(value), headers: headers::owned(pairs) }];
+            vec![OutRecord { topic: self.topic.clone(), partition: None, key: Some(key.clone()), payload: Some(value), headers: headers::owned(pairs) }];
         if op == Op::Delete {
             records.push(OutRecord {
                 topic: self.topic.clone(),
+                partition: None,
                 key: Some(key),
                 payload: None,
                 headers: headers::owned([(headers::RUN_ID, self.run_id.as_str()), (headers::OP, "d")]),

@@ -38,6 +38,7 @@ use sluice_destinations::{DeliveryError, Destination, OutboundRecord, RecordFail
 use sluice_kafka::KafkaError;
 use tokio_util::sync::CancellationToken;
 
+use crate::breaker::Breaker;
 use crate::dead_letters::{self, Attempts, Cause, DeadLetterSink, Failure};
 use crate::membership::{Pending, Presence};
 use crate::limits::{AdaptiveConcurrency, RateLimits};
@@ -52,6 +53,10 @@ pub enum SinkError {
     /// The destination refuses everything (credentials, endpoint): stop, dead-letter nothing.
     #[error("destination failed fatally: {message} (status {status:?})")]
     Fatal { message: String, status: Option<u16> },
+    /// The dead-letter circuit breaker tripped: the sink halts rather than dead-letter more
+    /// (`crate::breaker`).
+    #[error("dead-letter circuit breaker tripped: {0}; fix the cause (the destination's answers are in the dead letters: `sluice dlq list`), then restart the sink and redrive")]
+    Breaker(String),
     /// Kafka failed, including a dead-letter write that was not acknowledged.
     #[error(transparent)]
     Kafka(KafkaError),
@@ -109,6 +114,8 @@ pub(crate) struct Deliverer<D, L> {
     pub shutdown: CancellationToken,
     /// A field, not a call, so tests under paused time can read tokio's clock instead.
     pub clock: Clock,
+    /// Asked before every dead letter; shared by every lane of the destination.
+    pub breaker: Arc<Breaker>,
 }
 
 /// What the answer to one request means for the records it carried.
@@ -136,6 +143,7 @@ impl<D: Destination, L: DeadLetterSink> Deliverer<D, L> {
     pub(crate) async fn deliver(&self, messages: &[Arc<OwnedMessage>], records: &[OutboundRecord]) -> Result<(), Stop> {
         let refused = self.attempt(records, (0..records.len()).collect()).await?;
         self.count("delivered", (records.len() - refused.len()) as u64);
+        self.breaker.applied((records.len() - refused.len()) as u64);
         for (i, failure) in refused {
             self.dead_letter_refused(&messages[i], &failure).await.map_err(Stop::Failed)?;
         }
@@ -321,6 +329,14 @@ impl<D: Destination, L: DeadLetterSink> Deliverer<D, L> {
     }
 
     async fn dead_letter(&self, message: &OwnedMessage, failure: &Failure) -> Result<(), SinkError> {
+        if let Err(tripped) = self.breaker.admit() {
+            tracing::error!(
+                destination = %self.destination, topic = message.topic(), partition = message.partition(), offset = message.offset(), reason = %tripped.0,
+                "dead-letter circuit breaker tripped: the sink halts, nothing committed past this record"
+            );
+            metrics::counter!("sluice_sink_breaker_trips_total", "destination" => self.destination.clone()).increment(1);
+            return Err(SinkError::Breaker(tripped.0));
+        }
         let headers = dead_letters::context_headers(&self.destination, message, failure);
         self.dead_letters.write(dead_letters::letter(message, headers)).await.map_err(SinkError::Kafka)?;
         self.count("dead_lettered", 1);

@@ -70,6 +70,7 @@
 //!   change they carry; a process that does not receive every list partition stops
 //!   (`SinkContext::post_rebalance`).
 
+mod breaker;
 #[cfg(test)]
 mod config_fuzz;
 mod dead_letters;
@@ -550,6 +551,7 @@ fn build_deliverer(
         concurrency: limits::AdaptiveConcurrency::new(dest.max_concurrency),
         shutdown: lane_stop,
         clock: deliver::system_clock,
+        breaker: Arc::new(breaker::Breaker::new(&dest.dead_letter_breaker)),
     };
     Ok((deliverer, batch_limits))
 }

@@ -150,6 +150,7 @@ pub(crate) fn deliverer(retry: RetryConfig, answers: impl IntoIterator<Item = An
         concurrency: AdaptiveConcurrency::new(4),
         shutdown: CancellationToken::new(),
         clock: paused_clock,
+        breaker: Arc::new(crate::breaker::Breaker::new(&sluice_core::config::DeadLetterBreakerConfig::default())),
     }
 }
 

@@ -96,6 +96,12 @@ pub const RETRY_STATUS: Bounded = range(400.0, 599.0, "retry_on_statuses = [409]
 pub const REQUESTS_PER_SECOND: Bounded = range(1.0 / 86_400.0, 1_000_000.0, "rate_limit = { requests_per_second = 10 }");
 /// `rate_limit.records_per_second`: at least one (a window holds whole records).
 pub const RECORDS_PER_SECOND: Bounded = range(1.0, 1_000_000_000.0, "rate_limit = { records_per_second = 1000 }");
+/// `dead_letter_breaker.max_consecutive`: 0 (no limit) up to a billion.
+pub const BREAKER_MAX_CONSECUTIVE: Bounded = range(0.0, 1_000_000_000.0, "dead_letter_breaker = { max_consecutive = 1000 }");
+/// `dead_letter_breaker.max_ratio`: a share; 1 is no limit.
+pub const BREAKER_MAX_RATIO: Bounded = range(0.0, 1.0, "dead_letter_breaker = { max_ratio = 0.5 }");
+/// `dead_letter_breaker.window_records`: the window is held in memory, one bit-sized entry each.
+pub const BREAKER_WINDOW_RECORDS: Bounded = range(1.0, 10_000_000.0, "dead_letter_breaker = { window_records = 1000 }");
 /// A destination kind's `timeout_ms`: up to 10 minutes per request.
 pub const TIMEOUT_MS: Bounded = range(1.0, 600_000.0, "timeout_ms = 10000");
 /// A destination kind's waits named by the vendor's behaviour (`ten_secondly_backoff_ms`):

@@ -54,3 +54,25 @@ pub struct RateLimitConfig {
     /// Records per second, at most, in any one-second window.
     pub records_per_second: Option<f64>,
 }
+
+/// The dead-letter circuit breaker of a destination: the sink halts (not ready, nothing more
+/// dead-lettered or committed) instead of pouring a stream into the dead-letter topic, e.g.
+/// after a mapping change the destination refuses for every record.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterBreakerConfig {
+    /// Dead letters in a row (no record applied between them) the sink writes at most; the next
+    /// one halts it instead. 0: no limit.
+    pub max_consecutive: u64,
+    /// Share of dead letters among the last `window_records` finished records (applied or
+    /// dead-lettered) above which the sink halts, judged once the window is full. 1.0: no limit.
+    pub max_ratio: f64,
+    /// The window of `max_ratio`, in finished records.
+    pub window_records: u64,
+}
+
+impl Default for DeadLetterBreakerConfig {
+    fn default() -> Self {
+        DeadLetterBreakerConfig { max_consecutive: 1_000, max_ratio: 0.5, window_records: 1_000 }
+    }
+}

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::defaults;
-use super::delivery::{RateLimitConfig, RetryConfig};
+use super::delivery::{DeadLetterBreakerConfig, RateLimitConfig, RetryConfig};
 
 /// A destination: where one sink service delivers.
 #[derive(Debug, Clone)]
@@ -43,6 +43,8 @@ pub struct DestinationConfig {
     pub max_buffered_records: usize,
     /// The destination's rate limits; never exceeded, used fully.
     pub rate_limit: RateLimitConfig,
+    /// When the sink halts rather than dead-letter more.
+    pub dead_letter_breaker: DeadLetterBreakerConfig,
     /// The kind's table (`[destinations.<kind>]`), unparsed.
     pub kind: KindTable,
     /// Where each common key is written, so an error about one names its line.
@@ -59,7 +61,7 @@ impl DestinationConfig {
 
 /// The common keys of a `[[destinations]]` entry; any other key must be the kind's table.
 pub const COMMON_KEYS: &[&str] =
-    &["name", "batch_max_records", "batch_linger_ms", "retry", "batch_max_bytes", "max_concurrency", "max_buffered_records", "rate_limit"];
+    &["name", "batch_max_records", "batch_linger_ms", "retry", "batch_max_bytes", "max_concurrency", "max_buffered_records", "rate_limit", "dead_letter_breaker"];
 
 /// A destination kind's table as written: its name, where it is, and each top-level key and
 /// value with their places, so the kind's parser can say which line is wrong.
@@ -194,6 +196,7 @@ impl<'de> de::Visitor<'de> for EntryVisitor {
         let mut max_concurrency = None;
         let mut max_buffered_records = None;
         let mut rate_limit = None;
+        let mut dead_letter_breaker = None;
         let mut kind: Option<KindTable> = None;
         let mut keys = Vec::new();
         while let Some(key) = map.next_key::<Spanned<String>>()? {
@@ -209,6 +212,7 @@ impl<'de> de::Visitor<'de> for EntryVisitor {
                 "max_concurrency" => max_concurrency = Some(map.next_value()?),
                 "max_buffered_records" => max_buffered_records = Some(map.next_value()?),
                 "rate_limit" => rate_limit = Some(map.next_value()?),
+                "dead_letter_breaker" => dead_letter_breaker = Some(map.next_value()?),
                 _ => {
                     // The seed refuses (so toml gives the error this value's line): a non-table,
                     // or a second table.
@@ -232,6 +236,7 @@ impl<'de> de::Visitor<'de> for EntryVisitor {
             max_concurrency: max_concurrency.unwrap_or_else(defaults::max_concurrency),
             max_buffered_records: max_buffered_records.unwrap_or_else(defaults::max_buffered_records),
             rate_limit: rate_limit.unwrap_or_default(),
+            dead_letter_breaker: dead_letter_breaker.unwrap_or_default(),
             kind,
             keys,
         })

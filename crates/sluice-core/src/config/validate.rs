@@ -248,6 +248,15 @@ impl Config {
         if let Some(rate) = limits.records_per_second {
             self.check_number(at("rate_limit"), &what("rate_limit.records_per_second"), rate, bounds::RECORDS_PER_SECOND, "rate-limits")?;
         }
+        let breaker = &destination.dead_letter_breaker;
+        let numbers = [
+            ("dead_letter_breaker.max_consecutive", breaker.max_consecutive as f64, bounds::BREAKER_MAX_CONSECUTIVE),
+            ("dead_letter_breaker.max_ratio", breaker.max_ratio, bounds::BREAKER_MAX_RATIO),
+            ("dead_letter_breaker.window_records", breaker.window_records as f64, bounds::BREAKER_WINDOW_RECORDS),
+        ];
+        for (key, value, bound) in numbers {
+            self.check_number(at("dead_letter_breaker"), &what(key), value, bound, "dead-letter-breaker")?;
+        }
         Ok(())
     }
 

@@ -13,8 +13,8 @@ use std::fmt;
 
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use sluice_core::config::{
-    Config, ConsentRule, ConstantValue, Detection, Expire, Gates, IdentifierConfig, KafkaConfig, ModelConfig, RateLimitConfig, RetryConfig, SecretRef,
-    SuppressionListConfig, SyncConfig, TemplateText, TransformedColumn, WarehouseConfig, COMMON_KEYS,
+    Config, ConsentRule, ConstantValue, DeadLetterBreakerConfig, Detection, Expire, Gates, IdentifierConfig, KafkaConfig, ModelConfig, RateLimitConfig, RetryConfig,
+    SecretRef, SuppressionListConfig, SyncConfig, TemplateText, TransformedColumn, WarehouseConfig, COMMON_KEYS,
 };
 
 /// The field names serde knows for `T`, a struct deriving `Deserialize`.
@@ -82,6 +82,7 @@ fn accepted() -> BTreeMap<String, Vec<String>> {
     sections.insert("destinations".into(), COMMON_KEYS.iter().map(|k| k.to_string()).collect());
     sections.insert("retries".into(), owned(fields_of::<RetryConfig>()));
     sections.insert("rate-limits".into(), owned(fields_of::<RateLimitConfig>()));
+    sections.insert("dead-letter-breaker".into(), owned(fields_of::<DeadLetterBreakerConfig>()));
     sections.insert("syncs".into(), owned(fields_of::<SyncConfig>()));
     sections.insert("consent".into(), owned(fields_of::<ConsentRule>()));
     sections.insert("suppression-lists".into(), owned(fields_of::<SuppressionListConfig>()));
