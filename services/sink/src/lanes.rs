@@ -185,6 +185,7 @@ impl<D: Destination, L: DeadLetterSink> LaneContext<D, L> {
         }
         let outcome = if batch.is_empty() { Ok(()) } else { self.deliverer.deliver(&batch.messages, &batch.records).instrument(span).await };
         if outcome.is_ok() {
+            crate::telemetry::coalesced(&self.destination, batch.superseded.len());
             self.shared.finish(batch.messages.iter().chain(&batch.superseded).map(Arc::as_ref));
         }
         self.shared.buffered.fetch_sub(count, Ordering::SeqCst);
@@ -290,7 +291,7 @@ mod tests {
             }
             let mut batch = Batch::new();
             for offset in 0..2 {
-                cx.shared.tracker.lock().unwrap().register("t", 0, offset);
+                cx.shared.tracker.lock().unwrap().register("t", 0, offset, 0);
                 cx.shared.buffered.fetch_add(1, Ordering::SeqCst);
                 batch.push(item(&format!("k{offset}"), offset));
             }

@@ -44,11 +44,13 @@
 mod config_fuzz;
 mod dead_letters;
 mod deliver;
+mod lag;
 mod lanes;
 mod limits;
 mod mapping;
 mod offsets;
 mod schemas;
+mod telemetry;
 #[cfg(test)]
 mod testing;
 mod transform;
@@ -81,18 +83,25 @@ use crate::offsets::Partition;
 /// How long a revocation waits for in-flight records of the revoked partitions. Below the
 /// default session timeout (45 s) so the group never evicts us while we wait.
 const REVOKE_DRAIN: Duration = Duration::from_secs(15);
-/// How long SIGTERM waits for lanes to finish what they hold.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long SIGTERM waits for lanes to finish what they hold. Public so deployment manifests
+/// can be checked against it: an orchestrator's grace period must be longer.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// How long the buffer may stay full before the partitions are paused ([`BackPressure`]).
 const PAUSE_AFTER: Duration = Duration::from_secs(5);
 
-/// Commits finished offsets of partitions being revoked, inside librdkafka's rebalance callback.
+/// Commits finished offsets of partitions being revoked, inside librdkafka's rebalance callback,
+/// and turns librdkafka's statistics into the consumer-lag gauges ([`lag`]).
 struct SinkContext {
     shared: Arc<Shared>,
+    destination: String,
 }
 
-impl ClientContext for SinkContext {}
+impl ClientContext for SinkContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        lag::observe(&self.destination, &statistics, &self.shared.tracker.lock().expect("tracker lock"), deliver::system_clock());
+    }
+}
 
 impl ConsumerContext for SinkContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -250,7 +259,8 @@ impl Sink {
 
     /// Register a consumed message as in flight and hand it to its key's lane.
     fn dispatch(&self, message: &BorrowedMessage<'_>) -> Result<(), SinkError> {
-        self.shared.tracker.lock().expect("tracker lock").register(message.topic(), message.partition(), message.offset());
+        let timestamp_ms = message.timestamp().to_millis().unwrap_or_else(deliver::system_clock);
+        self.shared.tracker.lock().expect("tracker lock").register(message.topic(), message.partition(), message.offset(), timestamp_ms);
         self.shared.buffered.fetch_add(1, Ordering::SeqCst);
         // Decoding and mapping happen in the lane, so they use every core; the key picks the
         // lane, so per-key order holds.
@@ -351,7 +361,8 @@ fn subscribe(
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "false")
-        .create_with_context(SinkContext { shared: Arc::clone(shared) })
+        .set("statistics.interval.ms", lag::STATS_INTERVAL_MS.to_string())
+        .create_with_context(SinkContext { shared: Arc::clone(shared), destination: destination.to_string() })
         .map_err(|e| SinkError::Kafka(sluice_kafka::KafkaError::Fatal { operation: "create consumer", source: e }))?;
     let topics: Vec<&str> = syncs.keys().map(String::as_str).collect();
     consumer

@@ -71,6 +71,7 @@ impl Between<'_> {
     /// After a poll that caught up: reconcile if due, then wait until the next run is due or
     /// requested. False on shutdown.
     async fn caught_up<W: Warehouse>(&mut self, ctx: &mut ModelContext<'_, W>) -> Result<bool, ModelError> {
+        crate::telemetry::run_succeeded(ctx.name());
         self.reconciler.run_if_due(ctx).await?;
         Ok(self.schedule.wait(self.shutdown).await)
     }
