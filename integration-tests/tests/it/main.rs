@@ -7,6 +7,7 @@
 //! Filter by area as usual: `cargo test -p sluice-integration-tests --test it poller::cursor`.
 
 mod destinations;
+mod ops;
 mod outside_decoder;
 mod poller;
 mod sink;

@@ -11,6 +11,8 @@
 //!   backwards.
 //! - `sluice_poller_runs_total{model,outcome}` counts every run's end once: `success`, or the
 //!   class of the error that ended its loop's incarnation (`retryable_error`, `fatal_error`).
+//! - `sluice_poller_model_stopped{model}`: 1 once a fatal error stopped the model (it runs no
+//!   more until the poller restarts), 0 from the time it opened: the poller's `sluice_sink_stopped`.
 //! - `sluice_poller_schedule_interval_seconds{model}`: how often runs are due (the interval, or
 //!   the gap between a cron expression's next two times), what the freshness alert's threshold is
 //!   a multiple of.
@@ -60,11 +62,15 @@ pub fn run_succeeded(model: &str) {
 /// A run of `model` ended with an error (the model loop logs it with its delay or stops).
 pub fn run_failed(model: &str, outcome: Outcome) {
     count_run(model, outcome);
+    if outcome == Outcome::FatalError {
+        metrics::gauge!("sluice_poller_model_stopped", "model" => model.to_string()).set(1.0);
+    }
 }
 
 /// `model` opened with `committed_at_ms` as its last committed transaction (0: never): the
 /// freshness clock starts there rather than being absent until the first run succeeds.
 pub fn model_opened(model: &str, committed_at_ms: i64) {
+    metrics::gauge!("sluice_poller_model_stopped", "model" => model.to_string()).set(0.0);
     if committed_at_ms > 0 {
         advance_last_success(model, committed_at_ms);
     }
