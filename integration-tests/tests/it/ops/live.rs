@@ -14,10 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_core::naming;
 use sluice_integration_tests::receiver::{self, Behaviour, Reply};
 use sluice_integration_tests::suppression::{redis_url, require_redis};
-use sluice_integration_tests::{binary, eventually, kafka_bootstrap, postgres_url, read_topic, require_kafka, require_postgres, telemetry, unique};
+use sluice_integration_tests::{binary, eventually, kafka_bootstrap, postgres_url, require_kafka, require_postgres, telemetry, unique};
 
 use super::{alert_rules, dashboard_exprs, histograms, metrics_doc, promql_metrics, Exported, Scrape, Service};
 
@@ -68,7 +67,9 @@ async fn scrape(port: u16) -> Scrape {
     Scrape::parse(&get(&format!("http://127.0.0.1:{port}/metrics")).await.unwrap_or_default())
 }
 
-fn config_text(prefix: &str, table: &str, hook: &str) -> String {
+/// `wd` is the `warehouse_diff` model's name: unique per run, since its kept snapshot lives in
+/// the warehouse (`sluice_state.<model>_snapshot`) and would outlive the test.
+fn config_text(prefix: &str, table: &str, hook: &str, wd: &str) -> String {
     format!(
         r#"
 [kafka]
@@ -96,7 +97,7 @@ detection = {{ mode = "diff" }}
 poll_interval_ms = 500
 
 [[models]]
-name = "customers_wd"
+name = "{wd}"
 table = "{table}"
 primary_key = ["id"]
 columns = ["id", "email"]
@@ -133,7 +134,7 @@ mode = "upsert"
 fields = {{ email = "email" }}
 
 [[syncs]]
-model = "customers_wd"
+model = "{wd}"
 destination = "crm"
 mode = "upsert"
 fields = {{ email = "email" }}
@@ -186,7 +187,8 @@ async fn metrics_doc_dashboard_and_rules_match_a_live_poller_and_sinks() {
     let dir = std::env::temp_dir().join(unique("sluice-it-ops"));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("sluice.toml");
-    std::fs::write(&config, config_text(&prefix, &table, &hook)).unwrap();
+    let wd = unique("it_ops_wd");
+    std::fs::write(&config, config_text(&prefix, &table, &hook, &wd)).unwrap();
     let log = |name: &str| Stdio::from(std::fs::File::create(dir.join(name)).unwrap());
     let started = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
 
@@ -201,10 +203,18 @@ async fn metrics_doc_dashboard_and_rules_match_a_live_poller_and_sinks() {
 
     // Two changes of row 2 on the topic before the sinks start: one batch coalesces them. Only
     // `name` changes, which only the cursor model reads: the diff models' counts stay exact.
-    let topic = naming::change_topic(&prefix, "customers");
-    eventually("the first snapshot of customers on its topic", WAIT, || read_topic(&topic).len() >= 10).await;
+    // The poller's own count of committed events says when they are on the topic.
+    let committed = |op: &'static str| async move { scrape(poller_ops).await.value("sluice_poller_events_total", &["model=\"customers\"", op]).unwrap_or(0.0) };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while committed("op=\"r\"").await < 10.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the first snapshot of customers committed (logs in {})", dir.display());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     db.execute(&format!("UPDATE {table} SET name = 'another name', updated_at = clock_timestamp() WHERE id = 2"), &[]).await.unwrap();
-    eventually("the update of row 2 on its topic", WAIT, || read_topic(&topic).len() >= 11).await;
+    while committed("op=\"u\"").await < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the update of row 2 committed (logs in {})", dir.display());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let (crm_ops, site_ops) = (free_port(), free_port());
     for (destination, port) in [("crm", crm_ops), ("site", site_ops)] {
@@ -224,8 +234,9 @@ async fn metrics_doc_dashboard_and_rules_match_a_live_poller_and_sinks() {
         let mut redis = redis.clone();
         async move { redis::cmd("SCARD").arg(&set_key).query_async::<i64>(&mut redis).await.unwrap() }
     };
-    let ids = || received.records().iter().filter_map(|r| r["key"]["id"].as_i64()).collect::<std::collections::BTreeSet<_>>();
-    eventually("every row but the refused one at the webhook", WAIT, || ids().len() == 9).await;
+    // Both models' rows at the webhook, but row 4.
+    let ids = |model: &str| received.records().iter().filter(|r| r["model"] == model).filter_map(|r| r["key"]["id"].as_i64()).collect::<std::collections::BTreeSet<_>>();
+    eventually("every row but the refused one at the webhook", WAIT, || ids("customers").len() == 9 && ids(&wd).len() == 9).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while members(&mut redis).await != 9 {
         assert!(tokio::time::Instant::now() < deadline, "9 members in the Redis set (logs in {})", dir.display());
@@ -247,8 +258,9 @@ async fn metrics_doc_dashboard_and_rules_match_a_live_poller_and_sinks() {
         let (poller, crm, site) = (scrape(poller_ops).await, scrape(crm_ops).await, scrape(site_ops).await);
         let settled = poller.value("sluice_poller_reconcile_deletes_total", &["model=\"customers\""]) == Some(1.0)
             && poller.value("sluice_poller_duplicate_keys_total", &["model=\"dupes\""]).is_some()
-            && poller.value("sluice_poller_run_volatility_ratio", &["model=\"customers_wd\""]).is_some()
+            && poller.value("sluice_poller_run_volatility_ratio", &[&format!("model=\"{wd}\"")]).is_some()
             && poller.value("sluice_poller_run_volatility_ratio", &["model=\"customers_diff\""]).is_some()
+            && crm.value("sluice_sink_dead_letters_total", &[]) == Some(2.0)
             && [&crm, &site].iter().all(|s| s.value("sluice_sink_consumer_lag_records", &[]) == Some(0.0))
             && site.value("sluice_destination_audience_size", &[]) == Some(8.0);
         if settled {
@@ -259,16 +271,16 @@ async fn metrics_doc_dashboard_and_rules_match_a_live_poller_and_sinks() {
     };
     drop(processes);
 
-    check_semantics(&poller, &crm, &site, started);
+    check_semantics(&poller, &crm, &site, started, &wd);
     let sinks = Scrape::merge(&[&crm, &site]);
     check_doc(&poller, &sinks);
     check_dashboard_and_rules(&poller, &sinks);
 }
 
 /// What the sync-health metrics say is true of the run.
-fn check_semantics(poller: &Scrape, crm: &Scrape, site: &Scrape, started: f64) {
+fn check_semantics(poller: &Scrape, crm: &Scrape, site: &Scrape, started: f64, wd: &str) {
     let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
-    for model in ["customers", "customers_diff", "customers_wd"] {
+    for model in ["customers", "customers_diff", wd] {
         let label = format!("model=\"{model}\"");
         let success = poller.value("sluice_poller_last_success_timestamp_seconds", &[&label]).unwrap_or_else(|| panic!("{model}: no freshness"));
         assert!(success >= started && success <= now, "{model}: last success {success} within the run ({started}..{now})");
