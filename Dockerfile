@@ -12,11 +12,13 @@
 FROM rust:1.95-bookworm AS builder
 
 # rdkafka is built with `cmake-build` (librdkafka compiled from source): cmake, plus the
-# development headers librdkafka's build looks for.
+# development headers librdkafka's build looks for. libssl-dev: the `ssl` feature links the
+# system OpenSSL (TLS and SASL/SCRAM to the brokers); no libsasl2 (SCRAM is librdkafka's own).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
         cmake \
         libcurl4-openssl-dev \
+        libssl-dev \
         zlib1g-dev \
         pkg-config \
  && rm -rf /var/lib/apt/lists/*
@@ -43,10 +45,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 # ---------------------------------------------------------------------------------------------
 FROM debian:bookworm-slim AS runtime
 
-# ca-certificates: TLS to warehouses, brokers and destinations. curl: container healthchecks
+# ca-certificates: TLS to warehouses, brokers and destinations (the trust store a `[kafka] tls`
+# without `ca_file` uses). libssl3: the OpenSSL librdkafka links (Debian's, so security updates
+# come with the base image). curl: container healthchecks
 # (`curl -fsS http://localhost:9464/readyz`).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl \
+ && apt-get install -y --no-install-recommends ca-certificates curl libssl3 \
  && rm -rf /var/lib/apt/lists/*
 
 RUN groupadd --system --gid 10001 sluice \

@@ -6,15 +6,17 @@ set -euo pipefail
 . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
 
 # cmake/build-essential/pkg-config/zlib1g-dev: the build of rdkafka's bundled
-# librdkafka. libcurl4-openssl-dev: librdkafka 2.12's rdkafka_conf.c includes
-# <curl/curl.h> even when built WITH_CURL=0, so the header must exist.
+# librdkafka; libssl-dev: its `ssl` feature (TLS and SASL/SCRAM, linked to the system
+# OpenSSL; SCRAM needs no libsasl2). libcurl4-openssl-dev: librdkafka 2.12's rdkafka_conf.c
+# includes <curl/curl.h> even when built WITH_CURL=0, so the header must exist.
+# openssl (and the JDK's keytool, checked below) make the secured test broker's certificates.
 # prometheus: for its `promtool`, which the suite runs to check and unit-test the alert rules
 # (ops/prometheus/rules.yml; integration-tests/tests/it/ops/promtool.rs); the tests never start
 # the Prometheus server itself.
 apt_install \
     postgresql redis-server redis-tools \
     cmake build-essential pkg-config libssl-dev zlib1g-dev libcurl4-openssl-dev \
-    curl ca-certificates unzip python3 python3-venv \
+    curl ca-certificates openssl unzip python3 python3-venv \
     prometheus
 
 # Toolchains can't be fetched from outside the package registries here, so we
@@ -28,6 +30,7 @@ if [ -z "$java_major" ] || [ "$java_major" -lt 17 ]; then
     die "java ${java_major:-?} found at $(command -v java); Kafka 4.x needs 17+"
 fi
 log "java $java_major: ok ($(command -v java))"
+command -v keytool >/dev/null || die "keytool not found: it comes with the JDK/JRE (openjdk-17-jre-headless); ops/kafka-secure.sh needs it"
 
 command -v mvn >/dev/null || die "mvn not found: needed to fetch Kafka jars (apt-get install maven)"
 log "mvn: ok ($(command -v mvn))"

@@ -8,20 +8,42 @@
 #   ops/kafka.sh restart   stop + start (broker-restart tests use this)
 #   ops/kafka.sh status    exit 0 iff running and answering metadata requests
 #
+# KAFKA_INSTANCE picks the broker: `plain` (default), the PLAINTEXT broker every test uses, or
+# `secure`, a second broker with TLS and SASL_SSL listeners (ops/kafka-secure.sh sets it; the
+# listeners, certificates and SCRAM user are in ops/kafka/secure.sh). Each has its own state dir,
+# log and ports, so the two never disturb each other.
+#
 # Env: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_HEAP_OPTS,
 #      SLUICE_STATE_DIR, SLUICE_CACHE_DIR.
 set -euo pipefail
 . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
 
-STATE="$SLUICE_STATE_DIR/kafka"
+# What an instance adds to the plain broker; ops/kafka/secure.sh redefines these.
+NAME=kafka
+# Broker listeners besides CONTROLLER (all advertised), the inter-broker one, and their protocols.
+LISTENERS="PLAINTEXT://127.0.0.1:$KAFKA_PORT"
+INTER_BROKER_LISTENER=PLAINTEXT
+PROTOCOL_MAP="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+# Every port the instance binds, to refuse a start on a port someone else holds.
+PORTS="$KAFKA_PORT $KAFKA_CONTROLLER_PORT"
+instance_prepare() { :; }      # before the config is written (e.g. make certificates)
+instance_properties() { :; }   # extra server.properties lines
+instance_format_args() { :; }  # extra StorageTool format arguments, one per line
+case "${KAFKA_INSTANCE:-plain}" in
+    plain) ;;
+    secure) . "$OPS_DIR/kafka/secure.sh" ;;
+    *) die "KAFKA_INSTANCE=${KAFKA_INSTANCE} is neither plain nor secure" ;;
+esac
+
+STATE="$SLUICE_STATE_DIR/$NAME"
 DATA="$STATE/data"
 PROPS="$STATE/server.properties"
 PIDFILE="$STATE/kafka.pid"
 CLUSTER_ID_FILE="$STATE/cluster-id"
-LOGFILE="$SLUICE_LOG_DIR/kafka.log"
-# JVM stdout/stderr: normally near-empty (log4j writes kafka.log), but fatal JVM
+LOGFILE="$SLUICE_LOG_DIR/$NAME.log"
+# JVM stdout/stderr: normally near-empty (log4j writes $NAME.log), but fatal JVM
 # errors and bind failures before logging is up land here.
-OUTFILE="$SLUICE_LOG_DIR/kafka.out"
+OUTFILE="$SLUICE_LOG_DIR/$NAME.out"
 READY_TIMEOUT="${KAFKA_READY_TIMEOUT:-90}"
 
 fetch() {
@@ -58,11 +80,11 @@ process.roles=broker,controller
 node.id=1
 # Static single-voter quorum: needs no --standalone/dynamic-quorum bootstrap.
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=$LISTENERS,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=$LISTENERS
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name=$INTER_BROKER_LISTENER
+listener.security.protocol.map=$PROTOCOL_MAP
 log.dirs=$DATA
 num.partitions=3
 # One broker: every internal topic must make do with a single replica.
@@ -78,6 +100,7 @@ auto.create.topics.enable=false
 # Let compaction tests observe the cleaner within seconds rather than 15s.
 log.cleaner.backoff.ms=1000
 PROPS
+    instance_properties >>"$PROPS"
 }
 
 format_storage() {
@@ -90,13 +113,15 @@ format_storage() {
             kafka.tools.StorageTool random-uuid >"$CLUSTER_ID_FILE"
     fi
     cid="$(cat "$CLUSTER_ID_FILE")"
-    log "kafka: formatting storage in $DATA (cluster id $cid)"
+    log "$NAME: formatting storage in $DATA (cluster id $cid)"
+    local extra=()
+    mapfile -t extra < <(instance_format_args)
     # With a static controller.quorum.voters, Kafka 4.x rejects --standalone (that flag
     # is for dynamic quorums configured via controller.quorum.bootstrap.servers).
     if ! java -cp "$KAFKA_LIBS/*" -Dlog4j2.configurationFile="$OPS_DIR/kafka/tools-log4j2.properties" \
-            kafka.tools.StorageTool format --ignore-formatted -t "$cid" -c "$PROPS" >>"$OUTFILE" 2>&1; then
+            kafka.tools.StorageTool format --ignore-formatted -t "$cid" -c "$PROPS" "${extra[@]}" >>"$OUTFILE" 2>&1; then
         # A concurrent/previous format that already succeeded is fine.
-        [ -f "$DATA/meta.properties" ] || { tail -n 30 "$OUTFILE" >&2; die "kafka: storage format failed (log: $OUTFILE)"; }
+        [ -f "$DATA/meta.properties" ] || { tail -n 30 "$OUTFILE" >&2; die "$NAME: storage format failed (log: $OUTFILE)"; }
     fi
 }
 
@@ -110,52 +135,56 @@ answering() {
 # Print the log tail, then the last ERROR/FATAL lines: the tail is often a stack
 # trace or shutdown noise that hides the actual cause (e.g. a port bind failure).
 show_failure() {
-    log "kafka: last 30 lines of $LOGFILE:"
+    log "$NAME: last 30 lines of $LOGFILE:"
     tail -n 30 "$LOGFILE" >&2 || true
     tail -n 10 "$OUTFILE" >&2 || true
-    log "kafka: last errors in $LOGFILE:"
+    log "$NAME: last errors in $LOGFILE:"
     grep -E '^\[[^]]*\] (ERROR|FATAL) ' "$LOGFILE" 2>/dev/null | tail -n 5 >&2 || true
 }
 
 wait_ready() {
     local start=$SECONDS deadline=$((SECONDS + READY_TIMEOUT))
-    log "kafka: waiting up to ${READY_TIMEOUT}s for $KAFKA_BOOTSTRAP to answer metadata requests"
+    log "$NAME: waiting up to ${READY_TIMEOUT}s for $KAFKA_BOOTSTRAP to answer metadata requests"
     until answering; do
         if ! pid_alive "$PIDFILE" kafka.Kafka; then
-            log "kafka: process exited during startup"
+            log "$NAME: process exited during startup"
             show_failure
             exit 1
         fi
         if [ "$SECONDS" -ge "$deadline" ]; then
-            log "kafka: not ready after ${READY_TIMEOUT}s (pid $(cat "$PIDFILE") left running; ops/kafka.sh stop)"
+            log "$NAME: not ready after ${READY_TIMEOUT}s (pid $(cat "$PIDFILE") left running; ops/kafka.sh stop)"
             show_failure
             exit 1
         fi
         sleep 1
     done
-    log "kafka: ready on $KAFKA_BOOTSTRAP after $((SECONDS - start))s (log: $LOGFILE)"
+    log "$NAME: ready on $KAFKA_BOOTSTRAP after $((SECONDS - start))s (log: $LOGFILE)"
 }
 
 start() {
     if pid_alive "$PIDFILE" kafka.Kafka; then
         # Running (or still starting): don't launch a second one, just wait.
         if answering; then
-            log "kafka: already running (pid $(cat "$PIDFILE")) on $KAFKA_BOOTSTRAP (log: $LOGFILE)"
+            log "$NAME: already running (pid $(cat "$PIDFILE")) on $KAFKA_BOOTSTRAP (log: $LOGFILE)"
             return 0
         fi
-        log "kafka: pid $(cat "$PIDFILE") alive but not answering yet"
+        log "$NAME: pid $(cat "$PIDFILE") alive but not answering yet"
         wait_ready
         return 0
     fi
     rm -f "$PIDFILE"
-    if port_open 127.0.0.1 "$KAFKA_PORT"; then
-        die "kafka: port $KAFKA_PORT is in use by a process not started from $STATE (set KAFKA_PORT, or stop it)"
-    fi
+    local port
+    for port in $PORTS; do
+        if port_open 127.0.0.1 "$port"; then
+            die "$NAME: port $port is in use by a process not started from $STATE (set the port variables, or stop it)"
+        fi
+    done
     command -v java >/dev/null || die "java not found (need 17+)"
     fetch
+    instance_prepare
     write_config
     format_storage
-    log "kafka: starting broker+controller on $KAFKA_BOOTSTRAP (controller 127.0.0.1:$KAFKA_CONTROLLER_PORT), data $DATA"
+    log "$NAME: starting broker+controller on $KAFKA_BOOTSTRAP (controller 127.0.0.1:$KAFKA_CONTROLLER_PORT), data $DATA"
     # setsid: the broker must outlive this script and the shell/process group that
     # ran it. The inner bash records its own pid and then execs java, so the pid
     # file names the JVM itself whatever setsid does about forking.
@@ -163,7 +192,7 @@ start() {
     setsid nohup bash -c 'echo $$ >"$0"; exec "$@"' "$PIDFILE" \
         java ${KAFKA_HEAP_OPTS:--Xms256m -Xmx1g} -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
         -Djava.awt.headless=true \
-        -Dkafka.logs.dir="$SLUICE_LOG_DIR" \
+        -Dkafka.logs.dir="$SLUICE_LOG_DIR" -Dkafka.log.name="$NAME" \
         -Dlog4j2.configurationFile="$OPS_DIR/kafka/log4j2.properties" \
         -cp "$KAFKA_LIBS/*" kafka.Kafka "$PROPS" \
         >>"$OUTFILE" 2>&1 </dev/null 9>&- &
@@ -171,23 +200,23 @@ start() {
     # an early crash.
     local _
     for _ in $(seq 1 50); do [ -s "$PIDFILE" ] && break; sleep 0.1; done
-    log "kafka: pid $(cat "$PIDFILE" 2>/dev/null || echo '?'), log $LOGFILE, jvm output $OUTFILE"
+    log "$NAME: pid $(cat "$PIDFILE" 2>/dev/null || echo '?'), log $LOGFILE, jvm output $OUTFILE"
     wait_ready
 }
 
 stop() {
-    stop_pidfile kafka "$PIDFILE" 30 kafka.Kafka
+    stop_pidfile "$NAME" "$PIDFILE" 30 kafka.Kafka
 }
 
 status() {
     if pid_alive "$PIDFILE" kafka.Kafka && answering; then
-        log "kafka: running (pid $(cat "$PIDFILE")) on $KAFKA_BOOTSTRAP (log: $LOGFILE)"
+        log "$NAME: running (pid $(cat "$PIDFILE")) on $KAFKA_BOOTSTRAP (log: $LOGFILE)"
         return 0
     fi
     if pid_alive "$PIDFILE" kafka.Kafka; then
-        log "kafka: pid $(cat "$PIDFILE") alive but $KAFKA_BOOTSTRAP not answering (log: $LOGFILE)"
+        log "$NAME: pid $(cat "$PIDFILE") alive but $KAFKA_BOOTSTRAP not answering (log: $LOGFILE)"
     else
-        log "kafka: not running"
+        log "$NAME: not running"
     fi
     return 1
 }
@@ -198,7 +227,7 @@ status() {
 lock() {
     mkdir -p "$STATE"
     exec 9>"$STATE/.lock"
-    flock -w 180 9 || die "kafka: could not get $STATE/.lock within 180s"
+    flock -w 180 9 || die "$NAME: could not get $STATE/.lock within 180s"
 }
 
 case "${1:-}" in

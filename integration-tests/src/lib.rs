@@ -85,8 +85,12 @@ impl ReadRecord {
 
 /// Every committed record of `topic` (read_committed), up to its current end.
 pub fn read_topic(topic: &str) -> Vec<ReadRecord> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
+    read_topic_with(ClientConfig::new().set("bootstrap.servers", kafka_bootstrap()), topic)
+}
+
+/// [`read_topic`] with a client configuration of its own (another broker, security settings).
+pub fn read_topic_with(client: &mut ClientConfig, topic: &str) -> Vec<ReadRecord> {
+    let consumer: BaseConsumer = client
         .set("group.id", unique("it-reader"))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
@@ -159,6 +163,8 @@ pub struct Pipeline {
 /// destination and its `[destinations.webhook]` table.
 #[derive(Default)]
 pub struct Spec<'a> {
+    /// `[kafka] bootstrap_servers`; default [`kafka_bootstrap`].
+    pub bootstrap_servers: Option<&'a str>,
     /// TOML lines added to `[kafka]`.
     pub kafka_extra: &'a str,
     pub columns_sql: &'a str,
@@ -168,13 +174,17 @@ pub struct Spec<'a> {
     pub webhook_extra: &'a str,
     /// The `[[syncs]]` body after `model` and `destination`.
     pub sync: &'a str,
+    /// The model's `detection` table; default: cursor on `updated_at` with `created_at`.
+    pub detection: Option<&'a str>,
 }
 
 /// Create a table and a config for it; see [`Pipeline`].
 pub async fn pipeline(hook_url: &str, spec: Spec<'_>) -> Pipeline {
-    let Spec { kafka_extra, columns_sql, columns, model_extra, destination_extra, webhook_extra, sync } = spec;
+    let Spec { bootstrap_servers, kafka_extra, columns_sql, columns, model_extra, destination_extra, webhook_extra, sync, detection } = spec;
+    let detection = detection.unwrap_or(r#"{ mode = "cursor", cursor_column = "updated_at", created_column = "created_at" }"#);
     telemetry();
     require_kafka();
+    let kafka = bootstrap_servers.map_or_else(kafka_bootstrap, str::to_string);
     let db = require_postgres().await;
     let table = unique("it_customers");
     let prefix = unique("it");
@@ -197,7 +207,7 @@ name = "customers"
 table = "{table}"
 primary_key = ["id"]
 columns = [{columns}]
-detection = {{ mode = "cursor", cursor_column = "updated_at", created_column = "created_at" }}
+detection = {detection}
 poll_interval_ms = 200
 {model_extra}
 
@@ -213,17 +223,20 @@ model = "customers"
 destination = "crm"
 {sync}
 "#,
-        kafka = kafka_bootstrap(),
     );
     let config = std::sync::Arc::new(sluice_core::config::Config::parse("integration-test.toml", &text).expect("test config is valid"));
     Pipeline { config, text, table, prefix, db }
 }
 
 /// Path of a workspace binary built next to the test executables (`cargo build --bins`, which
-/// `ops/test.sh` runs before the tests).
+/// `ops/test.sh` runs before the tests), or in `SLUICE_TEST_BIN_DIR` when set (binaries copied
+/// aside, when other builds share the target dir and replace them).
 pub fn binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target profile directory");
+    let dir = match std::env::var_os("SLUICE_TEST_BIN_DIR") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => exe.parent().and_then(|deps| deps.parent()).expect("target profile directory").to_path_buf(),
+    };
     let path = dir.join(name);
     assert!(path.exists(), "{} is not built; run `cargo build --workspace --bins` first (ops/test.sh does)", path.display());
     path
@@ -241,11 +254,21 @@ pub fn start_sink(
     config: &std::sync::Arc<sluice_core::config::Config>,
     health: std::sync::Arc<sluice_telemetry::ops::Health>,
 ) -> (tokio_util::sync::CancellationToken, tokio::task::JoinHandle<Result<(), sluice_sink::SinkError>>) {
+    start_sink_of(config, "crm", health)
+}
+
+/// Run the sink of `destination` in-process until the returned token is cancelled.
+pub fn start_sink_of(
+    config: &std::sync::Arc<sluice_core::config::Config>,
+    destination: &str,
+    health: std::sync::Arc<sluice_telemetry::ops::Health>,
+) -> (tokio_util::sync::CancellationToken, tokio::task::JoinHandle<Result<(), sluice_sink::SinkError>>) {
     let token = tokio_util::sync::CancellationToken::new();
     let config = std::sync::Arc::clone(config);
+    let destination = destination.to_string();
     let handle = tokio::spawn({
         let token = token.clone();
-        async move { sluice_sink::run(config, "crm", health, token).await }
+        async move { sluice_sink::run(config, &destination, health, token).await }
     });
     (token, handle)
 }

@@ -50,11 +50,17 @@ pub enum DeadLetterClass {
     /// The message is not a readable change event (bad bytes, unknown schema, no key). Label
     /// `decode`.
     Undecodable,
+    /// A delete known only by its key — a tombstone whose `d` event compaction removed before
+    /// the sink read it — that the destination refused because it matches records on a field
+    /// the key does not hold. The row is still at the destination: remove it by hand, or let a
+    /// full replace (Meta `usersreplace`, a resync) do it. Label `compacted_delete`.
+    CompactedDelete,
 }
 
 impl DeadLetterClass {
     /// Every class, in the order the contract lists them.
-    pub const ALL: [DeadLetterClass; 3] = [DeadLetterClass::Permanent, DeadLetterClass::RetriesExhausted, DeadLetterClass::Undecodable];
+    pub const ALL: [DeadLetterClass; 4] =
+        [DeadLetterClass::Permanent, DeadLetterClass::RetriesExhausted, DeadLetterClass::Undecodable, DeadLetterClass::CompactedDelete];
 
     /// The header value. Stable: tools filter dead-letter topics by it.
     pub fn label(self) -> &'static str {
@@ -62,6 +68,7 @@ impl DeadLetterClass {
             DeadLetterClass::Permanent => "permanent",
             DeadLetterClass::RetriesExhausted => "retryable",
             DeadLetterClass::Undecodable => "decode",
+            DeadLetterClass::CompactedDelete => "compacted_delete",
         }
     }
 
@@ -87,7 +94,7 @@ impl std::str::FromStr for DeadLetterClass {
 
 /// A `sluice.error.class` value that names no [`DeadLetterClass`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown dead-letter class {0:?}: expected one of `permanent`, `retryable`, `decode`")]
+#[error("unknown dead-letter class {0:?}: expected one of `permanent`, `retryable`, `decode`, `compacted_delete`")]
 pub struct UnknownDeadLetterClass(pub String);
 
 #[cfg(test)]
@@ -101,6 +108,7 @@ mod tests {
             (DeadLetterClass::Permanent, "permanent"),
             (DeadLetterClass::RetriesExhausted, "retryable"),
             (DeadLetterClass::Undecodable, "decode"),
+            (DeadLetterClass::CompactedDelete, "compacted_delete"),
         ];
         assert_eq!(table.map(|(class, _)| class), DeadLetterClass::ALL, "the table covers every class");
         for (class, label) in table {
@@ -120,7 +128,7 @@ mod tests {
             let error = DeadLetterClass::parse(label).expect_err(label);
             assert_eq!(error, UnknownDeadLetterClass(label.to_string()));
             let text = error.to_string();
-            assert!(text.contains(&format!("{label:?}")) && text.contains("`permanent`, `retryable`, `decode`"), "{text}");
+            assert!(text.contains(&format!("{label:?}")) && text.contains("`permanent`, `retryable`, `decode`, `compacted_delete`"), "{text}");
         }
     }
 }

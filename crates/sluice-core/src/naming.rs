@@ -10,6 +10,22 @@ pub fn dead_letter_topic(prefix: &str, destination: &str) -> String {
     format!("{prefix}.dlq.{destination}")
 }
 
+/// Side topic of one destination: `<prefix>.side.<destination>`. Records that are not part of
+/// the live change stream but must reach the destination in order with it (a backfill, a
+/// dead-letter redrive) are produced here, each naming the change it carries in its headers; the
+/// destination's sink consumes it with its change topics.
+pub fn side_topic(prefix: &str, destination: &str) -> String {
+    format!("{prefix}.side.{destination}")
+}
+
+/// Whether `topic` is a side topic ([`side_topic`]). Exact, because prefixes, models and
+/// destinations are validated identifiers without dots: every topic name sluice makes has its
+/// kind as the segment after the first dot.
+pub fn is_side_topic(topic: &str) -> bool {
+    let mut segments = topic.split('.');
+    matches!((segments.next(), segments.next(), segments.next(), segments.next()), (Some(_), Some("side"), Some(_), None))
+}
+
 /// Compacted topic holding every writer schema, keyed by its fingerprint, so any consumer can
 /// decode any event ever written, including during a replay years later.
 pub fn schema_topic(prefix: &str) -> String {
@@ -31,4 +47,18 @@ pub fn sink_group(prefix: &str, destination: &str) -> String {
 /// for the same model fences the first instead of interleaving with it.
 pub fn poller_transactional_id(prefix: &str, model: &str) -> String {
     format!("{prefix}.poller.{model}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn side_topics_are_told_apart_from_every_other_topic() {
+        assert_eq!(side_topic("sluice", "crm"), "sluice.side.crm");
+        assert!(is_side_topic(&side_topic("it_1", "crm-2")));
+        for other in [change_topic("sluice", "side"), dead_letter_topic("sluice", "side"), schema_topic("side"), poller_state_topic("sluice"), "side.x".into(), "a.side".into()] {
+            assert!(!is_side_topic(&other), "{other}");
+        }
+    }
 }

@@ -7,6 +7,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluice_core::config::KafkaConfig;
 
+use crate::connection::ConnectionContext;
 use crate::{client_config, KafkaError};
 
 /// A record to dead-letter: the original bytes and the context headers.
@@ -19,7 +20,8 @@ pub struct DeadLetter<'a> {
 
 /// Idempotent, `acks=all` producer for one dead-letter topic.
 pub struct DeadLetterWriter {
-    producer: FutureProducer,
+    /// Its context logs rejected credentials or certificates with the listener and the fix.
+    producer: FutureProducer<ConnectionContext>,
     topic: String,
 }
 
@@ -29,7 +31,7 @@ impl DeadLetterWriter {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", "60000")
-            .create()
+            .create_with_context(ConnectionContext::default())
             .map_err(|e| KafkaError::classify("create dead-letter producer", e))?;
         Ok(DeadLetterWriter { producer, topic })
     }

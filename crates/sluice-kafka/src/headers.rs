@@ -15,11 +15,16 @@ pub const OP: &str = "sluice.op";
 /// xxh3 hash (16 hex digits) of the event's `after` row, from the snapshot modes; lets the
 /// poller rebuild its state from headers alone. Absent on deletes and tombstones.
 pub const ROW_HASH: &str = "sluice.row.hash";
+/// When the event's row stops being live, ms since the epoch (decimal), or `never` (its expiry
+/// column is NULL): on every event of a model with `expire` (a delete: its `before` row), so
+/// the poller rebuilds which keys to expire from headers alone. Absent on tombstones.
+pub const EXPIRES_AT_MS: &str = "sluice.expires_at_ms";
 
 /// Dead-letter context headers (Kafka Connect's `__connect.errors.*` in spirit).
 pub mod dlq {
-    /// A [`sluice_core::DeadLetterClass`] label: `permanent`, `retryable` (retries exhausted)
-    /// or `decode` (not a readable event).
+    /// A [`sluice_core::DeadLetterClass`] label: `permanent`, `retryable` (retries exhausted),
+    /// `decode` (not a readable event) or `compacted_delete` (a delete known only by its key
+    /// that the destination could not apply).
     pub const ERROR_CLASS: &str = "sluice.error.class";
     /// Human-readable reason.
     pub const ERROR_MESSAGE: &str = "sluice.error.message";
@@ -34,7 +39,7 @@ pub mod dlq {
     pub const LAST_FAILURE_MS: &str = "sluice.error.last_failure_ms";
     /// Destination that rejected the record.
     pub const DESTINATION: &str = "sluice.error.destination";
-    /// Where the record came from.
+    /// Where the record came from (also the required headers of a side record, `side.rs`).
     pub const ORIGINAL_TOPIC: &str = "sluice.original.topic";
     pub const ORIGINAL_PARTITION: &str = "sluice.original.partition";
     pub const ORIGINAL_OFFSET: &str = "sluice.original.offset";

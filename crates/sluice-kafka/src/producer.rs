@@ -13,6 +13,7 @@ use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use sluice_core::config::KafkaConfig;
 
+use crate::connection::ConnectionContext;
 use crate::{client_config, KafkaError};
 
 /// A record to produce.
@@ -27,38 +28,43 @@ pub struct OutRecord {
 
 /// A transactional, idempotent (`acks=all`) producer.
 pub struct TransactionalProducer {
-    producer: FutureProducer,
+    producer: FutureProducer<ConnectionContext>,
     timeout: Duration,
 }
 
 impl TransactionalProducer {
     /// Create the producer and initialise its transactions; this fences any older producer with
-    /// the same `transactional_id` and aborts its open transaction.
+    /// the same `transactional_id` and aborts its open transaction. Rejected credentials or
+    /// certificates end the wait at once ([`KafkaError::Connection`]).
     pub async fn new(kafka: &KafkaConfig, transactional_id: &str) -> Result<TransactionalProducer, KafkaError> {
-        let producer: FutureProducer = client_config(kafka)
+        let context = ConnectionContext::default();
+        let producer: FutureProducer<ConnectionContext> = client_config(kafka)
             .set("transactional.id", transactional_id)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("transaction.timeout.ms", "60000")
             .set("linger.ms", "5")
             .set("compression.type", "lz4")
-            .create()
+            .create_with_context(context.clone())
             .map_err(|e| KafkaError::classify("create producer", e))?;
         let timeout = Duration::from_secs(30);
         let init = producer.clone();
-        tokio::task::spawn_blocking(move || init.init_transactions(timeout))
-            .await
-            .expect("init_transactions does not panic")
-            .map_err(|e| KafkaError::classify("init transactions", e))?;
+        let initialised = tokio::task::spawn_blocking(move || init.init_transactions(timeout));
+        context
+            .or_problem("init transactions", async {
+                initialised.await.expect("init_transactions does not panic").map_err(|e| KafkaError::classify("init transactions", e))
+            })
+            .await?;
         Ok(TransactionalProducer { producer, timeout })
     }
 
-    /// Produce `records` in one transaction and commit it. On any failure the transaction is
-    /// aborted and nothing of it becomes visible.
-    pub async fn send_transaction(&self, records: Vec<OutRecord>) -> Result<(), KafkaError> {
+    /// Produce `records` in one transaction and commit it; returns where each record landed
+    /// (partition, offset), in the order of `records` — committed, so a reader can find them
+    /// there. On any failure the transaction is aborted and nothing of it becomes visible.
+    pub async fn send_transaction(&self, records: Vec<OutRecord>) -> Result<Vec<(i32, i64)>, KafkaError> {
         self.producer.begin_transaction().map_err(|e| KafkaError::classify("begin transaction", e))?;
         match self.produce_and_commit(records).await {
-            Ok(()) => Ok(()),
+            Ok(locations) => Ok(locations),
             Err(error) => {
                 let abort = self.producer.clone();
                 let timeout = self.timeout;
@@ -71,7 +77,7 @@ impl TransactionalProducer {
         }
     }
 
-    async fn produce_and_commit(&self, records: Vec<OutRecord>) -> Result<(), KafkaError> {
+    async fn produce_and_commit(&self, records: Vec<OutRecord>) -> Result<Vec<(i32, i64)>, KafkaError> {
         let mut deliveries = Vec::with_capacity(records.len());
         for record in &records {
             let mut future_record = FutureRecord::to(&record.topic).headers(record.headers.clone());
@@ -97,9 +103,10 @@ impl TransactionalProducer {
                 }
             }
         }
+        let mut locations = Vec::with_capacity(deliveries.len());
         for delivery in join_all(deliveries).await {
             match delivery {
-                Ok(Ok(_)) => {}
+                Ok(Ok(delivered)) => locations.push((delivered.partition, delivered.offset)),
                 Ok(Err((error, _))) => return Err(KafkaError::classify("deliver", error)),
                 Err(_canceled) => {
                     return Err(KafkaError::classify("deliver", rdkafka::error::KafkaError::Canceled));
@@ -111,6 +118,7 @@ impl TransactionalProducer {
         tokio::task::spawn_blocking(move || commit.commit_transaction(timeout))
             .await
             .expect("commit_transaction does not panic")
-            .map_err(|e| KafkaError::classify("commit transaction", e))
+            .map_err(|e| KafkaError::classify("commit transaction", e))?;
+        Ok(locations)
     }
 }

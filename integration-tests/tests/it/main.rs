@@ -3,13 +3,16 @@
 //! filled a 50 GB disk).
 //!
 //! They run against the real Kafka broker, PostgreSQL and Redis that `ops/services.sh up` starts
-//! (`ops/test.sh` does); a missing service fails the test with the command that starts it.
+//! (`ops/test.sh` does), and `secure_kafka` against the secured broker it also starts
+//! (`ops/kafka-secure.sh`); a missing service fails the test with the command that starts it.
 //! Filter by area as usual: `cargo test -p sluice-integration-tests --test it poller::cursor`.
 
 mod destinations;
+mod identifier_change;
 mod ops;
 mod outside_decoder;
 mod poller;
+mod secure_kafka;
 mod sink;
 mod suppression;
 mod sync_modes;

@@ -15,23 +15,31 @@ const WAIT: Duration = Duration::from_secs(90);
 type Fixture = Pipeline;
 
 async fn fixture(hook_url: &str) -> Fixture {
+    fixture_with(hook_url, None, "").await
+}
+
+/// The walking skeleton's pipeline on another broker (`bootstrap_servers`) and with `[kafka]`
+/// lines of its own (security settings): `secure_kafka` runs it over TLS and SASL_SSL.
+pub(crate) async fn fixture_with(hook_url: &str, bootstrap_servers: Option<&str>, kafka_extra: &str) -> Fixture {
     pipeline(
         hook_url,
         Spec {
+            bootstrap_servers,
+            kafka_extra,
             columns_sql: "id bigint PRIMARY KEY, email text, name text, updated_at timestamptz NOT NULL, created_at timestamptz NOT NULL",
             columns: &["id", "email", "name", "updated_at", "created_at"],
             model_extra: "batch_rows = 7",
             destination_extra: "batch_max_records = 5\nbatch_linger_ms = 50\nretry = { initial_backoff_ms = 20, max_backoff_ms = 200, max_attempts = 5 }",
             webhook_extra: "timeout_ms = 5000",
             sync: "mode = \"upsert\"\nfields = { email = \"email\", name = \"name\" }",
-            ..Spec::default()
+            detection: None,
         },
     )
     .await
 }
 
 /// Insert rows `ids` (each in its own statement, so each gets its own timestamp order).
-async fn insert(f: &Fixture, ids: impl IntoIterator<Item = i64>, email: impl Fn(i64) -> String) {
+pub(crate) async fn insert(f: &Fixture, ids: impl IntoIterator<Item = i64>, email: impl Fn(i64) -> String) {
     for id in ids {
         f.db.execute(
             &format!("INSERT INTO {} VALUES ($1, $2, $3, clock_timestamp(), clock_timestamp())", f.table),
@@ -42,8 +50,24 @@ async fn insert(f: &Fixture, ids: impl IntoIterator<Item = i64>, email: impl Fn(
     }
 }
 
+/// After the first ten rows (row 4 refused): updates to three rows, then new rows 11-13 after
+/// them; waits until all of it is delivered (the refused row does not hold them up).
+pub(crate) async fn update_and_add(f: &Fixture, received: &Received) {
+    for id in [2i64, 5, 9] {
+        f.db.execute(&format!("UPDATE {} SET name = $2, updated_at = clock_timestamp() WHERE id = $1", f.table), &[&id, &format!("Renamed {id}")])
+            .await
+            .unwrap();
+    }
+    insert(f, 11..=13, |id| format!("c{id}@example.com")).await;
+    eventually("updates and new rows delivered", WAIT, || {
+        let by_id = names_by_id(received);
+        by_id.len() == 12 && [2, 5, 9].iter().all(|id| by_id[id].len() == 2)
+    })
+    .await;
+}
+
 /// Per id, the names received, in arrival order.
-fn names_by_id(received: &Received) -> HashMap<i64, Vec<String>> {
+pub(crate) fn names_by_id(received: &Received) -> HashMap<i64, Vec<String>> {
     let mut out: HashMap<i64, Vec<String>> = HashMap::new();
     for record in received.records() {
         let id = record["key"]["id"].as_i64().expect("key.id");
@@ -66,18 +90,7 @@ async fn changes_arrive_exactly_once_in_key_order_and_rejects_are_dead_lettered(
     eventually("9 snapshot rows delivered", WAIT, || names_by_id(&received).len() == 9).await;
     assert!(sink_health.not_ready_reason().is_none(), "sink is ready while delivering");
 
-    // Updates to three rows, then new rows after them; the rejected row does not hold them up.
-    for id in [2i64, 5, 9] {
-        f.db.execute(&format!("UPDATE {} SET name = $2, updated_at = clock_timestamp() WHERE id = $1", f.table), &[&id, &format!("Renamed {id}")])
-            .await
-            .unwrap();
-    }
-    insert(&f, 11..=13, |id| format!("c{id}@example.com")).await;
-    eventually("updates and new rows delivered", WAIT, || {
-        let by_id = names_by_id(&received);
-        by_id.len() == 12 && [2, 5, 9].iter().all(|id| by_id[id].len() == 2)
-    })
-    .await;
+    update_and_add(&f, &received).await;
 
     // Restart the poller: it must continue after its committed position, re-emitting nothing.
     poller_stop.cancel();

@@ -20,6 +20,13 @@
 //!   data contract) to `schemas/models/MODEL.avsc`; point `schema_contract` at it. With
 //!   `--writer DIR`: write the model's full key and value writer schemas instead (the exact
 //!   text published on the schema topic, for consumers in other languages; docs/consumers.md).
+//! - `sluice replay --destination NAME --to earliest|latest|TIME|TOPIC:PARTITION:OFFSET
+//!   [--model MODEL] [--execute [--force [--wait-secs N]]] [--json] --config FILE`: move one
+//!   destination's consumer group so its sink re-applies (or skips) changes; shows the plan and
+//!   changes nothing without `--execute` (exit 0 done, 1 error, 2 config, 4 live members refused;
+//!   docs/operations.md).
+
+mod replay;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,7 +37,7 @@ use axum::{Json, Router};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Operate sluice: validate configs, run the demo receiver")]
+#[command(version, about = "Operate sluice: validate configs, plan and snapshot models, replay destinations, run the demo receiver")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,6 +80,36 @@ enum Command {
     Schema {
         #[command(subcommand)]
         command: SchemaCommand,
+    },
+    /// Move one destination's consumer group so its sink re-applies (or skips) changes; shows
+    /// the plan, and changes nothing without --execute. Exit codes: 0 done or plan shown, 1
+    /// error, 2 bad config or arguments, 4 refused because the group has live members.
+    Replay {
+        /// The destination whose group moves (a `[[destinations]]` name); no other group moves.
+        #[arg(long)]
+        destination: String,
+        /// `earliest`, `latest`, an RFC 3339 time (the first record at or after it, per
+        /// partition) or `<topic>:<partition>:<offset>` (that partition only).
+        #[arg(long)]
+        to: replay::Target,
+        /// Only the change topic of this model's sync.
+        #[arg(long)]
+        model: Option<String>,
+        /// Move the group (it must have no live members); without it the plan is shown only.
+        #[arg(long)]
+        execute: bool,
+        /// With --execute: do not refuse when the group has members; wait up to --wait-secs for
+        /// them to leave (a killed sink stays a member until its session times out), then move.
+        #[arg(long, requires = "execute")]
+        force: bool,
+        /// How long --force waits for the group to empty.
+        #[arg(long, default_value_t = 60, requires = "force")]
+        wait_secs: u64,
+        /// The plan (and any error) as JSON on stdout, for scripts.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "SLUICE_CONFIG", default_value = "sluice.toml")]
+        config: PathBuf,
     },
     /// Print records POSTed to /hook (the webhook destination's JSON batches).
     DemoReceiver {
@@ -235,6 +272,10 @@ async fn main() -> std::process::ExitCode {
                     std::process::ExitCode::FAILURE
                 }
             }
+        }
+        Command::Replay { destination, to, model, execute, force, wait_secs, json, config } => {
+            let request = replay::Request { destination, target: to, model, execute, force, wait: std::time::Duration::from_secs(wait_secs), json };
+            replay::run(config, request).await
         }
         Command::DemoReceiver { listen } => match demo_receiver(listen).await {
             Ok(()) => std::process::ExitCode::SUCCESS,

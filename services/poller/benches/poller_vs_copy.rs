@@ -67,7 +67,7 @@ async fn context<'a>(config: &'a Config, warehouse: &'a Postgres, name: &str) ->
     let codec = ModelCodec::new(name, warehouse.describe(model).await?)?;
     let producer = TransactionalProducer::new(&config.kafka, &naming::poller_transactional_id(&config.kafka.topic_prefix, name)).await?;
     let committer = Committer::new(config, producer, &codec, fresh_state(name));
-    Ok(ModelContext { config, warehouse, model, codec, committer })
+    Ok(ModelContext { config, warehouse, model, codec, committer, expiry: None })
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
     let mut dctx = context(&config, &warehouse, &diff_model).await?;
     let topic = naming::change_topic(&prefix, &diff_model);
     let (k, t) = (config.kafka.clone(), topic.clone());
-    let tracked = tokio::task::spawn_blocking(move || Tracked::new(&k, &t)).await??;
+    let tracked = tokio::task::spawn_blocking(move || Tracked::new(&k, &t, false)).await??;
 
     let copy_1 = copy_seconds(&warehouse, &select).await;
     let started = Instant::now();
@@ -137,14 +137,14 @@ async fn main() -> anyhow::Result<()> {
     let (k, t) = (config.kafka.clone(), topic.clone());
     let started = Instant::now();
     let tracked = tokio::task::spawn_blocking(move || {
-        let mut tracked = Tracked::new(&k, &t)?;
+        let mut tracked = Tracked::new(&k, &t, false)?;
         tracked.catch_up(Duration::from_secs(600)).map(|_| tracked)
     })
     .await??;
     let rebuild = started.elapsed().as_secs_f64();
     let rss_growth = rss_bytes().saturating_sub(rss_before);
     let tracked_rows = tracked.len() as f64;
-    let table_bytes = tracked.capacity() as f64 * 25.0; // 24-byte bucket + 1 control byte
+    let table_bytes = tracked.keys().table_bytes() as f64; // 24-byte bucket + 1 control byte per slot
 
     warehouse.client().batch_execute(&format!("UPDATE {table} SET tier = tier || '+' WHERE id % 100 = 0")).await?;
     let copy_2 = copy_seconds(&warehouse, &select).await;

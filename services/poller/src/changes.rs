@@ -86,7 +86,7 @@ where
 
 /// The `after` image of a stored event, when it was written with the current schema (an image
 /// in an older schema would be positionally wrong: then `before` is left out).
-fn image_of(decoder: &EventDecoder, codec: &ModelCodec, stored: Option<&Stored>) -> Option<Row> {
+pub fn image_of(decoder: &EventDecoder, codec: &ModelCodec, stored: Option<&Stored>) -> Option<Row> {
     let payload = stored?.payload.as_deref()?;
     // Events written before standard fingerprints carry the legacy one of the same schema.
     if !codec.is_own_value_fingerprint(&fingerprint_bytes(payload).ok()?) {

@@ -11,9 +11,15 @@
 //!   read back after fencing and changes only when a transaction committed, so a mode that
 //!   builds its next state from it can never skip or repeat a committed step.
 //!
+//! - **The tracked keys it holds are the committed change topic.** When a mode gives it the
+//!   change topic's state ([`Committer::track`], rebuilt from the topic), every committed
+//!   transaction applies its change records to it, at the offsets Kafka gave them, before
+//!   `commit` returns: whatever commits (a cursor page, a reconciliation, an expiry sweep), the
+//!   state never lags the topic and is never ahead of it.
+//!
 //! The committer owns the model's transactional producer (one per model: fencing older
-//! instances is what makes the state read back final) and the "schemas already published"
-//! flag, so no caller threads either through its calls.
+//! instances is what makes the state read back final), the "schemas already published" flag
+//! and the tracked keys, so no caller threads any of them through its calls.
 
 use std::time::Instant;
 
@@ -25,6 +31,7 @@ use sluice_kafka::producer::{OutRecord, TransactionalProducer};
 
 use crate::clock::now_ms;
 use crate::error::ModelError;
+use crate::tracked::{pack_loc, Committed, Keys};
 
 /// Commits one model's transactions; see the module doc.
 pub struct Committer {
@@ -38,6 +45,10 @@ pub struct Committer {
     schemas_published: bool,
     /// The last committed state record.
     state: PollerState,
+    /// The model's change topic.
+    change_topic: String,
+    /// The change topic's keys, when a mode keeps them ([`Committer::track`]).
+    keys: Option<Keys>,
 }
 
 impl Committer {
@@ -53,7 +64,25 @@ impl Committer {
             schemas: codec.schemas(),
             schemas_published: false,
             state,
+            change_topic: naming::change_topic(prefix, codec.model()),
+            keys: None,
         }
+    }
+
+    /// Keep `keys` (the change topic's committed state, just rebuilt from it) current from now
+    /// on: each committed transaction applies its change records to them.
+    pub fn track(&mut self, keys: Keys) {
+        self.keys = Some(keys);
+    }
+
+    /// The change topic's keys, when tracked.
+    pub fn keys(&self) -> Option<&Keys> {
+        self.keys.as_ref()
+    }
+
+    /// The change topic's keys, when tracked, to mark during a scan.
+    pub fn keys_mut(&mut self) -> Option<&mut Keys> {
+        self.keys.as_mut()
     }
 
     /// The last committed state record.
@@ -80,9 +109,26 @@ impl Committer {
             payload: Some(encode_state(&new_state)?),
             headers: headers::owned([(headers::RUN_ID, new_state.run_id.as_str())]),
         });
+        // What the change records say about their keys, read before the records are moved.
+        let changes: Vec<(usize, Committed)> = match self.keys {
+            None => Vec::new(),
+            Some(_) => records
+                .iter()
+                .enumerate()
+                .filter(|(_, record)| record.topic == self.change_topic)
+                .filter_map(|(i, record)| Some((i, Committed::read(record.key.as_deref()?, record.payload.is_some(), Some(&record.headers)))))
+                .collect(),
+        };
         let started = Instant::now();
-        self.producer.send_transaction(records).await?;
+        let locations = self.producer.send_transaction(records).await?;
         self.schemas_published = true;
+        if let Some(keys) = &mut self.keys {
+            for (i, change) in changes {
+                let (partition, offset) = locations[i];
+                keys.apply(change, pack_loc(partition, offset));
+            }
+            metrics::gauge!("sluice_poller_tracked_rows", "model" => self.model.clone()).set(keys.len() as f64);
+        }
         let name = new_state.model.as_str();
         metrics::histogram!("sluice_poller_transaction_seconds", "model" => name.to_string()).record(started.elapsed().as_secs_f64());
         metrics::gauge!("sluice_poller_last_commit_timestamp_seconds", "model" => name.to_string())

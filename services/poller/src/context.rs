@@ -1,7 +1,8 @@
 //! What every mode of one model works with: its config, the warehouse, its codec and its
 //! [`Committer`], opened once per incarnation of the model's loop by [`ModelContext::open`].
 //!
-//! Guarantee: opening checks the model's schema contract before anything is read, then fences
+//! Guarantee: opening checks the model's schema contract (and that its `expire` column is a
+//! timestamp of the model) before anything is read, then fences
 //! older instances of the model (its transactional producer) *before* reading the committed
 //! state back, so that state is final: no older instance can commit after it. A context is the
 //! only holder of the model's producer; dropping it ends the incarnation.
@@ -14,6 +15,7 @@ use sluice_warehouse::Warehouse;
 
 use crate::committer::Committer;
 use crate::error::ModelError;
+use crate::expiry::Expiry;
 use crate::position::{Position, PositionError};
 use crate::state::load_state;
 use crate::triggers::Schedule;
@@ -27,6 +29,8 @@ pub struct ModelContext<'a, W> {
     pub codec: ModelCodec,
     /// The model's producer, published-schemas flag and last committed state.
     pub committer: Committer,
+    /// When the model's rows expire (`expire`), resolved against its schema.
+    pub expiry: Option<Expiry>,
 }
 
 /// Per-model options of a poll loop.
@@ -45,6 +49,7 @@ impl<'a, W: Warehouse> ModelContext<'a, W> {
         let name = model.name.get_ref().as_str();
         let schema = warehouse.describe(model).await?;
         crate::contract::check(model, &schema)?;
+        let expiry = Expiry::of(model, &schema)?;
         let mut codec = ModelCodec::new(name, schema)?;
         if codec.key_fingerprints_differ() && crate::state::keys_written_with_legacy_fingerprint(config, &codec).await? {
             // A row's key bytes must never change (see `with_legacy_key_fingerprint`).
@@ -62,7 +67,7 @@ impl<'a, W: Warehouse> ModelContext<'a, W> {
             committed_at_ms: 0,
         });
         let committer = Committer::new(config, producer, &codec, state);
-        Ok(ModelContext { config, warehouse, model, codec, committer })
+        Ok(ModelContext { config, warehouse, model, codec, committer, expiry })
     }
 }
 

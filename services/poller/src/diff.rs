@@ -14,6 +14,9 @@
 //! Before anything is emitted, the data-quality gates judge the run: NULL or duplicate keys,
 //! row-count bounds, the change-volume guard (`--confirm-large-change` lets one run through).
 //!
+//! A model with `expire` counts a row expired at the start of the run as absent: it is never
+//! inserted, and a key whose row expired is deleted by the run like any vanished key.
+//!
 //! The first snapshot is not a diff: it is read in primary-key chunks, resumable (the
 //! `snapshot` mode; the model loop runs it before this mode's first run). Not guaranteed: a row
 //! that changes and changes back between two runs is not seen (a snapshot diff observes states,
@@ -30,8 +33,10 @@ use tracing::Instrument;
 
 pub use crate::changes::{emit, DiffPlan};
 use crate::changes::scan_keys;
+use crate::clock::now_ms;
 use crate::context::{ModelContext, ModelOptions};
 use crate::error::ModelError;
+use crate::expiry::{is_expired, Expiry};
 use crate::gates::{Confirmation, GateError, MAX_SAMPLES};
 use crate::keys::{key_json, row_hash};
 use crate::tracked::{KeyMap, Tracked};
@@ -41,7 +46,8 @@ fn samples(keys: &[serde_json::Value]) -> String {
 }
 
 /// Scan the model and compare it with `tracked`. Fails with a [`GateError`] (and leaves
-/// `tracked` unchanged) when a key is NULL or duplicated.
+/// `tracked` unchanged) when a key is NULL or duplicated. Rows expired now (`expire`) are
+/// absent.
 pub async fn compute<W: Warehouse>(
     warehouse: &W,
     model: &ModelConfig,
@@ -57,6 +63,9 @@ pub async fn compute<W: Warehouse>(
     let (mut null_keys, mut null_samples) = (0u64, Vec::new());
     let (mut duplicates, mut duplicate_samples) = (0u64, Vec::new());
     let mut hash_buf = Vec::with_capacity(256);
+    let (expiry, now) = (Expiry::of(model, &schema)?, now_ms());
+    let mut expired = 0u64;
+    let tracked = tracked.keys_mut();
     tracked.clear_marks();
     let scanned = scan_keys(warehouse, model, codec, |row, hash| {
         let Some(hash) = hash else {
@@ -66,6 +75,10 @@ pub async fn compute<W: Warehouse>(
             }
             return;
         };
+        if is_expired(expiry.as_ref(), &row, now) {
+            expired += 1; // absent: not seen, so a live key is deleted
+            return;
+        }
         let duplicate = match tracked.see(hash) {
             Some((_, true)) => true,
             Some((entry, false)) => {
@@ -91,7 +104,7 @@ pub async fn compute<W: Warehouse>(
     })
     .await;
     let rows = match scanned {
-        Ok(rows) => rows,
+        Ok(rows) => rows - expired,
         Err(error) => {
             tracked.clear_marks();
             return Err(error.into());
@@ -114,7 +127,7 @@ pub async fn poll<W: Warehouse>(ctx: &mut ModelContext<'_, W>, options: &ModelOp
     let started = Instant::now();
     // An Option because the state moves into a blocking task and back on every catch-up; an
     // error ends this incarnation anyway (the caller rebuilds everything from Kafka).
-    let mut slot = Some(Tracked::load(&ctx.config.kafka, &ctx.change_topic()).await?);
+    let mut slot = Some(Tracked::load(&ctx.config.kafka, &ctx.change_topic(), false).await?);
     tracing::info!(model = %name, tracked_rows = slot.as_ref().map_or(0, Tracked::len), elapsed_ms = started.elapsed().as_millis() as u64, "diff state rebuilt from the change topic");
     let mut confirmation = Confirmation::new(options.confirm_large_change);
     loop {

@@ -1,9 +1,9 @@
 //! Change records, built the same way by every mode (`cursor`, `diff`, `warehouse_diff`, the
 //! first snapshot): one change = one event (two for a delete: the `d` event and its tombstone,
 //! so compaction can drop the key), keyed by the primary key, with the headers every consumer
-//! relies on (trace context, schema fingerprint, run id, op and — on events with an `after`
-//! image — the row hash `diff` mode rebuilds its state from). Committing them is the
-//! [`crate::committer`]'s job.
+//! relies on (trace context, schema fingerprint, run id, op, on events with an `after` image
+//! the row hash the tracked state is rebuilt from, and for a model with `expire` when the row
+//! stops being live). Committing them is the [`crate::committer`]'s job.
 
 use sluice_avro::ModelCodec;
 use sluice_core::config::Config;
@@ -13,6 +13,7 @@ use sluice_kafka::producer::OutRecord;
 
 use crate::clock::now_ms;
 use crate::error::ModelError;
+use crate::expiry::{header_text, Expiry, EXPIRES_AT_HEADER};
 use crate::keys::row_hash;
 
 /// Names of the columns whose value differs between two images.
@@ -28,6 +29,8 @@ pub struct ChangeWriter<'a> {
     source: SourceInfo,
     trace: Vec<(String, String)>,
     hash_buf: Vec<u8>,
+    /// The model's expiry rule: every event then carries its row's expiry.
+    expiry: Option<Expiry>,
 }
 
 impl<'a> ChangeWriter<'a> {
@@ -40,6 +43,8 @@ impl<'a> ChangeWriter<'a> {
             source: SourceInfo { model: model.to_string(), warehouse: config.warehouse.name.clone(), run_id: run_id.to_string(), position: None },
             trace: sluice_telemetry::propagation::current_headers().into_iter().collect(),
             hash_buf: Vec::with_capacity(256),
+            // The model was opened (`ModelContext::open`), which refuses an unusable rule.
+            expiry: config.model(model).and_then(|m| Expiry::of(m, codec.row_schema()).ok().flatten()),
         }
     }
 
@@ -62,6 +67,7 @@ impl<'a> ChangeWriter<'a> {
             }
         };
         let hash = after.as_ref().map(|row| format!("{:016x}", row_hash(row, &mut self.hash_buf)));
+        let expires_at = self.expiry.and_then(|expiry| after.as_ref().or(before.as_ref()).map(|row| header_text(expiry.expires_at(row))));
         let changed = match (op, &before, &after) {
             (Op::Update, Some(b), Some(a)) => Some(changed_columns(self.codec.row_schema(), b, a)),
             _ => None,
@@ -75,6 +81,9 @@ impl<'a> ChangeWriter<'a> {
         pairs.push((headers::OP, op.code()));
         if let Some(hash) = &hash {
             pairs.push((headers::ROW_HASH, hash));
+        }
+        if let Some(expires_at) = &expires_at {
+            pairs.push((EXPIRES_AT_HEADER, expires_at));
         }
         let mut records =
             vec![OutRecord { topic: self.topic.clone(), key: Some(key.clone()), payload: Some(value), headers: headers::owned(pairs) }];

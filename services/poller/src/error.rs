@@ -44,7 +44,8 @@ impl ModelError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ModelError::Warehouse(error) => matches!(error, WarehouseError::Unavailable(_)),
-            ModelError::Kafka(error) => matches!(error, KafkaError::Retryable { .. }),
+            // A broker away or refusing us (credentials, certificates) may pass; the loop waits it out.
+            ModelError::Kafka(error) => matches!(error, KafkaError::Retryable { .. } | KafkaError::Connection { .. }),
             ModelError::State(_) => true,
             ModelError::Codec(_) | ModelError::Position(_) | ModelError::Gate(_) | ModelError::Contract(_) => false,
         }

@@ -13,12 +13,18 @@
 //!   events that use them, so a consumer can always decode what it reads.
 //! - A stored position that cannot be used stops the model with an error that says how to
 //!   reset it ([`position`]); it is never guessed at.
+//! - **Kafka refusing or away at start is waited out, not exited on**: `/readyz` names the
+//!   listener, the cause and the fix (e.g. a rejected SCRAM password, an untrusted broker
+//!   certificate) and the start is retried with backoff
+//!   (`sluice_kafka::connection::retry_until_connected`); later failures of a model's Kafka
+//!   work are retried by its loop, from its committed position.
 //!
 //! Modes (a model picks one with `detection`):
-//! - **`cursor`** (`cursor`): rows whose cursor moved past the position; soft deletes with
-//!   `deleted_column`; rows that commit late with a look-back window (`lookback_ms`); hard
-//!   deletes with a periodic reconciliation (`reconcile_interval_ms`). Its first snapshot is
-//!   the same scan from the start.
+//! - **`cursor`** (`cursor`): rows whose cursor moved past the position, updates and deletes
+//!   with the key's previous image (the change topic's state, kept current by every commit);
+//!   soft deletes with `deleted_column`; rows that commit late with a look-back window
+//!   (`lookback_ms`); hard deletes with a periodic reconciliation (`reconcile_interval_ms`);
+//!   expired rows with a sweep (`expire`). Its first snapshot is the same scan from the start.
 //! - **`diff`** ([`diff`]): compares full reads of any query with the change topic: inserts,
 //!   updates (with `before` and changed columns) and deletes. Its first snapshot is read in
 //!   primary-key chunks, resumable ([`snapshot`], also `sluice snapshot`).
@@ -35,18 +41,19 @@
 //! | primitives | `error` | [`ModelError`] (and the contract refusal), retryable or fatal |
 //! | | `keys` | row hash, key hash, keys as JSON |
 //! | | `clock` | `now_ms` |
+//! | | [`expiry`] | when a row of a model with `expire` stops being live, and its header |
 //! | | [`position`] | what a stored position means: parsed in one place, written by its forms |
 //! | | [`gates`] | the data-quality checks (pure), their error, the operator's confirmation |
 //! | | `telemetry` | sync-health events: freshness, run outcomes, schedule, volatility (uses `gates`' counts) |
 //! | I/O | `emit` | change records of every mode (`ChangeWriter`), event counters |
-//! | | `committer` | [`Committer`]: the producer, the published-schemas flag, the committed state |
+//! | | `committer` | [`Committer`]: the producer, the published-schemas flag, the committed state, the tracked keys kept current |
 //! | | `state` | the model's topics, reading its committed state back |
 //! | | [`contract`] | schema contract check and export |
 //! | | [`tracked`] | the change topic's committed state (24 bytes a key), images read back |
-//! | | `changes` | the key scan and the emission of a change plan, shared by `diff` and reconciliation |
+//! | | `changes` | the key scan and the emission of a change plan, shared by `diff`, reconciliation and the expiry sweep |
 //! | | `context` | [`ModelContext`]: a model's config, warehouse, codec and committer; [`ModelOptions`] |
 //! | | [`triggers`] | when a model runs: interval, cron, `POST /run/<model>`, NOTIFY |
-//! | modes | `cursor` | cursor mode: rules, plain loop, look-back window, reconciliation |
+//! | modes | `cursor` | cursor mode: rules, a page's changes and their previous images, plain loop, look-back window, reconciliation, expiry sweep |
 //! | | [`diff`] | `diff` mode's runs |
 //! | | [`warehouse_diff`] | `warehouse_diff` mode's runs and recovery |
 //! | | [`snapshot`] | the first snapshot in key chunks (service and `sluice snapshot`) |
@@ -62,6 +69,7 @@ mod cursor;
 pub mod diff;
 mod emit;
 mod error;
+pub mod expiry;
 pub mod gates;
 mod keys;
 mod model_loop;
@@ -120,7 +128,16 @@ pub async fn run_with(
         .filter(|name| only.as_ref().is_none_or(|only| only.contains(name)))
         .collect();
     anyhow::ensure!(!models.is_empty(), "no model to poll (check --model and the config's [[models]])");
-    ensure_model_topics(&config, &models).await?;
+    // Kafka refusing us (credentials, certificates) or away is not a reason to exit: an
+    // orchestrator would restart us into the same refusal. Not ready, with the reason, until it
+    // works.
+    let topics = state::model_topics(&config, &models);
+    if sluice_kafka::connection::retry_until_connected("create topics", &health, &shutdown, || sluice_kafka::admin::ensure_topics(&config.kafka, &topics))
+        .await
+        .is_none()
+    {
+        return Ok(());
+    }
 
     let wakers = Arc::new(triggers::Wakers::new(&models));
     let mut schedules = std::collections::HashMap::new();

@@ -208,6 +208,7 @@ mod tests {
             lookback_ms,
             deleted_column: None,
             reconcile_interval_ms: None,
+            before_images: true,
         }
     }
 

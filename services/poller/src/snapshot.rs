@@ -15,6 +15,9 @@
 //! caught when two equal keys arrive in one chunk; one straddling two chunks is seen by the
 //! next `diff` run's key gate.
 //!
+//! A model with `expire` skips the rows already expired when their chunk is read (they are
+//! absent); a row that expires later is deleted by a `diff` run.
+//!
 //! Rows that change while the snapshot runs are not lost: a row changed in a chunk already
 //! emitted is found by the first regular `diff` run (which compares with what was emitted), a
 //! row changed in a chunk still ahead is read in its new state.
@@ -31,9 +34,11 @@ use sluice_warehouse::Warehouse;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::clock::now_ms;
 use crate::context::ModelContext;
 use crate::emit::{count_events, ChangeWriter};
 use crate::error::ModelError;
+use crate::expiry::is_expired;
 use crate::gates::{check_keys, check_volume, GateError, RunCounts};
 use crate::keys::key_json;
 use crate::position::{tuple_text, Position};
@@ -109,9 +114,11 @@ pub async fn run_first_snapshot<W: Warehouse>(
             let last_key = if done { None } else { rows.last().map(|row| schema.key_of(row)) };
             let mut writer = ChangeWriter::new(ctx.config, name, &ctx.codec, &run_id);
             let mut records = Vec::with_capacity(rows.len() + 3);
-            let events = rows.len() as u64;
-            for row in rows {
+            let now = now_ms();
+            let mut events = 0u64;
+            for row in rows.into_iter().filter(|row| !is_expired(ctx.expiry.as_ref(), row, now)) {
                 records.extend(writer.change(Op::Read, None, Some(row), None)?);
+                events += 1;
             }
             // Once done, the position is the diff modes' (none): the next run compares.
             let position = last_key.as_deref().map(tuple_text);

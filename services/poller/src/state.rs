@@ -19,11 +19,16 @@ use crate::error::ModelError;
 
 /// Create (if missing) the change topics of `models` and the poller's schema and state topics.
 pub async fn ensure_model_topics(config: &Config, models: &[String]) -> anyhow::Result<()> {
+    ensure_topics(&config.kafka, &model_topics(config, models)).await.context("creating topics")
+}
+
+/// The topics [`ensure_model_topics`] creates.
+pub(crate) fn model_topics(config: &Config, models: &[String]) -> Vec<(String, TopicRole)> {
     let prefix = &config.kafka.topic_prefix;
-    let mut topics: Vec<(String, TopicRole)> = models.iter().map(|m| (naming::change_topic(prefix, m), TopicRole::Compacted)).collect();
+    let mut topics: Vec<(String, TopicRole)> = models.iter().map(|m| (naming::change_topic(prefix, m), TopicRole::Changes)).collect();
     topics.push((naming::schema_topic(prefix), TopicRole::Compacted));
     topics.push((naming::poller_state_topic(prefix), TopicRole::Compacted));
-    ensure_topics(&config.kafka, &topics).await.context("creating topics")
+    topics
 }
 
 /// Last committed state of `model`, read back from the state topic.

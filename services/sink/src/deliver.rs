@@ -319,6 +319,7 @@ impl<D: Destination, L: DeadLetterSink> Deliverer<D, L> {
     }
 
     async fn dead_letter_refused(&self, message: &OwnedMessage, failure: &Failure) -> Result<(), SinkError> {
+        let failure = &Failure { class: dead_letters::refused_class(message, failure.class), ..failure.clone() };
         tracing::warn!(
             destination = %self.destination, topic = message.topic(), partition = message.partition(), offset = message.offset(),
             class = failure.class.label(), status = ?failure.cause.status, attempts = failure.attempts.made, error = %failure.cause.message,

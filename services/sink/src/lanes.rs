@@ -26,6 +26,7 @@ use crate::deliver::{Deliverer, Item, SinkError, Stop};
 use crate::mapping::{self, Prepared};
 use crate::offsets::OffsetTracker;
 use crate::schemas::SchemaCache;
+use crate::side;
 
 /// State shared by the consume loop, the lanes and the rebalance callback.
 pub(crate) struct Shared {
@@ -86,7 +87,8 @@ impl Batch {
     }
 
     fn push(&mut self, item: Item) {
-        let key = (item.message.topic().to_string(), item.message.key().unwrap_or_default().to_vec());
+        // By the change a record carries: a side record coalesces with live records of its key.
+        let key = (side::lane_topic(item.message.as_ref()).into_owned(), item.message.key().unwrap_or_default().to_vec());
         match self.by_key.get(&key) {
             Some(&at) => {
                 // A later change of the same key replaces the earlier one in place.
@@ -148,8 +150,15 @@ impl<D: Destination, L: DeadLetterSink> LaneContext<D, L> {
     /// Decode and map a message; a record to deliver comes back as an item, anything else is
     /// finished here (skipped, or dead-lettered and acknowledged).
     async fn admit(&self, message: Arc<OwnedMessage>) -> Result<Option<Item>, SinkError> {
-        let sync = self.syncs.get(message.topic()).expect("subscribed topics come from the syncs");
-        match mapping::prepare(&message, sync, &self.schemas).await? {
+        // A side record is mapped with the sync of the change topic it carries.
+        let prepared = match side::origin(message.as_ref(), |topic| self.syncs.contains_key(topic)) {
+            Ok(origin) => match self.syncs.get(origin.topic.as_ref()) {
+                Some(sync) => mapping::prepare(&message, &origin, sync, &self.schemas).await?,
+                None => Prepared::Reject(format!("topic {} is not a change topic of this destination", origin.topic)),
+            },
+            Err(reason) => Prepared::Reject(reason),
+        };
+        match prepared {
             Prepared::Deliver { record, bytes, missing } => {
                 if !missing.is_empty() {
                     let metrics = sluice_destinations::Metrics::new(self.destination.as_str(), self.deliverer.target.kind());
@@ -263,13 +272,7 @@ mod tests {
 
     fn lane_context(answers: impl IntoIterator<Item = Answer>) -> LaneContext<ScriptedDestination, RecordingDeadLetters> {
         // Nothing connects: the schema cache only reads its topic on a lookup.
-        let kafka = KafkaConfig {
-            bootstrap_servers: "127.0.0.1:1".into(),
-            topic_prefix: "test".into(),
-            partitions: 1,
-            replication_factor: 1,
-            properties: Default::default(),
-        };
+        let kafka = KafkaConfig::plaintext("127.0.0.1:1", "test");
         LaneContext {
             destination: "crm".into(),
             syncs: HashMap::new(),

@@ -19,14 +19,20 @@
 //!   exponential backoff honouring `Retry-After`, then dead-lettered once the retry budget is
 //!   spent; a fatal failure (credentials, endpoint) stops consumption, turns `/readyz` false and
 //!   dead-letters nothing.
+//! - **Kafka refusing or away at start is waited out**: not ready, `/readyz` naming the listener,
+//!   the cause and the fix (a rejected SCRAM password, an untrusted broker certificate), retried
+//!   with backoff until it works (`sluice_kafka::connection::retry_until_connected`).
 //! - **SIGTERM drains**: reading stops, lanes finish what they hold (bounded by
 //!   `DRAIN_TIMEOUT`), the finished prefix is committed synchronously.
+//! - **No key moves backwards** ([`guard`]): a replay, a side record (backfill, redrive) or the
+//!   live stream never hands the destination a state of a key older than one it has or is about
+//!   to have; a delete whose `d` event compaction removed still reaches it ([`deletes`]).
 //!
 //! ## Where each guarantee is kept
 //!
-//! [`run`] is three steps: `Sink::start` (setup: topics, destination, dead-letter writer,
-//! consumer, lanes; then `/readyz` turns true), `Sink::consume` (the loop) and `Sink::drain`
-//! (shutdown). Then:
+//! [`run`] is three steps: `Sink::start` (setup: topics — retried while Kafka refuses —,
+//! destination, dead-letter writer, consumer, lanes; then `/readyz` turns true),
+//! `Sink::consume` (the loop) and `Sink::drain` (shutdown). Then:
 //! - at-least-once: `OffsetTracker` ([`offsets`]) computes the finished prefix; a lane finishes
 //!   a batch only when `Deliverer::deliver` returned `Ok` (`LaneContext::flush`), which it does
 //!   only once every dead letter is acknowledged ([`deliver`]); the prefix is committed by
@@ -38,18 +44,25 @@
 //!   `LaneContext::flush` drops unsent records of partitions no longer owned;
 //! - failure classes: the decisions are `Deliverer::attempt`'s ([`deliver`]); a lane's fatal
 //!   error reaches `Sink::consume` through `Shared::failed`, and [`run`] turns `/readyz` false;
-//! - SIGTERM drains: `Sink::drain`.
+//! - SIGTERM drains: `Sink::drain`;
+//! - no key backwards: `Sink::dispatch` asks `OrderGuard::admit` about every record, live or
+//!   from the side topic, in dispatch order; `guard::load` builds the guard before consuming and
+//!   on every assignment (`SinkContext::post_rebalance`); `offset_list` carries a replay's
+//!   frontier on every commit below it.
 
 #[cfg(test)]
 mod config_fuzz;
 mod dead_letters;
+mod deletes;
 mod deliver;
+mod guard;
 mod lag;
 mod lanes;
 mod limits;
 mod mapping;
 mod offsets;
 mod schemas;
+mod side;
 mod telemetry;
 #[cfg(test)]
 mod testing;
@@ -58,16 +71,17 @@ mod transform;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use sluice_core::config::{Config, DestinationConfig, SyncConfig};
+use sluice_core::config::{Config, DestinationConfig, KafkaConfig, SyncConfig};
 use sluice_core::naming;
 use sluice_destinations::{AnyDestination, Destination};
-use sluice_kafka::admin::{ensure_topics, TopicRole};
+use sluice_kafka::admin::{Admin, TopicRole};
+use sluice_kafka::connection::{retry_until_connected, ConnectionContext};
 use sluice_kafka::dead_letter::DeadLetterWriter;
 use sluice_telemetry::ops::Health;
 use tokio::sync::mpsc;
@@ -75,8 +89,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use deliver::SinkError;
+pub use guard::predict::{predict_replay, ReplayCounts};
 
 use crate::deliver::Deliverer;
+use crate::guard::{Admission, OrderGuard};
 use crate::lanes::{BatchLimits, Shared};
 use crate::offsets::Partition;
 
@@ -90,14 +106,28 @@ const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// How long the buffer may stay full before the partitions are paused ([`BackPressure`]).
 const PAUSE_AFTER: Duration = Duration::from_secs(5);
 
-/// Commits finished offsets of partitions being revoked, inside librdkafka's rebalance callback,
-/// and turns librdkafka's statistics into the consumer-lag gauges ([`lag`]).
+/// Commits finished offsets of partitions being revoked and brings the order guard up to the
+/// partitions assigned, inside librdkafka's rebalance callback; reports rejected credentials or
+/// certificates with the listener and the fix; turns librdkafka's statistics into the
+/// consumer-lag gauges ([`lag`]).
 struct SinkContext {
     shared: Arc<Shared>,
+    guard: Arc<Mutex<OrderGuard>>,
+    kafka: KafkaConfig,
+    connection: ConnectionContext,
+    /// The destination's name, the lag gauges' label.
     destination: String,
 }
 
 impl ClientContext for SinkContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.connection.record(&error, reason);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.connection.log(level, facility, message);
+    }
+
     fn stats(&self, statistics: rdkafka::Statistics) {
         lag::observe(&self.destination, &statistics, &self.shared.tracker.lock().expect("tracker lock"), deliver::system_clock());
     }
@@ -116,7 +146,7 @@ impl ConsumerContext for SinkContext {
         let mut tracker = self.shared.tracker.lock().expect("tracker lock");
         let offsets: Vec<(Partition, i64)> = tracker.committable().into_iter().filter(|(p, _)| partitions.contains(p)).collect();
         if !offsets.is_empty() {
-            match consumer.commit(&offset_list(&offsets), CommitMode::Sync) {
+            match consumer.commit(&offset_list(&offsets, &self.guard), CommitMode::Sync) {
                 Ok(()) => tracker.committed(&offsets),
                 Err(error) => tracing::warn!(%error, "commit on revocation failed; the new owner re-delivers those records"),
             }
@@ -125,12 +155,30 @@ impl ConsumerContext for SinkContext {
         tracker.revoke(&partitions);
         tracing::info!(partitions = partitions.len(), unfinished, "partitions revoked");
     }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(assigned) = rebalance else { return };
+        // Before any record of these partitions is consumed: the guard must know what the
+        // group already delivered there (another instance may have moved them on).
+        if let Err(error) = guard::load::on_assign(&self.kafka, &self.guard, consumer, assigned) {
+            tracing::error!(%error, "cannot bring the order guard up to the assigned partitions; stopping");
+            self.shared.fatal.lock().expect("fatal lock").get_or_insert(SinkError::Kafka(error));
+            self.shared.failed.cancel();
+        }
+    }
 }
 
-fn offset_list(offsets: &[(Partition, i64)]) -> TopicPartitionList {
+/// The offsets to commit, each carrying the replay frontier while it is below it (the order
+/// guard rebuilds from it after a restart, `sluice_kafka::groups`).
+fn offset_list(offsets: &[(Partition, i64)], guard: &Mutex<OrderGuard>) -> TopicPartitionList {
+    let guard = guard.lock().expect("guard lock");
     let mut list = TopicPartitionList::new();
     for ((topic, partition), offset) in offsets {
-        list.add_partition_offset(topic, *partition, Offset::Offset(*offset)).expect("valid offset");
+        let mut element = list.add_partition(topic, *partition);
+        element.set_offset(Offset::Offset(*offset)).expect("valid offset");
+        if let Some(frontier) = guard.carried_frontier(topic, *partition, *offset) {
+            element.set_metadata(sluice_kafka::groups::frontier_metadata(frontier));
+        }
     }
     list
 }
@@ -147,7 +195,9 @@ pub async fn run(config: Arc<Config>, destination: &str, health: Arc<Health>, sh
 }
 
 async fn run_inner(config: Arc<Config>, destination: &str, health: &Health, shutdown: CancellationToken) -> Result<(), SinkError> {
-    let sink = Sink::start(&config, destination).await?;
+    let Some(sink) = Sink::start(&config, destination, health, &shutdown).await? else {
+        return Ok(());
+    };
     // Ready once subscribed with lanes running; a fatal error turns it false again (`run`).
     health.set_ready();
     let stopped = sink.consume(&shutdown).await;
@@ -162,6 +212,8 @@ struct Sink {
     destination: String,
     consumer: StreamConsumer<SinkContext>,
     shared: Arc<Shared>,
+    /// Decides, in dispatch order, which records reach the destination ([`guard`]).
+    guard: Arc<Mutex<OrderGuard>>,
     /// One sender per lane; dropping them is what tells the lanes to finish and stop.
     lanes: Vec<LaneSender>,
     lane_tasks: JoinSet<()>,
@@ -174,17 +226,29 @@ impl Sink {
     /// Setup: check the config (the destination's kind table, and every sync in a mode its kind
     /// honours), build the destination and the dead-letter writer, create the topics,
     /// subscribe, start the lanes. Nothing is consumed yet, and a config refused touches
-    /// nothing.
-    async fn start(config: &Config, destination: &str) -> Result<Sink, SinkError> {
+    /// nothing. While Kafka is away or refuses us, not ready with the reason and retried
+    /// ([`retry_until_connected`]); `None` if shut down meanwhile.
+    async fn start(config: &Config, destination: &str, health: &Health, shutdown: &CancellationToken) -> Result<Option<Sink>, SinkError> {
         let dest = config
             .destination(destination)
             .ok_or_else(|| SinkError::Config(format!("destination {destination:?} is not in the config")))?;
         let syncs = syncs_by_topic(config, destination)?;
         let lane_stop = CancellationToken::new();
         let (deliverer, batch_limits) = build_deliverer(config, dest, lane_stop.clone())?;
-        ensure_sink_topics(config, destination, &syncs).await?;
+        let Some(prepared) = retry_until_connected("create topics", health, shutdown, || prepare_topics(config, destination, &syncs)).await else {
+            return Ok(None);
+        };
+        let (side_topic, guard) = prepared?;
+        let guard = Arc::new(Mutex::new(guard));
         let shared = Arc::new(Shared::new());
-        let consumer = subscribe(config, destination, &syncs, &shared)?;
+        let context = SinkContext {
+            shared: Arc::clone(&shared),
+            guard: Arc::clone(&guard),
+            kafka: config.kafka.clone(),
+            connection: ConnectionContext::default(),
+            destination: destination.to_string(),
+        };
+        let consumer = subscribe(config, destination, &syncs, &side_topic, context)?;
         tracing::info!(
             %destination, kind = deliverer.target.kind(), topics = ?syncs.keys().collect::<Vec<_>>(), lanes = dest.max_concurrency,
             rate_limited = deliverer.limits.is_limited(), "sink started"
@@ -206,15 +270,16 @@ impl Sink {
             lanes.push(tx);
             lane_tasks.spawn(lanes::run_lane(rx, Arc::clone(&lane_context)));
         }
-        Ok(Sink {
+        Ok(Some(Sink {
             destination: destination.to_string(),
             consumer,
             shared,
+            guard,
             lanes,
             lane_tasks,
             lane_stop,
             max_buffered_records: dest.max_buffered_records,
-        })
+        }))
     }
 
     /// The consume loop, until shutdown (`Ok`) or a failure: hands messages to lanes, applies
@@ -245,7 +310,7 @@ impl Sink {
                         metrics::counter!("sluice_sink_pauses_total", "destination" => self.destination.clone()).increment(1);
                     }
                     if last_commit.elapsed() >= COMMIT_EVERY {
-                        commit(&self.consumer, &self.shared, CommitMode::Async);
+                        commit(&self.consumer, &self.shared, &self.guard, CommitMode::Async);
                         last_commit = Instant::now();
                     }
                 }
@@ -257,14 +322,27 @@ impl Sink {
         }
     }
 
-    /// Register a consumed message as in flight and hand it to its key's lane.
+    /// Register a consumed message as in flight, let the order guard decide it, and hand it to
+    /// the lane of its key, or finish it here.
     fn dispatch(&self, message: &BorrowedMessage<'_>) -> Result<(), SinkError> {
         let timestamp_ms = message.timestamp().to_millis().unwrap_or_else(deliver::system_clock);
         self.shared.tracker.lock().expect("tracker lock").register(message.topic(), message.partition(), message.offset(), timestamp_ms);
+        // Decided here, one record at a time in dispatch order, which is what makes the
+        // guard's decisions the order the destination sees (`guard` module doc).
+        let admission = self.guard.lock().expect("guard lock").admit(message);
+        let lane_topic = match admission {
+            Admission::Deliver { lane_topic } => lane_topic,
+            Admission::Finish(outcome) => {
+                tracing::debug!(destination = %self.destination, topic = message.topic(), partition = message.partition(), offset = message.offset(), outcome = outcome.label(), "finished without a request");
+                metrics::counter!("sluice_sink_records_total", "destination" => self.destination.clone(), "outcome" => outcome.label()).increment(1);
+                self.shared.tracker.lock().expect("tracker lock").finish(message.topic(), message.partition(), message.offset());
+                return Ok(());
+            }
+        };
         self.shared.buffered.fetch_add(1, Ordering::SeqCst);
-        // Decoding and mapping happen in the lane, so they use every core; the key picks the
-        // lane, so per-key order holds.
-        let lane = lane_of(message.topic(), message.key().unwrap_or_default(), self.lanes.len());
+        // Decoding and mapping happen in the lane, so they use every core; the change topic and
+        // key pick the lane, so per-key order holds, side records included.
+        let lane = lane_of(&lane_topic, message.key().unwrap_or_default(), self.lanes.len());
         self.lanes[lane].send(Arc::new(message.detach())).map_err(|_| SinkError::Config("a delivery lane stopped".into()))
     }
 
@@ -272,7 +350,7 @@ impl Sink {
     /// failure), bounded by `DRAIN_TIMEOUT`; then the finished prefix is committed
     /// synchronously. A lane's fatal error wins over a clean stop.
     async fn drain(self, stopped: Result<(), SinkError>) -> Result<(), SinkError> {
-        let Sink { destination, consumer, shared, lanes, mut lane_tasks, lane_stop, .. } = self;
+        let Sink { destination, consumer, shared, guard, lanes, mut lane_tasks, lane_stop, .. } = self;
         drop(lanes);
         if stopped.is_err() {
             lane_stop.cancel();
@@ -286,7 +364,7 @@ impl Sink {
             lane_stop.cancel();
             while lane_tasks.join_next().await.is_some() {}
         }
-        commit(&consumer, &shared, CommitMode::Sync);
+        commit(&consumer, &shared, &guard, CommitMode::Sync);
         let result = match (stopped, shared.fatal.lock().expect("fatal lock").take()) {
             (Ok(()), Some(error)) => Err(error),
             (result, _) => result,
@@ -309,13 +387,40 @@ fn syncs_by_topic(config: &Config, destination: &str) -> Result<HashMap<String, 
     Ok(syncs)
 }
 
-/// Create (or check) the change topics, the destination's dead-letter topic and the schema topic.
-async fn ensure_sink_topics(config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>) -> Result<(), SinkError> {
+/// The topics and the order guard a sink needs before it consumes: the side topic (its partition
+/// count checked against the change topics'), every topic created or checked, the guard built.
+/// A Kafka failure is the outer `Err` (the caller retries it while not ready); a config that
+/// cannot work (partition counts) the inner one.
+async fn prepare_topics(config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>) -> Result<Result<(String, OrderGuard), SinkError>, sluice_kafka::KafkaError> {
+    let split = |error: SinkError| match error {
+        SinkError::Kafka(kafka) => Err(kafka),
+        other => Ok(Err(other)),
+    };
+    let admin = Admin::new(&config.kafka)?;
+    let (side_topic, partitions) = match side::side_topic(&admin, config, destination, syncs).await {
+        Ok(side) => side,
+        Err(error) => return split(error),
+    };
+    // Independent round trips, and a start is what a restarted sink waits for: together.
+    let (ensured, guard) =
+        tokio::join!(ensure_sink_topics(&admin, config, destination, syncs, (&side_topic, partitions)), guard::load::build(config, destination, syncs, partitions));
+    match ensured.and(guard) {
+        Ok(guard) => Ok(Ok((side_topic, guard))),
+        Err(error) => split(error),
+    }
+}
+
+/// Create (or check) the change topics, the destination's dead-letter topic, the schema topic
+/// and the destination's side topic (with `side`'s partition count, that of its change topics,
+/// [`side::side_topic`]), in one round.
+async fn ensure_sink_topics(admin: &Admin, config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>, side: (&str, i32)) -> Result<(), SinkError> {
     let prefix = &config.kafka.topic_prefix;
-    let mut topics: Vec<(String, TopicRole)> = syncs.keys().map(|t| (t.clone(), TopicRole::Compacted)).collect();
-    topics.push((naming::dead_letter_topic(prefix, destination), TopicRole::DeadLetter));
-    topics.push((naming::schema_topic(prefix), TopicRole::Compacted));
-    ensure_topics(&config.kafka, &topics).await.map_err(SinkError::Kafka)
+    let created = config.kafka.partitions;
+    let mut topics: Vec<(String, TopicRole, i32)> = syncs.keys().map(|t| (t.clone(), TopicRole::Changes, created)).collect();
+    topics.push((naming::dead_letter_topic(prefix, destination), TopicRole::DeadLetter, created));
+    topics.push((naming::schema_topic(prefix), TopicRole::Compacted, created));
+    topics.push((side.0.to_string(), TopicRole::Side, side.1));
+    admin.ensure(&topics).await.map_err(SinkError::Kafka)
 }
 
 /// The destination with its dead-letter writer, limits and retry policy, and the batch limits
@@ -348,12 +453,14 @@ fn build_deliverer(
     Ok((deliverer, batch_limits))
 }
 
-/// The destination's consumer (manual commits, `read_committed`), subscribed to its change topics.
+/// The destination's consumer (manual commits, `read_committed`), subscribed to its change topics
+/// and its side topic.
 fn subscribe(
     config: &Config,
     destination: &str,
     syncs: &HashMap<String, SyncConfig>,
-    shared: &Arc<Shared>,
+    side_topic: &str,
+    context: SinkContext,
 ) -> Result<StreamConsumer<SinkContext>, SinkError> {
     let consumer: StreamConsumer<SinkContext> = sluice_kafka::client_config(&config.kafka)
         .set("group.id", naming::sink_group(&config.kafka.topic_prefix, destination))
@@ -362,9 +469,13 @@ fn subscribe(
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "false")
         .set("statistics.interval.ms", lag::STATS_INTERVAL_MS.to_string())
-        .create_with_context(SinkContext { shared: Arc::clone(shared), destination: destination.to_string() })
+        // Range gives partition p of every subscribed topic (they have equal counts) to one
+        // instance: the side records of partition p meet the live records of their keys there
+        // (`sluice_kafka::side`). Set after the user's properties, so it always holds.
+        .set("partition.assignment.strategy", "range")
+        .create_with_context(context)
         .map_err(|e| SinkError::Kafka(sluice_kafka::KafkaError::Fatal { operation: "create consumer", source: e }))?;
-    let topics: Vec<&str> = syncs.keys().map(String::as_str).collect();
+    let topics: Vec<&str> = syncs.keys().map(String::as_str).chain([side_topic]).collect();
     consumer
         .subscribe(&topics)
         .map_err(|e| SinkError::Kafka(sluice_kafka::KafkaError::Fatal { operation: "subscribe", source: e }))?;
@@ -436,13 +547,13 @@ fn set_paused(consumer: &StreamConsumer<SinkContext>, pause: bool) {
 }
 
 /// Commit the finished prefix of every owned partition.
-fn commit(consumer: &StreamConsumer<SinkContext>, shared: &Shared, mode: CommitMode) {
+fn commit(consumer: &StreamConsumer<SinkContext>, shared: &Shared, guard: &Mutex<OrderGuard>, mode: CommitMode) {
     let mut tracker = shared.tracker.lock().expect("tracker lock");
     let offsets = tracker.committable();
     if offsets.is_empty() {
         return;
     }
-    match consumer.commit(&offset_list(&offsets), mode) {
+    match consumer.commit(&offset_list(&offsets, guard), mode) {
         Ok(()) => tracker.committed(&offsets),
         Err(error) => tracing::warn!(%error, "offset commit failed; retried at the next commit"),
     }

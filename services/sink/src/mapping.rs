@@ -1,13 +1,18 @@
 //! From Kafka messages to destination records: decode, consent, sync mode, field mapping.
 //! A message that cannot be decoded is marked for the dead-letter topic, never dropped. Runs in
-//! the lanes, so decoding uses every core.
+//! the lanes, so decoding uses every core. A tombstone reaching a lane is a delete known only by
+//! its key (the order guard finishes every other one): [`crate::deletes`] maps it.
+
+use std::sync::Arc;
 
 use rdkafka::message::{Message, OwnedMessage};
-use sluice_avro::fingerprint_bytes;
+use sluice_avro::{fingerprint_bytes, KeyDecoder};
 use sluice_core::config::SyncConfig;
 use sluice_destinations::{Action, OutboundRecord};
 
+use crate::deletes;
 use crate::schemas::{Lookup, SchemaCache};
+use crate::side::Origin;
 use crate::transform::{before, consents, current, map_fields};
 use crate::SinkError;
 
@@ -16,22 +21,24 @@ pub(crate) enum Prepared {
     /// Apply at the destination. `bytes` is the record's JSON size, for byte-bounded batches;
     /// `missing` the mapped fields whose value normalised to nothing (to be counted).
     Deliver { record: OutboundRecord, bytes: usize, missing: Vec<String> },
-    /// Nothing to apply: a tombstone, or a change the sync mode ignores (a delete in upsert mode).
+    /// Nothing to apply: a change the sync mode ignores (a delete in upsert mode).
     Skip,
     /// Unreadable (poison): straight to the dead-letter topic with this reason.
     Reject(String),
 }
 
-/// Decode and map one message. `Err` only for infrastructure failures (schema topic unreadable).
-pub(crate) async fn prepare(message: &OwnedMessage, sync: &SyncConfig, schemas: &SchemaCache) -> Result<Prepared, SinkError> {
-    Ok(match prepare_inner(message, sync, schemas).await? {
+/// Decode and map one message, carrying the change at `origin` (its own coordinates, or a side
+/// record's original ones: the record's id). `Err` only for infrastructure failures (schema
+/// topic unreadable).
+pub(crate) async fn prepare(message: &OwnedMessage, origin: &Origin<'_>, sync: &SyncConfig, schemas: &SchemaCache) -> Result<Prepared, SinkError> {
+    Ok(match prepare_inner(message, origin, sync, schemas).await? {
         Ok(prepared) => prepared,
         Err(reason) => Prepared::Reject(reason),
     })
 }
 
-async fn prepare_inner(message: &OwnedMessage, sync: &SyncConfig, schemas: &SchemaCache) -> Result<Result<Prepared, String>, SinkError> {
-    let Some(payload) = message.payload() else { return Ok(Ok(Prepared::Skip)) };
+async fn prepare_inner(message: &OwnedMessage, origin: &Origin<'_>, sync: &SyncConfig, schemas: &SchemaCache) -> Result<Result<Prepared, String>, SinkError> {
+    let Some(payload) = message.payload() else { return key_only(message, origin, sync, schemas).await };
     let fingerprint = match fingerprint_bytes(payload) {
         Ok(f) => f,
         Err(error) => return Ok(Err(format!("value: {error}"))),
@@ -53,14 +60,9 @@ async fn prepare_inner(message: &OwnedMessage, sync: &SyncConfig, schemas: &Sche
     // The key's columns are in the row image too: read them there by the key schema's field
     // names, rather than decoding the key bytes a second time.
     let Some(key_bytes) = message.key() else { return Ok(Err("message has no key".into())) };
-    let key_fingerprint = match fingerprint_bytes(key_bytes) {
-        Ok(f) => f,
-        Err(error) => return Ok(Err(format!("key: {error}"))),
-    };
-    let key_decoder = match schemas.key_decoder(&key_fingerprint).await.map_err(SinkError::Kafka)? {
-        Lookup::Found(decoder) => decoder,
-        Lookup::Unusable(error) => return Ok(Err(format!("key schema: {error}"))),
-        Lookup::Missing => return Ok(Err(format!("key schema {} is not on the schema topic", sluice_avro::fingerprint_hex(&key_fingerprint)))),
+    let key_decoder = match key_decoder(key_bytes, schemas).await? {
+        Ok(decoder) => decoder,
+        Err(reason) => return Ok(Err(reason)),
     };
     let key = match image.pick(key_decoder.field_names()) {
         Some(key) => key,
@@ -78,7 +80,7 @@ async fn prepare_inner(message: &OwnedMessage, sync: &SyncConfig, schemas: &Sche
         (_, Some(old)) => Some(map_fields(sync.fields.get_ref(), &old).fields).filter(|old| *old != fields),
     };
     let record = OutboundRecord {
-        id: format!("{}/{}/{}", message.topic(), message.partition(), message.offset()),
+        id: origin.id(),
         model: decoded.event.source.model.clone(),
         action,
         op: decoded.event.op,
@@ -88,6 +90,37 @@ async fn prepare_inner(message: &OwnedMessage, sync: &SyncConfig, schemas: &Sche
         ts_ms: decoded.event.ts_ms,
     };
     Ok(Ok(Prepared::Deliver { bytes: json_len(&record), record, missing: mapped.missing }))
+}
+
+/// A tombstone that reached a lane: a delete known only by its key ([`crate::deletes`]).
+async fn key_only(message: &OwnedMessage, origin: &Origin<'_>, sync: &SyncConfig, schemas: &SchemaCache) -> Result<Result<Prepared, String>, SinkError> {
+    let Some(key_bytes) = message.key() else { return Ok(Err("tombstone has no key".into())) };
+    let decoder = match key_decoder(key_bytes, schemas).await? {
+        Ok(decoder) => decoder,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let key = match decoder.decode(key_bytes) {
+        Ok(key) => key,
+        Err(error) => return Ok(Err(format!("key: {error}"))),
+    };
+    Ok(Ok(match deletes::key_only_record(message, origin, sync, key) {
+        Some((record, missing)) => Prepared::Deliver { bytes: json_len(&record), record, missing },
+        None => Prepared::Skip,
+    }))
+}
+
+/// The decoder of a key's writer schema (by the fingerprint in its bytes); the inner `Err` says
+/// why there is none.
+async fn key_decoder(key_bytes: &[u8], schemas: &SchemaCache) -> Result<Result<Arc<KeyDecoder>, String>, SinkError> {
+    let key_fingerprint = match fingerprint_bytes(key_bytes) {
+        Ok(f) => f,
+        Err(error) => return Ok(Err(format!("key: {error}"))),
+    };
+    Ok(match schemas.key_decoder(&key_fingerprint).await.map_err(SinkError::Kafka)? {
+        Lookup::Found(decoder) => Ok(decoder),
+        Lookup::Unusable(error) => Err(format!("key schema: {error}")),
+        Lookup::Missing => Err(format!("key schema {} is not on the schema topic", sluice_avro::fingerprint_hex(&key_fingerprint))),
+    })
 }
 
 /// Length of a record's JSON, counted without building it (it is serialised again, once, into

@@ -59,6 +59,10 @@ const DAY_MS: f64 = 86_400_000.0;
 pub const PARTITIONS: Bounded = range(1.0, 10_000.0, "partitions = 3");
 /// `kafka.replication_factor`: an `i16` in Kafka's protocol.
 pub const REPLICATION_FACTOR: Bounded = range(1.0, 32_767.0, "replication_factor = 3");
+/// `kafka.min_compaction_lag_ms`: 0 (compact at once: tests) to a year; a Kafka `long`.
+pub const MIN_COMPACTION_LAG_MS: Bounded = range(0.0, 365.0 * DAY_MS, "min_compaction_lag_ms = 604800000");
+/// `kafka.delete_retention_ms`: 0 to a year; a Kafka `long`.
+pub const DELETE_RETENTION_MS: Bounded = range(0.0, 365.0 * DAY_MS, "delete_retention_ms = 604800000");
 /// `batch_rows`: rows per page and per Kafka transaction (a buffer of this many is reserved).
 pub const BATCH_ROWS: Bounded = range(1.0, 1_000_000.0, "batch_rows = 10000");
 /// `poll_interval_ms`: up to a week.

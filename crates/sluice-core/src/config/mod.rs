@@ -101,10 +101,56 @@ pub struct KafkaConfig {
     /// Replication factor of topics sluice creates (1 for a single local broker, 3 in production).
     #[serde(default = "defaults::replication_factor")]
     pub replication_factor: i32,
-    /// Extra librdkafka properties applied to every client (e.g. security settings); a value
-    /// may be a secret reference (`"sasl.password" = { env = "KAFKA_PASSWORD" }`).
+    /// `plaintext` (default), `ssl`, `sasl_ssl` or `sasl_plaintext` ([`SecurityProtocol`]).
     #[serde(default)]
-    pub properties: BTreeMap<String, MaybeSecret>,
+    pub security_protocol: Option<Spanned<SecurityProtocol>>,
+    /// TLS settings of `ssl` and `sasl_ssl` ([`TlsConfig`]).
+    #[serde(default)]
+    pub tls: Option<Spanned<TlsConfig>>,
+    /// SASL settings of `sasl_ssl` and `sasl_plaintext` ([`SaslConfig`]).
+    #[serde(default)]
+    pub sasl: Option<Spanned<SaslConfig>>,
+    /// Extra librdkafka properties applied to every client (tuning); not the ones the typed
+    /// settings own ([`SECURITY_PROPERTIES`]). A value may be a secret reference
+    /// (`"ssl.keystore.password" = { env = "KAFKA_KEYSTORE_PASSWORD" }`).
+    #[serde(default = "defaults::no_properties")]
+    pub properties: Spanned<BTreeMap<String, MaybeSecret>>,
+    /// `min.compaction.lag.ms` of change topics: how long every change event, `d` events
+    /// included, stays in the topic before compaction may drop it for a newer record of its key.
+    /// A sink that lags less than this sees every delete as its `d` event. Applied when topics
+    /// are created and to existing change topics at every start (default 7 days).
+    #[serde(default = "defaults::min_compaction_lag_ms")]
+    pub min_compaction_lag_ms: u64,
+    /// `delete.retention.ms` of change topics: how long a tombstone stays after compaction
+    /// reached it. A sink that lags more than `min_compaction_lag_ms` but less than both together
+    /// still sees the delete, as a tombstone whose `d` event is gone (docs/sink.md). Applied like
+    /// `min_compaction_lag_ms` (default 7 days).
+    #[serde(default = "defaults::delete_retention_ms")]
+    pub delete_retention_ms: u64,
+}
+
+impl KafkaConfig {
+    /// A plaintext connection to `bootstrap_servers` with the default topic settings, for tests
+    /// and tools that build a config in code.
+    pub fn plaintext(bootstrap_servers: impl Into<String>, topic_prefix: impl Into<String>) -> KafkaConfig {
+        KafkaConfig {
+            bootstrap_servers: bootstrap_servers.into(),
+            topic_prefix: topic_prefix.into(),
+            partitions: defaults::partitions(),
+            replication_factor: defaults::replication_factor(),
+            security_protocol: None,
+            tls: None,
+            sasl: None,
+            properties: defaults::no_properties(),
+            min_compaction_lag_ms: defaults::min_compaction_lag_ms(),
+            delete_retention_ms: defaults::delete_retention_ms(),
+        }
+    }
+
+    /// The protocol, `plaintext` when not written.
+    pub fn security_protocol(&self) -> SecurityProtocol {
+        self.security_protocol.as_ref().map(|p| *p.get_ref()).unwrap_or_default()
+    }
 }
 
 /// The warehouse models are read from.
@@ -216,6 +262,7 @@ impl WarehouseConfig {
 pub mod bounds;
 pub mod delivery;
 pub mod destinations;
+pub mod kafka;
 pub mod models;
 pub mod scope;
 pub mod secret;
@@ -223,6 +270,7 @@ pub mod syncs;
 mod validate;
 pub use delivery::*;
 pub use destinations::*;
+pub use kafka::*;
 pub use models::*;
 pub use scope::*;
 pub use secret::*;
@@ -237,6 +285,16 @@ pub(crate) mod defaults {
     }
     pub fn replication_factor() -> i32 {
         1
+    }
+    pub fn min_compaction_lag_ms() -> u64 {
+        7 * 24 * 3600 * 1000
+    }
+    pub fn delete_retention_ms() -> u64 {
+        7 * 24 * 3600 * 1000
+    }
+    pub fn no_properties() -> toml::Spanned<std::collections::BTreeMap<String, super::MaybeSecret>> {
+        // Never pointed at: an error about a property has a property, hence a real span.
+        toml::Spanned::new(0..0, std::collections::BTreeMap::new())
     }
     pub fn warehouse_name() -> String {
         "warehouse".into()
@@ -261,6 +319,9 @@ pub(crate) mod defaults {
     }
     pub fn batch_linger_ms() -> u64 {
         100
+    }
+    pub fn yes() -> bool {
+        true
     }
 }
 
@@ -363,6 +424,7 @@ impl Config {
     }
 }
 
+
 /// Letters, digits, `_` and `-`: safe inside topic, group and transactional-id names.
 fn is_identifier(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
@@ -380,6 +442,8 @@ fn fix_for_parse_error(message: &str) -> String {
         "add the missing key".into()
     } else if message.contains("environment variable") {
         "export the variable in the service's environment".into()
+    } else if message.contains("unknown variant") {
+        "use one of the values the message lists".into()
     } else {
         "see docs/configuration.md for the expected shape".into()
     }
@@ -389,7 +453,7 @@ fn fix_for_parse_error(message: &str) -> String {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    pub(super) const GOOD: &str = r#"
 [kafka]
 bootstrap_servers = "127.0.0.1:9092"
 
@@ -424,6 +488,7 @@ fields = { email = "email" }
     fn a_valid_config_loads() {
         let config = parse(GOOD).expect("valid");
         assert_eq!(config.kafka.topic_prefix, "sluice");
+        assert_eq!((config.kafka.min_compaction_lag_ms, config.kafka.delete_retention_ms), (604_800_000, 604_800_000), "deletes kept a week by default");
         let Ok(WarehouseLocation::Postgres { url }) = config.warehouse.location() else { panic!("a postgres location") };
         assert_eq!(url.expose(), "postgres://u:p@h/db");
         assert_eq!(config.syncs_to("crm").count(), 1);
@@ -465,9 +530,12 @@ fields = { email = "email" }
     #[test]
     fn kafka_properties_take_secret_references() {
         std::env::set_var("SLUICE_TEST_KAFKA_PASSWORD", "pw");
-        let text = GOOD.replace("bootstrap_servers = \"127.0.0.1:9092\"", "bootstrap_servers = \"127.0.0.1:9092\"\nproperties = { \"sasl.password\" = { env = \"SLUICE_TEST_KAFKA_PASSWORD\" }, \"security.protocol\" = \"SASL_SSL\" }");
+        // (Security settings have typed keys of their own; `properties` is for the rest, e.g. a
+        // keystore password of a provider-specific property.)
+        let text = GOOD.replace("bootstrap_servers = \"127.0.0.1:9092\"", "bootstrap_servers = \"127.0.0.1:9092\"\nproperties = { \"client.id\" = { env = \"SLUICE_TEST_KAFKA_PASSWORD\" }, \"linger.ms\" = \"5\" }");
         let config = parse(&text).expect("valid");
-        assert_eq!((config.kafka.properties["sasl.password"].expose(), config.kafka.properties["security.protocol"].expose()), ("pw", "SASL_SSL"));
+        let properties = config.kafka.properties.get_ref();
+        assert_eq!((properties["client.id"].expose(), properties["linger.ms"].expose()), ("pw", "5"));
         let e = parse(&text.replace("SLUICE_TEST_KAFKA_PASSWORD", "SLUICE_TEST_KAFKA_UNSET")).unwrap_err();
         assert!(e.message.contains("SLUICE_TEST_KAFKA_UNSET is not set"), "every process talks to Kafka: {e}");
         assert_eq!(e.line, Some(4), "the property's line: {e}");
@@ -552,6 +620,34 @@ fields = { email = "email" }
         );
         let e = parse(&with("reconcile_every = 5")).unwrap_err();
         assert!(e.message.contains("unknown field `reconcile_every`"), "{e}");
+    }
+
+    #[test]
+    fn expire_is_validated_and_refused_where_the_poller_cannot_emit_it() {
+        let with = |detection: &str, expire: &str| {
+            GOOD.replace("detection = { mode = \"cursor\", cursor_column = \"updated_at\" }", &format!("detection = {detection}\nexpire = {expire}"))
+        };
+        let cursor = "{ mode = \"cursor\", cursor_column = \"updated_at\" }";
+        let ok = parse(&with(cursor, "{ column = \"updated_at\", after_ms = 1209600000 }")).expect("valid");
+        assert_eq!(ok.models[0].expire, Some(Expire { column: "updated_at".into(), after_ms: 1_209_600_000 }));
+        assert!(matches!(ok.models[0].detection, Detection::Cursor { before_images: true, .. }), "before images by default");
+        assert!(parse(&with("{ mode = \"diff\" }", "{ column = \"updated_at\", after_ms = 1 }")).is_ok());
+
+        let e = parse(&with(cursor, "{ column = \"purchased_at\", after_ms = 1000 }")).unwrap_err();
+        assert_eq!(e.to_string(), "sluice.toml:10: model \"customers\": expire.column \"purchased_at\" is not in `columns`\n  fix: add it to `columns`");
+        let e = parse(&with(cursor, "{ column = \"updated_at\", after_ms = 0 }")).unwrap_err();
+        assert!(e.message.contains("expire.after_ms must be positive"), "{e}");
+        let e = parse(&with(cursor, "{ column = \"updated_at\", after_ms = -5 }")).unwrap_err();
+        assert!(e.line.is_some(), "{e}");
+        let e = parse(&with(cursor, "{ column = \"updated_at\", after = 5 }")).unwrap_err();
+        assert!(e.message.contains("unknown field `after`"), "{e}");
+        let e = parse(&with("{ mode = \"warehouse_diff\" }", "{ column = \"updated_at\", after_ms = 1000 }")).unwrap_err();
+        assert!(e.message.contains("expire is not available in mode = \"warehouse_diff\""), "{e}");
+        assert!(e.fix.starts_with("write the filter in the model's query"), "{e}");
+        let opted_out = "{ mode = \"cursor\", cursor_column = \"updated_at\", before_images = false }";
+        assert!(matches!(parse(&with(opted_out, "{ column = \"updated_at\", after_ms = 1 }").replace("expire = { column = \"updated_at\", after_ms = 1 }", "")).unwrap().models[0].detection, Detection::Cursor { before_images: false, .. }));
+        let e = parse(&with(opted_out, "{ column = \"updated_at\", after_ms = 1000 }")).unwrap_err();
+        assert!(e.message.contains("before_images = false turns it off"), "{e}");
     }
 
     #[test]

@@ -49,6 +49,24 @@ pub struct ModelConfig {
     /// Data-quality gates checked before a run emits anything (`diff` mode).
     #[serde(default)]
     pub gates: Gates,
+    /// Rows that stop being live some time after a timestamp (`expire = { column =
+    /// "purchased_at", after_ms = 1209600000 }`: a purchase keeps its buyer suppressed for 14
+    /// days). The poller treats an expired row as absent: it never emits one, and emits a live
+    /// key whose row expired as an ordinary delete (`d` + tombstone), once, so the change topic
+    /// holds exactly the live rows and consumers need no clock. `cursor` and `diff` modes only.
+    #[serde(default)]
+    pub expire: Option<Expire>,
+}
+
+/// When a model's rows expire: `column + after_ms` (see [`ModelConfig::expire`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expire {
+    /// A timestamp column of the model (a local timestamp is read as UTC). A row whose value
+    /// here is NULL never expires.
+    pub column: String,
+    /// How long after `column` a row stays live, in milliseconds (positive).
+    pub after_ms: u64,
 }
 
 /// Data-quality gates: a run that fails one emits nothing and the model stops with the reason,
@@ -123,6 +141,16 @@ pub enum Detection {
         /// topic per reconciliation; emits deletes only.
         #[serde(default)]
         reconcile_interval_ms: Option<u64>,
+        /// Whether updates and deletes carry the key's last emitted image as `before` (updates
+        /// also the changed columns), so a destination can move a changed identifier. The poller
+        /// keeps the change topic's state (key hash → row hash and location of the latest event,
+        /// rebuilt from the topic at start, ~50 bytes per key) and reads previous images back
+        /// from the topic; that state also decides `c` against `u` exactly. `false`: updates
+        /// carry no `before`, a soft delete carries the row as read, `created_column` decides
+        /// `c` against `u`, and no state is kept (for very large models whose identifiers never
+        /// change). Default `true`; `expire` needs it.
+        #[serde(default = "defaults::yes")]
+        before_images: bool,
     },
     /// Full snapshot compared by primary key and row hash (xxh3) against the last emitted
     /// state: inserts, updates (with `before` image and changed columns) and deletes. Works

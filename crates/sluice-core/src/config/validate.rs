@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::ops::Range;
 
 use super::bounds::{self, Bounded};
-use super::{is_identifier, Config, ConfigError, Detection, DestinationConfig, FieldSource, ModelConfig, SyncConfig, WarehouseSetting};
+use super::{is_identifier, Config, ConfigError, Detection, DestinationConfig, Expire, FieldSource, ModelConfig, SyncConfig, WarehouseSetting};
 
 /// The reference, for fixes: `docs/configuration.md#<anchor>`.
 pub(crate) fn reference(anchor: &str) -> String {
@@ -60,6 +60,7 @@ impl Config {
     }
 
     fn validate_kafka(&self) -> Result<(), ConfigError> {
+        self.validate_kafka_security()?;
         let kafka = &self.kafka;
         if kafka.bootstrap_servers.trim().is_empty() {
             return Err(self.whole("kafka.bootstrap_servers is empty".into(), "set it, e.g. \"127.0.0.1:9092\""));
@@ -67,9 +68,15 @@ impl Config {
         if !is_identifier(&kafka.topic_prefix) {
             return Err(self.whole(format!("kafka.topic_prefix {:?} is not a valid topic segment", kafka.topic_prefix), "use letters, digits, '_' and '-' only"));
         }
-        for (key, value, bound) in [("partitions", kafka.partitions, bounds::PARTITIONS), ("replication_factor", kafka.replication_factor, bounds::REPLICATION_FACTOR)] {
-            if let Err(range) = bound.check(f64::from(value)) {
-                return Err(self.whole(format!("kafka.{key} = {value} {range}"), format!("e.g. {key} = {} (see {})", bound.example, reference("kafka"))));
+        let numbers = [
+            ("partitions", f64::from(kafka.partitions), bounds::PARTITIONS),
+            ("replication_factor", f64::from(kafka.replication_factor), bounds::REPLICATION_FACTOR),
+            ("min_compaction_lag_ms", kafka.min_compaction_lag_ms as f64, bounds::MIN_COMPACTION_LAG_MS),
+            ("delete_retention_ms", kafka.delete_retention_ms as f64, bounds::DELETE_RETENTION_MS),
+        ];
+        for (key, value, bound) in numbers {
+            if let Err(range) = bound.check(value) {
+                return Err(self.whole(format!("kafka.{key} = {} {range}", bounds::show(value)), format!("e.g. {} (see {})", bound.example, reference("kafka"))));
             }
         }
         Ok(())
@@ -149,13 +156,16 @@ impl Config {
                 )
             })?;
         }
+        if let Some(expire) = &model.expire {
+            self.validate_expire(model, expire)?;
+        }
         self.validate_gates(model)
     }
 
     fn validate_detection(&self, model: &ModelConfig) -> Result<(), ConfigError> {
         let name = model.name.get_ref();
         let err = |message: String, fix: &str| self.error_at(model.name.span(), message, fix);
-        let Detection::Cursor { cursor_column, created_column, deleted_column, lookback_ms, reconcile_interval_ms } = &model.detection else {
+        let Detection::Cursor { cursor_column, created_column, deleted_column, lookback_ms, reconcile_interval_ms, .. } = &model.detection else {
             return Ok(());
         };
         for column in std::iter::once(cursor_column).chain(created_column.iter()).chain(deleted_column.iter()) {
@@ -395,6 +405,8 @@ fields = { email = "email" }
         refused("cursor_column = \"updated_at\"", &format!("cursor_column = \"updated_at\", lookback_ms = {huge}"), "lookback_ms", 10);
         let error = with("bootstrap_servers = \"127.0.0.1:9092\"", "bootstrap_servers = \"127.0.0.1:9092\"\npartitions = 0").unwrap_err();
         assert_eq!(error.message, "kafka.partitions = 0 is out of range; it must be between 1 and 10000");
+        let error = with("bootstrap_servers = \"127.0.0.1:9092\"", "bootstrap_servers = \"127.0.0.1:9092\"\nmin_compaction_lag_ms = 99999999999999").unwrap_err();
+        assert_eq!(error.message, "kafka.min_compaction_lag_ms = 99999999999999 is out of range; it must be between 0 and 31536000000");
     }
 
     /// Issue 12: a cron expression passed `check` and stopped the poller at start.
@@ -422,5 +434,31 @@ fields = { email = "email" }
         assert!(error.message.contains("is synced to destination \"crm\" twice"), "{error}");
         let long = "x".repeat(240);
         refused("name = \"customers\"", &format!("name = \"{long}\""), "longer than Kafka's 249 characters", 10);
+    }
+}
+
+impl Config {
+    /// `expire` on a model: a column of the model, a positive duration, a mode that can emit
+    /// expiries (the column's type is checked by the poller, which knows it).
+    fn validate_expire(&self, model: &ModelConfig, expire: &Expire) -> Result<(), ConfigError> {
+        let name = model.name.get_ref();
+        let err = |message: String, fix: &str| self.error_at(model.name.span(), message, fix);
+        if !model.columns.contains(&expire.column) {
+            return Err(err(format!("model {name:?}: expire.column {:?} is not in `columns`", expire.column), "add it to `columns`"));
+        }
+        if expire.after_ms == 0 {
+            return Err(err(format!("model {name:?}: expire.after_ms must be positive"), "e.g. expire = { column = \"purchased_at\", after_ms = 1209600000 } (14 days)"));
+        }
+        match &model.detection {
+            Detection::WarehouseDiff {} => Err(err(
+                format!("model {name:?}: expire is not available in mode = \"warehouse_diff\": its previous snapshot lives in the warehouse, so the poller cannot treat a row that expires between runs as absent"),
+                "write the filter in the model's query (query = \"select ... where purchased_at > now() - interval '14 days'\"): each run then deletes the rows that left it; or use mode = \"diff\" or \"cursor\" with expire",
+            )),
+            Detection::Cursor { before_images: false, .. } => Err(err(
+                format!("model {name:?}: expire needs the change topic's state that cursor mode keeps for before images, and before_images = false turns it off"),
+                "remove before_images = false (or remove expire)",
+            )),
+            Detection::Cursor { .. } | Detection::Diff {} => Ok(()),
+        }
     }
 }

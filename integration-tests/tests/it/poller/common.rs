@@ -176,18 +176,21 @@ pub fn id_of(row: &[Value]) -> i64 {
 /// What the `before` images of a mode carry.
 #[derive(Debug, Clone, Copy)]
 pub enum Images {
-    /// Snapshot modes: every `u` and `d` carries the previous image.
-    Diff,
-    /// Cursor mode: `u` carries none; a `d` carries the previous image (reconciliation of a hard
-    /// delete) or, for a soft delete, the row as read with column `deleted` set.
-    Cursor { deleted: Option<usize> },
+    /// Every `u` and `d` carries exactly the key's previous image: the snapshot modes, and
+    /// cursor mode with its before images (the default), soft deletes and expiries included.
+    Previous,
+    /// Cursor mode with `before_images = false`: `u` carries none; a `d` carries the previous
+    /// image (reconciliation of a hard delete) or, for a soft delete, the row as read with
+    /// column `deleted` set.
+    RowAsRead { deleted: Option<usize> },
 }
 
 /// Replay the change log and check it is a valid history: `r`/`c` only for an absent key, `u`
 /// only for a present key with a different row and a `before` equal to the previous image, `d`
-/// only for a present key and followed by its tombstone. Returns the final state per id.
+/// only for a present key, with a `before` equal to the previous image, and followed by its
+/// tombstone. Returns the final state per id.
 pub fn replay(events: &[(ReadRecord, Decoded)]) -> HashMap<i64, Vec<Value>> {
-    replay_with(events, Images::Diff)
+    replay_with(events, Images::Previous)
 }
 
 /// [`replay`] with the `before` rules of `images`.
@@ -210,8 +213,10 @@ pub fn replay_with(events: &[(ReadRecord, Decoded)], images: Images) -> HashMap<
                     let after = after.clone().unwrap();
                     assert_ne!(previous, &after, "duplicate update of id {} (same image twice)", id_of(&after));
                     match images {
-                        Images::Diff => assert_eq!(before.as_ref(), Some(previous), "before image is the previous after image"),
-                        Images::Cursor { .. } => assert_eq!(before, &None, "cursor-mode updates carry no before image"),
+                        Images::Previous => {
+                            assert_eq!(before.as_ref(), Some(previous), "the update of id {} carries the previous image as before", id_of(&after))
+                        }
+                        Images::RowAsRead { .. } => assert_eq!(before, &None, "updates without before images carry none"),
                     }
                     state.insert(key, after);
                 }
@@ -219,7 +224,7 @@ pub fn replay_with(events: &[(ReadRecord, Decoded)], images: Images) -> HashMap<
                     let previous = state.remove(&key).expect("delete of a present key");
                     let before = before.as_ref().expect("a delete carries a before image");
                     let soft = match images {
-                        Images::Cursor { deleted: Some(column) } => !before[column].is_null(),
+                        Images::RowAsRead { deleted: Some(column) } => !before[column].is_null(),
                         _ => false,
                     };
                     if soft {
@@ -270,6 +275,9 @@ pub fn env_or(name: &str, default: u64) -> u64 {
 /// always the code under test. Built exactly as `ops/test.sh` builds the binaries (whole
 /// workspace, same features): another package selection would resolve other feature sets and
 /// recompile DuckDB's C++ for 20 minutes. With the `duckdb` feature it serves both warehouses.
+/// `SLUICE_TEST_CARGO_CONFIG` (e.g. `profile.dev.package.sluice-core.codegen-units=7`) is passed
+/// to that build as `--config`, so a clone that isolates its artifacts in a shared target
+/// directory builds the binary from its own sources.
 pub fn poller_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("<target>/<profile>/deps/<test>").to_path_buf();
@@ -282,6 +290,9 @@ pub fn poller_binary() -> std::path::PathBuf {
     }
     if profile_dir.file_name().is_some_and(|p| p == "release") {
         build.arg("--release");
+    }
+    if let Ok(config) = std::env::var("SLUICE_TEST_CARGO_CONFIG") {
+        build.args(["--config", &config]);
     }
     let status = build.status().expect("run cargo build");
     assert!(status.success(), "building sluice-poller failed");

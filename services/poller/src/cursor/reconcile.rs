@@ -6,15 +6,17 @@
 //!
 //! How: at most every `reconcile_interval_ms` (checked after a poll that caught up, and once
 //! after each start, since nothing is kept on local disk), the keys currently live in the
-//! compacted change topic are rebuilt `read_committed` ([`Tracked`], ~24 bytes per key, built
-//! for the reconciliation only and dropped after), the model's keys are scanned
+//! compacted change topic — the state cursor mode keeps for `before` images, or, with
+//! `before_images = false`, rebuilt `read_committed` ([`Tracked`], ~24 bytes per key, built for
+//! the reconciliation only and dropped after) — are compared with the model's keys, scanned
 //! ([`Warehouse::scan`]), and every key live in the topic but absent from the model is emitted
 //! as `d` (`before` = its last emitted image, read back from the topic) + tombstone, in Kafka
 //! transactions of `batch_rows` together with the model's state record, the cursor position
 //! unchanged — exactly as `diff` mode emits deletes (both use [`crate::changes::emit`]).
 //!
-//! It only emits deletes: new and changed rows belong to the cursor. A soft-deleted row still in
-//! the model counts as present (the cursor emits its delete), so the two never both delete a key.
+//! It only emits deletes: new and changed rows belong to the cursor. A soft-deleted or expired
+//! row still in the model counts as present (the cursor or the expiry sweep emits its delete),
+//! so no two of them ever delete a key.
 //! It runs in the model's own poll loop, between polls, so the change topic cannot move while it
 //! compares. A crash between its transactions leaves a committed prefix; the next
 //! reconciliation rebuilds the live keys from the topic and emits only the rest. The
@@ -24,8 +26,7 @@
 use std::time::{Duration, Instant};
 
 use sluice_avro::ModelCodec;
-use sluice_core::config::{Config, ModelConfig};
-use sluice_core::naming;
+use sluice_core::config::ModelConfig;
 use sluice_warehouse::Warehouse;
 use tracing::Instrument;
 
@@ -33,7 +34,7 @@ use crate::changes::{emit, scan_keys, DiffPlan};
 use crate::context::ModelContext;
 use crate::error::ModelError;
 use crate::gates::{Confirmation, RunCounts};
-use crate::tracked::Tracked;
+use crate::tracked::{Keys, Tracked};
 
 /// The hard deletes a reconciliation found.
 pub struct Found {
@@ -52,23 +53,24 @@ impl Found {
     }
 }
 
-/// Compare the keys live in the change topic with the model's keys. Emits nothing.
-pub async fn find_deletes<W: Warehouse>(
-    config: &Config,
-    warehouse: &W,
-    model: &ModelConfig,
-    codec: &ModelCodec,
-) -> Result<Found, ModelError> {
-    let topic = naming::change_topic(&config.kafka.topic_prefix, model.name.get_ref());
-    let mut tracked = Tracked::load(&config.kafka, &topic).await?;
-    let rows = scan_keys(warehouse, model, codec, |_, hash| {
+/// Compare `keys` (the keys live in the change topic) with the model's keys. Emits nothing;
+/// leaves no mark on `keys`.
+pub async fn find_deletes<W: Warehouse>(warehouse: &W, model: &ModelConfig, codec: &ModelCodec, keys: &mut Keys) -> Result<Found, ModelError> {
+    keys.clear_marks();
+    let scanned = scan_keys(warehouse, model, codec, |_, hash| {
         // A NULL key was never emitted (its key cannot be encoded), so it matches nothing.
         if let Some(hash) = hash {
-            tracked.see(hash);
+            keys.see(hash);
         }
     })
-    .await?;
-    Ok(Found { rows, tracked: tracked.len() as u64, deletes: tracked.take_unseen() })
+    .await;
+    match scanned {
+        Ok(rows) => Ok(Found { rows, tracked: keys.len() as u64, deletes: keys.take_unseen() }),
+        Err(error) => {
+            keys.clear_marks();
+            Err(error.into())
+        }
+    }
 }
 
 /// When the reconciliation of one model is due.
@@ -98,7 +100,14 @@ impl Reconciler {
         let span = tracing::info_span!("poller.reconcile", model = %name, run_id = %run_id);
         async {
             let started = Instant::now();
-            let found = find_deletes(ctx.config, ctx.warehouse, ctx.model, &ctx.codec).await?;
+            let topic = ctx.change_topic();
+            let found = match ctx.committer.keys_mut() {
+                Some(keys) => find_deletes(ctx.warehouse, ctx.model, &ctx.codec, keys).await?,
+                None => {
+                    let mut tracked = Tracked::load(&ctx.config.kafka, &topic, false).await?;
+                    find_deletes(ctx.warehouse, ctx.model, &ctx.codec, tracked.keys_mut()).await?
+                }
+            };
             let counts = found.counts();
             self.confirmation.check_volume(name, &ctx.model.gates, counts, false, "reconciliation")?;
             let plan =

@@ -22,8 +22,10 @@ use sluice_core::{ColumnType, Row, Value};
 use sluice_warehouse::{cursor_indexes, cursor_of, Warehouse, WarehouseError};
 use tracing::Instrument;
 
-use super::rules::{change, CursorRules, OpCounts};
+use super::page::{Images, Page};
+use super::rules::{CursorRules, PollContext};
 use super::{commit_page, complete_snapshot, Between};
+use crate::clock::now_ms;
 use crate::context::ModelContext;
 use crate::emit::ChangeWriter;
 use crate::error::ModelError;
@@ -48,11 +50,12 @@ pub fn window_start(cursor: Option<&[Value]>, lookback_ms: u64) -> Option<Value>
 }
 
 /// Poll `ctx`'s model in cursor mode with a look-back window, from `start`, until shutdown or
-/// a fatal error.
+/// a fatal error; previous images read through `images` when kept.
 pub(super) async fn poll<W: Warehouse>(
     ctx: &mut ModelContext<'_, W>,
     start: CursorPosition,
     lookback_ms: u64,
+    images: Option<&Images>,
     between: &mut Between<'_>,
 ) -> Result<(), ModelError> {
     let name = ctx.name();
@@ -67,14 +70,14 @@ pub(super) async fn poll<W: Warehouse>(
     }
     let mut window = Window {
         lookback_ms,
-        rules: CursorRules::new(ctx.model, &ctx.codec),
+        rules: CursorRules::new(ctx.model, &ctx.codec, ctx.expiry),
         indexes,
         cursor: start.cursor,
         recent: start.recent.into_iter().collect(),
     };
     loop {
         let span = tracing::info_span!("poller.lookback_poll", model = %name);
-        window.read(ctx).instrument(span).await?;
+        window.read(ctx, images).instrument(span).await?;
         if !between.caught_up(ctx).await? {
             return Ok(());
         }
@@ -93,7 +96,7 @@ struct Window {
 
 impl Window {
     /// Read the whole window again, page by page, and emit the rows not emitted yet.
-    async fn read<W: Warehouse>(&mut self, ctx: &mut ModelContext<'_, W>) -> Result<(), ModelError> {
+    async fn read<W: Warehouse>(&mut self, ctx: &mut ModelContext<'_, W>, images: Option<&Images>) -> Result<(), ModelError> {
         let name = ctx.name();
         let batch = ctx.model.batch_rows.max(1);
         let since = window_start(self.cursor.as_deref(), self.lookback_ms);
@@ -111,7 +114,7 @@ impl Window {
                 break;
             };
             after = Some(cursor_of(&self.indexes, last));
-            late += self.emit_page(ctx, rows, full).await?;
+            late += self.emit_page(ctx, rows, full, images).await?;
             if !full {
                 break;
             }
@@ -126,15 +129,12 @@ impl Window {
     /// Emit the rows of one page of the window not emitted yet, and commit them with the new
     /// position when anything changed. `full`: the page was full (more may follow). Returns how
     /// many rows were behind the cursor (committed late).
-    async fn emit_page<W>(&mut self, ctx: &mut ModelContext<'_, W>, rows: Vec<Row>, full: bool) -> Result<u64, ModelError> {
+    async fn emit_page<W>(&mut self, ctx: &mut ModelContext<'_, W>, rows: Vec<Row>, full: bool, images: Option<&Images>) -> Result<u64, ModelError> {
         let name = ctx.name();
         let run_id = uuid::Uuid::new_v4().to_string();
-        let mut writer = ChangeWriter::new(ctx.config, name, &ctx.codec, &run_id);
-        let run_start = self.cursor.as_ref().map(|c| c[0].clone());
         let position_micros = self.cursor.as_ref().and_then(|c| micros(&c[0]));
         let snapshot_done = ctx.state().snapshot_done;
-        let mut records = Vec::new();
-        let mut counts = OpCounts::default();
+        let mut page = Page::new(PollContext { snapshot_done, run_start: self.cursor.as_ref().map(|c| c[0].clone()), now_ms: now_ms() });
         let mut late = 0u64;
         let mut new_cursor = self.cursor.clone();
         for row in rows {
@@ -148,14 +148,10 @@ impl Window {
                 late += 1;
             }
             let row_cursor = cursor_of(&self.indexes, &row);
-            if let Some(op) = self.rules.op(snapshot_done, run_start.as_ref(), &row) {
-                writer.set_position(Some(tuple_text(&row_cursor)));
-                records.extend(change(&mut writer, op, row, Some(key))?);
-                counts.add(op);
-            }
             if new_cursor.as_ref().and_then(|c| micros(&c[0])).is_none_or(|c| row_micros >= c) {
-                new_cursor = Some(row_cursor);
+                new_cursor = Some(row_cursor.clone());
             }
+            page.push(&self.rules, ctx.committer.keys(), row, key, tuple_text(&row_cursor));
         }
         // Pairs older than the next window will never be read again.
         if let Some(floor) = window_start(new_cursor.as_deref(), self.lookback_ms).as_ref().and_then(micros) {
@@ -172,6 +168,9 @@ impl Window {
             .into());
         }
         let now_done = snapshot_done || !full;
+        let counts = page.counts();
+        let mut writer = ChangeWriter::new(ctx.config, name, &ctx.codec, &run_id);
+        let records = page.records(&mut writer, images, &ctx.codec).await?;
         if !records.is_empty() || new_cursor != self.cursor || now_done != snapshot_done {
             let mut pairs: Vec<(u64, i64)> = self.recent.iter().copied().collect();
             pairs.sort_unstable();
