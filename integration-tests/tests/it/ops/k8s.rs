@@ -3,7 +3,8 @@
 //! port), probes paths the ops endpoints serve, gets exactly its own secrets (the config's
 //! references for its scope, proven by `sluice check --service`), mounts the generated config
 //! where `SLUICE_CONFIG` points, runs as the image's non-root user on a read-only root, and a
-//! sink's grace period outlasts its drain. One sink Deployment per destination of the config.
+//! sink's grace period outlasts its drain. One sink Deployment per destination of the config;
+//! every Secret they read is listed in `docs/kubernetes.md`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -58,6 +59,7 @@ async fn manifests_agree_with_the_services_and_the_config() {
     let drain = sluice_sink::DRAIN_TIMEOUT.as_secs();
     let mut sink_destinations = BTreeSet::new();
     let mut pod_labels = Vec::new();
+    let mut secret_refs = BTreeSet::new();
 
     for deployment in of_kind(&docs, "Deployment") {
         let name = s(&deployment["metadata"]["name"]);
@@ -127,7 +129,11 @@ async fn manifests_agree_with_the_services_and_the_config() {
         deploy::assert_service_env(&name, &config_path, &config, &scope, &check_env);
         for (var, e) in &env {
             let own = deploy::secret_envs(&config)[&scope].contains(var);
-            assert_eq!(own, e["valueFrom"]["secretKeyRef"].is_mapping(), "{name}: {var} comes from a Secret exactly when it is a secret");
+            let secret = &e["valueFrom"]["secretKeyRef"];
+            assert_eq!(own, secret.is_mapping(), "{name}: {var} comes from a Secret exactly when it is a secret");
+            if own {
+                secret_refs.insert((s(&secret["name"]), s(&secret["key"]), var.clone()));
+            }
         }
 
         // Non-root (the image's user), read-only root, resources.
@@ -145,6 +151,15 @@ async fn manifests_agree_with_the_services_and_the_config() {
         pod_labels.push((name, deployment["spec"]["template"]["metadata"]["labels"].clone(), ports));
     }
 
+    // The Secrets are created beside the base: docs/kubernetes.md names each one, its key and the
+    // variable it fills, on one line.
+    let guide = read("docs/kubernetes.md");
+    for (secret, key, var) in &secret_refs {
+        assert!(
+            guide.lines().any(|l| l.contains(&format!("`{secret}`")) && l.contains(&format!("`{key}`")) && l.contains(&format!("`{var}`"))),
+            "docs/kubernetes.md does not list Secret {secret}, key {key} ({var})"
+        );
+    }
     assert_eq!(
         sink_destinations.into_iter().collect::<Vec<_>>(),
         { let mut d = deploy::destinations(&config); d.sort(); d },

@@ -6,7 +6,7 @@
 //! Checked: every `sluice_*` family the three processes export is documented under its service
 //! with its type; every documented metric exported `always`, `per mode` or `per kind` of a kind
 //! in this run is exported, and so are the event-only ones this run triggers; every metric the
-//! dashboard and the rules name is exported here or documented as event-only or not built yet.
+//! dashboard and the rules name is exported here or documented as event-only.
 //! And what the sync-health metrics say is true of the run (freshness, lag, latency, dead
 //! letters, audience size).
 
@@ -329,22 +329,16 @@ fn check_doc(poller: &Scrape, sinks: &Scrape) {
                 Exported::Always => true,
                 Exported::PerKind(kinds) => kinds.iter().any(|k| KINDS.contains(&k.as_str())),
                 Exported::OnEvent(_) => TRIGGERED.contains(&name.as_str()),
-                Exported::NotYet(_) => false,
             };
             if required {
                 assert!(scrape.types.contains_key(name), "{name} is documented as {:?} but {service:?} did not export it", documented.exported);
             }
         }
     }
-    for (name, documented) in doc.iter().filter(|(_, m)| matches!(m.exported, Exported::NotYet(_))) {
-        assert!(name.starts_with("sluice_writeback_"), "only the writeback's metrics may be `not yet`: {name}");
-        assert!(!poller.types.contains_key(name) && !sinks.types.contains_key(name), "{name} is exported: update its row");
-        assert_eq!(documented.service, Service::Writeback);
-    }
 }
 
 /// Every metric the dashboard and the rules read is exported by this run or documented as
-/// event-only (or not built yet).
+/// event-only.
 fn check_dashboard_and_rules(poller: &Scrape, sinks: &Scrape) {
     let doc = metrics_doc();
     let histograms = histograms(&doc);
@@ -353,7 +347,7 @@ fn check_dashboard_and_rules(poller: &Scrape, sinks: &Scrape) {
     for (user, expr) in uses {
         for name in promql_metrics(&expr, &histograms) {
             let exported = poller.types.contains_key(&name) || sinks.types.contains_key(&name);
-            let event_only = doc.get(&name).is_some_and(|m| matches!(m.exported, Exported::OnEvent(_) | Exported::NotYet(_)));
+            let event_only = doc.get(&name).is_some_and(|m| matches!(m.exported, Exported::OnEvent(_)));
             assert!(exported || event_only, "{user} reads {name}, which this run did not export and docs/metrics.md does not list as event-only: {expr}");
         }
     }

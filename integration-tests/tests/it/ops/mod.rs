@@ -33,8 +33,6 @@ pub fn read(path: &str) -> String {
 pub enum Service {
     Poller,
     Sink,
-    /// The warehouse writeback, not built yet.
-    Writeback,
 }
 
 /// When a documented metric appears (the doc's "exported" column).
@@ -47,8 +45,6 @@ pub enum Exported {
     PerKind(Vec<String>),
     /// `on event: reason`.
     OnEvent(String),
-    /// `not yet: reason`.
-    NotYet(String),
 }
 
 /// One row of `docs/metrics.md`.
@@ -72,8 +68,6 @@ pub fn metrics_doc() -> BTreeMap<String, DocMetric> {
                 Some(Service::Poller)
             } else if heading.starts_with("Sink") || heading.starts_with("Destinations") {
                 Some(Service::Sink)
-            } else if heading.starts_with("Writeback") {
-                Some(Service::Writeback)
             } else {
                 None
             };
@@ -94,14 +88,12 @@ pub fn metrics_doc() -> BTreeMap<String, DocMetric> {
                     Exported::PerKind(kinds.split(',').map(|k| k.trim().to_string()).collect())
                 } else if let Some(reason) = other.strip_prefix("on event: ") {
                     Exported::OnEvent(reason.to_string())
-                } else if let Some(reason) = other.strip_prefix("not yet: ") {
-                    Exported::NotYet(reason.to_string())
                 } else {
-                    panic!("{at}: exported must be `always`, `per mode`, `per kind: K`, `on event: reason` or `not yet: reason`, not {other:?}")
+                    panic!("{at}: exported must be `always`, `per mode`, `per kind: K` or `on event: reason`, not {other:?}")
                 }
             }
         };
-        if let Exported::OnEvent(reason) | Exported::NotYet(reason) = &exported {
+        if let Exported::OnEvent(reason) = &exported {
             assert!(reason.len() > 5, "{at}: {name} needs a reason why it is not always exported");
         }
         let used_by = cells[5].split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
