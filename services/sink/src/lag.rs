@@ -1,5 +1,5 @@
 //! Consumer lag of a sink, read from its own consumer: how far the destination is behind its
-//! change topics, in records and in seconds.
+//! change topics and its side topic (every partition assigned to it), in records and in seconds.
 //!
 //! librdkafka reports every `STATS_INTERVAL_MS` the offsets of each partition it is assigned
 //! (`statistics.interval.ms`); [`observe`] turns them into two gauges:

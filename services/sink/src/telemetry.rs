@@ -11,7 +11,8 @@
 //!   poller *observed* the change, not when the warehouse committed it: sluice does not know
 //!   commit times in general (`diff` and `warehouse_diff` compare states, and a cursor column is
 //!   whatever the model says it is). The part before observation is bounded by the model's
-//!   schedule and shows in the poller's freshness.
+//!   schedule and shows in the poller's freshness. A record applied again (a replay, a side
+//!   record) keeps its original `ts_ms`, so its latency is its age: a replay shows as a spike.
 //! - `sluice_sink_last_applied_change_timestamp_seconds{destination}`: the `ts_ms` of the newest
 //!   change the destination acknowledged, in seconds; it never moves backwards (lanes finish out
 //!   of order), so `time() - x` is the age of the newest applied change.
