@@ -26,7 +26,7 @@ bootstrap_servers = "127.0.0.1:9092"
 topic_prefix = "fuzz"
 partitions = 3
 replication_factor = 1
-properties = { "session.timeout.ms" = "6000", "sasl.password" = { env = "SLUICE_FUZZ_TOKEN" } }
+properties = { "session.timeout.ms" = "6000", "sasl.oauthbearer.client.secret" = { env = "SLUICE_FUZZ_TOKEN" } }
 
 [warehouse]
 name = "w"
