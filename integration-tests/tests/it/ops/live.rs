@@ -292,6 +292,8 @@ fn check_semantics(poller: &Scrape, crm: &Scrape, site: &Scrape, started: f64, w
     assert_eq!(poller.value("sluice_poller_runs_total", &["model=\"dupes\"", "outcome=\"fatal_error\""]), Some(1.0));
     assert_eq!(poller.value("sluice_poller_duplicate_keys_total", &["model=\"dupes\""]), Some(1.0), "one key twice");
     assert_eq!(poller.value("sluice_poller_model_rows", &["model=\"customers_diff\""]), Some(9.0), "10 rows less the deleted one");
+    // The reconciliation's delete is committed (and the gauge set) before it is counted.
+    assert_eq!(poller.value("sluice_poller_tracked_rows", &["model=\"customers\""]), Some(9.0), "the cursor model's live keys: 10 less the deleted one");
 
     // The webhook: rows 1-10 of two models, less row 4 of each (dead-lettered), row 2 twice in
     // `customers` but coalesced into its latest change.

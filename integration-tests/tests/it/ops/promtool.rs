@@ -2,6 +2,8 @@
 //! fires on a synthetic failing series and stays silent on a healthy one), and each names its
 //! runbook.
 
+use std::collections::BTreeSet;
+
 use super::{alert_rules, repo};
 
 /// Run `promtool` with `args` in `ops/prometheus`; fail with its output.
@@ -71,4 +73,16 @@ fn every_alert_has_a_severity_and_a_runbook_that_exists() {
             assert!(text.contains(section), "{runbook} has no {section:?} section");
         }
     }
+    // The runbooks' index lists exactly these alerts, each with its severity.
+    let index = std::fs::read_to_string(repo().join("docs/runbooks/README.md")).unwrap();
+    let listed: BTreeSet<(String, String)> = index
+        .lines()
+        .filter(|l| l.starts_with("| Sluice"))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+            (cells[0].to_string(), cells[1].to_string())
+        })
+        .collect();
+    let expected: BTreeSet<(String, String)> = alerts.iter().map(|(name, rule)| (name.clone(), rule["labels"]["severity"].as_str().unwrap().to_string())).collect();
+    assert_eq!(listed, expected, "docs/runbooks/README.md lists the alerts and their severities");
 }
