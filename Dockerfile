@@ -60,11 +60,16 @@ RUN groupadd --system --gid 10001 sluice \
 COPY --from=builder /out/sluice-poller /out/sluice-sink /out/sluice /usr/local/bin/
 COPY schemas/ /opt/sluice/schemas/
 
+# The working directory belongs to the service user: `sluice schema export` writes
+# schemas/models/ there and a DuckDB warehouse file may live there. (On Kubernetes the root
+# filesystem is read-only; mount a volume where a service must write.)
+RUN chown 10001:10001 /opt/sluice
 WORKDIR /opt/sluice
 # Numeric, so orchestrators enforcing runAsNonRoot can verify it.
 USER 10001:10001
 
-# Ops endpoints of the poller and sinks: /healthz, /readyz, /metrics.
-EXPOSE 9464
+# Ops endpoints (/healthz, /readyz, /metrics) of the poller (9464) and of a sink (9465); the
+# poller's POST /run/<model> (9466).
+EXPOSE 9464 9465 9466
 
 CMD ["sluice", "--help"]

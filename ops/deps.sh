@@ -10,10 +10,14 @@ set -euo pipefail
 # OpenSSL; SCRAM needs no libsasl2). libcurl4-openssl-dev: librdkafka 2.12's rdkafka_conf.c
 # includes <curl/curl.h> even when built WITH_CURL=0, so the header must exist.
 # openssl (and the JDK's keytool, checked below) make the secured test broker's certificates.
+# prometheus: for its `promtool`, which the suite runs to check and unit-test the alert rules
+# (ops/prometheus/rules.yml; integration-tests/tests/it/ops/promtool.rs); the tests never start
+# the Prometheus server itself.
 apt_install \
     postgresql redis-server redis-tools \
     cmake build-essential pkg-config libssl-dev zlib1g-dev libcurl4-openssl-dev \
-    curl ca-certificates openssl unzip python3 python3-venv
+    curl ca-certificates openssl unzip python3 python3-venv \
+    prometheus
 
 # Toolchains can't be fetched from outside the package registries here, so we
 # only check for them and say clearly what is missing.

@@ -18,6 +18,7 @@
 //! | `sluice_destination_identifier_changes_kept_total` | counter | | identifier changes the vendor cannot follow: the old record stays (Salesforce) |
 //! | `sluice_destination_rate_limit_remaining` | gauge | | the vendor's remaining allowance (Braze `X-RateLimit-Remaining`) |
 //! | `sluice_destination_api_usage_ratio` | gauge | | share of the vendor's allocation used (Salesforce `Sforce-Limit-Info`) |
+//! | `sluice_destination_audience_size` | gauge | | members of the audience after the last request, where the vendor says (Redis set mode: `SCARD`) |
 //!
 //! Requests, retries, latency and dead letters are the sink's (`sluice_sink_*`): a retried
 //! request is counted there, never as refused here.
@@ -103,6 +104,11 @@ impl Metrics {
     /// The vendor's remaining allowance, as it reported it.
     pub fn rate_limit_remaining(&self, remaining: f64) {
         metrics::gauge!("sluice_destination_rate_limit_remaining", "destination" => self.destination.clone(), "kind" => self.kind).set(remaining);
+    }
+
+    /// The audience's size after a request, as the vendor reported it.
+    pub fn audience_size(&self, members: f64) {
+        metrics::gauge!("sluice_destination_audience_size", "destination" => self.destination.clone(), "kind" => self.kind).set(members);
     }
 
     /// The share of the vendor's allocation used, as it reported it.

@@ -5,6 +5,9 @@
 //!   connected, or stopped on a fatal error such as a rejected credential). Orchestrators take
 //!   a not-ready sink out of rotation and alert on it.
 //! - `/metrics`: Prometheus text format of every `metrics` counter, gauge and histogram.
+//!   Histograms are exported as Prometheus histograms (`_bucket`, `_sum`, `_count`), never as
+//!   summaries, so replicas aggregate and `histogram_quantile` works ([`LATENCY_BUCKETS`],
+//!   [`DURATION_BUCKETS`]). Every metric is listed in `docs/metrics.md`.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -13,7 +16,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
 /// Readiness of a service, shared between its work loop and the `/readyz` endpoint.
@@ -43,11 +46,28 @@ impl Health {
     }
 }
 
+/// The histogram of end-to-end latency (warehouse change observed → destination
+/// acknowledged, [`END_TO_END_METRIC`]). Fine between 50 ms and 5 s, where a near-real-time
+/// suppression's target lies (p99 ≤ 2 s), coarse up to an hour for batch schedules.
+pub const LATENCY_BUCKETS: [f64; 16] = [0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+
+/// Every other `*_seconds` histogram (requests, transactions, runs): 5 ms to an hour.
+pub const DURATION_BUCKETS: [f64; 16] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+
+/// The sink's end-to-end latency histogram, which gets [`LATENCY_BUCKETS`].
+pub const END_TO_END_METRIC: &str = "sluice_sink_end_to_end_seconds";
+
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        PrometheusBuilder::new().install_recorder().expect("no other metrics recorder is installed")
+        // A full-name matcher wins over a suffix matcher (the exporter orders them that way).
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(END_TO_END_METRIC.into()), &LATENCY_BUCKETS)
+            .and_then(|builder| builder.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &DURATION_BUCKETS))
+            .expect("bucket lists are not empty")
+            .install_recorder()
+            .expect("no other metrics recorder is installed")
     })
 }
 

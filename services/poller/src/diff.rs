@@ -143,6 +143,7 @@ pub async fn poll<W: Warehouse>(ctx: &mut ModelContext<'_, W>, options: &ModelOp
             let counts = plan.counts();
             let first_snapshot = !ctx.state().snapshot_done;
             confirmation.check_volume(name, &ctx.model.gates, counts, first_snapshot, "run")?;
+            crate::telemetry::run_changes(name, counts, first_snapshot);
             let events = emit(ctx, plan, &run_id).await?;
             metrics::gauge!("sluice_poller_diff_tracked_rows", "model" => name.to_string()).set(tracked_rows as f64);
             metrics::histogram!("sluice_poller_run_seconds", "model" => name.to_string(), "mode" => "diff")
@@ -161,6 +162,7 @@ pub async fn poll<W: Warehouse>(ctx: &mut ModelContext<'_, W>, options: &ModelOp
         }
         .instrument(span)
         .await?;
+        crate::telemetry::run_succeeded(name);
         if !options.schedule.wait(shutdown).await {
             return Ok(());
         }

@@ -5,7 +5,8 @@
 //!
 //! A refused run emits nothing, the model stops with a [`GateError`] naming the model, what was
 //! found (with up to five sample keys — keys only, never other column values) and the fix; the
-//! refusal is counted in `sluice_poller_gate_refusals_total{model,gate}` and logged once.
+//! refusal is counted in `sluice_poller_gate_refusals_total{model,gate}` (duplicate keys also in
+//! `sluice_poller_duplicate_keys_total{model}`, by how many) and logged once.
 //! Why stop rather than skip: a broken upstream job (a truncated table, a fan-out join) would
 //! otherwise turn into mass deletes or updates in every destination.
 
@@ -48,6 +49,10 @@ impl GateError {
     /// Count and log the refusal (one event = one log line + one counter).
     pub fn record(&self, model: &str) {
         metrics::counter!("sluice_poller_gate_refusals_total", "model" => model.to_string(), "gate" => self.gate()).increment(1);
+        if let GateError::DuplicateKey { count, .. } = self {
+            // The duplicate-key rate: how many keys, not only that a run was refused.
+            metrics::counter!("sluice_poller_duplicate_keys_total", "model" => model.to_string()).increment(*count);
+        }
         tracing::error!(model = %model, gate = self.gate(), error = %self, "run refused by a data-quality gate");
     }
 }

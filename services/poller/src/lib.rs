@@ -44,6 +44,7 @@
 //! | | [`expiry`] | when a row of a model with `expire` stops being live, and its header |
 //! | | [`position`] | what a stored position means: parsed in one place, written by its forms |
 //! | | [`gates`] | the data-quality checks (pure), their error, the operator's confirmation |
+//! | | `telemetry` | sync-health events: freshness, run outcomes, schedule, volatility (uses `gates`' counts) |
 //! | I/O | `emit` | change records of every mode (`ChangeWriter`), event counters |
 //! | | `committer` | [`Committer`]: the producer, the published-schemas flag, the committed state, the tracked keys kept current |
 //! | | `state` | the model's topics, reading its committed state back |
@@ -76,6 +77,7 @@ pub mod plan;
 pub mod position;
 pub mod snapshot;
 mod state;
+mod telemetry;
 pub mod tracked;
 pub mod triggers;
 pub mod warehouse_diff;
@@ -141,7 +143,9 @@ pub async fn run_with(
     let mut schedules = std::collections::HashMap::new();
     for model in &models {
         let model_config = config.model(model).expect("model names come from the config");
-        schedules.insert(model.clone(), triggers::Schedule::for_model(model_config, wakers.get(model))?);
+        let schedule = triggers::Schedule::for_model(model_config, wakers.get(model))?;
+        telemetry::scheduled(model, schedule.expected_interval());
+        schedules.insert(model.clone(), schedule);
     }
     if let Some(addr) = options.trigger_listen {
         triggers::serve_http(addr, Arc::clone(&wakers), shutdown.clone()).await.with_context(|| format!("serving POST /run on {addr}"))?;

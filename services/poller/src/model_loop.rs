@@ -18,6 +18,7 @@ use crate::context::{ModelContext, ModelOptions};
 use crate::error::ModelError;
 use crate::position::Position;
 use crate::snapshot::{run_first_snapshot, MetricProgress};
+use crate::telemetry::{self, Outcome};
 
 /// Poll one model until shutdown or a fatal error.
 pub async fn run_model<W: Warehouse + SnapshotStore>(
@@ -40,6 +41,7 @@ pub async fn run_model<W: Warehouse + SnapshotStore>(
             Err(error) if error.is_retryable() && !shutdown.is_cancelled() => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                 metrics::counter!("sluice_poller_errors_total", "model" => name.to_string(), "class" => "retryable").increment(1);
+                telemetry::run_failed(name, Outcome::RetryableError);
                 tracing::warn!(model = %name, error = %error, delay_ms = delay.as_millis() as u64, "poll failed, retrying from the committed position");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -51,6 +53,7 @@ pub async fn run_model<W: Warehouse + SnapshotStore>(
                     refused.record(name);
                 }
                 metrics::counter!("sluice_poller_errors_total", "model" => name.to_string(), "class" => "fatal").increment(1);
+                telemetry::run_failed(name, Outcome::FatalError);
                 return Err(error);
             }
         }
@@ -70,6 +73,7 @@ async fn poll_model<W: Warehouse + SnapshotStore>(
 ) -> Result<(), ModelError> {
     let name = model.name.get_ref().as_str();
     let mut ctx = ModelContext::open(config, warehouse, model).await?;
+    telemetry::model_opened(name, ctx.state().committed_at_ms);
     let state = ctx.state();
     tracing::info!(model = %name, mode = model.detection.mode(), position = state.position.as_deref().unwrap_or("start"), snapshot_done = state.snapshot_done, "model state recovered");
     // Position::parse answers in the model's mode, so the variant picks the mode.
@@ -80,6 +84,7 @@ async fn poll_model<W: Warehouse + SnapshotStore>(
             if !ctx.state().snapshot_done {
                 return Ok(()); // shut down between chunks; the next start resumes
             }
+            telemetry::run_succeeded(name);
             // The snapshot was this run: the first comparison waits for the schedule like any run.
             if !options.schedule.wait(shutdown).await {
                 return Ok(());

@@ -79,6 +79,16 @@ impl Schedule {
         Ok(Schedule { interval: Duration::from_millis(model.poll_interval_ms), cron, waker })
     }
 
+    /// How often runs are due: the interval, or for a cron expression the gap between its next
+    /// two times (the interval when it has none). What freshness is judged against.
+    pub fn expected_interval(&self) -> Duration {
+        let Some(cron) = &self.cron else { return self.interval };
+        let now = chrono::Utc::now();
+        let next = cron.find_next_occurrence(&now, false).ok();
+        let after = next.and_then(|next| cron.find_next_occurrence(&next, false).ok().map(|after| (after - next).to_std().ok()));
+        after.flatten().unwrap_or(self.interval)
+    }
+
     /// Wait until the next run is due or requested. Returns false on shutdown.
     pub async fn wait(&self, shutdown: &CancellationToken) -> bool {
         let delay = match &self.cron {

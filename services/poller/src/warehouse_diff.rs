@@ -79,6 +79,7 @@ pub async fn poll<W: Warehouse + SnapshotStore>(
         }
         .instrument(span)
         .await?;
+        crate::telemetry::run_succeeded(name);
         if !options.schedule.wait(shutdown).await {
             return Ok(());
         }
@@ -137,6 +138,7 @@ async fn prepare<W: SnapshotStore>(
         warehouse.discard_snapshot(model).await?;
         return Err(refused.into());
     }
+    crate::telemetry::run_changes(name, counts, !snapshot_done);
     if counts.inserts + counts.updates + counts.deletes == 0 && snapshot_done {
         warehouse.discard_snapshot(model).await?;
         return Ok(None);

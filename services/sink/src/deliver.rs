@@ -144,6 +144,7 @@ impl<D: Destination, L: DeadLetterSink> Deliverer<D, L> {
         let refused = self.attempt(records, (0..records.len()).collect()).await?;
         self.count("delivered", (records.len() - refused.len()) as u64);
         self.breaker.applied((records.len() - refused.len()) as u64);
+        crate::telemetry::applied(&self.destination, records, refused.iter().map(|(i, _)| *i), (self.clock)());
         for (i, failure) in refused {
             self.dead_letter_refused(&messages[i], &failure).await.map_err(Stop::Failed)?;
         }
@@ -340,6 +341,7 @@ impl<D: Destination, L: DeadLetterSink> Deliverer<D, L> {
         let headers = dead_letters::context_headers(&self.destination, message, failure);
         self.dead_letters.write(dead_letters::letter(message, headers)).await.map_err(SinkError::Kafka)?;
         self.count("dead_lettered", 1);
+        crate::telemetry::dead_lettered(&self.destination, failure.class);
         Ok(())
     }
 }

@@ -328,6 +328,7 @@ impl<D: Destination, L: DeadLetterSink> LaneContext<D, L> {
         }
         let outcome = if batch.is_empty() { Ok(()) } else { self.deliverer.deliver(&batch.messages, &batch.records).instrument(span).await };
         if outcome.is_ok() {
+            crate::telemetry::coalesced(&self.destination, batch.superseded.len());
             let finished = batch.messages.iter().zip(&batch.dones).chain(batch.superseded.iter().map(|(m, d)| (m, d)));
             let (offsets, parts): (Vec<_>, Vec<_>) = finished.partition(|(_, done)| matches!(done, Done::Offset));
             self.shared.finish(offsets.into_iter().map(|(m, _)| m.as_ref()));
@@ -439,7 +440,7 @@ mod tests {
             }
             let mut batch = Batch::new();
             for offset in 0..2 {
-                cx.shared.tracker.lock().unwrap().register("t", 0, offset);
+                cx.shared.tracker.lock().unwrap().register("t", 0, offset, 0);
                 cx.shared.buffered.fetch_add(1, Ordering::SeqCst);
                 batch.push(item(&format!("k{offset}"), offset));
             }

@@ -78,6 +78,7 @@ mod deletes;
 mod deliver;
 mod guard;
 mod hashes;
+mod lag;
 mod lanes;
 mod limits;
 mod mapping;
@@ -87,6 +88,7 @@ mod recompute;
 mod retries;
 mod schemas;
 mod side;
+mod telemetry;
 #[cfg(test)]
 mod testing;
 mod transform;
@@ -134,7 +136,9 @@ const SESSION_TIMEOUT_MS: &str = "10000";
 const HEARTBEAT_INTERVAL_MS: &str = "3000";
 /// How long a stop waits for requests already in flight (none starts after the stop). The
 /// default request timeout (`timeout_ms`), so a request that would time out is waited out.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Public so deployment manifests can be checked against it: an orchestrator's grace period
+/// must be longer.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// How long the buffer may stay full before the partitions are paused ([`BackPressure`]).
 const PAUSE_AFTER: Duration = Duration::from_secs(5);
@@ -142,13 +146,16 @@ const PAUSE_AFTER: Duration = Duration::from_secs(5);
 /// Commits finished offsets of partitions being revoked and brings the order guard up to the
 /// partitions assigned, inside librdkafka's rebalance callback, and checks that an assignment
 /// gives the membership stage every list partition; reports rejected credentials or
-/// certificates with the listener and the fix.
+/// certificates with the listener and the fix; turns librdkafka's statistics into the
+/// consumer-lag gauges ([`lag`]).
 struct SinkContext {
     shared: Arc<Shared>,
     guard: Arc<Mutex<OrderGuard>>,
     stage: Option<Arc<Stage>>,
     kafka: KafkaConfig,
     connection: ConnectionContext,
+    /// The destination's name, the lag gauges' label.
+    destination: String,
 }
 
 impl ClientContext for SinkContext {
@@ -158,6 +165,10 @@ impl ClientContext for SinkContext {
 
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
         self.connection.log(level, facility, message);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        lag::observe(&self.destination, &statistics, &self.shared.tracker.lock().expect("tracker lock"), deliver::system_clock());
     }
 }
 
@@ -337,6 +348,7 @@ impl Sink {
             stage: stage.clone(),
             kafka: config.kafka.clone(),
             connection: ConnectionContext::default(),
+            destination: destination.to_string(),
         };
         let consumer = subscribe(config, destination, instance_id, &syncs, &side_topic, &list_topics, context)?;
         tracing::info!(
@@ -416,7 +428,8 @@ impl Sink {
     /// Register a consumed message as in flight, let the order guard decide it, and hand it to
     /// the lane of its key, or finish it here.
     fn dispatch(&self, message: &BorrowedMessage<'_>) -> Result<(), SinkError> {
-        self.shared.tracker.lock().expect("tracker lock").register(message.topic(), message.partition(), message.offset());
+        let timestamp_ms = message.timestamp().to_millis().unwrap_or_else(deliver::system_clock);
+        self.shared.tracker.lock().expect("tracker lock").register(message.topic(), message.partition(), message.offset(), timestamp_ms);
         // Decided here, one record at a time in dispatch order, which is what makes the
         // guard's decisions the order the destination sees (`guard` module doc).
         let admission = self.guard.lock().expect("guard lock").admit(message);
@@ -585,6 +598,7 @@ fn subscribe(
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", lag::STATS_INTERVAL_MS.to_string())
         // Range gives partition p of every subscribed topic (they have equal counts) to one
         // instance: the side records of partition p meet the live records of their keys there
         // (`sluice_kafka::side`). Set after the user's properties, so it always holds.

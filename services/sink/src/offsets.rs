@@ -7,16 +7,19 @@
 //!
 //! A partition that is revoked is forgotten: a late completion for it is ignored, so nothing is
 //! ever committed for a partition this instance no longer owns.
+//!
+//! Each record in flight keeps its Kafka timestamp, so the age of the oldest unfinished record
+//! (consumer lag in seconds, [`crate::lag`]) is read here rather than tracked twice.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 /// (topic, partition)
 pub(crate) type Partition = (String, i32);
 
 #[derive(Debug, Default)]
 struct PartitionState {
-    /// Offsets handed out and not finished yet.
-    pending: BTreeSet<i64>,
+    /// Offsets handed out and not finished yet, with their record's timestamp (ms).
+    pending: BTreeMap<i64, i64>,
     /// One past the highest offset registered so far.
     next: Option<i64>,
     /// Last offset committed (or `None` before the first commit by this instance).
@@ -31,13 +34,13 @@ pub(crate) struct OffsetTracker {
 }
 
 impl OffsetTracker {
-    /// A record was consumed and is now in flight.
-    pub(crate) fn register(&mut self, topic: &str, partition: i32, offset: i64) {
+    /// A record was consumed and is now in flight; `timestamp_ms` is its Kafka timestamp.
+    pub(crate) fn register(&mut self, topic: &str, partition: i32, offset: i64, timestamp_ms: i64) {
         if !self.topics.contains_key(topic) {
             self.topics.insert(topic.to_string(), HashMap::new());
         }
         let state = self.topics.get_mut(topic).expect("just inserted").entry(partition).or_default();
-        state.pending.insert(offset);
+        state.pending.insert(offset, timestamp_ms);
         state.next = Some(state.next.map_or(offset + 1, |n| n.max(offset + 1)));
     }
 
@@ -58,6 +61,12 @@ impl OffsetTracker {
         self.topics.get(topic).and_then(|t| t.get(partition))
     }
 
+    /// The timestamp of the oldest record in flight (the first unfinished one of each partition:
+    /// offsets of a partition are in time order), or `None` when nothing is.
+    pub(crate) fn oldest_pending_ms(&self) -> Option<i64> {
+        self.topics.values().flat_map(HashMap::values).filter_map(|s| s.pending.first_key_value().map(|(_, &ts)| ts)).min()
+    }
+
     /// Records in flight for these partitions.
     pub(crate) fn pending_in(&self, partitions: &[Partition]) -> usize {
         partitions.iter().filter_map(|p| self.get(p)).map(|s| s.pending.len()).sum()
@@ -70,8 +79,8 @@ impl OffsetTracker {
             .iter()
             .flat_map(|(topic, partitions)| partitions.iter().map(move |(p, state)| (topic, *p, state)))
             .filter_map(|(topic, partition, state)| {
-                let end = match state.pending.first() {
-                    Some(&first_unfinished) => first_unfinished,
+                let end = match state.pending.first_key_value() {
+                    Some((&first_unfinished, _)) => first_unfinished,
                     None => state.next?,
                 };
                 (state.committed != Some(end)).then(|| ((topic.clone(), partition), end))
@@ -108,7 +117,7 @@ mod tests {
 
     impl OffsetTracker {
         fn reg(&mut self, (t, n): &Partition, offset: i64) {
-            self.register(t, *n, offset)
+            self.register(t, *n, offset, offset * 10)
         }
         fn fin(&mut self, (t, n): &Partition, offset: i64) {
             self.finish(t, *n, offset)
@@ -131,6 +140,22 @@ mod tests {
         assert_eq!(tracker.committable(), vec![(p(0), 14)]);
         tracker.fin(&p(0), 14);
         assert_eq!(tracker.committable(), vec![(p(0), 15)], "everything finished: one past the last");
+    }
+
+    #[test]
+    fn the_oldest_record_in_flight_is_the_first_unfinished_of_any_partition() {
+        let mut tracker = OffsetTracker::default();
+        assert_eq!(tracker.oldest_pending_ms(), None);
+        tracker.reg(&p(0), 5);
+        tracker.reg(&p(0), 6);
+        tracker.reg(&p(1), 7);
+        assert_eq!(tracker.oldest_pending_ms(), Some(50));
+        tracker.fin(&p(0), 5);
+        assert_eq!(tracker.oldest_pending_ms(), Some(60));
+        tracker.fin(&p(0), 6);
+        assert_eq!(tracker.oldest_pending_ms(), Some(70), "the other partition's");
+        tracker.revoke(&[p(1)]);
+        assert_eq!(tracker.oldest_pending_ms(), None, "a revoked partition is not ours to wait for");
     }
 
     #[test]

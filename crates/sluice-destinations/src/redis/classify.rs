@@ -128,7 +128,7 @@ mod tests {
             ("OOM", ErrorClass::Retryable { retry_after: None }),
             ("READONLY", ErrorClass::Retryable { retry_after: None }),
         ];
-        let request = Request { pipeline: ::redis::pipe(), owners: vec![0, 1], guarded: Vec::new() };
+        let request = Request { pipeline: ::redis::pipe(), owners: vec![0, 1], guarded: Vec::new(), cardinality: None };
         for (code, expected) in cases {
             assert_eq!(classify_reply(code), expected, "{code}");
             let verdict = redis().classify(&request, &Answer::Replies(vec![Value::Okay, error(code)]));
@@ -141,7 +141,7 @@ mod tests {
 
     #[test]
     fn round_trips_without_replies_and_first_reply_per_record() {
-        let request = Request { pipeline: ::redis::pipe(), owners: vec![0, 0, 1], guarded: Vec::new() };
+        let request = Request { pipeline: ::redis::pipe(), owners: vec![0, 0, 1], guarded: Vec::new(), cardinality: None };
         let redis = redis();
         let retry = Some(ErrorClass::Retryable { retry_after: None });
         assert_eq!(redis.classify(&request, &Answer::TimedOut(Duration::from_secs(1))).request_class(), retry);

@@ -15,7 +15,9 @@
 //!
 //! The sync modes each shape honours are in [`Redis::check_mode`].
 //!
-//! `ttl_secs` sets `EXPIRE` on every written hash, or on the set after each batch.
+//! `ttl_secs` sets `EXPIRE` on every written hash, or on the set after each batch. In set mode
+//! each pipeline ends with `SCARD`: the set's size is the audience size
+//! (`sluice_destination_audience_size`).
 //!
 //! Delivery: the whole batch is one pipelined round trip (not MULTI/EXEC: Redis transactions do
 //! not roll back failed commands, and a pipeline lets each command answer on its own). Commands
@@ -120,10 +122,14 @@ impl Kind for Redis {
         })
     }
 
-    /// Commands sent, and conditional writes that left their hash alone (a reply of 0).
+    /// Commands sent, conditional writes that left their hash alone (a reply of 0), and in set
+    /// mode the set's size after the batch.
     fn observe(&self, request: &request::Request, answer: &Answer) {
         let Answer::Replies(replies) = answer else { return };
         self.metrics.commands(request.owners.len());
+        if let Some(::redis::Value::Int(size)) = request.cardinality.and_then(|position| replies.get(position)) {
+            self.metrics.audience_size(*size as f64);
+        }
         for &(position, unchanged) in &request.guarded {
             if matches!(replies.get(position), Some(::redis::Value::Int(0))) {
                 self.metrics.records_unchanged(unchanged, 1);

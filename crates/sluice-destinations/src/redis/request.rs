@@ -28,6 +28,8 @@ pub struct Request {
     /// Commands (positions) that are conditional writes, and what a reply of 0 (left alone)
     /// means.
     pub(super) guarded: Vec<(usize, Unchanged)>,
+    /// Set mode: the position of the closing `SCARD`, whose reply is the audience's size.
+    pub(super) cardinality: Option<usize>,
 }
 
 impl Redis {
@@ -35,7 +37,7 @@ impl Redis {
     /// no command is left.
     pub(super) fn plan_commands(&self, batch: &[OutboundRecord]) -> Plan<Request> {
         let mut plan = Plan::default();
-        let mut request = Request { pipeline: ::redis::pipe(), owners: Vec::new(), guarded: Vec::new() };
+        let mut request = Request { pipeline: ::redis::pipe(), owners: Vec::new(), guarded: Vec::new(), cardinality: None };
         let push = |request: &mut Request, index: usize, cmd: ::redis::Cmd| {
             request.pipeline.add_command(cmd);
             request.owners.push(index);
@@ -107,6 +109,12 @@ impl Redis {
         }
         if let (RedisMode::Set, Some(ttl), Some(last)) = (self.mode, self.ttl_secs, request.owners.last().copied()) {
             push(&mut request, last, ::redis::cmd("EXPIRE").arg(&self.set_key).arg(ttl).clone());
+        }
+        // The set's size after the batch, in the same round trip: the audience size that
+        // volatility is measured against. Read-only, so it changes nothing a retry converges on.
+        if let (RedisMode::Set, Some(last)) = (self.mode, request.owners.last().copied()) {
+            request.cardinality = Some(request.owners.len());
+            push(&mut request, last, ::redis::cmd("SCARD").arg(&self.set_key).clone());
         }
         if !request.owners.is_empty() {
             plan.requests.push(request);
@@ -212,7 +220,11 @@ pub(super) mod tests {
             record(Action::Upsert, serde_json::json!({"email": null}), None),
         ];
         let plan = redis.plan_commands(&batch);
-        assert_eq!(commands(&plan.requests[0]), ["SREM p:suppressed old@x", "SADD p:suppressed new@x", "SREM p:suppressed gone@x", "EXPIRE p:suppressed 60"]);
+        assert_eq!(
+            commands(&plan.requests[0]),
+            ["SREM p:suppressed old@x", "SADD p:suppressed new@x", "SREM p:suppressed gone@x", "EXPIRE p:suppressed 60", "SCARD p:suppressed"]
+        );
+        assert_eq!(plan.requests[0].cardinality, Some(4), "the audience size is the last reply");
         assert_eq!(plan.refused_indexes(), [2]);
         assert_eq!(plan.refused[0].reason, RefusalReason::NoIdentifier);
     }

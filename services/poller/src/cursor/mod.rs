@@ -86,6 +86,8 @@ impl Between<'_> {
         // The sweep first: the reconciliation counts an expired row still in the model as
         // present, so an expiry is never the reconciliation's (gated) business.
         expire::sweep(ctx).await?;
+        // The poll and its sweep are the run; the reconciliation is its own (gated) pass.
+        crate::telemetry::run_succeeded(ctx.name());
         self.reconciler.run_if_due(ctx).await?;
         Ok(self.schedule.wait(self.shutdown).await)
     }
