@@ -9,6 +9,7 @@
 
 mod destinations;
 mod identifier_change;
+mod no_leak;
 mod outside_decoder;
 mod poller;
 mod secure_kafka;

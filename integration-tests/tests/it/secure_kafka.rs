@@ -23,6 +23,7 @@ use sluice_integration_tests::receiver;
 use sluice_integration_tests::{binary, eventually, read_topic_with, start_poller, start_sink, unique};
 use sluice_kafka::connection::{check_connection, Cause};
 use sluice_kafka::KafkaError;
+use sluice_integration_tests::{free_address, http_get as get};
 use sluice_telemetry::ops::Health;
 
 use crate::walking_skeleton::{fixture_with, insert, names_by_id, update_and_add};
@@ -212,26 +213,6 @@ impl Drop for Services {
             child.wait().ok();
         }
     }
-}
-
-/// A loopback address nothing listens on right now.
-fn free_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
-
-/// `GET path` over a raw HTTP/1.1 connection: the status and the body, or `None` while nothing
-/// listens yet.
-async fn get(address: &str, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body).to_string();
-    Some((status, body))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
