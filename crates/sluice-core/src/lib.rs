@@ -9,6 +9,7 @@ pub mod config;
 pub mod error_class;
 pub mod event;
 pub mod naming;
+pub mod privacy;
 
 pub use error_class::{DeadLetterClass, ErrorClass};
 pub use event::{ChangeEvent, Column, ColumnType, Op, Row, RowSchema, SourceInfo, Value};

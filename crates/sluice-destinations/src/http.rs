@@ -224,8 +224,10 @@ pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Opt
 
 /// At most `max` bytes of a body, cut on a character boundary.
 pub fn excerpt(body: &str, max: usize) -> String {
+    // Masked before it is cut, so a cut never leaves half an address unmasked.
+    let body = sluice_core::privacy::mask_personal(body);
     if body.len() <= max {
-        return body.to_string();
+        return body;
     }
     let mut end = max;
     while !body.is_char_boundary(end) {

@@ -9,6 +9,7 @@
 
 mod destinations;
 mod identifier_change;
+mod no_leak;
 mod ops;
 mod outside_decoder;
 mod plain_logs;

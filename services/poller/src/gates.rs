@@ -67,9 +67,11 @@ pub struct RunCounts {
     pub deletes: u64,
 }
 
-/// Sample key tuples (in key order, as the warehouse's key checks return them) as JSON objects.
+/// Sample key tuples (in key order, as the warehouse's key checks return them) as JSON objects,
+/// personal values masked (a model keyed by email; `sluice_core::privacy`).
 pub fn key_samples(codec: &ModelCodec, keys: &[sluice_core::Row]) -> String {
-    keys.iter().map(|key| key_tuple_json(codec.row_schema(), key).to_string()).collect::<Vec<_>>().join(", ")
+    let samples = keys.iter().map(|key| key_tuple_json(codec.row_schema(), key).to_string()).collect::<Vec<_>>().join(", ");
+    sluice_core::privacy::mask_personal(&samples)
 }
 
 /// The key gates over a warehouse's [`KeyCheck`]: NULL keys first, then duplicates.

@@ -59,7 +59,7 @@ impl RetryLogic for Redis {
                     class: classify_reply(error.code()),
                     message: format!("redis answered {}", error.code()),
                     status: None,
-                    excerpt: format!("{} {}", error.code(), error.details().unwrap_or("")),
+                    excerpt: crate::http::excerpt(&format!("{} {}", error.code(), error.details().unwrap_or("")), crate::http::EXCERPT_BYTES),
                 });
             }
         }
