@@ -244,26 +244,6 @@ pub fn binary(name: &str) -> std::path::PathBuf {
     path
 }
 
-/// A loopback address nothing listens on right now (for a service's `--ops-listen`).
-pub fn free_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    listener.local_addr().expect("bound address").to_string()
-}
-
-/// `GET path` over a raw HTTP/1.1 connection: the status and the body, or `None` while nothing
-/// listens yet (a service binary's `/readyz`, `/metrics`).
-pub async fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body).to_string();
-    Some((status, body))
-}
-
 /// Run the poller in-process until the returned token is cancelled.
 pub fn start_poller(config: &std::sync::Arc<sluice_core::config::Config>) -> (tokio_util::sync::CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let token = tokio_util::sync::CancellationToken::new();

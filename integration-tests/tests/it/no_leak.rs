@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use sluice_core::naming;
 use sluice_integration_tests::receiver::{self, Behaviour, Reply};
-use sluice_integration_tests::{binary, eventually, free_address, http_get, pipeline, postgres_url, read_topic, unique, Spec};
+use sluice_integration_tests::process::{free_address, get as http_get};
+use sluice_integration_tests::{binary, eventually, pipeline, postgres_url, read_topic, unique, Spec};
 
 const WAIT: Duration = Duration::from_secs(120);
 /// Standard Webhooks secret: `whsec_` + base64 of 24 bytes; unique to this test so a grep for it

@@ -24,7 +24,6 @@ use sluice_integration_tests::receiver;
 use sluice_integration_tests::{binary, eventually, read_topic_with, start_poller, start_sink, unique};
 use sluice_kafka::connection::{check_connection, Cause};
 use sluice_kafka::KafkaError;
-use sluice_integration_tests::{free_address, http_get as get};
 use sluice_telemetry::ops::Health;
 
 use crate::walking_skeleton::{fixture_with, insert, names_by_id, update_and_add};
