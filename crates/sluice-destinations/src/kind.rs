@@ -214,6 +214,15 @@ macro_rules! registry {
             )),+]
         }
 
+        /// Every kind's settings variants with the sync modes each honours (its `mode_cases`,
+        /// beside its `check_mode`), for the registry's matrix test.
+        #[cfg(test)]
+        pub(crate) fn mode_cases() -> Vec<(&'static str, $crate::kind::ModeCase)> {
+            let mut cases = Vec::new();
+            $(cases.extend($module::mode_cases().into_iter().map(|case| (<$module::$kind as $crate::kind::Kind>::NAME, case)));)+
+            cases
+        }
+
         /// The name of every kind, in registry order (the tables a destination may have).
         pub const KIND_NAMES: &[&str] = &[$(<$module::$kind as $crate::kind::Kind>::NAME),+];
 
@@ -290,6 +299,29 @@ pub(crate) use registry;
 #[cfg(test)]
 pub(crate) const TEST_CONFIG_HEAD: &str =
     "[kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\n\n[warehouse]\nkind = \"duckdb\"\npath = \"w.duckdb\"\n\n[[destinations]]\nname = \"d\"\n";
+
+/// A secret reference for kind tables in tests; [`test_config`] sets its variable.
+#[cfg(test)]
+pub(crate) const TEST_SECRET: &str = "{ env = \"SLUICE_TEST_DESTINATIONS_SECRET\" }";
+
+/// One settings variant of a kind and the sync modes it honours with them: a row of the
+/// registry's matrix test. Each kind lists its own in `mode_cases()` in its `mod.rs`, beside
+/// `check_mode`, so the matrix grows with the kinds and names no kind itself.
+#[cfg(test)]
+pub(crate) struct ModeCase {
+    /// The kind table (`[destinations.<kind>]` and its keys).
+    pub table: String,
+    /// The modes these settings honour; every other one must be refused.
+    pub honours: &'static [SyncMode],
+}
+
+#[cfg(test)]
+impl ModeCase {
+    /// A kind table and the modes it honours.
+    pub(crate) fn new(table: impl Into<String>, honours: &'static [SyncMode]) -> ModeCase {
+        ModeCase { table: table.into(), honours }
+    }
+}
 
 /// A config whose one destination `d` has `kind_table` (written from line 10 on); the secret
 /// variables the kind tests reference are set.

@@ -17,7 +17,7 @@ mod tests {
     use crate::kind::test_config as config;
     use crate::Destination;
 
-    const SECRET: &str = "{ env = \"SLUICE_TEST_DESTINATIONS_SECRET\" }";
+    use crate::kind::TEST_SECRET as SECRET;
 
     #[test]
     fn build_picks_the_configured_kind_with_its_vendor_limit() {
@@ -119,34 +119,19 @@ mod tests {
         assert!(error.message.contains("missing field"), "{error}");
     }
 
-    /// Every kind's settings variants against every sync mode: the modes each honours are
-    /// accepted, every other one is refused at the sync's `mode` line, naming the model, the
-    /// destination, the mode and the kind, with the kind's reason and a fix. This is the matrix
-    /// of `docs/destinations/README.md`.
+    /// Every kind's settings variants (each kind's `mode_cases`) against every sync mode: the
+    /// modes each honours are accepted, every other one is refused at the sync's `mode` line,
+    /// naming the model, the destination, the mode and the kind, with the kind's reason and a
+    /// fix. This is the matrix of `docs/destinations/README.md`.
     #[test]
     fn each_kind_accepts_its_modes_and_refuses_the_others_with_the_reason() {
         use sluice_core::config::SyncMode::{self, *};
-        std::env::set_var("SLUICE_TEST_REDIS_URL_UNSET_OK", "redis://127.0.0.1:6379");
-        let redis = "[destinations.redis]\nurl = { env = \"SLUICE_TEST_REDIS_URL_UNSET_OK\" }";
-        let meta = format!("[destinations.meta]\naccess_token = {SECRET}\naudience_id = \"1\"\nidentifiers = {{ email = \"EMAIL\" }}");
-        let braze = format!("[destinations.braze]\nbase_url = \"http://127.0.0.1:1\"\napi_key = {SECRET}");
-        let salesforce = format!("[destinations.salesforce]\ninstance_url = \"http://127.0.0.1:1\"\naccess_token = {SECRET}\nsobject = \"Contact\"\nexternal_id_field = \"W__c\"");
-        let hubspot = format!("[destinations.hubspot]\naccess_token = {SECRET}");
-        let cases: Vec<(String, &str, &[SyncMode])> = vec![
-            ("[destinations.webhook]\nurl = \"http://127.0.0.1:1\"".into(), "webhook", &[Upsert, Update, Create, Mirror, Append, Audience]),
-            (redis.into(), "redis", &[Upsert, Update, Create, Mirror]),
-            (format!("{redis}\nmode = \"set\"\nset_key = \"s\"\nmember_field = \"email\""), "redis", &[Upsert, Audience, Mirror]),
-            (hubspot.clone(), "hubspot", &[Upsert, Update, Create, Mirror]),
-            (format!("{hubspot}\non_delete = \"skip\""), "hubspot", &[Upsert, Update, Create]),
-            (format!("{hubspot}\non_delete = \"reject\""), "hubspot", &[Upsert, Update, Create]),
-            (braze.clone(), "braze", &[Upsert, Update, Mirror]),
-            (format!("{braze}\nmode = \"suppression\""), "braze", &[Upsert, Update]),
-            (meta.clone(), "meta", &[Audience, Mirror]),
-            (format!("{meta}\nmode = \"suppression\""), "meta", &[Upsert]),
-            (salesforce.clone(), "salesforce", &[Upsert, Mirror]),
-            (format!("{salesforce}\non_delete = \"skip\""), "salesforce", &[Upsert]),
-        ];
-        for (table, kind, supported) in cases {
+        let cases = mode_cases();
+        for kind in KIND_NAMES {
+            assert!(cases.iter().any(|(k, _)| k == kind), "{kind} lists its mode cases");
+        }
+        for (kind, case) in cases {
+            let (table, supported) = (case.table, case.honours);
             for mode in SyncMode::ALL {
                 let model = "[[models]]\nname = \"customers\"\ntable = \"customers\"\nprimary_key = [\"id\"]\ncolumns = [\"id\", \"email\"]\ndetection = { mode = \"diff\" }";
                 let text = format!("{table}\n\n{model}\n\n[[syncs]]\nmodel = \"customers\"\ndestination = \"d\"\nmode = \"{mode}\"\nfields = {{ email = \"email\" }}\n");

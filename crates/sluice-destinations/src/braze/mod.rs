@@ -116,3 +116,16 @@ impl Kind for Braze {
         }
     }
 }
+
+/// The settings variants of this kind and the sync modes each honours: its rows of the
+/// registry's matrix test, which checks every other mode is refused with the reason.
+#[cfg(test)]
+pub(crate) fn mode_cases() -> Vec<crate::kind::ModeCase> {
+    use crate::kind::{ModeCase, TEST_SECRET};
+    use sluice_core::config::SyncMode::*;
+    let braze = format!("[destinations.braze]\nbase_url = \"http://127.0.0.1:1\"\napi_key = {TEST_SECRET}");
+    vec![
+        ModeCase::new(braze.clone(), &[Upsert, Update, Mirror]),
+        ModeCase::new(format!("{braze}\nmode = \"suppression\""), &[Upsert, Update]),
+    ]
+}

@@ -170,3 +170,17 @@ impl HubSpot {
         self.endpoint.send_json_at(Self::NAME, reqwest::Method::POST, path, body).await
     }
 }
+
+/// The settings variants of this kind and the sync modes each honours: its rows of the
+/// registry's matrix test, which checks every other mode is refused with the reason.
+#[cfg(test)]
+pub(crate) fn mode_cases() -> Vec<crate::kind::ModeCase> {
+    use crate::kind::{ModeCase, TEST_SECRET};
+    use sluice_core::config::SyncMode::*;
+    let hubspot = format!("[destinations.hubspot]\naccess_token = {TEST_SECRET}");
+    vec![
+        ModeCase::new(hubspot.clone(), &[Upsert, Update, Create, Mirror]),
+        ModeCase::new(format!("{hubspot}\non_delete = \"skip\""), &[Upsert, Update, Create]),
+        ModeCase::new(format!("{hubspot}\non_delete = \"reject\""), &[Upsert, Update, Create]),
+    ]
+}

@@ -121,3 +121,16 @@ impl Kind for Meta {
         self.metrics.vendor_rows_untraceable(operation, invalid.saturating_sub(traced));
     }
 }
+
+/// The settings variants of this kind and the sync modes each honours: its rows of the
+/// registry's matrix test, which checks every other mode is refused with the reason.
+#[cfg(test)]
+pub(crate) fn mode_cases() -> Vec<crate::kind::ModeCase> {
+    use crate::kind::{ModeCase, TEST_SECRET};
+    use sluice_core::config::SyncMode::*;
+    let meta = format!("[destinations.meta]\naccess_token = {TEST_SECRET}\naudience_id = \"1\"\nidentifiers = {{ email = \"EMAIL\" }}");
+    vec![
+        ModeCase::new(meta.clone(), &[Audience, Mirror]),
+        ModeCase::new(format!("{meta}\nmode = \"suppression\""), &[Upsert]),
+    ]
+}

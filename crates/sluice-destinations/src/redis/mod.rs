@@ -154,3 +154,17 @@ impl Redis {
         Ok(manager.clone())
     }
 }
+
+/// The settings variants of this kind and the sync modes each honours: its rows of the
+/// registry's matrix test, which checks every other mode is refused with the reason.
+#[cfg(test)]
+pub(crate) fn mode_cases() -> Vec<crate::kind::ModeCase> {
+    use crate::kind::ModeCase;
+    use sluice_core::config::SyncMode::*;
+    std::env::set_var("SLUICE_TEST_REDIS_URL_UNSET_OK", "redis://127.0.0.1:6379");
+    const REDIS: &str = "[destinations.redis]\nurl = { env = \"SLUICE_TEST_REDIS_URL_UNSET_OK\" }";
+    vec![
+        ModeCase::new(REDIS, &[Upsert, Update, Create, Mirror]),
+        ModeCase::new(format!("{REDIS}\nmode = \"set\"\nset_key = \"s\"\nmember_field = \"email\""), &[Upsert, Audience, Mirror]),
+    ]
+}

@@ -192,3 +192,16 @@ impl Salesforce {
         }
     }
 }
+
+/// The settings variants of this kind and the sync modes each honours: its rows of the
+/// registry's matrix test, which checks every other mode is refused with the reason.
+#[cfg(test)]
+pub(crate) fn mode_cases() -> Vec<crate::kind::ModeCase> {
+    use crate::kind::{ModeCase, TEST_SECRET};
+    use sluice_core::config::SyncMode::*;
+    let salesforce = format!("[destinations.salesforce]\ninstance_url = \"http://127.0.0.1:1\"\naccess_token = {TEST_SECRET}\nsobject = \"Contact\"\nexternal_id_field = \"W__c\"");
+    vec![
+        ModeCase::new(salesforce.clone(), &[Upsert, Mirror]),
+        ModeCase::new(format!("{salesforce}\non_delete = \"skip\""), &[Upsert]),
+    ]
+}

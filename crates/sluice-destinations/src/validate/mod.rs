@@ -90,7 +90,7 @@ fn check_destination(config: &Config, destination: &DestinationConfig) -> Result
                     identifier.key
                 ),
                 format!(
-                    "map it, e.g. fields = {{ {} = \"<column>\", ... }}, or point {kind}.{} at a mapped field (see docs/configuration.md#{kind})",
+                    "map it, e.g. fields = {{ {} = \"<column>\", ... }}, or point {kind}.{} at a mapped field (see docs/destinations/{kind}.md#keys)",
                     identifier.field, identifier.key
                 ),
             ));

@@ -1,10 +1,13 @@
-//! `docs/configuration.md` names every key the configuration accepts.
+//! `docs/configuration.md` and each kind's page `docs/destinations/<kind>.md` name every key the
+//! configuration accepts.
 //!
 //! The keys come from the code, not from a list kept here: serde hands a derived struct's
 //! deserializer the names of its fields (`deserialize_struct`'s `fields`), which [`fields_of`]
 //! captures; enums and secret references give theirs in the "expected one of" of an unknown
-//! key; the destinations' common keys are `COMMON_KEYS`; the kinds come from the registry. A
-//! field added to any of these structs without a row in its section of the reference fails
+//! key; the destinations' common keys are `COMMON_KEYS`; the kinds come from the registry, and a
+//! kind's keys are documented in the "Keys" table of its own page (anchor `keys`), so a new kind
+//! brings its reference with it and edits no shared page. A field added to any of these structs
+//! without a row in its section of the reference fails
 //! [`the_reference_names_every_key_the_structs_accept`]. A new *struct* needs a line in
 //! [`accepted`] (its parent's new key fails the test until documented, which is the reminder).
 
@@ -124,41 +127,78 @@ fn documented(text: &str) -> BTreeMap<String, Vec<String>> {
     for line in text.lines() {
         if let Some(rest) = line.trim().strip_prefix("<a id=\"") {
             current = rest.split('"').next().unwrap_or_default().to_string();
-        } else if let Some(row) = line.strip_prefix("| `") {
-            let key = row.split('`').next().unwrap_or_default();
+        } else if let Some(key) = row_key(line) {
             sections.entry(current.clone()).or_default().push(key.to_string());
         }
     }
     sections
 }
 
-/// `section: key` for every accepted key the reference does not list in its section.
-fn missing(reference: &str) -> Vec<String> {
-    let documented = documented(reference);
-    let mut missing = Vec::new();
-    for (section, keys) in accepted() {
-        for key in keys {
-            if !documented.get(&section).is_some_and(|listed| listed.contains(&key)) {
-                missing.push(format!("{section}: {key}"));
-            }
-        }
-    }
-    missing
+/// The first backticked word of a table row.
+fn row_key(line: &str) -> Option<&str> {
+    line.strip_prefix("| `").map(|row| row.split('`').next().unwrap_or_default())
 }
 
-fn reference() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md");
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"))
+/// The keys a kind's page documents: the rows of the first table after its `<a id="keys">`
+/// anchor (the page's other tables, such as its sync modes, are not keys).
+fn page_keys(page: &str) -> Vec<String> {
+    let after = page.lines().skip_while(|line| line.trim() != "<a id=\"keys\"></a>");
+    let table = after.skip_while(|line| !line.starts_with('|')).take_while(|line| line.starts_with('|'));
+    table.filter_map(row_key).map(str::to_string).collect()
+}
+
+/// The documentation: `docs/configuration.md`, and each kind's page by kind name.
+#[derive(Clone)]
+struct Reference {
+    configuration: String,
+    pages: BTreeMap<String, String>,
+}
+
+impl Reference {
+    fn read() -> Reference {
+        let read = |path: String| std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs");
+        let pages = crate::KIND_NAMES.iter().map(|kind| (kind.to_string(), read(format!("{docs}/destinations/{kind}.md")))).collect();
+        Reference { configuration: read(format!("{docs}/configuration.md")), pages }
+    }
+
+    /// `section: key` for every accepted key the reference does not list in its section (a
+    /// kind's section is its page's "Keys" table).
+    fn missing(&self) -> Vec<String> {
+        let mut documented = documented(&self.configuration);
+        for (kind, page) in &self.pages {
+            documented.insert(kind.clone(), page_keys(page));
+        }
+        let mut missing = Vec::new();
+        for (section, keys) in accepted() {
+            for key in keys {
+                if !documented.get(&section).is_some_and(|listed| listed.contains(&key)) {
+                    missing.push(format!("{section}: {key}"));
+                }
+            }
+        }
+        missing
+    }
+
+    /// The same reference without the first line of `file` (`configuration`, or a kind's page)
+    /// that starts with `row`.
+    fn without_row(&self, file: &str, row: &str) -> Reference {
+        let mut reference = self.clone();
+        let text = if file == "configuration" { &mut reference.configuration } else { reference.pages.get_mut(file).unwrap_or_else(|| panic!("{file}")) };
+        let line = text.lines().find(|l| l.starts_with(row)).unwrap_or_else(|| panic!("{file}: {row}")).to_string();
+        *text = text.replace(&format!("{line}\n"), "");
+        reference
+    }
 }
 
 #[test]
 fn the_reference_names_every_key_the_structs_accept() {
-    let missing = missing(&reference());
-    assert!(missing.is_empty(), "docs/configuration.md lacks a row for (section: key): {missing:#?}");
+    let missing = Reference::read().missing();
+    assert!(missing.is_empty(), "docs/configuration.md (or docs/destinations/<kind>.md, table \"Keys\") lacks a row for (section: key): {missing:#?}");
 }
 
 /// The check is not vacuous: it finds keys in every kind of section, and a row removed from the
-/// reference is reported.
+/// reference or from a kind's page is reported.
 #[test]
 fn the_reference_check_reports_an_undocumented_key() {
     let accepted = accepted();
@@ -167,15 +207,20 @@ fn the_reference_check_reports_an_undocumented_key() {
     }
     assert!(accepted["detection"].contains(&"reconcile_interval_ms".to_string()), "{:?}", accepted["detection"]);
     assert!(accepted["field-sources"].contains(&"type".to_string()), "renamed fields by their file name");
-    let text = reference();
-    for (row, expected) in [
-        ("| `requests_per_second` |", "rate-limits: requests_per_second"),
-        ("| `instance_url` |", "salesforce: instance_url"),
-        ("| `api_version` | string | `\"v21.0\"`", "meta: api_version"),
-        ("| `lookback_ms` |", "detection: lookback_ms"),
+    let reference = Reference::read();
+    for (file, row, expected) in [
+        ("configuration", "| `requests_per_second` |", "rate-limits: requests_per_second"),
+        ("salesforce", "| `instance_url` |", "salesforce: instance_url"),
+        ("meta", "| `api_version` | string | `\"v21.0\"`", "meta: api_version"),
+        ("configuration", "| `lookback_ms` |", "detection: lookback_ms"),
+        ("redis", "| `mode` |", "redis: mode"),
     ] {
-        let line = text.lines().find(|l| l.starts_with(row)).unwrap_or_else(|| panic!("{row}"));
-        let without = text.replace(&format!("{line}\n"), "");
-        assert_eq!(missing(&without), [expected], "{row}");
+        assert_eq!(reference.without_row(file, row).missing(), [expected], "{file}: {row}");
+    }
+    // Every kind's page has its keys table, and only that table counts as keys.
+    for (kind, page) in &reference.pages {
+        let keys = page_keys(page);
+        assert!(!keys.is_empty(), "{kind}: no table after <a id=\"keys\">");
+        assert!(!keys.iter().any(|key| key == "upsert"), "{kind}: the sync-mode table is not keys: {keys:?}");
     }
 }

@@ -52,7 +52,7 @@ fn an_identifier_field_no_sync_maps_is_refused_for_each_kind() {
         let error = validate(&config, &Scope::Sink("d".into())).unwrap_err();
         assert!(error.message.contains(named), "{table}: {error}");
         assert!(error.message.contains("every record would be refused"), "{error}");
-        assert!(error.fix.contains("docs/configuration.md#"), "{error}");
+        assert!(error.fix.contains("docs/destinations/") && error.fix.contains(".md#keys"), "{error}");
         assert_eq!(error.line, Some(21 + table.lines().count()), "the sync's `fields`: {error}");
         assert!(validate(&config, &Scope::Poller).is_ok(), "the poller does not check destinations");
     }

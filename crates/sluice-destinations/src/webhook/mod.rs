@@ -80,3 +80,14 @@ impl Kind for Webhook {
         send_json(Self::NAME, self.http(request)).await
     }
 }
+
+/// The settings variants of this kind and the sync modes each honours: its rows of the
+/// registry's matrix test, which checks every other mode is refused with the reason.
+#[cfg(test)]
+pub(crate) fn mode_cases() -> Vec<crate::kind::ModeCase> {
+    use crate::kind::ModeCase;
+    use sluice_core::config::SyncMode::*;
+    vec![
+        ModeCase::new("[destinations.webhook]\nurl = \"http://127.0.0.1:1\"", &[Upsert, Update, Create, Mirror, Append, Audience]),
+    ]
+}

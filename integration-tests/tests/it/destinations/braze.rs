@@ -10,6 +10,13 @@ use sluice_integration_tests::contract;
 
 use super::{indices, metrics, record, retry_after, with_previous};
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use sluice_integration_tests::contract::braze::BrazeState;
+
+use crate::sync_modes::fixture::{sync, Case, Check, Vendor, TOKEN};
+
 fn braze(base_url: &str, key: &str, mode: BrazeMode) -> Braze {
     Braze::new(&BrazeConfig {
         base_url: base_url.into(),
@@ -93,4 +100,67 @@ async fn braze_bad_key_is_fatal() {
     let (url, _server) = contract::braze::start("key-1").await;
     let error = braze(&url, "revoked", BrazeMode::Attributes).send(&[record(1, Action::Upsert, serde_json::json!({"external_id": "u1"}))]).await.unwrap_err();
     assert_eq!((error.class, error.status), (ErrorClass::Fatal, Some(401)));
+}
+
+// ---- sync modes: this kind's cases of `sync_modes`, end to end -----------------------------
+
+/// Braze users are keyed by email; `update` holds Ada and Cy, suppression lists hold
+/// everyone subscribed (and Fay, who never buys).
+pub(crate) async fn sync_mode_cases(_prefix: &str) -> Vec<Case> {
+    let mut out = Vec::new();
+    for (mode, braze_mode) in [("upsert", "attributes"), ("update", "attributes"), ("mirror", "attributes"), ("upsert", "suppression"), ("update", "suppression")] {
+        let (url, server) = contract::braze::start(TOKEN).await;
+        let seeded: &[&str] = match (mode, braze_mode) {
+            ("update", "attributes") => &["ada@example.com", "cy@example.com"],
+            (_, "suppression") => &["ada@example.com", "bob@example.com", "cy@example.com", "dee@example.com", "eve@example.com", "fay@example.com"],
+            _ => &[],
+        };
+        for email in seeded {
+            let user = serde_json::json!({"email": email, "first_name": "Seeded", "email_subscribe": "subscribed"});
+            server.users.lock().unwrap().insert(email.to_string(), user.as_object().unwrap().clone());
+        }
+        let suppression = braze_mode == "suppression";
+        out.push(Case {
+            name: if suppression { format!("braze-suppression-{mode}") } else { format!("braze-{mode}") },
+            vendor: Box::new(Server(server)),
+            table: format!("[destinations.braze]\nbase_url = \"{url}\"\napi_key = {{ env = \"SLUICE_MODES_TOKEN\" }}\nidentifier = \"email\"\nmode = \"{braze_mode}\""),
+            sync: sync(mode, r#"fields = { email = "email", first_name = "name", plan = "plan" }"#, !suppression),
+            keyed_by_email: true,
+        });
+    }
+    out
+}
+
+struct Server(Arc<BrazeState>);
+
+impl Vendor for Server {
+    fn check<'a>(&'a self, name: &'a str, _: &'a mut redis::aio::MultiplexedConnection) -> Check<'a> {
+        Box::pin(async move { check_braze(name, &self.0) })
+    }
+}
+
+/// Braze: attributes (a delete or revoked consent unsubscribes, never deletes a user);
+/// `update` never creates a user; a suppression list unsubscribes every row present and
+/// nobody else.
+fn check_braze(name: &str, server: &BrazeState) {
+    let users: BTreeMap<String, serde_json::Map<String, serde_json::Value>> = server.users.lock().unwrap().clone().into_iter().collect();
+    let emails: Vec<&str> = users.keys().map(String::as_str).collect();
+    let subscription = |email: &str| users[email].get("email_subscribe").and_then(|v| v.as_str()).unwrap_or("subscribed").to_string();
+    let unsubscribed: Vec<&str> = emails.iter().copied().filter(|e| subscription(e) == "unsubscribed").collect();
+    let all = ["ada@example.com", "bob@example.com", "cy@example.com", "dee@example.com", "eve@example.com"];
+    let (expected_users, expected_unsubscribed): (Vec<&str>, Vec<&str>) = match name {
+        "braze-upsert" => (all.to_vec(), vec!["bob@example.com"]),
+        "braze-update" => (vec!["ada@example.com", "cy@example.com"], vec![]),
+        "braze-mirror" => (all.to_vec(), vec!["bob@example.com", "dee@example.com"]),
+        "braze-suppression-upsert" | "braze-suppression-update" => ([&all[..], &["fay@example.com"]].concat(), all.to_vec()),
+        other => panic!("no expectation for {other}"),
+    };
+    assert_eq!((emails, unsubscribed), (expected_users, expected_unsubscribed), "{name}: users, and who is unsubscribed");
+    if !name.contains("suppression") {
+        assert_eq!(users["ada@example.com"]["plan"], "pro", "{name}: Ada updated");
+    }
+    if name == "braze-update" {
+        let objects: Vec<serde_json::Value> = server.requests().iter().flat_map(|r| r.body["attributes"].as_array().cloned().unwrap_or_default()).collect();
+        assert!(objects.iter().all(|o| o["_update_existing_only"] == true), "{name}: update never creates a user: {objects:?}");
+    }
 }

@@ -10,6 +10,13 @@ use sluice_integration_tests::contract;
 
 use super::{indices, metrics, record, retry_after, with_previous};
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use sluice_integration_tests::contract::hubspot::HubSpotState;
+
+use crate::sync_modes::fixture::{sync, Case, Check, Vendor, TOKEN};
+
 fn hubspot(base_url: &str, token: &str, multi_status: bool, zone: &str) -> HubSpot {
     hubspot_with(base_url, token, multi_status, zone, OnDelete::Skip)
 }
@@ -178,4 +185,62 @@ async fn hubspot_a_throttled_read_is_retried_like_any_request() {
     assert_eq!(server.paths(), ["batch/read"], "nothing archived after a refused read");
     assert!(destination.send(&batch).await.unwrap().is_empty());
     assert!(server.contact("a@example.com").is_none());
+}
+
+// ---- sync modes: this kind's cases of `sync_modes`, end to end -----------------------------
+
+/// HubSpot in the four modes it honours: `update` holds Ada and Cy before the run, `create`
+/// holds Cy (under other values).
+pub(crate) async fn sync_mode_cases(_prefix: &str) -> Vec<Case> {
+    let mut out = Vec::new();
+    for mode in ["upsert", "update", "create", "mirror"] {
+        let (url, server) = contract::hubspot::start(TOKEN).await;
+        match mode {
+            "update" => ["ada@example.com", "cy@example.com"].iter().for_each(|email| drop(server.seed(serde_json::json!({"email": email, "firstname": "Seeded", "plan": "seed"})))),
+            "create" => drop(server.seed(serde_json::json!({"email": "cy@example.com", "firstname": "Seeded", "plan": "seed"}))),
+            _ => {}
+        }
+        out.push(Case {
+            name: format!("hubspot-{mode}"),
+            vendor: Box::new(Server(server)),
+            table: format!("[destinations.hubspot]\nbase_url = \"{url}\"\naccess_token = {{ env = \"SLUICE_MODES_TOKEN\" }}"),
+            sync: sync(mode, r#"fields = { email = "email", firstname = "name", plan = "plan" }"#, true),
+            keyed_by_email: true,
+        });
+    }
+    out
+}
+
+struct Server(Arc<HubSpotState>);
+
+impl Vendor for Server {
+    fn check<'a>(&'a self, name: &'a str, _: &'a mut redis::aio::MultiplexedConnection) -> Check<'a> {
+        Box::pin(async move { check_hubspot(name, &self.0) })
+    }
+}
+
+/// HubSpot: `update` reads and updates only what exists (never `batch/create` or
+/// `batch/upsert`), `create` reads and creates only what does not (never an update or an
+/// upsert), `mirror` archives deleted rows by their looked-up ids, and revoked consent archives
+/// (`on_delete` defaults to archive) except under `create`.
+fn check_hubspot(name: &str, server: &HubSpotState) {
+    let paths: BTreeSet<String> = server.paths().into_iter().collect();
+    let archived: BTreeSet<String> = server.archived.lock().unwrap().iter().cloned().collect();
+    let property = |email: &str, key: &str| server.contact(email).and_then(|c| c.get(key).and_then(|v| v.as_str()).map(str::to_string));
+    let (emails, archive, allowed): (&[&str], &[&str], &[&str]) = match name {
+        "hubspot-upsert" => (&["ada@example.com", "cy@example.com", "dee@example.com", "eve@example.com"], &["bob@example.com"], &["batch/upsert", "batch/read", "batch/archive"]),
+        "hubspot-update" => (&["ada@example.com", "cy@example.com"], &[], &["batch/read", "batch/update"]),
+        "hubspot-create" => (&["ada@example.com", "bob@example.com", "cy@example.com", "dee@example.com", "eve@example.com"], &[], &["batch/read", "batch/create"]),
+        "hubspot-mirror" => (&["ada@example.com", "cy@example.com", "eve@example.com"], &["bob@example.com", "dee@example.com"], &["batch/upsert", "batch/read", "batch/archive"]),
+        other => panic!("no expectation for {other}"),
+    };
+    assert_eq!(server.emails(), emails, "{name}: the contacts");
+    assert_eq!(archived, archive.iter().map(|e| e.to_string()).collect(), "{name}: archived");
+    assert!(paths.iter().all(|p| allowed.contains(&p.as_str())), "{name}: only {allowed:?} went over the wire: {paths:?}");
+    let (ada_name, ada_plan, cy_name) = match name {
+        "hubspot-create" => ("Ada", "free", "Seeded"),
+        _ => ("Ada L", "pro", "Cy"),
+    };
+    assert_eq!((property("ada@example.com", "firstname").as_deref(), property("ada@example.com", "plan").as_deref()), (Some(ada_name), Some(ada_plan)), "{name}: Ada");
+    assert_eq!(property("cy@example.com", "firstname").as_deref(), Some(cy_name), "{name}: Cy");
 }

@@ -11,6 +11,14 @@ use sluice_integration_tests::contract;
 
 use super::{indices, metrics, record, retry_after, with_previous};
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use sluice_destinations::identifiers::{sha256_hex, EMPTY_SHA256};
+use sluice_integration_tests::contract::meta::MetaState;
+
+use crate::sync_modes::fixture::{sync, Case, Check, Vendor, TOKEN};
+
 const JANE: &str = "8c87b489ce35cf2e2f39f80e282cb2e804932a56a213983eeeb428407d43b52d"; // jane@example.com
 const NEW: &str = "f0030501023327437b06e5c6f87df7871b8e704ae608d1d0b7b24fdd2a06c716"; // new@example.com
 const OLD: &str = "7eaa9a1d93cc8e36287f79472892b6aa024d9cebefe3669644de33a5354a29b8"; // old@example.com
@@ -162,4 +170,73 @@ async fn meta_invalid_token_and_unknown_audience_are_fatal() {
     server.faults.push(contract::meta::Fault::Error { status: 400, code: 100, subcode: None, regain_minutes: 0 });
     let error = meta(&url, "EAAB-token", "1", AudienceMode::Audience).send(&batch).await.unwrap_err();
     assert_eq!(error.class, ErrorClass::Permanent, "an invalid parameter refuses the request");
+}
+
+// ---- sync modes: this kind's cases of `sync_modes`, end to end -----------------------------
+
+const META_AUDIENCE: &str = "23851234567890";
+/// The issue's case: the phone normalised and hashed by the sync, so "n/a" would have been
+/// the hash of "" before it became missing.
+const META_FIELDS: &str = r#"fields = { email = "email", phone = { column = "phone", transforms = ["normalize_phone", "sha256"] } }"#;
+
+/// Meta audiences keyed by EMAIL and PHONE; the suppression list holds everyone who will buy
+/// and Zed, a prospect who never does.
+pub(crate) async fn sync_mode_cases(_prefix: &str) -> Vec<Case> {
+    let mut out = Vec::new();
+    for (mode, meta_mode) in [("audience", "audience"), ("mirror", "audience"), ("upsert", "suppression")] {
+        let (url, server) = contract::meta::start(TOKEN, META_AUDIENCE).await;
+        let suppression = meta_mode == "suppression";
+        if suppression {
+            let mut members = server.members.lock().unwrap();
+            for email in ["ada@example.com", "bob@example.com", "cy@example.com", "dee@example.com", "eve@example.com", "zed@example.com"] {
+                members.push([("EMAIL".to_string(), sluice_integration_tests::suppression::sha256_hex(email))].into());
+            }
+        }
+        out.push(Case {
+            name: if suppression { format!("meta-suppression-{mode}") } else { format!("meta-{mode}") },
+            vendor: Box::new(Server(server)),
+            table: format!(
+                "[destinations.meta]\nbase_url = \"{url}\"\naccess_token = {{ env = \"SLUICE_MODES_TOKEN\" }}\naudience_id = \"{META_AUDIENCE}\"\nidentifiers = {{ email = \"EMAIL\", phone = \"PHONE\" }}\nmode = \"{meta_mode}\""
+            ),
+            sync: sync(mode, META_FIELDS, !suppression),
+            keyed_by_email: true,
+        });
+    }
+    out
+}
+
+struct Server(Arc<MetaState>);
+
+impl Vendor for Server {
+    fn check<'a>(&'a self, name: &'a str, _: &'a mut redis::aio::MultiplexedConnection) -> Check<'a> {
+        Box::pin(async move { check_meta(name, &self.0) })
+    }
+}
+
+/// Meta: the audience holds exactly who is in the model and consents; the suppression list
+/// loses everyone present; no row ever carries the hash of the empty string (Bob's phone of
+/// "n/a" is sent as missing, `""`).
+fn check_meta(name: &str, server: &MetaState) {
+    let members: BTreeSet<String> = server.members.lock().unwrap().iter().filter_map(|m| m.get("EMAIL").cloned()).collect();
+    let expected: &[&str] = match name {
+        "meta-audience" | "meta-mirror" => &["ada@example.com", "cy@example.com", "eve@example.com"],
+        "meta-suppression-upsert" => &["zed@example.com"],
+        other => panic!("no expectation for {other}"),
+    };
+    assert_eq!(members, expected.iter().map(|e| sha256_hex(e)).collect(), "{name}: members");
+    let requests = server.requests();
+    for request in &requests {
+        assert!(!request.body.to_string().contains(EMPTY_SHA256), "{name}: the hash of nothing never leaves: {request:?}");
+    }
+    if name == "meta-audience" {
+        let rows: Vec<(String, serde_json::Value)> = requests
+            .iter()
+            .flat_map(|r| r.body["payload"]["data"].as_array().cloned().unwrap_or_default().into_iter().map(move |row| (r.method.clone(), row)))
+            .collect();
+        let bob = sha256_hex("bob@example.com");
+        let ada = (sha256_hex("ada@example.com"), sha256_hex("442079460001"));
+        assert!(rows.contains(&("POST".into(), serde_json::json!([bob, ""]))), "Bob added with his phone missing: {rows:?}");
+        assert!(rows.contains(&("DELETE".into(), serde_json::json!([bob, ""]))), "Bob removed when his consent was revoked");
+        assert!(rows.contains(&("POST".into(), serde_json::json!([ada.0, ada.1]))), "Ada's phone normalised and hashed once");
+    }
 }

@@ -1,14 +1,33 @@
 //! Destination kinds against their vendors' contract servers (and Redis against the real
 //! server from `ops/services.sh up`), one file per kind. Per kind: the success path, the
 //! throttle signal, the partial-failure shape and the auth failure, each asserting what the
-//! server holds and the `ErrorClass` the destination returned.
+//! server holds and the `ErrorClass` the destination returned. Each file also holds its kind's
+//! cases of the end-to-end sync-mode test (`sync_mode_cases`, run by `sync_modes`).
 
-mod braze;
-mod hubspot;
-mod meta;
-mod redis;
-mod salesforce;
-mod webhook;
+/// The kinds tested here, one file each: declares their modules and collects their sync-mode
+/// cases, so a new kind is one line in this list.
+macro_rules! kinds {
+    ($($kind:ident),+ $(,)?) => {
+        $(mod $kind;)+
+
+        /// Every kind's cases of the end-to-end sync-mode test, their vendors started (keys in
+        /// shared stores under `prefix`).
+        pub(crate) async fn sync_mode_cases(prefix: &str) -> Vec<crate::sync_modes::fixture::Case> {
+            let mut cases = Vec::new();
+            $(cases.extend($kind::sync_mode_cases(prefix).await);)+
+            cases
+        }
+    };
+}
+
+kinds! {
+    braze,
+    hubspot,
+    meta,
+    redis,
+    salesforce,
+    webhook,
+}
 
 use std::time::Duration;
 

@@ -10,6 +10,12 @@ use sluice_integration_tests::contract;
 
 use super::{indices, metrics, record, retry_after};
 
+use std::sync::Arc;
+
+use sluice_integration_tests::contract::salesforce::SalesforceState;
+
+use crate::sync_modes::fixture::{sync, Case, Check, Vendor, TOKEN};
+
 fn salesforce(base_url: &str, token: &str) -> Salesforce {
     salesforce_with(base_url, token, OnDelete::Reject)
 }
@@ -133,4 +139,51 @@ async fn salesforce_deletes_the_ids_a_query_finds_by_external_id() {
     let again = destination.send(&deletes).await.unwrap();
     assert_eq!(indices(&again), [1]);
     assert_eq!(server.requests().len(), 5, "a query, then a delete of the one id it found");
+}
+
+// ---- sync modes: this kind's cases of `sync_modes`, end to end -----------------------------
+
+/// Salesforce in the two modes it honours.
+pub(crate) async fn sync_mode_cases(_prefix: &str) -> Vec<Case> {
+    let mut out = Vec::new();
+    for mode in ["upsert", "mirror"] {
+        let (url, server) = contract::salesforce::start(TOKEN).await;
+        out.push(Case {
+            name: format!("salesforce-{mode}"),
+            vendor: Box::new(Server(server)),
+            table: format!(
+                "[destinations.salesforce]\ninstance_url = \"{url}\"\naccess_token = {{ env = \"SLUICE_MODES_TOKEN\" }}\nsobject = \"Contact\"\nexternal_id_field = \"Warehouse_Id__c\""
+            ),
+            sync: sync(mode, r#"fields = { Warehouse_Id__c = { column = "id", type = "string" }, LastName = "name", Email = "email", Plan__c = "plan" }"#, true),
+            keyed_by_email: false,
+        });
+    }
+    out
+}
+
+struct Server(Arc<SalesforceState>);
+
+impl Vendor for Server {
+    fn check<'a>(&'a self, name: &'a str, _: &'a mut redis::aio::MultiplexedConnection) -> Check<'a> {
+        Box::pin(async move { check_salesforce(name, &self.0) })
+    }
+}
+
+/// Salesforce: upserted by external ID; deleted rows (`mirror`) and revoked consent
+/// (`on_delete` defaults to delete) are deleted by the Ids a query found.
+fn check_salesforce(name: &str, server: &SalesforceState) {
+    let (kept, deleted): (&[&str], &[&str]) = match name {
+        "salesforce-upsert" => (&["1", "3", "4", "5", "6"], &["2"]),
+        "salesforce-mirror" => (&["1", "3", "5", "6"], &["2", "4"]),
+        other => panic!("no expectation for {other}"),
+    };
+    assert_eq!(server.external_ids(), kept, "{name}: records");
+    let mut gone = server.deleted();
+    gone.sort();
+    assert_eq!(gone, deleted, "{name}: deleted");
+    let ada = server.record("1").expect("Ada");
+    assert_eq!((ada["LastName"].as_str(), ada["Plan__c"].as_str()), (Some("Ada L"), Some("pro")), "{name}");
+    for request in server.requests().iter().filter(|r| r.method == "GET") {
+        assert!(request.query.as_deref().unwrap().starts_with("SELECT Id, Warehouse_Id__c FROM Contact WHERE Warehouse_Id__c IN ("), "{name}: {request:?}");
+    }
 }

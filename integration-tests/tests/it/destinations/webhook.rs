@@ -10,6 +10,11 @@ use sluice_destinations::{Action, Destination, Kind};
 use sluice_integration_tests::contract;
 
 use super::{metrics, record, retry_after};
+use std::sync::Arc;
+
+use sluice_integration_tests::receiver::{self, Received};
+
+use crate::sync_modes::fixture::{sync, Case, Check, Vendor};
 
 const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -71,4 +76,68 @@ async fn webhook_signed_with_the_wrong_secret_is_fatal() {
     let error = hook.send(&[record(1, Action::Upsert, serde_json::json!({"email": "a@x.com"}))]).await.unwrap_err();
     assert_eq!((error.class, error.status), (ErrorClass::Fatal, Some(401)));
     assert!(server.deliveries().is_empty());
+}
+
+// ---- sync modes: this kind's cases of `sync_modes`, end to end -----------------------------
+
+/// The webhook in every mode.
+pub(crate) async fn sync_mode_cases(_prefix: &str) -> Vec<Case> {
+    let mut out = Vec::new();
+    for mode in ["upsert", "update", "create", "mirror", "append", "audience"] {
+        let (url, received) = receiver::start().await;
+        out.push(Case {
+            name: format!("webhook-{mode}"),
+            vendor: Box::new(Receiver(received)),
+            table: format!("[destinations.webhook]\nurl = \"{url}\""),
+            sync: sync(mode, r#"fields = { email = "email", name = "name", plan = "plan" }"#, true),
+            keyed_by_email: false,
+        });
+    }
+    out
+}
+
+struct Receiver(Arc<Received>);
+
+impl Vendor for Receiver {
+    fn check<'a>(&'a self, name: &'a str, _: &'a mut redis::aio::MultiplexedConnection) -> Check<'a> {
+        Box::pin(async move { check_webhook(name, &self.0) })
+    }
+}
+
+/// (action, op) per row id, in arrival order.
+fn webhook_actions(received: &Received) -> BTreeMap<i64, Vec<(String, String)>> {
+    let mut out: BTreeMap<i64, Vec<(String, String)>> = BTreeMap::new();
+    for record in received.records() {
+        let id = record["key"]["id"].as_i64().expect("key.id");
+        out.entry(id).or_default().push((record["action"].as_str().unwrap().into(), record["op"].as_str().unwrap().into()));
+    }
+    out
+}
+
+/// The webhook sends every mode's actions as they are: what each mode makes of an insert, an
+/// update, a delete (Dee, op `d`) and a revoked consent (Bob, op `u`).
+fn check_webhook(name: &str, received: &Received) {
+    let mode = name.trim_start_matches("webhook-");
+    let (write, ada, bob, dee) = match mode {
+        "upsert" => ("upsert", "upsert", "delete", None),
+        "update" => ("update", "update", "delete", None),
+        "create" => ("create", "create", "", None),
+        "mirror" | "audience" => ("upsert", "upsert", "delete", Some("delete")),
+        "append" => ("event", "event", "event", Some("event")),
+        other => panic!("no expectation for {other}"),
+    };
+    let pair = |action: &str, op: &str| (action.to_string(), op.to_string());
+    let mut expected = BTreeMap::new();
+    for id in 1..=5 {
+        expected.insert(id, vec![pair(write, "r")]);
+    }
+    expected.get_mut(&1).unwrap().push(pair(ada, "u"));
+    if !bob.is_empty() {
+        expected.get_mut(&2).unwrap().push(pair(bob, "u"));
+    }
+    if let Some(dee) = dee {
+        expected.get_mut(&4).unwrap().push(pair(dee, "d"));
+    }
+    expected.insert(6, vec![pair(write, "c")]);
+    assert_eq!(webhook_actions(received), expected, "{name}: every change once, as the mode says, in key order");
 }

@@ -1,8 +1,13 @@
 //! The pipeline every sync-mode test drives: one PostgreSQL table in `diff` mode, the real
 //! poller, Kafka, and one in-process sink per (destination, mode) pair, each against its own
-//! vendor (a contract server, a webhook receiver, or a key prefix of the real Redis).
+//! vendor (a contract server, a webhook receiver, or a key prefix of the real Redis). The cases
+//! are each kind's own (`sync_mode_cases` in `destinations/<kind>.rs`, collected by
+//! `destinations::sync_mode_cases`): this fixture names no kind but the webhook that watches
+//! for every change to arrive.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,17 +15,18 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sluice_core::config::Config;
 use sluice_core::naming;
-use sluice_integration_tests::contract::{braze::BrazeState, hubspot::HubSpotState, meta::MetaState, salesforce::SalesforceState};
 use sluice_integration_tests::receiver::{self, Received};
 use sluice_integration_tests::suppression::{redis_url, require_redis};
-use sluice_integration_tests::{contract, eventually, kafka_bootstrap, postgres_url, read_topic, require_kafka, require_postgres, telemetry, unique, ReadRecord};
+use sluice_integration_tests::{eventually, kafka_bootstrap, postgres_url, read_topic, require_kafka, require_postgres, telemetry, unique, ReadRecord};
 use sluice_telemetry::ops::Health;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub(super) const WAIT: Duration = Duration::from_secs(120);
-const TOKEN: &str = "sync-modes-token";
-const META_AUDIENCE: &str = "23851234567890";
+/// The vendors' token: kind tables reference it as `{ env = "SLUICE_MODES_TOKEN" }`.
+pub(crate) const TOKEN: &str = "sync-modes-token";
+/// The destination that watches every change arrive (an `append` webhook).
+const WATCH: &str = "watch-append";
 
 /// A warehouse row: id, email, phone, name.
 pub(super) type Row = (i64, &'static str, Option<&'static str>, &'static str);
@@ -38,27 +44,26 @@ pub(super) const SNAPSHOT: [Row; 5] = [
 /// The row inserted after the snapshot.
 pub(super) const EVE: Row = (6, "eve@example.com", Some("+1 650 555 0006"), "Eve");
 
-/// Where one destination's records land.
-pub(super) enum Vendor {
-    Webhook(Arc<Received>),
-    /// Hash mode: hashes under this key prefix.
-    RedisHash(String),
-    /// Set mode: this set.
-    RedisSet(String),
-    HubSpot(Arc<HubSpotState>),
-    Salesforce(Arc<SalesforceState>),
-    Braze(Arc<BrazeState>),
-    Meta(Arc<MetaState>),
+/// A future a vendor check returns.
+pub(crate) type Check<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// Where one case's records land, and what they must be at the end.
+pub(crate) trait Vendor: Send + Sync {
+    /// Assert the vendor ends as its kind's doc page says for the case `name`, after the
+    /// snapshot and the changes of the test (`redis`: a connection to the real Redis).
+    fn check<'a>(&'a self, name: &'a str, redis: &'a mut redis::aio::MultiplexedConnection) -> Check<'a>;
 }
 
-/// One configured destination with its one sync.
-pub(super) struct Destination {
+/// One (destination, mode) case: a configured destination with its one sync.
+pub(crate) struct Case {
     pub name: String,
-    pub vendor: Vendor,
+    pub vendor: Box<dyn Vendor>,
     /// The `[destinations.<kind>]` table.
-    table: String,
-    /// The sync's `mode`, `fields` and `consent` lines.
-    sync: String,
+    pub table: String,
+    /// The sync's `mode`, `fields` and `consent` lines ([`sync`]).
+    pub sync: String,
+    /// Whether the identifier is the email, so row 5 (a blank email) is dead-lettered.
+    pub keyed_by_email: bool,
 }
 
 /// The running pipeline.
@@ -67,7 +72,9 @@ pub(super) struct Scenario {
     pub table: String,
     pub db: tokio_postgres::Client,
     pub redis: redis::aio::MultiplexedConnection,
-    pub destinations: Vec<Destination>,
+    pub cases: Vec<Case>,
+    /// The `append` webhook that receives every change as an event.
+    watch: Arc<Received>,
     stop: CancellationToken,
     poller: JoinHandle<anyhow::Result<()>>,
     sinks: Vec<(String, JoinHandle<Result<(), sluice_sink::SinkError>>)>,
@@ -75,32 +82,22 @@ pub(super) struct Scenario {
     groups: Vec<(String, BaseConsumer)>,
 }
 
-/// The fields a sync maps, per vendor (`firstname` etc. are the vendors' own names).
-const PLAIN_FIELDS: &str = r#"fields = { email = "email", name = "name", plan = "plan" }"#;
-const SET_FIELDS: &str = r#"fields = { email = { column = "email", transforms = ["normalize_email"] } }"#;
-const HUBSPOT_FIELDS: &str = r#"fields = { email = "email", firstname = "name", plan = "plan" }"#;
-const SALESFORCE_FIELDS: &str = r#"fields = { Warehouse_Id__c = { column = "id", type = "string" }, LastName = "name", Email = "email", Plan__c = "plan" }"#;
-const BRAZE_FIELDS: &str = r#"fields = { email = "email", first_name = "name", plan = "plan" }"#;
-/// The issue's case: the phone normalised and hashed by the sync, so "n/a" would have been
-/// the hash of "" before it became missing.
-const META_FIELDS: &str = r#"fields = { email = "email", phone = { column = "phone", transforms = ["normalize_phone", "sha256"] } }"#;
-
 /// A sync's lines: its mode, fields and (unless a suppression list) the consent rule.
-fn sync(mode: &str, fields: &str, consent: bool) -> String {
+pub(crate) fn sync(mode: &str, fields: &str, consent: bool) -> String {
     let consent = if consent { "consent = { column = \"opt_in\" }" } else { "" };
     format!("mode = \"{mode}\"\n{fields}\n{consent}")
 }
 
 impl Scenario {
-    /// Create and fill the table, start the vendors (seeded as each test says), write the config
-    /// and start the poller and every sink.
-    pub(super) async fn start() -> Scenario {
+    /// Create and fill the table, write the config of `cases` (their vendors started and seeded
+    /// as each kind's checks expect, keys under `prefix`) and the watching webhook, and start the
+    /// poller and every sink.
+    pub(super) async fn start(prefix: String, cases: Vec<Case>) -> Scenario {
         telemetry();
         require_kafka();
         let db = require_postgres().await;
         let redis = require_redis().await;
         let table = unique("it_modes");
-        let prefix = unique("modes");
         db.batch_execute(&format!(
             "CREATE TABLE {table} (id bigint PRIMARY KEY, email text, phone text, name text NOT NULL, plan text NOT NULL, opt_in boolean NOT NULL)"
         ))
@@ -109,7 +106,11 @@ impl Scenario {
         for row in &SNAPSHOT {
             insert(&db, &table, row).await;
         }
-        let destinations = destinations(&prefix).await;
+        let (watch_url, watch) = receiver::start().await;
+        let mut destinations: Vec<(&str, &str, &str)> = cases.iter().map(|c| (c.name.as_str(), c.table.as_str(), c.sync.as_str())).collect();
+        let watch_table = format!("[destinations.webhook]\nurl = \"{watch_url}\"");
+        let watch_sync = sync("append", r#"fields = { email = "email", name = "name", plan = "plan" }"#, true);
+        destinations.push((WATCH, &watch_table, &watch_sync));
         std::env::set_var("SLUICE_MODES_WAREHOUSE_URL", postgres_url());
         std::env::set_var("SLUICE_MODES_REDIS_URL", redis_url());
         std::env::set_var("SLUICE_MODES_TOKEN", TOKEN);
@@ -119,24 +120,21 @@ impl Scenario {
         let poller = tokio::spawn(sluice_poller::run(Arc::clone(&config), None, Health::new(), stop.clone()));
         let sinks = destinations
             .iter()
-            .map(|d| {
-                let (config, stop, name) = (Arc::clone(&config), stop.clone(), d.name.clone());
-                (d.name.clone(), tokio::spawn(async move { sluice_sink::run(config, &name, Health::new(), stop).await }))
+            .map(|&(name, _, _)| {
+                let (config, stop, name) = (Arc::clone(&config), stop.clone(), name.to_string());
+                (name.clone(), tokio::spawn(async move { sluice_sink::run(config, &name, Health::new(), stop).await }))
             })
             .collect();
-        let groups = destinations.iter().map(|d| (d.name.clone(), group_reader(&naming::sink_group(&prefix, &d.name)))).collect();
-        Scenario { prefix, table, db, redis, destinations, stop, poller, sinks, groups }
+        let groups = destinations.iter().map(|&(name, _, _)| (name.to_string(), group_reader(&naming::sink_group(&prefix, name)))).collect();
+        Scenario { prefix, table, db, redis, cases, watch, stop, poller, sinks, groups }
     }
 
     /// Wait until every sink has finished (applied, skipped or dead-lettered, and committed)
-    /// every change event: once the `append` webhook, which receives every change as an event,
-    /// holds `changes` of them, the change topic must hold exactly `records` (tombstones
+    /// every change event: once the watching `append` webhook, which receives every change as
+    /// an event, holds `changes` of them, the change topic must hold exactly `records` (tombstones
     /// included: nothing invented), and every sink's group must have committed past them.
     pub(super) async fn wait_until_all_finished(&self, changes: usize, records: usize) {
-        let Some(Vendor::Webhook(append)) = self.destinations.iter().find(|d| d.name == "webhook-append").map(|d| &d.vendor) else {
-            panic!("the append webhook is configured")
-        };
-        eventually(&format!("{changes} changes at the append webhook"), WAIT, || append.records().len() >= changes).await;
+        eventually(&format!("{changes} changes at the watching webhook"), WAIT, || self.watch.records().len() >= changes).await;
         let topic = naming::change_topic(&self.prefix, "customers");
         let log = read_topic(&topic);
         assert_eq!(log.len(), records, "the change topic: {log:?}");
@@ -203,137 +201,9 @@ fn committed_past(consumer: &BaseConsumer, topic: &str, ends: &HashMap<i32, i64>
     })
 }
 
-/// Every (destination, mode) pair a kind honours, each with its vendor, seeded as the tests
-/// expect: `update` vendors hold Ada and Cy before the run, `create` vendors hold Cy (under
-/// other values), suppression lists hold everyone who will buy and one who never does.
-async fn destinations(prefix: &str) -> Vec<Destination> {
-    let mut out = Vec::new();
-    for mode in ["upsert", "update", "create", "mirror", "append", "audience"] {
-        let (url, received) = receiver::start().await;
-        out.push(Destination {
-            name: format!("webhook-{mode}"),
-            vendor: Vendor::Webhook(received),
-            table: format!("[destinations.webhook]\nurl = \"{url}\""),
-            sync: sync(mode, PLAIN_FIELDS, true),
-        });
-    }
-    out.extend(redis_destinations(prefix).await);
-    for mode in ["upsert", "update", "create", "mirror"] {
-        let (url, server) = contract::hubspot::start(TOKEN).await;
-        match mode {
-            "update" => ["ada@example.com", "cy@example.com"].iter().for_each(|email| drop(server.seed(serde_json::json!({"email": email, "firstname": "Seeded", "plan": "seed"})))),
-            "create" => drop(server.seed(serde_json::json!({"email": "cy@example.com", "firstname": "Seeded", "plan": "seed"}))),
-            _ => {}
-        }
-        out.push(Destination {
-            name: format!("hubspot-{mode}"),
-            vendor: Vendor::HubSpot(server),
-            table: format!("[destinations.hubspot]\nbase_url = \"{url}\"\naccess_token = {{ env = \"SLUICE_MODES_TOKEN\" }}"),
-            sync: sync(mode, HUBSPOT_FIELDS, true),
-        });
-    }
-    for mode in ["upsert", "mirror"] {
-        let (url, server) = contract::salesforce::start(TOKEN).await;
-        out.push(Destination {
-            name: format!("salesforce-{mode}"),
-            vendor: Vendor::Salesforce(server),
-            table: format!(
-                "[destinations.salesforce]\ninstance_url = \"{url}\"\naccess_token = {{ env = \"SLUICE_MODES_TOKEN\" }}\nsobject = \"Contact\"\nexternal_id_field = \"Warehouse_Id__c\""
-            ),
-            sync: sync(mode, SALESFORCE_FIELDS, true),
-        });
-    }
-    out.extend(braze_destinations().await);
-    out.extend(meta_destinations().await);
-    out
-}
-
-async fn redis_destinations(prefix: &str) -> Vec<Destination> {
-    let mut out = Vec::new();
-    let mut redis = require_redis().await;
-    for mode in ["upsert", "update", "create", "mirror"] {
-        let keys = format!("{prefix}:hash-{mode}");
-        let seeded: &[i64] = match mode {
-            "update" => &[1],
-            "create" => &[3],
-            _ => &[],
-        };
-        for id in seeded {
-            let _: () = redis::cmd("HSET").arg(format!("{keys}:customers:{id}")).arg("name").arg("Seeded").arg("plan").arg("seed").query_async(&mut redis).await.expect("HSET");
-        }
-        out.push(Destination {
-            name: format!("redis-hash-{mode}"),
-            vendor: Vendor::RedisHash(keys.clone()),
-            table: format!("[destinations.redis]\nurl = {{ env = \"SLUICE_MODES_REDIS_URL\" }}\nkey_template = \"{keys}:{{model}}:{{key}}\""),
-            sync: sync(mode, PLAIN_FIELDS, true),
-        });
-    }
-    for mode in ["upsert", "audience", "mirror"] {
-        let set = format!("{prefix}:set-{mode}");
-        out.push(Destination {
-            name: format!("redis-set-{mode}"),
-            vendor: Vendor::RedisSet(set.clone()),
-            table: format!("[destinations.redis]\nurl = {{ env = \"SLUICE_MODES_REDIS_URL\" }}\nmode = \"set\"\nset_key = \"{set}\"\nmember_field = \"email\""),
-            sync: sync(mode, SET_FIELDS, true),
-        });
-    }
-    out
-}
-
-/// Braze users are keyed by email; `update` holds Ada and Cy, suppression lists hold
-/// everyone subscribed (and Fay, who never buys).
-async fn braze_destinations() -> Vec<Destination> {
-    let mut out = Vec::new();
-    for (mode, braze_mode) in [("upsert", "attributes"), ("update", "attributes"), ("mirror", "attributes"), ("upsert", "suppression"), ("update", "suppression")] {
-        let (url, server) = contract::braze::start(TOKEN).await;
-        let seeded: &[&str] = match (mode, braze_mode) {
-            ("update", "attributes") => &["ada@example.com", "cy@example.com"],
-            (_, "suppression") => &["ada@example.com", "bob@example.com", "cy@example.com", "dee@example.com", "eve@example.com", "fay@example.com"],
-            _ => &[],
-        };
-        for email in seeded {
-            let user = serde_json::json!({"email": email, "first_name": "Seeded", "email_subscribe": "subscribed"});
-            server.users.lock().unwrap().insert(email.to_string(), user.as_object().unwrap().clone());
-        }
-        let suppression = braze_mode == "suppression";
-        out.push(Destination {
-            name: if suppression { format!("braze-suppression-{mode}") } else { format!("braze-{mode}") },
-            vendor: Vendor::Braze(server),
-            table: format!("[destinations.braze]\nbase_url = \"{url}\"\napi_key = {{ env = \"SLUICE_MODES_TOKEN\" }}\nidentifier = \"email\"\nmode = \"{braze_mode}\""),
-            sync: sync(mode, BRAZE_FIELDS, !suppression),
-        });
-    }
-    out
-}
-
-/// Meta audiences keyed by EMAIL and PHONE; the suppression list holds everyone who will buy
-/// and Zed, a prospect who never does.
-async fn meta_destinations() -> Vec<Destination> {
-    let mut out = Vec::new();
-    for (mode, meta_mode) in [("audience", "audience"), ("mirror", "audience"), ("upsert", "suppression")] {
-        let (url, server) = contract::meta::start(TOKEN, META_AUDIENCE).await;
-        let suppression = meta_mode == "suppression";
-        if suppression {
-            let mut members = server.members.lock().unwrap();
-            for email in ["ada@example.com", "bob@example.com", "cy@example.com", "dee@example.com", "eve@example.com", "zed@example.com"] {
-                members.push([("EMAIL".to_string(), sluice_integration_tests::suppression::sha256_hex(email))].into());
-            }
-        }
-        out.push(Destination {
-            name: if suppression { format!("meta-suppression-{mode}") } else { format!("meta-{mode}") },
-            vendor: Vendor::Meta(server),
-            table: format!(
-                "[destinations.meta]\nbase_url = \"{url}\"\naccess_token = {{ env = \"SLUICE_MODES_TOKEN\" }}\naudience_id = \"{META_AUDIENCE}\"\nidentifiers = {{ email = \"EMAIL\", phone = \"PHONE\" }}\nmode = \"{meta_mode}\""
-            ),
-            sync: sync(mode, META_FIELDS, !suppression),
-        });
-    }
-    out
-}
-
 /// The configuration: the model in `diff` mode (deletes seen, `before` images), every
 /// destination with one sync of the model.
-fn config_text(prefix: &str, table: &str, destinations: &[Destination]) -> String {
+fn config_text(prefix: &str, table: &str, destinations: &[(&str, &str, &str)]) -> String {
     let mut text = format!(
         r#"[kafka]
 bootstrap_servers = "{kafka}"
@@ -354,14 +224,13 @@ poll_interval_ms = 200
 "#,
         kafka = kafka_bootstrap()
     );
-    for d in destinations {
+    for (name, kind_table, _) in destinations {
         text.push_str(&format!(
-            "\n[[destinations]]\nname = \"{}\"\nbatch_linger_ms = 20\nmax_concurrency = 2\nretry = {{ initial_backoff_ms = 20, max_backoff_ms = 200, max_attempts = 5 }}\n{}\n",
-            d.name, d.table
+            "\n[[destinations]]\nname = \"{name}\"\nbatch_linger_ms = 20\nmax_concurrency = 2\nretry = {{ initial_backoff_ms = 20, max_backoff_ms = 200, max_attempts = 5 }}\n{kind_table}\n"
         ));
     }
-    for d in destinations {
-        text.push_str(&format!("\n[[syncs]]\nmodel = \"customers\"\ndestination = \"{}\"\n{}\n", d.name, d.sync));
+    for (name, _, sync) in destinations {
+        text.push_str(&format!("\n[[syncs]]\nmodel = \"customers\"\ndestination = \"{name}\"\n{sync}\n"));
     }
     text
 }
