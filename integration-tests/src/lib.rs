@@ -85,6 +85,22 @@ impl ReadRecord {
     }
 }
 
+/// A partition's high watermark, retried for up to 30 s: a topic the services are still creating
+/// (or one this read auto-created) has no leader for a moment, which is no test failure.
+fn watermarks(consumer: &BaseConsumer, topic: &str, partition: i32) -> (i64, i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Ok(marks) => return marks,
+            Err(error) if std::time::Instant::now() < deadline => {
+                eprintln!("watermarks of {topic}/{partition}: {error}; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(error) => panic!("watermarks of {topic}/{partition}: {error}"),
+        }
+    }
+}
+
 /// Every committed record of `topic` (read_committed), up to its current end.
 pub fn read_topic(topic: &str) -> Vec<ReadRecord> {
     read_topic_with(ClientConfig::new().set("bootstrap.servers", kafka_bootstrap()), topic)
@@ -102,7 +118,7 @@ pub fn read_topic_with(client: &mut ClientConfig, topic: &str) -> Vec<ReadRecord
     let mut assignment = TopicPartitionList::new();
     let mut ends = Vec::new();
     for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).expect("watermarks");
+        let (_, high) = watermarks(&consumer, topic, p.id());
         assignment.add_partition_offset(topic, p.id(), Offset::Beginning).expect("partition");
         ends.push((p.id(), high));
     }

@@ -105,7 +105,7 @@ async fn debug_logs_and_metrics_carry_no_secret_and_no_raw_email_or_phone() {
     let dead_letters = naming::dead_letter_topic(&p.prefix, "crm");
     eventually("seven rows applied and row 4 dead-lettered", WAIT, || received.records().len() >= 7 && !read_topic(&dead_letters).is_empty()).await;
     // An update with a changed email and phone, so before images carry personal values too.
-    p.db.execute(&format!("UPDATE {} SET email = $2, phone = $3, updated_at = clock_timestamp() WHERE id = 2", p.table), &[&2i64, &email(20), &phone(20)]).await.unwrap();
+    p.db.execute(&format!("UPDATE {} SET email = $2, phone = $3, updated_at = clock_timestamp() WHERE id = $1", p.table), &[&2i64, &email(20), &phone(20)]).await.unwrap();
     eventually("the update applied", WAIT, || received.records().iter().any(|r| r["fields"]["email"] == email(20).as_str())).await;
 
     let mut metrics = String::new();

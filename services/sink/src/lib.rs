@@ -496,6 +496,9 @@ fn syncs_by_topic(config: &Config, destination: &str) -> Result<HashMap<String, 
 /// A Kafka failure is the outer `Err` (the caller retries it while not ready); a config that
 /// cannot work (partition counts) the inner one.
 async fn prepare_topics(config: &Config, destination: &str, syncs: &HashMap<String, SyncConfig>, lists: &[String]) -> Result<Result<(String, OrderGuard), SinkError>, sluice_kafka::KafkaError> {
+    // First, so that rejected credentials or an untrusted certificate are named as such (listener,
+    // cause, fix) instead of surfacing as the metadata timeout of whichever request came first.
+    sluice_kafka::connection::check_connection(&config.kafka).await?;
     let admin = Admin::new(&config.kafka)?;
     let (side_topic, partitions) = match side::side_topic(&admin, config, destination, syncs).await {
         Ok(side) => side,

@@ -222,7 +222,9 @@ async fn an_expiring_diff_model_deletes_expired_rows_once_and_never_emits_an_exp
 async fn the_sweep_killed_with_sigkill_deletes_every_expired_key_exactly_once() {
     use rand::Rng as _;
     const ROWS: usize = 6000;
-    const AFTER_MS: u64 = 6000;
+    // Long enough for the first snapshot of every row to finish before any expires, also on a
+    // loaded machine (6 s was not: rows read after their expiry are rightly never emitted).
+    const AFTER_MS: u64 = 20000;
     let kills = env_or("SLUICE_CRASH_KILLS", 8);
     let binary = tokio::task::spawn_blocking(poller_binary).await.unwrap();
     let f = purchases("{ mode = \"cursor\", cursor_column = \"updated_at\" }", AFTER_MS, 50).await;
