@@ -175,7 +175,8 @@ async fn backfill(config: &Config, topics: &[Topic], request: &Request, stop: &C
         at.keys += plan.keys;
         at.compacted_deletes += plan.compacted_deletes;
         at.read += plan.read;
-        let (sent, deletes) = second_pass(config, &producer, &topic, range, plan.send, &limiter, &bar, stop).await?;
+        let writer = Writer { config, producer: &producer, limiter: &limiter, bar: &bar, stop };
+        let (sent, deletes) = second_pass(&writer, &topic, range, plan.send).await?;
         at.sent += sent;
         at.deletes += deletes;
     }
@@ -201,19 +202,20 @@ fn first_pass(kafka: &sluice_core::config::KafkaConfig, topic: &str, range: Rang
     Ok(plan_of(index, read))
 }
 
+/// What every partition's second pass writes with: the side topic's producer, the one rate
+/// limiter of the whole backfill, the progress bar and the interrupt.
+struct Writer<'a> {
+    config: &'a Config,
+    producer: &'a SideProducer,
+    limiter: &'a governor::DefaultDirectRateLimiter,
+    bar: &'a indicatif::ProgressBar,
+    stop: &'a CancellationToken,
+}
+
 /// Write the planned states of one partition to the side topic, at the limiter's rate, many in
 /// flight. Returns (sent, of which deletes).
-#[allow(clippy::too_many_arguments)]
-async fn second_pass(
-    config: &Config,
-    producer: &SideProducer,
-    topic: &str,
-    range: Range,
-    send: HashMap<u128, i64>,
-    limiter: &governor::DefaultDirectRateLimiter,
-    bar: &indicatif::ProgressBar,
-    stop: &CancellationToken,
-) -> Result<(u64, u64), Failure> {
+async fn second_pass(writer: &Writer<'_>, topic: &str, range: Range, send: HashMap<u128, i64>) -> Result<(u64, u64), Failure> {
+    let Writer { config, producer, limiter, bar, stop } = *writer;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<SideRecord>(IN_FLIGHT);
     let reader = {
         let (kafka, topic, stop) = (config.kafka.clone(), topic.to_string(), stop.clone());

@@ -9,7 +9,7 @@
 //! ever committed for a partition this instance no longer owns.
 //!
 //! Each record in flight keeps its Kafka timestamp, so the age of the oldest unfinished record
-//! (consumer lag in seconds, [`crate::lag`]) is read here rather than tracked twice.
+//! (consumer lag in seconds, the `lag` module) is read here rather than tracked twice.
 
 use std::collections::{BTreeMap, HashMap};
 
