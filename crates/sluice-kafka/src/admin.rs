@@ -10,6 +10,9 @@
 //!   changes, with the old one. When the broker refuses the change (no permission), it logs an
 //!   error with the command that sets them by hand and goes on: the topics work, and a service
 //!   must not stop for it.
+//! - When [`Admin::ensure`] returns, every topic it created is in the brokers' metadata with a
+//!   leader for each partition, so a consumer subscribing next is assigned it at once (see
+//!   [`Admin::ensure`]'s wait); otherwise it returns a retryable error.
 //! - A topic's other settings are kept: Kafka's `AlterConfigs` replaces a topic's whole set of
 //!   overrides, so the current overrides are read first and sent back with ours (a settings
 //!   change by someone else in the milliseconds between the two calls would be lost; an override
@@ -102,7 +105,8 @@ impl Admin {
 
     /// [`ensure_topics`], with each topic's partition count for when it is created. Checks the
     /// connection first ([`check_connection`]), so rejected credentials or certificates fail at
-    /// once with the listener and the cause rather than as a request timeout.
+    /// once with the listener and the cause rather than as a request timeout; returns once the
+    /// topics it created have leaders ([`Admin::await_visible`]).
     pub async fn ensure(&self, topics: &[(String, TopicRole, i32)]) -> Result<(), KafkaError> {
         let kafka = &self.kafka;
         check_connection(kafka).await?;
@@ -119,9 +123,10 @@ impl Admin {
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         let results = self.client.create_topics(new_topics.iter(), &options).await.map_err(|e| KafkaError::classify("create topics", e))?;
         let mut existing = Vec::new();
+        let mut created = Vec::new();
         for result in results {
             match result {
-                Ok(_) => {}
+                Ok(topic) => created.push(topic),
                 Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => existing.push(topic),
                 Err((topic, code)) => {
                     tracing::error!(%topic, error = %code, "cannot create topic");
@@ -129,6 +134,7 @@ impl Admin {
                 }
             }
         }
+        self.await_visible(created).await?;
         let reconciled: Vec<(&str, Vec<(&'static str, String)>)> = topics
             .iter()
             .filter(|(name, _, _)| existing.contains(name))
@@ -152,6 +158,39 @@ impl Admin {
         Ok(())
     }
 
+    /// Wait until each of `topics` (just created) is in the brokers' metadata with a leader for
+    /// every partition. The controller knows a new topic before the brokers' metadata caches do,
+    /// and a consumer that subscribes in between is told "unknown topic or partition" and does
+    /// not ask again until its next metadata refresh (`topic.metadata.refresh.interval.ms`, five
+    /// minutes by default): a sink would then not read its side topic for minutes. Bounded by
+    /// [`VISIBLE_WITHIN`]; past it the error is retryable (the services retry their start).
+    async fn await_visible(&self, topics: Vec<String>) -> Result<(), KafkaError> {
+        if topics.is_empty() {
+            return Ok(());
+        }
+        let client = Arc::clone(&self.client);
+        tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + VISIBLE_WITHIN;
+            let mut pending = topics;
+            loop {
+                pending.retain(|topic| !has_leaders(client.inner(), topic));
+                if pending.is_empty() {
+                    return Ok(());
+                }
+                if std::time::Instant::now() >= deadline {
+                    tracing::warn!(topics = ?pending, within_s = VISIBLE_WITHIN.as_secs(), "created topics are not in the brokers' metadata yet");
+                    return Err(KafkaError::Retryable {
+                        operation: "wait for created topics to have leaders",
+                        source: rdkafka::error::KafkaError::AdminOp(RDKafkaErrorCode::LeaderNotAvailable),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .await
+        .expect("reading metadata does not panic")
+    }
+
     /// The partition count of each of `topics` that exists.
     pub async fn partition_counts(&self, topics: &[String]) -> Result<HashMap<String, i32>, KafkaError> {
         let client = Arc::clone(&self.client);
@@ -171,6 +210,15 @@ impl Admin {
         .await
         .expect("reading metadata does not panic")
     }
+}
+
+/// How long [`Admin::ensure`] waits for the topics it created to show in the metadata.
+const VISIBLE_WITHIN: Duration = Duration::from_secs(30);
+
+/// Whether `topic` is in the metadata `client` gets with a leader for each of its partitions.
+fn has_leaders(client: &rdkafka::client::Client<DefaultClientContext>, topic: &str) -> bool {
+    let Ok(metadata) = client.fetch_metadata(Some(topic), Duration::from_secs(5)) else { return false };
+    metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty() && t.partitions().iter().all(|p| p.error().is_none() && p.leader() >= 0))
 }
 
 /// One setting that changes: (setting, old value, new value).
