@@ -22,7 +22,8 @@ pub struct StoredRecord {
 /// Every committed record of `topic`, in offset order per partition, up to the end offsets seen
 /// at the start. `read_committed`, so aborted transactions are never seen. Blocking: call from
 /// `spawn_blocking`. Gives up (retryable) after `deadline`, e.g. while another producer holds a
-/// transaction open on the topic.
+/// transaction open on the topic. A topic the broker does not know or cannot serve (deleted, not
+/// created yet, no leader) fails (retryable) rather than reading as empty.
 pub fn read_to_end(kafka: &KafkaConfig, topic: &str, deadline: Duration) -> Result<Vec<StoredRecord>, KafkaError> {
     let consumer: BaseConsumer = client_config(kafka)
         .set("group.id", format!("sluice-reader-{}", std::process::id()))
@@ -34,6 +35,12 @@ pub fn read_to_end(kafka: &KafkaConfig, topic: &str, deadline: Duration) -> Resu
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(|e| KafkaError::classify("fetch metadata", e))?;
+    // A topic the broker does not know (deleted, not created yet) or cannot serve is an error,
+    // not an empty topic: a reader must not conclude that the records it needs do not exist.
+    if let Some(code) = metadata.topics().iter().find_map(|t| t.error()) {
+        let source = rdkafka::error::KafkaError::MetadataFetch(code.into());
+        return Err(KafkaError::Retryable { operation: "read topic metadata", source });
+    }
     let mut assignment = TopicPartitionList::new();
     let mut ends = Vec::new();
     for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {

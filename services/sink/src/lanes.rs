@@ -6,7 +6,12 @@
 //! adaptive concurrency).
 //!
 //! A lane builds batches by count, bytes and linger, and coalesces several changes of one key
-//! inside a batch into the latest (the superseded records finish when the batch does).
+//! inside a batch into the latest (the superseded records finish when the batch does). Under a
+//! requests-per-second limit a batch that is not full leaves only when its linger is over *and*
+//! a request would find room in the limit's window ([`departure`]); until then it keeps filling.
+//! With at most as many lanes as requests can be in flight
+//! ([`crate::limits::RateLimits::useful_lanes`]), requests are as full as the records waiting
+//! allow when requests are the scarce resource.
 //!
 //! With suppression lists, a lane also takes *recomputes* of its keys ([`LaneInput`]) and lets
 //! the membership stage decide each batch's memberships just before sending it
@@ -29,6 +34,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::dead_letters::DeadLetterSink;
 use crate::deliver::{Deliverer, Done, Item, SinkError, Stop};
+use crate::limits::RateLimits;
 use crate::mapping::{self, Prepared};
 use crate::membership::{Pending, Presence, Recompute, Stage};
 use crate::recompute::{self, ListStep};
@@ -361,6 +367,14 @@ impl<D: Destination, L: DeadLetterSink> LaneContext<D, L> {
     }
 }
 
+/// When a batch that is not full leaves: once its linger is over and a request would find room
+/// under the requests-per-second limit. Until then the lane keeps filling it, so a lane waiting
+/// for the rate limit sends one fuller request instead of a small one now and the rest later.
+async fn departure(limits: &RateLimits, deadline: tokio::time::Instant) {
+    tokio::time::sleep_until(deadline).await;
+    limits.until_request_room().await;
+}
+
 /// Run one lane until its channel closes (shutdown) or a stop.
 pub(crate) async fn run_lane<D: Destination, L: DeadLetterSink>(mut rx: mpsc::UnboundedReceiver<LaneInput>, cx: Arc<LaneContext<D, L>>) {
     let mut batch = Batch::new();
@@ -369,9 +383,11 @@ pub(crate) async fn run_lane<D: Destination, L: DeadLetterSink>(mut rx: mpsc::Un
         let next = if batch.is_empty() {
             rx.recv().await.map(Some)
         } else {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(message) => message.map(Some),
-                Err(_) => Some(None),
+            // Records already waiting come first (`biased`): a batch takes them before it leaves.
+            tokio::select! {
+                biased;
+                input = rx.recv() => input.map(Some),
+                () = departure(&cx.deliverer.limits, deadline) => Some(None),
             }
         };
         match next {
@@ -386,9 +402,11 @@ pub(crate) async fn run_lane<D: Destination, L: DeadLetterSink>(mut rx: mpsc::Un
                     }
                 }
                 Ok(None) => continue,
+                // Stopping meanwhile (a retried schema read gave up): the record stays unfinished.
+                Err(_) if cx.shared.stop.is_cancelled() => return,
                 Err(error) => return cx.fail(Stop::Failed(error)),
             },
-            // Linger elapsed: send what we have.
+            // Linger elapsed and a request would find room: send what we have.
             Some(None) => {}
             // The sink stops: what this lane holds stays unfinished (`Shared::stop`).
             None => return,
@@ -450,6 +468,36 @@ mod tests {
             assert_eq!(cx.shared.buffered.load(Ordering::SeqCst), 0, "out of the buffer either way");
             assert_eq!(cx.deliverer.dead_letters.written().len(), usize::from(!dead_letters_fail));
         }
+    }
+
+    /// Issue 12: a batch that is not full leaves at the end of its linger only when a request
+    /// would find room under the requests-per-second limit; while a request holds the window it
+    /// waits (and the lane keeps filling it), and leaves a second after that request's answer.
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_batch_leaves_only_when_a_request_would_find_room() {
+        let limits = RateLimits::new(&sluice_core::config::RateLimitConfig { requests_per_second: Some(1.0), records_per_second: None }).unwrap();
+        let linger = Duration::from_millis(100);
+        let start = tokio::time::Instant::now();
+        departure(&limits, start + linger).await;
+        assert_eq!(start.elapsed(), linger, "room: at the end of the linger");
+
+        let sent = tokio::time::Instant::now();
+        let in_flight = limits.acquire(200).await;
+        let answered = async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            drop(in_flight);
+        };
+        let left = async {
+            departure(&limits, sent + linger).await;
+            sent.elapsed()
+        };
+        let (left, ()) = tokio::join!(left, answered);
+        assert_eq!(left, Duration::from_secs(3), "not at the linger's end but a second after the answer");
+
+        let unlimited = RateLimits::new(&sluice_core::config::RateLimitConfig::default()).unwrap();
+        let before = tokio::time::Instant::now();
+        departure(&unlimited, before + linger).await;
+        assert_eq!(before.elapsed(), linger, "without a requests limit: the linger alone");
     }
 
     #[test]

@@ -328,6 +328,7 @@ impl Sink {
         let syncs = syncs_by_topic(config, destination)?;
         let shared = Arc::new(Shared::new());
         let (deliverer, batch_limits) = build_deliverer(config, dest, shared.stop.clone())?;
+        let lane_count = deliverer.limits.useful_lanes(dest.max_concurrency);
         let list_topics = membership::list_topics(config, destination);
         let Some(prepared) = retry_until_connected("create topics", health, shutdown, || prepare_topics(config, destination, &syncs, &list_topics)).await else {
             return Ok(None);
@@ -335,9 +336,10 @@ impl Sink {
         let (side_topic, guard) = prepared?;
         let guard = Arc::new(Mutex::new(guard));
         let schemas = schemas::SchemaCache::new(config.kafka.clone(), naming::schema_topic(&config.kafka.topic_prefix))
+            .stopping_with(shared.stop.clone())
             .with_consent_checks(syncs.values().filter_map(|sync| sluice_destinations::validate::ConsentCheck::new(config, sync)));
         // Reads the topics just prepared; Kafka away meanwhile is waited out the same way.
-        let rebuild = || async { kafka_apart(Stage::start(config, destination, &syncs, dest.max_concurrency, lane_of, &schemas).await) };
+        let rebuild = || async { kafka_apart(Stage::start(config, destination, &syncs, lane_count, lane_of, &schemas).await) };
         let Some(stage) = retry_until_connected("rebuild the membership stage", health, shutdown, rebuild).await else {
             return Ok(None);
         };
@@ -352,7 +354,7 @@ impl Sink {
         };
         let consumer = subscribe(config, destination, instance_id, &syncs, &side_topic, &list_topics, context)?;
         tracing::info!(
-            %destination, kind = deliverer.target.kind(), topics = ?syncs.keys().collect::<Vec<_>>(), lanes = dest.max_concurrency,
+            %destination, kind = deliverer.target.kind(), topics = ?syncs.keys().collect::<Vec<_>>(), lanes = lane_count,
             rate_limited = deliverer.limits.is_limited(), "sink started"
         );
         let lane_context = Arc::new(lanes::LaneContext {
@@ -365,9 +367,9 @@ impl Sink {
             stage,
             lanes: std::sync::OnceLock::new(),
         });
-        let mut lanes = Vec::with_capacity(dest.max_concurrency);
+        let mut lanes = Vec::with_capacity(lane_count);
         let mut lane_tasks = JoinSet::new();
-        for _ in 0..dest.max_concurrency {
+        for _ in 0..lane_count {
             let (tx, rx) = mpsc::unbounded_channel();
             lanes.push(tx);
             lane_tasks.spawn(lanes::run_lane(rx, Arc::clone(&lane_context)));

@@ -16,6 +16,11 @@
 //! one cell of the first and `n` of the second. Every attempt, retries included, spends
 //! permits: vendors count every call.
 //!
+//! **Fuller requests when requests are scarce.** Under a requests-per-second limit at most the
+//! window's limit of requests is ever in flight, so the sink runs no more lanes than that
+//! ([`RateLimits::useful_lanes`]), and a lane whose batch is not full waits for room in the
+//! window while it keeps filling the batch ([`RateLimits::until_request_room`]).
+//!
 //! **Adaptive concurrency** (AIMD, after Vector's adaptive request concurrency): the number of
 //! requests in flight grows by one after a window of successes at the current limit and halves
 //! on throttling or failure, between 1 and `max_concurrency`.
@@ -101,6 +106,26 @@ impl RateLimits {
         Permit { held }
     }
 
+    /// Wait until a request would find room in the requests-per-second window now, without
+    /// taking it (at once without that limit). A lane asks this before sending a batch that is
+    /// not full, and keeps filling the batch meanwhile ([`crate::lanes`]). The even pacing
+    /// may still hold the request a fraction of a period in [`RateLimits::acquire`].
+    pub(crate) async fn until_request_room(&self) {
+        if let Some(window) = &self.requests {
+            window.until_room(1).await;
+        }
+    }
+
+    /// How many lanes can be useful: at most `max_concurrency`, and under a requests-per-second
+    /// limit no more than the requests that can ever be in flight at once — the window's limit,
+    /// since each request holds a cell of it from its send until a second after its answer.
+    /// More lanes would only cut the same requests per second into smaller batches (issue 12:
+    /// 300 records at 1 request/s went out as 8 requests of 37 instead of 2 of 200).
+    pub(crate) fn useful_lanes(&self, max_concurrency: usize) -> usize {
+        let in_flight = self.requests.as_ref().map_or(usize::MAX, |window| window.limit);
+        max_concurrency.min(in_flight).max(1)
+    }
+
     /// Whether any limit is configured (for logs).
     pub(crate) fn is_limited(&self) -> bool {
         self.requests.is_some() || self.records.is_some()
@@ -129,34 +154,56 @@ impl Window {
     }
 
     async fn acquire(&self, units: usize) -> u64 {
-        // A request larger than the whole limit can only ever go alone in its window.
-        let units_counted = units.min(self.limit);
         loop {
             let notified = self.completed.notified();
-            let wait = {
-                let mut state = self.state.lock().expect("rate window lock");
-                let now = Instant::now();
-                state.entries.retain(|(_, _, done)| done.is_none_or(|at| now.duration_since(at) < self.length));
-                let used: usize = state.entries.iter().map(|(_, n, _)| (*n).min(self.limit)).sum();
-                if used + units_counted <= self.limit {
-                    let id = state.next_id;
-                    state.next_id += 1;
-                    state.entries.push_back((id, units, None));
-                    return id;
-                }
-                // The earliest moment a completed reservation leaves the window; in-flight ones
-                // wake us through `completed`.
-                state.entries.iter().filter_map(|(_, _, done)| done.map(|at| at + self.length)).min().map(|t| t.saturating_duration_since(now))
-            };
-            match wait {
-                Some(wait) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait.max(Duration::from_millis(1))) => {}
-                        _ = notified => {}
-                    }
-                }
-                None => notified.await,
+            match self.room(units, true) {
+                Ok(id) => return id,
+                Err(wait) => Self::wait(wait, notified).await,
             }
+        }
+    }
+
+    /// Wait until `units` would fit now, without reserving them.
+    async fn until_room(&self, units: usize) {
+        loop {
+            let notified = self.completed.notified();
+            match self.room(units, false) {
+                Ok(_) => return,
+                Err(wait) => Self::wait(wait, notified).await,
+            }
+        }
+    }
+
+    /// Whether `units` fit now; reserves them (returning the reservation's id) when `reserve`.
+    /// `Err`: how long until a completed reservation leaves the window (`None`: only an
+    /// in-flight one completing can make room, which `completed` signals).
+    fn room(&self, units: usize, reserve: bool) -> Result<u64, Option<Duration>> {
+        // A request larger than the whole limit can only ever go alone in its window.
+        let units_counted = units.min(self.limit);
+        let mut state = self.state.lock().expect("rate window lock");
+        let now = Instant::now();
+        state.entries.retain(|(_, _, done)| done.is_none_or(|at| now.duration_since(at) < self.length));
+        let used: usize = state.entries.iter().map(|(_, n, _)| (*n).min(self.limit)).sum();
+        if used + units_counted <= self.limit {
+            let id = state.next_id;
+            if reserve {
+                state.next_id += 1;
+                state.entries.push_back((id, units, None));
+            }
+            return Ok(id);
+        }
+        Err(state.entries.iter().filter_map(|(_, _, done)| done.map(|at| at + self.length)).min().map(|t| t.saturating_duration_since(now)))
+    }
+
+    async fn wait(wait: Option<Duration>, notified: tokio::sync::futures::Notified<'_>) {
+        match wait {
+            Some(wait) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait.max(Duration::from_millis(1))) => {}
+                    _ = notified => {}
+                }
+            }
+            None => notified.await,
         }
     }
 
@@ -285,6 +332,42 @@ mod tests {
         }
         let config = RateLimitConfig { requests_per_second: Some(1.0 / 86_400.0), records_per_second: Some(1e9) };
         assert!(RateLimits::new(&config).unwrap().is_limited());
+    }
+
+    /// Issue 12: at 1 request/s, 8 lanes sent 300 records as 8 requests of 37. No more lanes
+    /// than requests can be in flight under the limit.
+    #[test]
+    fn no_more_lanes_than_requests_can_be_in_flight() {
+        use sluice_core::config::RateLimitConfig;
+        let lanes = |requests_per_second, records_per_second, max| {
+            RateLimits::new(&RateLimitConfig { requests_per_second, records_per_second }).unwrap().useful_lanes(max)
+        };
+        assert_eq!(lanes(None, None, 8), 8);
+        assert_eq!(lanes(None, Some(1000.0), 8), 8, "records are not requests");
+        assert_eq!(lanes(Some(1.0), None, 8), 1);
+        assert_eq!(lanes(Some(0.2), None, 8), 1, "one request per 5 s: one in flight");
+        assert_eq!(lanes(Some(3.5), None, 8), 3);
+        assert_eq!(lanes(Some(100.0), None, 8), 8);
+        assert_eq!(lanes(Some(100.0), None, 0), 1, "never no lane");
+    }
+
+    /// Waiting for room takes nothing: the request that then acquires gets it at once.
+    #[tokio::test(start_paused = true)]
+    async fn room_for_a_request_is_waited_for_without_taking_it() {
+        let limits = RateLimits::new(&sluice_core::config::RateLimitConfig { requests_per_second: Some(1.0), records_per_second: None }).unwrap();
+        let start = Instant::now();
+        limits.until_request_room().await;
+        assert_eq!(Instant::now(), start, "room at once");
+        let permit = limits.acquire(10).await;
+        let answered = async {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            drop(permit);
+        };
+        tokio::join!(limits.until_request_room(), answered);
+        assert_eq!(Instant::now().duration_since(start), Duration::from_millis(3500), "a second after the answer");
+        let before = Instant::now();
+        drop(limits.acquire(10).await);
+        assert_eq!(Instant::now(), before, "the room was not taken by waiting for it");
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,6 +4,10 @@
 //! Hot path: a read lock and a lookup by the fingerprint's 8 raw bytes. Only an unknown
 //! fingerprint takes the slow path (one reader at a time re-reads the schema topic).
 //!
+//! A schema-topic read that fails transiently (the broker away, the topic missing or without a
+//! leader) is retried until it works: never a stop of the sink, never a dead letter. A
+//! fingerprint is [`Lookup::Missing`] only when the topic was read to its end without it.
+//!
 //! The first event of each writer schema also has its syncs' consent rules checked against the
 //! schema's column types ([`SchemaCache::check_consent`]): a rule whose value can never equal
 //! the column's stops the sink (not ready, with the config error) before any row is treated as
@@ -16,8 +20,9 @@ use std::time::Duration;
 use sluice_avro::{fingerprint_bytes, fingerprint_hex, DecodedEvent, EventDecoder, KeyDecoder};
 use sluice_core::config::{ConfigError, KafkaConfig};
 use sluice_destinations::validate::ConsentCheck;
-use sluice_kafka::compacted::read_to_end;
+use sluice_kafka::compacted::{read_to_end, StoredRecord};
 use sluice_kafka::KafkaError;
+use tokio_util::sync::CancellationToken;
 
 type Fingerprint = [u8; 8];
 
@@ -33,6 +38,8 @@ pub(crate) struct SchemaCache {
     consent: HashMap<String, ConsentCheck>,
     /// Writer schemas whose consent rule passed.
     consent_checked: RwLock<HashSet<Fingerprint>>,
+    /// The sink's stop: ends a retried read of the topic ([`SchemaCache::read_topic`]).
+    stop: CancellationToken,
 }
 
 /// A schema lookup: found, missing from the topic, or unusable.
@@ -52,7 +59,14 @@ impl SchemaCache {
             keys: RwLock::new(HashMap::new()),
             consent: HashMap::new(),
             consent_checked: RwLock::new(HashSet::new()),
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// End retried reads of the schema topic when `stop` is cancelled (the sink stops).
+    pub(crate) fn stopping_with(mut self, stop: CancellationToken) -> SchemaCache {
+        self.stop = stop;
+        self
     }
 
     /// Check these syncs' consent rules against the writer schema of each event.
@@ -124,11 +138,7 @@ impl SchemaCache {
         let hex = fingerprint_hex(fingerprint);
         let mut json = self.json.lock().await;
         if !json.contains_key(&hex) {
-            let (kafka, topic) = (self.kafka.clone(), self.topic.clone());
-            let records = tokio::task::spawn_blocking(move || read_to_end(&kafka, &topic, Duration::from_secs(90)))
-                .await
-                .expect("reader does not panic")?;
-            for record in records {
+            for record in self.read_topic().await? {
                 if let (Some(key), Some(payload)) = (record.key, record.payload) {
                     if let (Ok(key), Ok(payload)) = (String::from_utf8(key), String::from_utf8(payload)) {
                         json.insert(key, payload);
@@ -147,7 +157,34 @@ impl SchemaCache {
             Err(error) => Lookup::Unusable(error.to_string()),
         })
     }
+
+    /// Every record of the schema topic. A read that fails for a while — the broker away, the
+    /// topic missing or without a leader — is retried with backoff (1 s doubling to 30 s) until it
+    /// works, so a record whose schema cannot be read yet waits in its lane instead of stopping
+    /// the sink or being dead-lettered as unreadable. `Err` for a fatal failure, or once the sink
+    /// stops (then the record stays unfinished).
+    async fn read_topic(&self) -> Result<Vec<StoredRecord>, KafkaError> {
+        let mut backoff = READ_BACKOFF_MIN;
+        loop {
+            let (kafka, topic) = (self.kafka.clone(), self.topic.clone());
+            let error = match tokio::task::spawn_blocking(move || read_to_end(&kafka, &topic, Duration::from_secs(90))).await.expect("reader does not panic") {
+                Ok(records) => return Ok(records),
+                Err(error @ KafkaError::Fatal { .. }) => return Err(error),
+                Err(error) => error,
+            };
+            tracing::warn!(topic = %self.topic, %error, retry_in_ms = backoff.as_millis() as u64, "schema topic not readable, retrying");
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = self.stop.cancelled() => return Err(error),
+            }
+            backoff = (backoff * 2).min(READ_BACKOFF_MAX);
+        }
+    }
 }
+
+/// Backoff of a schema-topic read that failed transiently.
+const READ_BACKOFF_MIN: Duration = Duration::from_secs(1);
+const READ_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {

@@ -189,6 +189,49 @@ async fn rate_limits_are_never_exceeded_in_any_second() {
     }
 }
 
+/// Issue 12 item 6: when the rate limit makes requests the scarce resource, they go out full.
+/// 300 records already on the topic, `requests_per_second = 1`, `batch_max_records = 200`,
+/// `max_concurrency = 8` (it went out as 8 requests of about 37, one per lane). By the design
+/// (docs/sink.md, "Batching under a request rate limit") one lane runs, its first batch leaves
+/// full and the second when the window has room again, so with every record reaching the lane
+/// within the linger (2 s here; they are on the topic before the sink starts) exactly
+/// ⌈300 / 200⌉ = 2 requests carry them. Requests are counted, not timed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_fill_when_the_request_rate_limit_is_the_bottleneck() {
+    let (url, received) = receiver::start().await;
+    let p = pipeline(
+        &url,
+        spec(
+            "batch_max_records = 200\nbatch_linger_ms = 2000\nmax_concurrency = 8\nrate_limit = { requests_per_second = 1 }",
+            "",
+            "fields = { email = \"email\", v = \"v\" }",
+        ),
+    )
+    .await;
+    insert_rows(&p, 1..=300, |id| format!("c{id}@example.com")).await;
+    let (poller_stop, poller) = start_poller(&p.config);
+    let topic = naming::change_topic(&p.prefix, "customers");
+    eventually("the 300 records on the change topic", WAIT, || read_topic(&topic).len() >= 300).await;
+    poller_stop.cancel();
+    poller.await.unwrap().unwrap();
+    assert_eq!(read_topic(&topic).len(), 300, "one change per row");
+
+    let (sink_stop, sink) = start_sink(&p.config, Health::new());
+    eventually("every row applied", WAIT, || received.records().len() >= 300).await;
+    sink_stop.cancel();
+    sink.await.unwrap().unwrap();
+
+    let sizes: Vec<usize> = received.log().iter().map(|r| r.records).collect();
+    assert_eq!(sizes, [200, 100], "two requests, the first full");
+    let ids: Vec<String> = received.records().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!((ids.len(), unique.len()), (300, 300), "each record exactly once");
+    let applied = versions(&received);
+    assert_eq!(applied.len(), 300);
+    assert!(applied.values().all(|v| v == &[1]), "every key once, at its only version");
+    assert!(read_topic(&naming::dead_letter_topic(&p.prefix, "crm")).is_empty(), "nothing dead-lettered");
+}
+
 /// A destination that stalls (a 12 s `Retry-After`) longer than the consumer's maximum poll
 /// interval (8 s): the sink must not buffer without bound, and must not fall out of its group
 /// either — it pauses its partitions and keeps polling. Falling out would revoke its partitions

@@ -8,5 +8,6 @@ mod compaction;
 mod delivery;
 mod dlq;
 mod failures;
+mod faults;
 mod replay;
 mod side;
