@@ -54,6 +54,17 @@ pub(crate) trait Vendor: Send + Sync {
     fn check<'a>(&'a self, name: &'a str, redis: &'a mut redis::aio::MultiplexedConnection) -> Check<'a>;
 }
 
+/// A vendor whose end state is the shared state of a contract server (or webhook receiver),
+/// checked by its kind's function: every kind but Redis, which reads the real server.
+pub(crate) struct Checked<T>(pub Arc<T>, pub fn(&str, &T));
+
+impl<T: Send + Sync> Vendor for Checked<T> {
+    fn check<'a>(&'a self, name: &'a str, _: &'a mut redis::aio::MultiplexedConnection) -> Check<'a> {
+        let (state, check) = (&self.0, self.1);
+        Box::pin(async move { check(name, state) })
+    }
+}
+
 /// One (destination, mode) case: a configured destination with its one sync.
 pub(crate) struct Case {
     pub name: String,
