@@ -9,7 +9,7 @@ use std::time::Duration;
 use sluice_avro::EventDecoder;
 use sluice_core::config::Config;
 use sluice_core::{naming, Op, Value};
-use sluice_integration_tests::{read_topic, require_kafka, require_postgres, unique, ReadRecord};
+use sluice_integration_tests::{read_topic, require_kafka, require_postgres, toml_text, unique, ReadRecord};
 use sluice_telemetry::ops::Health;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -40,21 +40,9 @@ pub async fn fixture_with(table_base: &str, create: &str, body: &str) -> Fixture
     db.batch_execute(&create.replace("{table}", &table)).await.unwrap();
     std::env::set_var("SLUICE_IT_WAREHOUSE_URL", sluice_integration_tests::postgres_url());
     let text = format!(
-        r#"
-[kafka]
-bootstrap_servers = "{kafka}"
-topic_prefix = "{prefix}"
-
-[warehouse]
-kind = "postgres"
-url = {{ env = "SLUICE_IT_WAREHOUSE_URL" }}
-
-[[models]]
-name = "{model}"
-{body}
-"#,
-        kafka = sluice_integration_tests::kafka_bootstrap(),
-        body = body.replace("{table}", &table),
+        "\n{}\n[[models]]\nname = \"{model}\"\n{}\n",
+        toml_text::services(&prefix, "SLUICE_IT_WAREHOUSE_URL"),
+        body.replace("{table}", &table),
     );
     let config = Arc::new(Config::parse("integration-test.toml", &text).expect("test config is valid"));
     Fixture { config, table, db, prefix, model, config_text: text }
