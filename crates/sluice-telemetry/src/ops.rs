@@ -99,6 +99,20 @@ pub async fn serve(addr: SocketAddr, health: Arc<Health>, shutdown: Cancellation
     Ok(bound)
 }
 
+/// What every service starts with: a shutdown token cancelled on SIGTERM or SIGINT, the
+/// service's health, and the ops endpoints served on `addr` until shutdown. `None`, logged,
+/// when the endpoints cannot be served: a service that cannot be observed does not start.
+pub async fn start(addr: SocketAddr) -> Option<(CancellationToken, Arc<Health>)> {
+    let shutdown = CancellationToken::new();
+    cancel_on_signals(shutdown.clone());
+    let health = Health::new();
+    if let Err(error) = serve(addr, Arc::clone(&health), shutdown.clone()).await {
+        tracing::error!(%error, %addr, "cannot serve ops endpoints");
+        return None;
+    }
+    Some((shutdown, health))
+}
+
 /// Cancel `token` on SIGTERM or SIGINT, so services drain and commit before exiting.
 pub fn cancel_on_signals(token: CancellationToken) {
     tokio::spawn(async move {

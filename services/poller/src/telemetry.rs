@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::clock::now_ms;
 use crate::gates::RunCounts;
@@ -88,6 +88,24 @@ pub fn run_changes(model: &str, counts: RunCounts, first_snapshot: bool) {
     if let Some(ratio) = volatility(counts, first_snapshot) {
         metrics::gauge!("sluice_poller_run_volatility_ratio", "model" => model.to_string()).set(ratio);
     }
+}
+
+/// A whole-model run of `model` in `mode` committed `events` with `counts`: its duration since
+/// `started` into `sluice_poller_run_seconds{model,mode}`, and one info line, `what`, with the
+/// counts (`"diff run committed"` is what the runbooks and the crash tests look for).
+pub fn run_committed(model: &str, mode: &'static str, what: &str, run_id: &str, counts: RunCounts, events: u64, started: Instant) {
+    metrics::histogram!("sluice_poller_run_seconds", "model" => model.to_string(), "mode" => mode).record(started.elapsed().as_secs_f64());
+    tracing::info!(
+        model = %model,
+        run_id = %run_id,
+        rows = counts.rows,
+        inserts = counts.inserts,
+        updates = counts.updates,
+        deletes = counts.deletes,
+        events,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "{what}"
+    );
 }
 
 /// (inserts + deletes) / rows tracked before the run; `None` without a size to compare with.
