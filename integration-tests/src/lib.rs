@@ -250,6 +250,20 @@ pub fn start_poller(config: &std::sync::Arc<sluice_core::config::Config>) -> (to
     (token, handle)
 }
 
+/// Stop what [`start_sink`] and [`start_poller`] started: the sink first (it drains and
+/// commits what it holds), then the poller; each must end without error.
+pub async fn stop_pipeline(
+    sink_stop: tokio_util::sync::CancellationToken,
+    sink: tokio::task::JoinHandle<Result<(), sluice_sink::SinkError>>,
+    poller_stop: tokio_util::sync::CancellationToken,
+    poller: tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    sink_stop.cancel();
+    sink.await.unwrap().expect("the sink drains");
+    poller_stop.cancel();
+    poller.await.unwrap().unwrap();
+}
+
 /// Run the sink of destination `crm` in-process until the returned token is cancelled.
 pub fn start_sink(
     config: &std::sync::Arc<sluice_core::config::Config>,

@@ -9,6 +9,7 @@
 //!   summaries, so replicas aggregate and `histogram_quantile` works ([`LATENCY_BUCKETS`],
 //!   [`DURATION_BUCKETS`]). Every metric is listed in `docs/metrics.md`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -75,6 +76,19 @@ async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, String) {
     match health.not_ready_reason() {
         None => (StatusCode::OK, "ready\n".into()),
         Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+    }
+}
+
+/// Set the timestamp gauge `name{label=value}` to `at_ms` (in seconds), never backwards: an
+/// older time reported after a newer one (a retry's seed, a late record) must not make a fresh
+/// model or destination look stale. Each (gauge, label value) keeps its own newest time.
+pub fn advance_timestamp_gauge(name: &'static str, label: &'static str, value: &str, at_ms: i64) {
+    static NEWEST: OnceLock<Mutex<HashMap<(&'static str, String), i64>>> = OnceLock::new();
+    let mut newest = NEWEST.get_or_init(Default::default).lock().expect("timestamp gauges lock");
+    let entry = newest.entry((name, value.to_string())).or_insert(i64::MIN);
+    if at_ms > *entry {
+        *entry = at_ms;
+        metrics::gauge!(name, label => value.to_string()).set(at_ms as f64 / 1000.0);
     }
 }
 

@@ -24,8 +24,6 @@
 //!
 //! Labels are model names from the config only: bounded, never row values.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::clock::now_ms;
@@ -120,13 +118,7 @@ fn count_run(model: &str, outcome: Outcome) {
 /// Move the freshness gauge of `model` to `at_ms`, never backwards: a seed from an older
 /// committed transaction after a retry must not make a fresh model look stale.
 fn advance_last_success(model: &str, at_ms: i64) {
-    static LATEST: OnceLock<Mutex<HashMap<String, i64>>> = OnceLock::new();
-    let mut latest = LATEST.get_or_init(Default::default).lock().expect("freshness lock");
-    let entry = latest.entry(model.to_string()).or_insert(i64::MIN);
-    if at_ms > *entry {
-        *entry = at_ms;
-        metrics::gauge!("sluice_poller_last_success_timestamp_seconds", "model" => model.to_string()).set(at_ms as f64 / 1000.0);
-    }
+    sluice_telemetry::ops::advance_timestamp_gauge("sluice_poller_last_success_timestamp_seconds", "model", model, at_ms);
 }
 
 #[cfg(test)]
