@@ -79,17 +79,20 @@ async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, String) {
     }
 }
 
-/// Set the timestamp gauge `name{label=value}` to `at_ms` (in seconds), never backwards: an
-/// older time reported after a newer one (a retry's seed, a late record) must not make a fresh
-/// model or destination look stale. Each (gauge, label value) keeps its own newest time.
-pub fn advance_timestamp_gauge(name: &'static str, label: &'static str, value: &str, at_ms: i64) {
+/// Whether `at_ms` is later than every time given before for the timestamp gauge `gauge` of
+/// `label_value`, remembering it if so. A timestamp gauge set only then never moves backwards:
+/// an older time reported after a newer one (a retry's seed, a late record) must not make a
+/// fresh model or destination look stale. (The caller sets the gauge, naming it literally, so
+/// the metrics reference test finds every metric the code records.)
+pub fn is_newest(gauge: &'static str, label_value: &str, at_ms: i64) -> bool {
     static NEWEST: OnceLock<Mutex<HashMap<(&'static str, String), i64>>> = OnceLock::new();
     let mut newest = NEWEST.get_or_init(Default::default).lock().expect("timestamp gauges lock");
-    let entry = newest.entry((name, value.to_string())).or_insert(i64::MIN);
-    if at_ms > *entry {
+    let entry = newest.entry((gauge, label_value.to_string())).or_insert(i64::MIN);
+    let later = at_ms > *entry;
+    if later {
         *entry = at_ms;
-        metrics::gauge!(name, label => value.to_string()).set(at_ms as f64 / 1000.0);
     }
+    later
 }
 
 /// Serve the ops endpoints on `addr` until `shutdown`; returns the bound address (port 0 picks
@@ -143,4 +146,19 @@ pub fn cancel_on_signals(token: CancellationToken) {
         }
         token.cancel();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timestamp_gauge_moves_only_forwards_per_gauge_and_label() {
+        assert!(is_newest("sluice_test_timestamp_seconds", "a", 5));
+        assert!(!is_newest("sluice_test_timestamp_seconds", "a", 4), "older");
+        assert!(!is_newest("sluice_test_timestamp_seconds", "a", 5), "the same time again");
+        assert!(is_newest("sluice_test_timestamp_seconds", "b", 1), "each label value has its own");
+        assert!(is_newest("sluice_other_timestamp_seconds", "a", 1), "each gauge has its own");
+        assert!(is_newest("sluice_test_timestamp_seconds", "a", 6));
+    }
 }

@@ -118,7 +118,9 @@ fn count_run(model: &str, outcome: Outcome) {
 /// Move the freshness gauge of `model` to `at_ms`, never backwards: a seed from an older
 /// committed transaction after a retry must not make a fresh model look stale.
 fn advance_last_success(model: &str, at_ms: i64) {
-    sluice_telemetry::ops::advance_timestamp_gauge("sluice_poller_last_success_timestamp_seconds", "model", model, at_ms);
+    if sluice_telemetry::ops::is_newest("sluice_poller_last_success_timestamp_seconds", model, at_ms) {
+        metrics::gauge!("sluice_poller_last_success_timestamp_seconds", "model" => model.to_string()).set(at_ms as f64 / 1000.0);
+    }
 }
 
 #[cfg(test)]

@@ -47,9 +47,9 @@ pub(crate) fn applied(destination: &str, records: &[OutboundRecord], refused: im
     for (action, n) in by_action {
         metrics::counter!("sluice_sink_records_applied_total", "destination" => destination.to_string(), "action" => action).increment(n);
     }
-    if let Some(newest) = newest {
-        // Never backwards: a batch of older changes applied late leaves the gauge where it is.
-        sluice_telemetry::ops::advance_timestamp_gauge("sluice_sink_last_applied_change_timestamp_seconds", "destination", destination, newest);
+    // Never backwards: a batch of older changes applied late leaves the gauge where it is.
+    if let Some(newest) = newest.filter(|&at| sluice_telemetry::ops::is_newest("sluice_sink_last_applied_change_timestamp_seconds", destination, at)) {
+        metrics::gauge!("sluice_sink_last_applied_change_timestamp_seconds", "destination" => destination.to_string()).set(newest as f64 / 1000.0);
     }
 }
 
