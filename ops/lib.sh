@@ -126,6 +126,15 @@ wait_for_port() {
 # command line contains PATTERN. The pattern guards against a stale pid file
 # (e.g. after a machine restart) whose pid now belongs to something unrelated,
 # which we must neither wait on nor kill.
+# The command line of a service script (postgres.sh, redis.sh): run its function named by $1,
+# one of install, start, stop and status; anything else is a usage error (exit 2).
+service_main() {
+    case "${1:-}" in
+        install | start | stop | status) "$1" ;;
+        *) echo "usage: $0 {install|start|stop|status}" >&2; exit 2 ;;
+    esac
+}
+
 pid_alive() {
     local pid
     [ -s "$1" ] || return 1

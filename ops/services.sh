@@ -12,33 +12,34 @@
 set -euo pipefail
 . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
 
+# The services' scripts in start order. Kafka last: it is the slowest, and the others are
+# cheap to have ready first. kafka-secure is a second broker, so the plaintext one the rest of
+# the suite uses is never reconfigured (~10 s on a warm machine; certificates once: a few
+# seconds more).
+SERVICES=(postgres redis kafka kafka-secure)
+
 up() {
-    # Kafka last: it is the slowest, and the others are cheap to have ready first.
-    "$OPS_DIR/postgres.sh" start
-    "$OPS_DIR/redis.sh" start
-    "$OPS_DIR/kafka.sh" start
-    # A second broker, so the plaintext one the rest of the suite uses is never reconfigured.
-    # ~10 s on a warm machine (certificates once: a few seconds more).
-    "$OPS_DIR/kafka-secure.sh" start
+    local service
+    for service in "${SERVICES[@]}"; do
+        "$OPS_DIR/$service.sh" start
+    done
     log "services up; logs in $SLUICE_LOG_DIR (postgres: /var/log/postgresql/)"
 }
 
 down() {
     # Keep going if one fails to stop so the rest still go down.
-    local rc=0
-    "$OPS_DIR/kafka-secure.sh" stop || rc=1
-    "$OPS_DIR/kafka.sh" stop || rc=1
-    "$OPS_DIR/redis.sh" stop || rc=1
-    "$OPS_DIR/postgres.sh" stop || rc=1
+    local rc=0 i
+    for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do
+        "$OPS_DIR/${SERVICES[i]}.sh" stop || rc=1
+    done
     return "$rc"
 }
 
 status() {
-    local rc=0
-    "$OPS_DIR/postgres.sh" status || rc=1
-    "$OPS_DIR/redis.sh" status || rc=1
-    "$OPS_DIR/kafka.sh" status || rc=1
-    "$OPS_DIR/kafka-secure.sh" status || rc=1
+    local rc=0 service
+    for service in "${SERVICES[@]}"; do
+        "$OPS_DIR/$service.sh" status || rc=1
+    done
     return "$rc"
 }
 

@@ -89,6 +89,14 @@ def to_json(value):
     return value
 
 
+def _poll(consumer, timeout_s):
+    """The next message, or None when none came within timeout_s; a Kafka error raises."""
+    message = consumer.poll(timeout_s)
+    if message is not None and message.error():
+        raise RuntimeError(message.error())
+    return message
+
+
 def _read_to_end(consumer, topic, on_message, timeout_s):
     """Assign every partition of `topic` from the beginning and hand each message to
     `on_message` until the positions reach the end offsets taken at the start."""
@@ -106,12 +114,9 @@ def _read_to_end(consumer, topic, on_message, timeout_s):
             return
         if datetime.datetime.now() > deadline:
             raise TimeoutError(f"reading {topic} to its end took over {timeout_s} s")
-        message = consumer.poll(0.2)
-        if message is None:
-            continue
-        if message.error():
-            raise RuntimeError(message.error())
-        on_message(message)
+        message = _poll(consumer, 0.2)
+        if message is not None:
+            on_message(message)
 
 
 def main(argv=None):
@@ -168,11 +173,9 @@ def main(argv=None):
         else:
             changes.subscribe([topic])
             while True:
-                message = changes.poll(1.0)
+                message = _poll(changes, 1.0)
                 if message is None:
                     continue
-                if message.error():
-                    raise RuntimeError(message.error())
                 emit(message)
                 changes.commit(message=message)  # after the work: at least once
     finally:

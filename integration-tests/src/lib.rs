@@ -10,6 +10,7 @@ pub mod membership;
 pub mod process;
 pub mod receiver;
 pub mod suppression;
+pub mod toml_text;
 
 use std::time::Duration;
 
@@ -199,7 +200,7 @@ pub struct Spec<'a> {
 /// Create a table and a config for it; see [`Pipeline`].
 pub async fn pipeline(hook_url: &str, spec: Spec<'_>) -> Pipeline {
     let Spec { bootstrap_servers, kafka_extra, columns_sql, columns, model_extra, destination_extra, webhook_extra, sync, detection } = spec;
-    let detection = detection.unwrap_or(r#"{ mode = "cursor", cursor_column = "updated_at", created_column = "created_at" }"#);
+    let detection = detection.unwrap_or(toml_text::CURSOR);
     telemetry();
     require_kafka();
     let kafka = bootstrap_servers.map_or_else(kafka_bootstrap, str::to_string);
@@ -208,27 +209,11 @@ pub async fn pipeline(hook_url: &str, spec: Spec<'_>) -> Pipeline {
     let prefix = unique("it");
     db.batch_execute(&format!("CREATE TABLE {table} ({columns_sql})")).await.expect("create test table");
     std::env::set_var("SLUICE_IT_WAREHOUSE_URL", postgres_url());
-    let columns = columns.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ");
+    let model = toml_text::Model::table("customers", &table, columns, detection).poll_interval_ms(200).extra(model_extra);
     let text = format!(
         r#"
-[kafka]
-bootstrap_servers = "{kafka}"
-topic_prefix = "{prefix}"
-{kafka_extra}
-
-[warehouse]
-kind = "postgres"
-url = {{ env = "SLUICE_IT_WAREHOUSE_URL" }}
-
-[[models]]
-name = "customers"
-table = "{table}"
-primary_key = ["id"]
-columns = [{columns}]
-detection = {detection}
-poll_interval_ms = 200
-{model_extra}
-
+{services}
+{model}
 [[destinations]]
 name = "crm"
 {destination_extra}
@@ -236,11 +221,9 @@ name = "crm"
 url = "{hook_url}"
 {webhook_extra}
 
-[[syncs]]
-model = "customers"
-destination = "crm"
-{sync}
-"#,
+{sync}"#,
+        services = toml_text::services_on(&kafka, &prefix, kafka_extra, "SLUICE_IT_WAREHOUSE_URL"),
+        sync = toml_text::sync("customers", "crm", sync),
     );
     let config = std::sync::Arc::new(sluice_core::config::Config::parse("integration-test.toml", &text).expect("test config is valid"));
     Pipeline { config, text, table, prefix, db }
@@ -265,6 +248,20 @@ pub fn start_poller(config: &std::sync::Arc<sluice_core::config::Config>) -> (to
     let token = tokio_util::sync::CancellationToken::new();
     let handle = tokio::spawn(sluice_poller::run(std::sync::Arc::clone(config), None, sluice_telemetry::ops::Health::new(), token.clone()));
     (token, handle)
+}
+
+/// Stop what [`start_sink`] and [`start_poller`] started: the sink first (it drains and
+/// commits what it holds), then the poller; each must end without error.
+pub async fn stop_pipeline(
+    sink_stop: tokio_util::sync::CancellationToken,
+    sink: tokio::task::JoinHandle<Result<(), sluice_sink::SinkError>>,
+    poller_stop: tokio_util::sync::CancellationToken,
+    poller: tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    sink_stop.cancel();
+    sink.await.unwrap().expect("the sink drains");
+    poller_stop.cancel();
+    poller.await.unwrap().unwrap();
 }
 
 /// Run the sink of destination `crm` in-process until the returned token is cancelled.

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::contract::{braze::BrazeState, meta::MetaState};
 use crate::suppression::{delete_topics, redis_url, require_redis, sha256_hex};
-use crate::{kafka_bootstrap, postgres_url, read_topic, require_kafka, require_postgres, telemetry, unique};
+use crate::{kafka_bootstrap, postgres_url, read_topic, require_kafka, require_postgres, telemetry, toml_text, unique};
 
 /// Destination names, as in the config.
 pub const META: &str = "meta-prospects";
@@ -407,38 +407,23 @@ fn committed_offset(group: &str, topic: &str, partition: i32) -> Option<i64> {
     }
 }
 
+/// Purchases are cursor-polled without a created column; reconciliation finds their hard deletes.
+const PURCHASES_DETECTION: &str = r#"{ mode = "cursor", cursor_column = "updated_at", reconcile_interval_ms = 1000 }"#;
+
+/// What makes a customer a member in every sync: consent, and not being a recent buyer (by
+/// normalised email).
+const MEMBERSHIP: &str = r#"consent = { column = "marketing_opt_in" }
+suppressed_by = ["recent_buyers"]
+identifier = { column = "email", transforms = ["normalize_email"] }"#;
+
 /// The configuration a user would write for this job: one customers model, three syncs of it,
 /// each honouring consent and the `recent_buyers` list.
 fn config_text(prefix: &str, customers: &str, purchases: &str, purchases_extra: &str, set_key: &str, meta_url: &str, braze_url: &str) -> String {
     format!(
-        r#"[kafka]
-bootstrap_servers = "{kafka}"
-topic_prefix = "{prefix}"
-# A SIGKILLed sink stays in its group until its session times out; a short one keeps restarts quick.
-properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }}
-
-[warehouse]
-kind = "postgres"
-url = {{ env = "SLUICE_STAGE_WAREHOUSE_URL" }}
-
-[[models]]
-name = "customers"
-table = "{customers}"
-primary_key = ["id"]
-columns = ["id", "email", "first_name", "marketing_opt_in", "updated_at", "created_at"]
-detection = {{ mode = "cursor", cursor_column = "updated_at", created_column = "created_at" }}
-poll_interval_ms = 300
-
-[[models]]
-name = "purchases"
-table = "{purchases}"
-primary_key = ["id"]
-columns = ["id", "email", "amount", "purchased_at", "updated_at"]
+        r#"{services}
+{customers}
 # Hard deletes (a refund) are found by reconciliation.
-detection = {{ mode = "cursor", cursor_column = "updated_at", reconcile_interval_ms = 1000 }}
-poll_interval_ms = 300
-{purchases_extra}
-
+{purchases}
 # A buyer stays out of every prospecting sync below until their purchase row is gone.
 [[suppression_lists]]
 name = "recent_buyers"
@@ -449,22 +434,11 @@ identifier = {{ column = "email", transforms = ["normalize_email"] }}
 name = "{META}"
 batch_max_records = 10000
 batch_linger_ms = 20
-[destinations.meta]
-base_url = "{meta_url}"
-access_token = {{ env = "SLUICE_STAGE_META_TOKEN" }}
-audience_id = "{META_AUDIENCE}"
-identifiers = {{ email = "EMAIL" }}
-mode = "audience"
-
+{meta}
 [[destinations]]
 name = "{REDIS}"
 batch_linger_ms = 20
-[destinations.redis]
-url = {{ env = "SLUICE_STAGE_REDIS_URL" }}
-mode = "set"
-set_key = "{set_key}"
-member_field = "email"
-
+{redis}
 [[destinations]]
 name = "{BRAZE}"
 batch_max_records = 75
@@ -481,18 +455,14 @@ model = "customers"
 destination = "{META}"
 mode = "audience"
 fields = {{ email = "email" }}
-consent = {{ column = "marketing_opt_in" }}
-suppressed_by = ["recent_buyers"]
-identifier = {{ column = "email", transforms = ["normalize_email"] }}
+{membership}
 
 [[syncs]]
 model = "customers"
 destination = "{REDIS}"
 mode = "audience"
 fields = {{ email = {{ column = "email", transforms = ["normalize_email"] }} }}
-consent = {{ column = "marketing_opt_in" }}
-suppressed_by = ["recent_buyers"]
-identifier = {{ column = "email", transforms = ["normalize_email"] }}
+{membership}
 
 # Upsert: a member's attributes are written (and it is subscribed); a row that leaves is
 # unsubscribed.
@@ -501,10 +471,22 @@ model = "customers"
 destination = "{BRAZE}"
 mode = "upsert"
 fields = {{ email = "email", first_name = "first_name", email_subscribe = {{ value = "subscribed" }} }}
-consent = {{ column = "marketing_opt_in" }}
-suppressed_by = ["recent_buyers"]
-identifier = {{ column = "email", transforms = ["normalize_email"] }}
+{membership}
 "#,
-        kafka = kafka_bootstrap(),
+        services = toml_text::services_on(
+            &kafka_bootstrap(),
+            prefix,
+            // A SIGKILLed sink stays in its group until its session times out; a short one keeps restarts quick.
+            r#"properties = { "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }"#,
+            "SLUICE_STAGE_WAREHOUSE_URL"
+        ),
+        customers = toml_text::Model::table("customers", customers, &["id", "email", "first_name", "marketing_opt_in", "updated_at", "created_at"], toml_text::CURSOR)
+            .poll_interval_ms(300),
+        purchases = toml_text::Model::table("purchases", purchases, &["id", "email", "amount", "purchased_at", "updated_at"], PURCHASES_DETECTION)
+            .poll_interval_ms(300)
+            .extra(purchases_extra),
+        meta = toml_text::meta_audience(meta_url, "SLUICE_STAGE_META_TOKEN", META_AUDIENCE, "mode = \"audience\""),
+        redis = toml_text::redis_set("SLUICE_STAGE_REDIS_URL", set_key, ""),
+        membership = MEMBERSHIP,
     )
 }

@@ -34,7 +34,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::contract::{braze::BrazeState, meta::MetaState};
-use crate::{kafka_bootstrap, postgres_url, read_topic, require_kafka, require_postgres, telemetry, unique};
+use crate::{kafka_bootstrap, postgres_url, read_topic, require_kafka, require_postgres, telemetry, toml_text, unique};
 
 /// Destination names, as in the config.
 pub const META: &str = "meta-prospects";
@@ -349,46 +349,20 @@ fn prospect_email(tag: &str, n: usize) -> String {
 fn config_text(settings: &Settings, prefix: &str, table: &str, set_key: &str, meta_url: &str, braze_url: &str) -> String {
     let Settings { poll_interval_ms, linger_ms, .. } = settings;
     format!(
-        r#"[kafka]
-bootstrap_servers = "{kafka}"
-topic_prefix = "{prefix}"
-
-[warehouse]
-kind = "postgres"
-url = {{ env = "SLUICE_SUPPRESSION_WAREHOUSE_URL" }}
-
-[[models]]
-name = "purchases"
-table = "{table}"
-primary_key = ["id"]
-columns = ["id", "email", "amount", "purchased_at", "updated_at", "created_at"]
-detection = {{ mode = "cursor", cursor_column = "updated_at", created_column = "created_at" }}
-poll_interval_ms = {poll_interval_ms}
-
+        r#"{services}
+{model}
 # Buyers leave the prospecting audience: a row's presence removes the person.
 [[destinations]]
 name = "{META}"
 batch_max_records = 10000
 batch_linger_ms = {linger_ms}
-[destinations.meta]
-base_url = "{meta_url}"
-access_token = {{ env = "SLUICE_SUPPRESSION_META_TOKEN" }}
-audience_id = "{META_AUDIENCE}"
-identifiers = {{ email = "EMAIL" }}
-mode = "suppression"
-
+{meta}
 # The set the website reads for on-site suppression.
 [[destinations]]
 name = "{REDIS}"
 batch_max_records = 1000
 batch_linger_ms = {linger_ms}
-[destinations.redis]
-url = {{ env = "SLUICE_SUPPRESSION_REDIS_URL" }}
-mode = "set"
-set_key = "{set_key}"
-member_field = "email"
-ttl_secs = 2592000
-
+{redis}
 # Buyers stop receiving marketing email.
 [[destinations]]
 name = "{BRAZE}"
@@ -403,25 +377,13 @@ mode = "suppression"
 unsubscribe_email = true
 subscription_group_ids = ["{BRAZE_GROUP}"]
 
-[[syncs]]
-model = "purchases"
-destination = "{META}"
-mode = "upsert"
-fields = {{ email = "email" }}
-
-[[syncs]]
-model = "purchases"
-destination = "{REDIS}"
-mode = "upsert"
-fields = {{ email = {{ column = "email", transforms = ["normalize_email"] }} }}
-
-[[syncs]]
-model = "purchases"
-destination = "{BRAZE}"
-mode = "upsert"
-fields = {{ email = "email" }}
-"#,
-        kafka = kafka_bootstrap(),
+{syncs}"#,
+        services = toml_text::services(prefix, "SLUICE_SUPPRESSION_WAREHOUSE_URL"),
+        model = toml_text::Model::table("purchases", table, &["id", "email", "amount", "purchased_at", "updated_at", "created_at"], toml_text::CURSOR)
+            .poll_interval_ms(*poll_interval_ms),
+        meta = toml_text::meta_audience(meta_url, "SLUICE_SUPPRESSION_META_TOKEN", META_AUDIENCE, "mode = \"suppression\""),
+        redis = toml_text::redis_set("SLUICE_SUPPRESSION_REDIS_URL", set_key, "ttl_secs = 2592000"),
+        syncs = toml_text::syncs("purchases", &[(META, "upsert", toml_text::EMAIL), (REDIS, "upsert", toml_text::NORMALIZED_EMAIL), (BRAZE, "upsert", toml_text::EMAIL)]),
     )
 }
 

@@ -66,4 +66,4 @@ pub use record::{batch_digest, value_text, Action, OutboundRecord};
 pub use registry::*;
 pub use retry::{RequestFailure, RetryLogic, Verdict};
 pub use settings::{IdentifierField, Invalid, Validate};
-pub use validate::{load, validate};
+pub use validate::{load, load_for_service, validate};

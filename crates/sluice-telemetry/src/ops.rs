@@ -9,6 +9,7 @@
 //!   summaries, so replicas aggregate and `histogram_quantile` works ([`LATENCY_BUCKETS`],
 //!   [`DURATION_BUCKETS`]). Every metric is listed in `docs/metrics.md`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -78,6 +79,22 @@ async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, String) {
     }
 }
 
+/// Whether `at_ms` is later than every time given before for the timestamp gauge `gauge` of
+/// `label_value`, remembering it if so. A timestamp gauge set only then never moves backwards:
+/// an older time reported after a newer one (a retry's seed, a late record) must not make a
+/// fresh model or destination look stale. (The caller sets the gauge, naming it literally, so
+/// the metrics reference test finds every metric the code records.)
+pub fn is_newest(gauge: &'static str, label_value: &str, at_ms: i64) -> bool {
+    static NEWEST: OnceLock<Mutex<HashMap<(&'static str, String), i64>>> = OnceLock::new();
+    let mut newest = NEWEST.get_or_init(Default::default).lock().expect("timestamp gauges lock");
+    let entry = newest.entry((gauge, label_value.to_string())).or_insert(i64::MIN);
+    let later = at_ms > *entry;
+    if later {
+        *entry = at_ms;
+    }
+    later
+}
+
 /// Serve the ops endpoints on `addr` until `shutdown`; returns the bound address (port 0 picks
 /// a free one).
 pub async fn serve(addr: SocketAddr, health: Arc<Health>, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
@@ -99,6 +116,20 @@ pub async fn serve(addr: SocketAddr, health: Arc<Health>, shutdown: Cancellation
     Ok(bound)
 }
 
+/// What every service starts with: a shutdown token cancelled on SIGTERM or SIGINT, the
+/// service's health, and the ops endpoints served on `addr` until shutdown. `None`, logged,
+/// when the endpoints cannot be served: a service that cannot be observed does not start.
+pub async fn start(addr: SocketAddr) -> Option<(CancellationToken, Arc<Health>)> {
+    let shutdown = CancellationToken::new();
+    cancel_on_signals(shutdown.clone());
+    let health = Health::new();
+    if let Err(error) = serve(addr, Arc::clone(&health), shutdown.clone()).await {
+        tracing::error!(%error, %addr, "cannot serve ops endpoints");
+        return None;
+    }
+    Some((shutdown, health))
+}
+
 /// Cancel `token` on SIGTERM or SIGINT, so services drain and commit before exiting.
 pub fn cancel_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
@@ -115,4 +146,19 @@ pub fn cancel_on_signals(token: CancellationToken) {
         }
         token.cancel();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timestamp_gauge_moves_only_forwards_per_gauge_and_label() {
+        assert!(is_newest("sluice_test_timestamp_seconds", "a", 5));
+        assert!(!is_newest("sluice_test_timestamp_seconds", "a", 4), "older");
+        assert!(!is_newest("sluice_test_timestamp_seconds", "a", 5), "the same time again");
+        assert!(is_newest("sluice_test_timestamp_seconds", "b", 1), "each label value has its own");
+        assert!(is_newest("sluice_other_timestamp_seconds", "a", 1), "each gauge has its own");
+        assert!(is_newest("sluice_test_timestamp_seconds", "a", 6));
+    }
 }

@@ -24,7 +24,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use sluice_avro::ModelCodec;
 use sluice_core::config::Config;
 use sluice_core::{naming, ChangeEvent, Column, ColumnType, Op, RowSchema, SourceInfo, Value};
-use sluice_integration_tests::{kafka_bootstrap, require_kafka, unique};
+use sluice_integration_tests::{kafka_bootstrap, require_kafka, toml_text, unique};
 use sluice_kafka::admin::{ensure_topics, TopicRole};
 use sluice_telemetry::ops::Health;
 use tokio_util::sync::CancellationToken;
@@ -65,18 +65,8 @@ fn bench_config(prefix: &str, url: &str, destination_extra: &str) -> Arc<Config>
     std::env::set_var("SLUICE_BENCH_WAREHOUSE_URL", "postgres://unused@127.0.0.1/unused");
     let text = format!(
         r#"
-[kafka]
-bootstrap_servers = "{kafka}"
-topic_prefix = "{prefix}"
-[warehouse]
-kind = "postgres"
-url = {{ env = "SLUICE_BENCH_WAREHOUSE_URL" }}
-[[models]]
-name = "events"
-table = "unused"
-primary_key = ["id"]
-columns = ["id", "email", "v", "updated_at"]
-detection = {{ mode = "cursor", cursor_column = "updated_at" }}
+{services}
+{model}
 [[destinations]]
 name = "fast"
 batch_max_records = 500
@@ -90,7 +80,8 @@ model = "events"
 destination = "fast"
 fields = {{ id = "id", email = "email", v = "v" }}
 "#,
-        kafka = kafka_bootstrap()
+        services = toml_text::services(prefix, "SLUICE_BENCH_WAREHOUSE_URL"),
+        model = toml_text::Model::table("events", "unused", &["id", "email", "v", "updated_at"], r#"{ mode = "cursor", cursor_column = "updated_at" }"#),
     );
     Arc::new(Config::parse("bench.toml", &text).expect("bench config"))
 }

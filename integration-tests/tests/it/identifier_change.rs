@@ -17,7 +17,7 @@ use sluice_core::config::Config;
 use sluice_core::{naming, Op, Value};
 use sluice_integration_tests::contract::{hubspot, meta};
 use sluice_integration_tests::suppression::{redis_url, require_redis, sha256_hex};
-use sluice_integration_tests::{decode_events, kafka_bootstrap, postgres_url, read_topic, require_kafka, require_postgres, telemetry, unique};
+use sluice_integration_tests::{decode_events, postgres_url, read_topic, require_kafka, require_postgres, telemetry, toml_text, unique};
 use sluice_telemetry::ops::Health;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -37,22 +37,8 @@ const BYSTANDER: &str = "bob@example.com";
 
 fn config_text(prefix: &str, table: &str, hubspot_url: &str, meta_url: &str, set_key: &str) -> String {
     format!(
-        r#"[kafka]
-bootstrap_servers = "{kafka}"
-topic_prefix = "{prefix}"
-
-[warehouse]
-kind = "postgres"
-url = {{ env = "SLUICE_IDCHANGE_WAREHOUSE_URL" }}
-
-[[models]]
-name = "customers"
-table = "{table}"
-primary_key = ["id"]
-columns = ["id", "email", "full_name", "plan", "updated_at", "created_at"]
-detection = {{ mode = "cursor", cursor_column = "updated_at", created_column = "created_at" }}
-poll_interval_ms = 200
-
+        r#"{services}
+{model}
 [[destinations]]
 name = "crm"
 batch_linger_ms = 20
@@ -63,40 +49,24 @@ access_token = {{ env = "SLUICE_IDCHANGE_HUBSPOT_TOKEN" }}
 [[destinations]]
 name = "ads"
 batch_linger_ms = 20
-[destinations.meta]
-base_url = "{meta_url}"
-access_token = {{ env = "SLUICE_IDCHANGE_META_TOKEN" }}
-audience_id = "{AUDIENCE}"
-identifiers = {{ email = "EMAIL" }}
-
+{meta}
 [[destinations]]
 name = "site"
 batch_linger_ms = 20
-[destinations.redis]
-url = {{ env = "SLUICE_IDCHANGE_REDIS_URL" }}
-mode = "set"
-set_key = "{set_key}"
-member_field = "email"
-
-[[syncs]]
-model = "customers"
-destination = "crm"
-mode = "upsert"
-fields = {{ email = "email", firstname = "full_name", plan = "plan" }}
-
-[[syncs]]
-model = "customers"
-destination = "ads"
-mode = "audience"
-fields = {{ email = "email" }}
-
-[[syncs]]
-model = "customers"
-destination = "site"
-mode = "upsert"
-fields = {{ email = {{ column = "email", transforms = ["normalize_email"] }} }}
-"#,
-        kafka = kafka_bootstrap(),
+{redis}
+{syncs}"#,
+        services = toml_text::services(prefix, "SLUICE_IDCHANGE_WAREHOUSE_URL"),
+        model = toml_text::Model::table("customers", table, &["id", "email", "full_name", "plan", "updated_at", "created_at"], toml_text::CURSOR).poll_interval_ms(200),
+        meta = toml_text::meta_audience(meta_url, "SLUICE_IDCHANGE_META_TOKEN", AUDIENCE, ""),
+        redis = toml_text::redis_set("SLUICE_IDCHANGE_REDIS_URL", set_key, ""),
+        syncs = toml_text::syncs(
+            "customers",
+            &[
+                ("crm", "upsert", r#"{ email = "email", firstname = "full_name", plan = "plan" }"#),
+                ("ads", "audience", toml_text::EMAIL),
+                ("site", "upsert", toml_text::NORMALIZED_EMAIL),
+            ]
+        ),
     )
 }
 

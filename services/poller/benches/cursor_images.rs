@@ -11,6 +11,8 @@
 //!   reader that reads each partition's whole span between its lowest and highest wanted offset
 //!   (what the poller did before), median of five reads each.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,20 +20,12 @@ use rand::seq::SliceRandom as _;
 use sluice_avro::ModelCodec;
 use sluice_core::config::Config;
 use sluice_core::{naming, Value};
-use sluice_poller::tracked::{ImageReader, Keys, Tracked, DEFAULT_GAP};
+use sluice_poller::tracked::{ImageReader, DEFAULT_GAP};
 use sluice_telemetry::ops::Health;
 use sluice_warehouse::postgres::Postgres;
 use sluice_warehouse::Warehouse;
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
+use common::{model, rebuild, Bench};
 
 /// Events a model committed so far, from its last state record.
 fn events_committed(config: &Config, model: &str) -> i64 {
@@ -44,22 +38,6 @@ fn events_committed(config: &Config, model: &str) -> i64 {
         .and_then(|r| r.payload.as_deref())
         .and_then(|p| sluice_avro::decode_state(p).ok())
         .map_or(0, |s| s.events_total)
-}
-
-/// Rebuild a model's state from its change topic in this process, as a cursor model does at
-/// start: (keys, seconds, RSS growth in bytes).
-async fn rebuild(config: &Config, model: &str, expiry: bool) -> anyhow::Result<(Keys, f64, u64)> {
-    let (kafka, topic) = (config.kafka.clone(), naming::change_topic(&config.kafka.topic_prefix, model));
-    let rss_before = rss_bytes();
-    let started = Instant::now();
-    let tracked = tokio::task::spawn_blocking(move || {
-        let mut tracked = Tracked::new(&kafka, &topic, expiry)?;
-        tracked.catch_up(Duration::from_secs(900)).map(|_| tracked)
-    })
-    .await??;
-    let seconds = started.elapsed().as_secs_f64();
-    let rss = rss_bytes().saturating_sub(rss_before);
-    Ok((tracked.into_keys(), seconds, rss))
 }
 
 /// Median seconds of five reads of `locs` by `reader`.
@@ -77,41 +55,21 @@ fn median_read(reader: &ImageReader, locs: &[u64]) -> anyhow::Result<f64> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let rows: i64 = std::env::var("SLUICE_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let url = std::env::var("SLUICE_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://sluice:sluice@127.0.0.1:5432/sluice".into());
-    let kafka = std::env::var("SLUICE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let bench = Bench::from_env();
+    let (rows, suffix) = (bench.rows, &bench.suffix);
     let table = format!("bench_cursor_{suffix}");
     let prefix = format!("benchc{suffix}");
-    std::env::set_var("SLUICE_BENCH_WAREHOUSE_URL", &url);
-    let warehouse = Postgres::connect(&url).await?;
-    let columns = ["id", "email", "name", "tier", "country", "ltv", "orders", "score", "active", "signup_date", "updated_at", "attrs"];
-    println!("loading {rows} rows x {} columns into {table} ...", columns.len());
-    warehouse
-        .client()
-        .batch_execute(&format!(
-            "CREATE TABLE {table} (id bigint PRIMARY KEY, email text, name text, tier text, country text, ltv numeric(12,2), \
-             orders int, score double precision, active boolean, signup_date date, updated_at timestamptz, attrs jsonb); \
-             INSERT INTO {table} SELECT i, 'user' || i || '@example.com', 'Customer ' || i, (ARRAY['free','pro','team'])[1 + i % 3], \
-             (ARRAY['FR','DE','US','JP'])[1 + i % 4], (i % 100000)::numeric / 100, (i % 50)::int, i * 0.001, i % 2 = 0, \
-             date '2020-01-01' + (i % 1500)::int, timestamptz '2024-01-01' + i * interval '1 second', \
-             jsonb_build_object('segment', i % 7, 'tags', jsonb_build_array('a', 'b')) FROM generate_series(1, {rows}) i; \
-             CREATE INDEX ON {table} (updated_at, id); ANALYZE {table}"
-        ))
-        .await?;
+    let warehouse = Postgres::connect(&bench.url).await?;
+    bench.load(&warehouse, &table, &format!("CREATE INDEX ON {table} (updated_at, id);")).await?;
     let (plain, expiring) = (format!("bench_cursor_{suffix}"), format!("bench_expire_{suffix}"));
-    let model = |name: &str, extra: &str| {
-        format!(
-            "[[models]]\nname = \"{name}\"\ntable = \"{table}\"\nprimary_key = [\"id\"]\ncolumns = [{}]\n\
-             detection = {{ mode = \"cursor\", cursor_column = \"updated_at\" }}\nbatch_rows = 10000\npoll_interval_ms = 1000\n{extra}\n",
-            columns.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ")
-        )
-    };
-    let text = format!(
-        "[kafka]\nbootstrap_servers = \"{kafka}\"\ntopic_prefix = \"{prefix}\"\n\n[warehouse]\nkind = \"postgres\"\nurl = {{ env = \"SLUICE_BENCH_WAREHOUSE_URL\" }}\n\n{}\n{}",
-        model(&plain, ""),
-        // Ten years: nothing expires during the bench, every event carries its expiry.
-        model(&expiring, "expire = { column = \"updated_at\", after_ms = 315360000000 }")
+    let cursor = "{ mode = \"cursor\", cursor_column = \"updated_at\" }";
+    let text = bench.config_text(
+        &prefix,
+        &[
+            model(&plain, &table, cursor, "poll_interval_ms = 1000\n"),
+            // Ten years: nothing expires during the bench, every event carries its expiry.
+            model(&expiring, &table, cursor, "poll_interval_ms = 1000\nexpire = { column = \"updated_at\", after_ms = 315360000000 }"),
+        ],
     );
     let config = Arc::new(Config::parse("bench.toml", &text)?);
 
@@ -134,8 +92,8 @@ async fn main() -> anyhow::Result<()> {
     let snapshots = started.elapsed().as_secs_f64();
 
     // The state a cursor model keeps, rebuilt as at every start.
-    let (keys, plain_rebuild, plain_rss) = rebuild(&config, &plain, false).await?;
-    let (expiring_keys, expire_rebuild, expire_rss) = rebuild(&config, &expiring, true).await?;
+    let (keys, plain_rebuild, plain_rss) = rebuild(&config, &plain, false, Duration::from_secs(900)).await.map(|(t, s, r)| (t.into_keys(), s, r))?;
+    let (expiring_keys, expire_rebuild, expire_rss) = rebuild(&config, &expiring, true, Duration::from_secs(900)).await.map(|(t, s, r)| (t.into_keys(), s, r))?;
     anyhow::ensure!(keys.len() as i64 == rows && expiring_keys.len() as i64 == rows, "every row tracked");
     let per_row = |bytes: f64| bytes / rows as f64;
     let expire_table = expiring_keys.table_bytes();

@@ -11,6 +11,8 @@
 //!
 //! `SLUICE_BENCH_ROWS` changes the row count (default 1000000).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -24,15 +26,7 @@ use sluice_poller::{Committer, ModelContext};
 use sluice_warehouse::postgres::Postgres;
 use sluice_warehouse::{PreparedSnapshot, SnapshotStore, Warehouse};
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
+use common::{model, rebuild, Bench, COLUMNS};
 
 fn fresh_state(model: &str) -> PollerState {
     PollerState { model: model.into(), run_id: String::new(), position: None, snapshot_done: false, events_total: 0, committed_at_ms: 0 }
@@ -72,38 +66,16 @@ async fn context<'a>(config: &'a Config, warehouse: &'a Postgres, name: &str) ->
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let rows: i64 = std::env::var("SLUICE_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let url = std::env::var("SLUICE_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://sluice:sluice@127.0.0.1:5432/sluice".into());
-    let kafka = std::env::var("SLUICE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let bench = Bench::from_env();
+    let (rows, suffix) = (bench.rows, &bench.suffix);
     let table = format!("bench_{suffix}");
     let prefix = format!("bench{suffix}");
-    std::env::set_var("SLUICE_BENCH_WAREHOUSE_URL", &url);
-    let warehouse = Postgres::connect(&url).await?;
-    let columns = ["id", "email", "name", "tier", "country", "ltv", "orders", "score", "active", "signup_date", "updated_at", "attrs"];
-    println!("loading {rows} rows x {} columns into {table} ...", columns.len());
-    warehouse
-        .client()
-        .batch_execute(&format!(
-            "CREATE TABLE {table} (id bigint PRIMARY KEY, email text, name text, tier text, country text, ltv numeric(12,2), \
-             orders int, score double precision, active boolean, signup_date date, updated_at timestamptz, attrs jsonb); \
-             INSERT INTO {table} SELECT i, 'user' || i || '@example.com', 'Customer ' || i, (ARRAY['free','pro','team'])[1 + i % 3], \
-             (ARRAY['FR','DE','US','JP'])[1 + i % 4], (i % 100000)::numeric / 100, (i % 50)::int, i * 0.001, i % 2 = 0, \
-             date '2020-01-01' + (i % 1500)::int, timestamptz '2024-01-01' + i * interval '1 second', \
-             jsonb_build_object('segment', i % 7, 'tags', jsonb_build_array('a', 'b')) FROM generate_series(1, {rows}) i; ANALYZE {table}"
-        ))
-        .await?;
-    let model = |name: &str, mode: &str| {
-        format!(
-            "[[models]]\nname = \"{name}\"\ntable = \"{table}\"\nprimary_key = [\"id\"]\ncolumns = [{}]\ndetection = {{ mode = \"{mode}\" }}\nbatch_rows = 10000\n",
-            columns.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ")
-        )
-    };
+    let warehouse = Postgres::connect(&bench.url).await?;
+    bench.load(&warehouse, &table, "").await?;
     let (diff_model, wd_model) = (format!("bench_diff_{suffix}"), format!("bench_wd_{suffix}"));
-    let text = format!(
-        "[kafka]\nbootstrap_servers = \"{kafka}\"\ntopic_prefix = \"{prefix}\"\n\n[warehouse]\nkind = \"postgres\"\nurl = {{ env = \"SLUICE_BENCH_WAREHOUSE_URL\" }}\n\n{}\n{}",
-        model(&diff_model, "diff"),
-        model(&wd_model, "warehouse_diff")
+    let text = bench.config_text(
+        &prefix,
+        &[model(&diff_model, &table, "{ mode = \"diff\" }", ""), model(&wd_model, &table, "{ mode = \"warehouse_diff\" }", "")],
     );
     let config = Config::parse("bench.toml", &text)?;
     let topics = vec![
@@ -113,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
         (naming::poller_state_topic(&prefix), TopicRole::Compacted),
     ];
     ensure_topics(&config.kafka, &topics).await?;
-    let select = format!("SELECT {} FROM {table}", columns.join(", "));
+    let select = format!("SELECT {} FROM {table}", COLUMNS.join(", "));
 
     // --- diff mode ---
     let mut dctx = context(&config, &warehouse, &diff_model).await?;
@@ -133,16 +105,7 @@ async fn main() -> anyhow::Result<()> {
 
     // State rebuild (what a restart costs) in a fresh process-level structure, with memory.
     drop(tracked);
-    let rss_before = rss_bytes();
-    let (k, t) = (config.kafka.clone(), topic.clone());
-    let started = Instant::now();
-    let tracked = tokio::task::spawn_blocking(move || {
-        let mut tracked = Tracked::new(&k, &t, false)?;
-        tracked.catch_up(Duration::from_secs(600)).map(|_| tracked)
-    })
-    .await??;
-    let rebuild = started.elapsed().as_secs_f64();
-    let rss_growth = rss_bytes().saturating_sub(rss_before);
+    let (tracked, rebuild, rss_growth) = rebuild(&config, &diff_model, false, Duration::from_secs(600)).await?;
     let tracked_rows = tracked.len() as f64;
     let table_bytes = tracked.keys().table_bytes() as f64; // 24-byte bucket + 1 control byte per slot
 

@@ -146,18 +146,7 @@ pub async fn poll<W: Warehouse>(ctx: &mut ModelContext<'_, W>, options: &ModelOp
             crate::telemetry::run_changes(name, counts, first_snapshot);
             let events = emit(ctx, plan, &run_id).await?;
             metrics::gauge!("sluice_poller_diff_tracked_rows", "model" => name.to_string()).set(tracked_rows as f64);
-            metrics::histogram!("sluice_poller_run_seconds", "model" => name.to_string(), "mode" => "diff")
-                .record(run_started.elapsed().as_secs_f64());
-            tracing::info!(
-                model = %name,
-                rows = counts.rows,
-                inserts = counts.inserts,
-                updates = counts.updates,
-                deletes = counts.deletes,
-                events,
-                elapsed_ms = run_started.elapsed().as_millis() as u64,
-                "diff run committed"
-            );
+            crate::telemetry::run_committed(name, "diff", "diff run committed", &run_id, counts, events, run_started);
             Ok::<(), ModelError>(())
         }
         .instrument(span)

@@ -3,11 +3,9 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::Parser;
-use sluice_telemetry::ops::{self, Health};
-use tokio_util::sync::CancellationToken;
+use sluice_telemetry::ops;
 
 /// Emit row-level changes of warehouse models to Kafka.
 #[derive(Parser, Debug)]
@@ -39,20 +37,11 @@ async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let _telemetry = sluice_telemetry::setup_telemetry("sluice-poller", args.log_json);
     // The one validation, for the poller's scope: Kafka's and the warehouse's secrets only.
-    let config = match sluice_destinations::load(&args.config, &sluice_core::config::Scope::Poller) {
-        Ok(config) => Arc::new(config),
-        Err(error) => {
-            eprintln!("error: {error}");
-            return std::process::ExitCode::from(2);
-        }
+    let config = match sluice_destinations::load_for_service(&args.config, &sluice_core::config::Scope::Poller) {
+        Ok(config) => config,
+        Err(status) => return status,
     };
-    let shutdown = CancellationToken::new();
-    ops::cancel_on_signals(shutdown.clone());
-    let health = Health::new();
-    if let Err(error) = ops::serve(args.ops_listen, Arc::clone(&health), shutdown.clone()).await {
-        tracing::error!(%error, addr = %args.ops_listen, "cannot serve ops endpoints");
-        return std::process::ExitCode::FAILURE;
-    }
+    let Some((shutdown, health)) = ops::start(args.ops_listen).await else { return std::process::ExitCode::FAILURE };
     let only = (!args.models.is_empty()).then_some(args.models);
     match sluice_poller::run_with(
         config,

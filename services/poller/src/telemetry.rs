@@ -24,9 +24,7 @@
 //!
 //! Labels are model names from the config only: bounded, never row values.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::clock::now_ms;
 use crate::gates::RunCounts;
@@ -90,6 +88,24 @@ pub fn run_changes(model: &str, counts: RunCounts, first_snapshot: bool) {
     }
 }
 
+/// A whole-model run of `model` in `mode` committed `events` with `counts`: its duration since
+/// `started` into `sluice_poller_run_seconds{model,mode}`, and one info line, `what`, with the
+/// counts (`"diff run committed"` is what the runbooks and the crash tests look for).
+pub fn run_committed(model: &str, mode: &'static str, what: &str, run_id: &str, counts: RunCounts, events: u64, started: Instant) {
+    metrics::histogram!("sluice_poller_run_seconds", "model" => model.to_string(), "mode" => mode).record(started.elapsed().as_secs_f64());
+    tracing::info!(
+        model = %model,
+        run_id = %run_id,
+        rows = counts.rows,
+        inserts = counts.inserts,
+        updates = counts.updates,
+        deletes = counts.deletes,
+        events,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "{what}"
+    );
+}
+
 /// (inserts + deletes) / rows tracked before the run; `None` without a size to compare with.
 fn volatility(counts: RunCounts, first_snapshot: bool) -> Option<f64> {
     (!first_snapshot && counts.tracked > 0).then(|| (counts.inserts + counts.deletes) as f64 / counts.tracked as f64)
@@ -102,11 +118,7 @@ fn count_run(model: &str, outcome: Outcome) {
 /// Move the freshness gauge of `model` to `at_ms`, never backwards: a seed from an older
 /// committed transaction after a retry must not make a fresh model look stale.
 fn advance_last_success(model: &str, at_ms: i64) {
-    static LATEST: OnceLock<Mutex<HashMap<String, i64>>> = OnceLock::new();
-    let mut latest = LATEST.get_or_init(Default::default).lock().expect("freshness lock");
-    let entry = latest.entry(model.to_string()).or_insert(i64::MIN);
-    if at_ms > *entry {
-        *entry = at_ms;
+    if sluice_telemetry::ops::is_newest("sluice_poller_last_success_timestamp_seconds", model, at_ms) {
         metrics::gauge!("sluice_poller_last_success_timestamp_seconds", "model" => model.to_string()).set(at_ms as f64 / 1000.0);
     }
 }

@@ -61,20 +61,8 @@ pub async fn poll<W: Warehouse + SnapshotStore>(
             let (events, progress) = emit_after(ctx, &run_id, skip).await?;
             committed = Some(progress);
             ctx.warehouse.commit_snapshot(ctx.model).await?;
-            metrics::histogram!("sluice_poller_run_seconds", "model" => name.to_string(), "mode" => "warehouse_diff")
-                .record(started.elapsed().as_secs_f64());
             let counts = counts.unwrap_or_default();
-            tracing::info!(
-                model = %name,
-                run_id = %run_id,
-                rows = counts.rows,
-                inserts = counts.inserts,
-                updates = counts.updates,
-                deletes = counts.deletes,
-                events,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "warehouse diff run committed and snapshot swapped"
-            );
+            crate::telemetry::run_committed(name, "warehouse_diff", "warehouse diff run committed and snapshot swapped", &run_id, counts, events, started);
             Ok::<(), ModelError>(())
         }
         .instrument(span)

@@ -5,11 +5,9 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::Parser;
-use sluice_telemetry::ops::{self, Health};
-use tokio_util::sync::CancellationToken;
+use sluice_telemetry::ops;
 
 /// Deliver change topics to one destination.
 #[derive(Parser, Debug)]
@@ -51,20 +49,11 @@ async fn main() -> std::process::ExitCode {
     let _telemetry = sluice_telemetry::setup_telemetry(&format!("sluice-sink-{}", args.destination), args.log_json);
     // The one validation, for this sink's scope: its destination's secrets and Kafka's only.
     let scope = sluice_core::config::Scope::Sink(args.destination.clone());
-    let config = match sluice_destinations::load(&args.config, &scope) {
-        Ok(config) => Arc::new(config),
-        Err(error) => {
-            eprintln!("error: {error}");
-            return std::process::ExitCode::from(2);
-        }
+    let config = match sluice_destinations::load_for_service(&args.config, &scope) {
+        Ok(config) => config,
+        Err(status) => return status,
     };
-    let shutdown = CancellationToken::new();
-    ops::cancel_on_signals(shutdown.clone());
-    let health = Health::new();
-    if let Err(error) = ops::serve(args.ops_listen, Arc::clone(&health), shutdown.clone()).await {
-        tracing::error!(%error, addr = %args.ops_listen, "cannot serve ops endpoints");
-        return std::process::ExitCode::FAILURE;
-    }
+    let Some((shutdown, health)) = ops::start(args.ops_listen).await else { return std::process::ExitCode::FAILURE };
     match sluice_sink::run_as(config, &args.destination, args.instance_id.as_deref(), health, shutdown.clone()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(_) => {

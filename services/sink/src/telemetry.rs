@@ -25,7 +25,6 @@
 //! Labels are destination names from the config and fixed enums: bounded, never record values.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
 
 use sluice_core::DeadLetterClass;
 use sluice_destinations::{Action, OutboundRecord};
@@ -48,8 +47,9 @@ pub(crate) fn applied(destination: &str, records: &[OutboundRecord], refused: im
     for (action, n) in by_action {
         metrics::counter!("sluice_sink_records_applied_total", "destination" => destination.to_string(), "action" => action).increment(n);
     }
-    if let Some(newest) = newest {
-        advance_freshness(destination, newest);
+    // Never backwards: a batch of older changes applied late leaves the gauge where it is.
+    if let Some(newest) = newest.filter(|&at| sluice_telemetry::ops::is_newest("sluice_sink_last_applied_change_timestamp_seconds", destination, at)) {
+        metrics::gauge!("sluice_sink_last_applied_change_timestamp_seconds", "destination" => destination.to_string()).set(newest as f64 / 1000.0);
     }
 }
 
@@ -78,17 +78,6 @@ fn action_label(action: Action) -> &'static str {
         Action::Create => "create",
         Action::Delete => "delete",
         Action::Event => "event",
-    }
-}
-
-/// Move the freshness gauge of `destination` to `ts_ms`, never backwards.
-fn advance_freshness(destination: &str, ts_ms: i64) {
-    static NEWEST: OnceLock<Mutex<HashMap<String, i64>>> = OnceLock::new();
-    let mut newest = NEWEST.get_or_init(Default::default).lock().expect("freshness lock");
-    let entry = newest.entry(destination.to_string()).or_insert(i64::MIN);
-    if ts_ms > *entry {
-        *entry = ts_ms;
-        metrics::gauge!("sluice_sink_last_applied_change_timestamp_seconds", "destination" => destination.to_string()).set(ts_ms as f64 / 1000.0);
     }
 }
 

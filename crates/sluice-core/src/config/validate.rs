@@ -329,36 +329,20 @@ mod tests {
     use crate::config::{Config, ConfigError};
 
     /// A valid config (line numbers: the model's name on 10, the destination's on 17, the
-    /// sync's model on 22, its fields on 24) with one replacement applied.
-    const GOOD: &str = r#"
-[kafka]
-bootstrap_servers = "127.0.0.1:9092"
-
-[warehouse]
-kind = "duckdb"
-path = "w.duckdb"
-
-[[models]]
-name = "customers"
-table = "public.customers"
-primary_key = ["id"]
-columns = ["id", "email", "opt_in", "updated_at"]
-detection = { mode = "cursor", cursor_column = "updated_at" }
-
-[[destinations]]
-name = "crm"
-[destinations.webhook]
-url = "http://127.0.0.1:1/hook"
-
-[[syncs]]
-model = "customers"
-destination = "crm"
-fields = { email = "email" }
-"#;
+    /// sync's model on 22, its fields on 24): the one of `config`'s tests, in a DuckDB warehouse,
+    /// its model reading `opt_in` too.
+    fn good() -> String {
+        let text = super::super::tests::GOOD
+            .replacen("kind = \"postgres\"\nurl = { env = \"SLUICE_TEST_WAREHOUSE_URL\" }", "kind = \"duckdb\"\npath = \"w.duckdb\"", 1)
+            .replacen("columns = [\"id\", \"email\", \"updated_at\"]", "columns = [\"id\", \"email\", \"opt_in\", \"updated_at\"]", 1);
+        assert!(text.contains("path = \"w.duckdb\"") && text.contains("\"opt_in\""), "GOOD of config's tests changed: {text}");
+        text
+    }
 
     fn with(from: &str, to: &str) -> Result<Config, ConfigError> {
-        assert!(GOOD.contains(from), "{from}");
-        Config::parse("sluice.toml", &GOOD.replacen(from, to, 1))
+        let good = good();
+        assert!(good.contains(from), "{from}");
+        Config::parse("sluice.toml", &good.replacen(from, to, 1))
     }
 
     fn refused(from: &str, to: &str, expected: &str, line: usize) -> ConfigError {
@@ -440,7 +424,7 @@ fields = { email = "email" }
         refused("fields = { email = \"email\" }", "fields = { email = \"email\" }\nconsent = { column = \"opt_in\", equals = [true] }", "not a single value", 22);
         refused("fields = { email = \"email\" }", "fields = { email = \"email\", x = { value = inf } }", "the constant inf is not a finite number", 24);
         let twice = "\n[[syncs]]\nmodel = \"customers\"\ndestination = \"crm\"\nfields = { id = \"id\" }\n";
-        let error = Config::parse("sluice.toml", &format!("{GOOD}{twice}")).unwrap_err();
+        let error = Config::parse("sluice.toml", &format!("{}{twice}", good())).unwrap_err();
         assert!(error.message.contains("is synced to destination \"crm\" twice"), "{error}");
         let long = "x".repeat(240);
         refused("name = \"customers\"", &format!("name = \"{long}\""), "longer than Kafka's 249 characters", 10);

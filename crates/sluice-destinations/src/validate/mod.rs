@@ -24,6 +24,8 @@
 mod consent;
 
 use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
 
 use serde_json::Value as Json;
 use sluice_core::config::{Config, ConfigError, DestinationConfig, ModelConfig, Scope};
@@ -60,6 +62,15 @@ pub fn load(path: impl AsRef<Path>, scope: &Scope) -> Result<Config, ConfigError
     let config = Config::load(path)?;
     validate(&config, scope)?;
     Ok(config)
+}
+
+/// [`load`] for a service's `main`: on error the message goes to stderr and the exit status is
+/// 2 (bad usage), before anything is started.
+pub fn load_for_service(path: impl AsRef<Path>, scope: &Scope) -> Result<Arc<Config>, ExitCode> {
+    load(path, scope).map(Arc::new).map_err(|error| {
+        eprintln!("error: {error}");
+        ExitCode::from(2)
+    })
 }
 
 /// A destination's kind table, its syncs, their identifier fields and consent rules.

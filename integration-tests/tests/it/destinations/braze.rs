@@ -11,11 +11,10 @@ use sluice_integration_tests::contract;
 use super::{indices, metrics, record, retry_after, with_previous};
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use sluice_integration_tests::contract::braze::BrazeState;
 
-use crate::sync_modes::fixture::{sync, Case, Check, Vendor, TOKEN};
+use crate::sync_modes::fixture::{sync, Case, Checked, TOKEN};
 
 fn braze(base_url: &str, key: &str, mode: BrazeMode) -> Braze {
     Braze::new(&BrazeConfig {
@@ -122,21 +121,13 @@ pub(crate) async fn sync_mode_cases(_prefix: &str) -> Vec<Case> {
         let suppression = braze_mode == "suppression";
         out.push(Case {
             name: if suppression { format!("braze-suppression-{mode}") } else { format!("braze-{mode}") },
-            vendor: Box::new(Server(server)),
+            vendor: Box::new(Checked(server, check_braze)),
             table: format!("[destinations.braze]\nbase_url = \"{url}\"\napi_key = {{ env = \"SLUICE_MODES_TOKEN\" }}\nidentifier = \"email\"\nmode = \"{braze_mode}\""),
             sync: sync(mode, r#"fields = { email = "email", first_name = "name", plan = "plan" }"#, !suppression),
             keyed_by_email: true,
         });
     }
     out
-}
-
-struct Server(Arc<BrazeState>);
-
-impl Vendor for Server {
-    fn check<'a>(&'a self, name: &'a str, _: &'a mut redis::aio::MultiplexedConnection) -> Check<'a> {
-        Box::pin(async move { check_braze(name, &self.0) })
-    }
 }
 
 /// Braze: attributes (a delete or revoked consent unsubscribes, never deletes a user);

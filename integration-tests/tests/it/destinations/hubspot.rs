@@ -11,11 +11,10 @@ use sluice_integration_tests::contract;
 use super::{indices, metrics, record, retry_after, with_previous};
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use sluice_integration_tests::contract::hubspot::HubSpotState;
 
-use crate::sync_modes::fixture::{sync, Case, Check, Vendor, TOKEN};
+use crate::sync_modes::fixture::{sync, Case, Checked, TOKEN};
 
 fn hubspot(base_url: &str, token: &str, multi_status: bool, zone: &str) -> HubSpot {
     hubspot_with(base_url, token, multi_status, zone, OnDelete::Skip)
@@ -202,21 +201,13 @@ pub(crate) async fn sync_mode_cases(_prefix: &str) -> Vec<Case> {
         }
         out.push(Case {
             name: format!("hubspot-{mode}"),
-            vendor: Box::new(Server(server)),
+            vendor: Box::new(Checked(server, check_hubspot)),
             table: format!("[destinations.hubspot]\nbase_url = \"{url}\"\naccess_token = {{ env = \"SLUICE_MODES_TOKEN\" }}"),
             sync: sync(mode, r#"fields = { email = "email", firstname = "name", plan = "plan" }"#, true),
             keyed_by_email: true,
         });
     }
     out
-}
-
-struct Server(Arc<HubSpotState>);
-
-impl Vendor for Server {
-    fn check<'a>(&'a self, name: &'a str, _: &'a mut redis::aio::MultiplexedConnection) -> Check<'a> {
-        Box::pin(async move { check_hubspot(name, &self.0) })
-    }
 }
 
 /// HubSpot: `update` reads and updates only what exists (never `batch/create` or

@@ -12,12 +12,11 @@ use sluice_integration_tests::contract;
 use super::{indices, metrics, record, retry_after, with_previous};
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use sluice_destinations::identifiers::{sha256_hex, EMPTY_SHA256};
 use sluice_integration_tests::contract::meta::MetaState;
 
-use crate::sync_modes::fixture::{sync, Case, Check, Vendor, TOKEN};
+use crate::sync_modes::fixture::{sync, Case, Checked, TOKEN};
 
 const JANE: &str = "8c87b489ce35cf2e2f39f80e282cb2e804932a56a213983eeeb428407d43b52d"; // jane@example.com
 const NEW: &str = "f0030501023327437b06e5c6f87df7871b8e704ae608d1d0b7b24fdd2a06c716"; // new@example.com
@@ -194,7 +193,7 @@ pub(crate) async fn sync_mode_cases(_prefix: &str) -> Vec<Case> {
         }
         out.push(Case {
             name: if suppression { format!("meta-suppression-{mode}") } else { format!("meta-{mode}") },
-            vendor: Box::new(Server(server)),
+            vendor: Box::new(Checked(server, check_meta)),
             table: format!(
                 "[destinations.meta]\nbase_url = \"{url}\"\naccess_token = {{ env = \"SLUICE_MODES_TOKEN\" }}\naudience_id = \"{META_AUDIENCE}\"\nidentifiers = {{ email = \"EMAIL\", phone = \"PHONE\" }}\nmode = \"{meta_mode}\""
             ),
@@ -203,14 +202,6 @@ pub(crate) async fn sync_mode_cases(_prefix: &str) -> Vec<Case> {
         });
     }
     out
-}
-
-struct Server(Arc<MetaState>);
-
-impl Vendor for Server {
-    fn check<'a>(&'a self, name: &'a str, _: &'a mut redis::aio::MultiplexedConnection) -> Check<'a> {
-        Box::pin(async move { check_meta(name, &self.0) })
-    }
 }
 
 /// Meta: the audience holds exactly who is in the model and consents; the suppression list

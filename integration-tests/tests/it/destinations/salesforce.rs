@@ -10,11 +10,10 @@ use sluice_integration_tests::contract;
 
 use super::{indices, metrics, record, retry_after};
 
-use std::sync::Arc;
 
 use sluice_integration_tests::contract::salesforce::SalesforceState;
 
-use crate::sync_modes::fixture::{sync, Case, Check, Vendor, TOKEN};
+use crate::sync_modes::fixture::{sync, Case, Checked, TOKEN};
 
 fn salesforce(base_url: &str, token: &str) -> Salesforce {
     salesforce_with(base_url, token, OnDelete::Reject)
@@ -150,7 +149,7 @@ pub(crate) async fn sync_mode_cases(_prefix: &str) -> Vec<Case> {
         let (url, server) = contract::salesforce::start(TOKEN).await;
         out.push(Case {
             name: format!("salesforce-{mode}"),
-            vendor: Box::new(Server(server)),
+            vendor: Box::new(Checked(server, check_salesforce)),
             table: format!(
                 "[destinations.salesforce]\ninstance_url = \"{url}\"\naccess_token = {{ env = \"SLUICE_MODES_TOKEN\" }}\nsobject = \"Contact\"\nexternal_id_field = \"Warehouse_Id__c\""
             ),
@@ -159,14 +158,6 @@ pub(crate) async fn sync_mode_cases(_prefix: &str) -> Vec<Case> {
         });
     }
     out
-}
-
-struct Server(Arc<SalesforceState>);
-
-impl Vendor for Server {
-    fn check<'a>(&'a self, name: &'a str, _: &'a mut redis::aio::MultiplexedConnection) -> Check<'a> {
-        Box::pin(async move { check_salesforce(name, &self.0) })
-    }
 }
 
 /// Salesforce: upserted by external ID; deleted rows (`mirror`) and revoked consent

@@ -10,11 +10,10 @@ use sluice_destinations::{Action, Destination, Kind};
 use sluice_integration_tests::contract;
 
 use super::{metrics, record, retry_after};
-use std::sync::Arc;
 
 use sluice_integration_tests::receiver::{self, Received};
 
-use crate::sync_modes::fixture::{sync, Case, Check, Vendor};
+use crate::sync_modes::fixture::{sync, Case, Checked};
 
 const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -87,21 +86,13 @@ pub(crate) async fn sync_mode_cases(_prefix: &str) -> Vec<Case> {
         let (url, received) = receiver::start().await;
         out.push(Case {
             name: format!("webhook-{mode}"),
-            vendor: Box::new(Receiver(received)),
+            vendor: Box::new(Checked(received, check_webhook)),
             table: format!("[destinations.webhook]\nurl = \"{url}\""),
             sync: sync(mode, r#"fields = { email = "email", name = "name", plan = "plan" }"#, true),
             keyed_by_email: false,
         });
     }
     out
-}
-
-struct Receiver(Arc<Received>);
-
-impl Vendor for Receiver {
-    fn check<'a>(&'a self, name: &'a str, _: &'a mut redis::aio::MultiplexedConnection) -> Check<'a> {
-        Box::pin(async move { check_webhook(name, &self.0) })
-    }
 }
 
 /// (action, op) per row id, in arrival order.

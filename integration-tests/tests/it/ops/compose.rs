@@ -10,21 +10,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::deploy::{self, help, port_of};
-use super::{read, repo};
+use super::{read, repo, s};
 
 fn compose() -> serde_yaml::Value {
     let mut compose: serde_yaml::Value = serde_yaml::from_str(&read("docker-compose.yml")).expect("docker-compose.yml is YAML");
     compose.apply_merge().expect("merge keys (<<: *sluice-image)");
     compose
-}
-
-fn s(value: &serde_yaml::Value) -> String {
-    match value {
-        serde_yaml::Value::String(s) => s.clone(),
-        serde_yaml::Value::Number(n) => n.to_string(),
-        serde_yaml::Value::Bool(b) => b.to_string(),
-        other => panic!("not a scalar: {other:?}"),
-    }
 }
 
 /// A compose value with `${VAR:-default}` interpolated to its default (what `docker compose up`

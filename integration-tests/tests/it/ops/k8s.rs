@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Deserialize as _;
 
 use super::deploy::{self, help, port_of};
-use super::{read, repo};
+use super::{read, repo, s};
 
 const BASE: &str = "ops/k8s/base";
 
@@ -30,15 +30,6 @@ fn resources() -> Vec<serde_yaml::Value> {
 
 fn of_kind<'a>(docs: &'a [serde_yaml::Value], kind: &str) -> Vec<&'a serde_yaml::Value> {
     docs.iter().filter(|d| d["kind"] == kind).collect()
-}
-
-fn s(value: &serde_yaml::Value) -> String {
-    match value {
-        serde_yaml::Value::String(s) => s.clone(),
-        serde_yaml::Value::Number(n) => n.to_string(),
-        serde_yaml::Value::Bool(b) => b.to_string(),
-        other => panic!("not a scalar: {other:?}"),
-    }
 }
 
 /// The generated ConfigMap's name and the config file in it.

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use sluice_integration_tests::receiver::{self, Behaviour, Reply};
 use sluice_integration_tests::suppression::{redis_url, require_redis};
-use sluice_integration_tests::{binary, eventually, kafka_bootstrap, postgres_url, require_kafka, require_postgres, telemetry, unique};
+use sluice_integration_tests::{binary, eventually, postgres_url, require_kafka, require_postgres, telemetry, toml_text, unique};
 
 use super::{alert_rules, dashboard_exprs, histograms, metrics_doc, promql_metrics, Exported, Scrape, Service};
 
@@ -67,50 +67,22 @@ async fn scrape(port: u16) -> Scrape {
     Scrape::parse(&get(&format!("http://127.0.0.1:{port}/metrics")).await.unwrap_or_default())
 }
 
+/// The columns of the models that follow only emails.
+const EMAILS: [&str; 2] = ["id", "email"];
+
+/// Cursor detection with inserts told apart and deletes found by reconciliation every second.
+const CURSOR_RECONCILED: &str = r#"{ mode = "cursor", cursor_column = "updated_at", created_column = "created_at", reconcile_interval_ms = 1000 }"#;
+
 /// `wd` is the `warehouse_diff` model's name: unique per run, since its kept snapshot lives in
 /// the warehouse (`sluice_state.<model>_snapshot`) and would outlive the test.
 fn config_text(prefix: &str, table: &str, hook: &str, wd: &str) -> String {
     format!(
         r#"
-[kafka]
-bootstrap_servers = "{kafka}"
-topic_prefix = "{prefix}"
-
-[warehouse]
-kind = "postgres"
-url = {{ env = "SLUICE_IT_WAREHOUSE_URL" }}
-
-[[models]]
-name = "customers"
-table = "{table}"
-primary_key = ["id"]
-columns = ["id", "email", "name", "updated_at", "created_at"]
-detection = {{ mode = "cursor", cursor_column = "updated_at", created_column = "created_at", reconcile_interval_ms = 1000 }}
-poll_interval_ms = 300
-
-[[models]]
-name = "customers_diff"
-table = "{table}"
-primary_key = ["id"]
-columns = ["id", "email"]
-detection = {{ mode = "diff" }}
-poll_interval_ms = 500
-
-[[models]]
-name = "{wd}"
-table = "{table}"
-primary_key = ["id"]
-columns = ["id", "email"]
-detection = {{ mode = "warehouse_diff" }}
-poll_interval_ms = 500
-
-[[models]]
-name = "dupes"
-query = "SELECT id, email FROM {table} UNION ALL SELECT id, email FROM {table} WHERE id = 1"
-primary_key = ["id"]
-columns = ["id", "email"]
-detection = {{ mode = "diff" }}
-
+{services}
+{customers}
+{customers_diff}
+{warehouse_diff}
+{dupes}
 [[destinations]]
 name = "crm"
 batch_linger_ms = 300
@@ -121,31 +93,19 @@ url = "{hook}"
 [[destinations]]
 name = "site"
 batch_linger_ms = 50
-[destinations.redis]
-url = {{ env = "SLUICE_IT_REDIS_URL" }}
-mode = "set"
-set_key = "{prefix}:audience"
-member_field = "email"
-
-[[syncs]]
-model = "customers"
-destination = "crm"
-mode = "upsert"
-fields = {{ email = "email" }}
-
-[[syncs]]
-model = "{wd}"
-destination = "crm"
-mode = "upsert"
-fields = {{ email = "email" }}
-
-[[syncs]]
-model = "customers_diff"
-destination = "site"
-mode = "audience"
-fields = {{ email = "email" }}
-"#,
-        kafka = kafka_bootstrap(),
+{redis}
+{}
+{}
+{}"#,
+        toml_text::sync_fields("customers", "crm", "upsert", toml_text::EMAIL),
+        toml_text::sync_fields(wd, "crm", "upsert", toml_text::EMAIL),
+        toml_text::sync_fields("customers_diff", "site", "audience", toml_text::EMAIL),
+        services = toml_text::services(prefix, "SLUICE_IT_WAREHOUSE_URL"),
+        customers = toml_text::Model::table("customers", table, &["id", "email", "name", "updated_at", "created_at"], CURSOR_RECONCILED).poll_interval_ms(300),
+        customers_diff = toml_text::Model::table("customers_diff", table, &EMAILS, r#"{ mode = "diff" }"#).poll_interval_ms(500),
+        warehouse_diff = toml_text::Model::table(wd, table, &EMAILS, r#"{ mode = "warehouse_diff" }"#).poll_interval_ms(500),
+        dupes = toml_text::Model::query("dupes", &format!("SELECT id, email FROM {table} UNION ALL SELECT id, email FROM {table} WHERE id = 1"), &EMAILS, r#"{ mode = "diff" }"#),
+        redis = toml_text::redis_set("SLUICE_IT_REDIS_URL", &format!("{prefix}:audience"), ""),
     )
 }
 

@@ -38,31 +38,6 @@ async fn hard_delete(f: &Fixture, id: i64) {
     f.db.execute(&format!("DELETE FROM {} WHERE id = $1", f.table), &[&id]).await.unwrap();
 }
 
-/// (op, id) of every event, tombstones as ("tombstone", id of the preceding key's event).
-fn events_of(f: &Fixture) -> Vec<(String, i64)> {
-    // In (partition, offset) order: partitions are read concurrently, so the order in which a
-    // read returns them differs between two reads of the same topic.
-    let mut events = decode_all(f);
-    events.sort_by_key(|(record, _)| (record.partition, record.offset));
-    let mut last_id = std::collections::HashMap::new();
-    events
-        .iter()
-        .map(|(record, decoded)| match decoded {
-            Some((op, before, after, _)) => {
-                let id = id_of(after.as_ref().or(before.as_ref()).expect("an event has an image"));
-                last_id.insert(record.key.clone(), id);
-                (op.code().to_string(), id)
-            }
-            None => ("tombstone".to_string(), last_id[&record.key]),
-        })
-        .collect()
-}
-
-fn sorted(mut events: Vec<(String, i64)>) -> Vec<(String, i64)> {
-    events.sort();
-    events
-}
-
 fn expected(list: &[(&str, i64)]) -> Vec<(String, i64)> {
     sorted(list.iter().map(|(op, id)| (op.to_string(), *id)).collect())
 }
@@ -85,8 +60,7 @@ fn reconfigured(f: &Fixture, extra: &str, detection: &str) -> Arc<Config> {
 async fn run_for(config: &Arc<Config>, duration: Duration) {
     let (stop, poller) = start_poller(config, &[]);
     tokio::time::sleep(duration).await;
-    stop.cancel();
-    poller.await.unwrap().unwrap();
+    stop_poller(stop, poller).await;
 }
 
 /// Soft deletes, with the default before images (`images`) or without them.
@@ -106,8 +80,7 @@ async fn soft_delete_case(lookback: &str, images: bool) {
     touch(&f, 3, "changed").await;
     eventually("the soft delete and the update", WAIT, || events_of(&f).len() == 6).await;
     tokio::time::sleep(Duration::from_millis(600)).await; // several more polls
-    stop.cancel();
-    poller.await.unwrap().unwrap();
+    stop_poller(stop, poller).await;
     run_for(&f.config, Duration::from_millis(1500)).await; // a restart repeats nothing
 
     assert_eq!(
@@ -167,8 +140,7 @@ async fn before_images_case(lookback: &str) {
         touch(&f, id, "v1").await;
     }
     eventually("three updates", WAIT, || count(&decode_all(&f), "u") == 3).await;
-    stop.cancel();
-    poller.await.unwrap().unwrap();
+    stop_poller(stop, poller).await;
 
     // While stopped: the state the restart needs is in the topic only.
     touch(&f, 2, "v2").await;
@@ -181,8 +153,7 @@ async fn before_images_case(lookback: &str) {
     touch(&f, 2, "v3").await;
     eventually("the re-created row and one more update", WAIT, || count(&decode_all(&f), "c") == 1 && count(&decode_all(&f), "u") == 6).await;
     tokio::time::sleep(Duration::from_millis(600)).await; // more polls: nothing new
-    stop.cancel();
-    poller.await.unwrap().unwrap();
+    stop_poller(stop, poller).await;
 
     let events = decode_all(&f);
     assert_eq!(
@@ -239,10 +210,7 @@ async fn cursor_killed_at_random_points_keeps_before_images_exact() {
     // Snapshotted before the kills start, so the rounds' touches of rows 1-30 are updates
     // whatever the machine's load: a poller that never got past its start within a round's
     // kill window (seen under load) would otherwise emit them all as snapshot rows at the end.
-    let (stop, poller) = start_poller(&f.config, &[]);
-    eventually("the first 30 rows snapshotted", WAIT, || count(&decode_all(&f), "r") == 30).await;
-    stop.cancel();
-    poller.await.unwrap().unwrap();
+    snapshot(&f, 30).await;
     let mut next_id = 31;
     for round in 0..12 {
         let (_stop, poller) = start_poller(&f.config, &[]);
@@ -263,8 +231,7 @@ async fn cursor_killed_at_random_points_keeps_before_images_exact() {
     let (stop, poller) = start_poller(&f.config, &[]);
     let expected = cursor_table_state(&f).await;
     eventually("the topic's state equals the table", WAIT, || replay(&decode_all(&f)) == expected).await;
-    stop.cancel();
-    poller.await.unwrap().unwrap();
+    stop_poller(stop, poller).await;
     let events = decode_all(&f);
     assert!(count(&events, "u") > 0, "updates were emitted");
     assert_eq!(replay(&events), expected);
@@ -283,8 +250,7 @@ async fn a_hard_delete_is_missed_by_plain_cursor_mode_and_found_once_by_reconcil
     touch(&f, 1, "changed").await;
     eventually("the update polled after the delete", WAIT, || count(&decode_all(&f), "u") == 1).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
-    stop.cancel();
-    poller.await.unwrap().unwrap();
+    stop_poller(stop, poller).await;
     assert_eq!(count(&decode_all(&f), "d"), 0, "plain cursor mode cannot see a hard delete");
 
     // With reconciliation: found once after the start, and a later delete by a later round.
@@ -294,8 +260,7 @@ async fn a_hard_delete_is_missed_by_plain_cursor_mode_and_found_once_by_reconcil
     hard_delete(&f, 5).await;
     eventually("row 5 deleted by a later reconciliation", WAIT, || events_of(&f).contains(&("tombstone".into(), 5))).await;
     tokio::time::sleep(Duration::from_millis(1500)).await; // ~5 more rounds, finding nothing
-    stop.cancel();
-    poller.await.unwrap().unwrap();
+    stop_poller(stop, poller).await;
     run_for(&reconciling, Duration::from_millis(1500)).await; // a restart reconciles again: nothing new
 
     let events = decode_all(&f);
@@ -328,8 +293,7 @@ async fn a_reconciliation_that_finds_nothing_emits_nothing() {
     eventually("row 2 deleted", WAIT, || events_of(&f).contains(&("tombstone".into(), 2))).await;
     let states = state_records(&f);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.cancel();
-    poller.await.unwrap().unwrap();
+    stop_poller(stop, poller).await;
     assert_eq!(state_records(&f), states, "no transaction after the delete");
     assert_eq!(sorted(events_of(&f)), expected(&[("r", 1), ("r", 2), ("r", 3), ("d", 2), ("tombstone", 2)]));
 }
@@ -342,9 +306,7 @@ async fn plan_counts_and_samples_a_cursor_models_next_run_and_emits_nothing() {
     }
     soft_delete(&f, 6).await;
     // Before the first run: snapshot reads, soft-deleted rows skipped, nothing to reconcile yet.
-    let report = sluice_poller::plan::plan(&f.config, &f.model, 2).await.unwrap();
-    let text = report.to_string();
-    assert_eq!((report.counts.inserts, report.counts.updates, report.counts.deletes), (5, 0, 0), "{text}");
+    let (_, text) = plan(&f.config, &f.model, 2, (5, 0, 0)).await;
     assert!(text.starts_with(&format!("model {}: 6 rows read after the committed position, 0 events emitted so far\n", f.model)), "{text}");
     assert!(text.contains("  snapshot reads (r): 5\n    {\"id\":1}\n    {\"id\":2}\n  updates (u): 0\n"), "{text}");
     assert!(text.contains("  deletes (d): 0 (0 soft-deleted; no reconciliation of hard deletes)\n"), "{text}");
@@ -353,17 +315,14 @@ async fn plan_counts_and_samples_a_cursor_models_next_run_and_emits_nothing() {
     let (stop, poller) = start_poller(&f.config, &[]);
     eventually("snapshot of 5 rows", WAIT, || count(&decode_all(&f), "r") == 5).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.cancel();
-    poller.await.unwrap().unwrap();
+    stop_poller(stop, poller).await;
 
     insert(&f, 7, "new").await; // c
     touch(&f, 2, "changed").await; // u
     soft_delete(&f, 3).await; // d (soft)
     hard_delete(&f, 4).await; // d (hard, found by reconciliation)
     let (so_far, states) = (events_of(&f), state_records(&f));
-    let report = sluice_poller::plan::plan(&f.config, &f.model, 5).await.unwrap();
-    let text = report.to_string();
-    assert_eq!((report.counts.inserts, report.counts.updates, report.counts.deletes), (1, 1, 2), "{text}");
+    let (report, text) = plan(&f.config, &f.model, 5, (1, 1, 2)).await;
     assert_eq!(report.refused, None, "{text}");
     assert!(text.starts_with(&format!("model {}: 3 rows read after the committed position, 5 events emitted so far\n", f.model)), "{text}");
     assert!(text.contains("  inserts (c): 1\n    {\"id\":7}\n"), "{text}");
@@ -379,8 +338,7 @@ async fn plan_counts_and_samples_a_cursor_models_next_run_and_emits_nothing() {
     let (stop, poller) = start_poller(&f.config, &[]);
     eventually("the run the plan described", WAIT, || sorted(events_of(&f)).len() >= planned.len()).await;
     tokio::time::sleep(Duration::from_millis(500)).await; // and nothing more
-    stop.cancel();
-    poller.await.unwrap().unwrap();
+    stop_poller(stop, poller).await;
     let events = decode_all(&f);
     assert_eq!(sorted(events_of(&f)), planned, "the run emitted what the plan said");
     let state = replay(&events);

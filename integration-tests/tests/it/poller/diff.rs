@@ -3,7 +3,6 @@
 //! restart, crashes at random points, and the data-quality gates.
 
 
-use std::time::Duration;
 
 use super::common::*;
 use sluice_integration_tests::eventually;
@@ -13,82 +12,38 @@ use sluice_integration_tests::eventually;
 /// a valid history with no duplicate event, and its state equals the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn diff_killed_at_random_points_loses_and_duplicates_nothing() {
-    use rand::Rng;
-    let f = fixture("diff", None, "").await;
-    for id in 1..=60 {
-        upsert(&f, id, "free", "1.00").await;
-    }
-    let mut next_id = 61;
-    for round in 0..12 {
-        let (_stop, poller) = start_poller(&f.config, &[]);
-        let kill_after = Duration::from_millis(rand::rng().random_range(100..2500));
-        // Changes while the poller runs: inserts, updates, deletes.
-        for _ in 0..5 {
-            upsert(&f, next_id, "free", "1.00").await;
-            next_id += 1;
-        }
-        let updated = rand::rng().random_range(1..next_id);
-        upsert(&f, updated, &format!("t{round}"), "2.00").await;
-        let deleted = rand::rng().random_range(1..next_id);
-        f.db.execute(&format!("DELETE FROM {} WHERE id = $1", f.table), &[&deleted]).await.unwrap();
-        tokio::time::sleep(kill_after).await;
-        poller.abort();
-        let _aborted = poller.await; // aborted mid-run on purpose
-    }
-    let (stop, poller) = start_poller(&f.config, &[]);
-    let expected = table_state(&f).await;
-    eventually("the topic's state equals the table", WAIT, || replay(&decode_all(&f)) == expected).await;
-    stop.cancel();
-    poller.await.unwrap().unwrap();
-    let events = decode_all(&f);
-    assert_eq!(replay(&events), expected);
+    killed_at_random_points_loses_and_duplicates_nothing("diff").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn duplicate_and_null_keys_refuse_the_run_and_emit_nothing() {
-    // A query model whose key is duplicated for id 2 and NULL in one row.
-    let f = fixture(
-        "diff",
-        Some("SELECT id, email, tier, ltv FROM {table} UNION ALL SELECT id, email, tier, ltv FROM {table} WHERE id = 2"),
-        "",
+    // A query model whose key is duplicated for id 2, then one whose key is NULL in one row.
+    refused_first_run(
+        "SELECT id, email, tier, ltv FROM {table} UNION ALL SELECT id, email, tier, ltv FROM {table} WHERE id = 2",
+        |model| format!(r#"model {model}: 1 duplicate primary key(s); nothing was emitted. Sample keys: {{"id":2}}. Fix: make the model's primary_key unique"#),
     )
     .await;
-    for id in 1..=3 {
-        upsert(&f, id, "free", "1.00").await;
-    }
-    let (_stop, poller) = start_poller(&f.config, &[]);
-    let error = tokio::time::timeout(WAIT, poller).await.expect("the model stops").unwrap().unwrap_err();
-    let text = format!("{error:#}");
-    assert!(
-        text.contains(&format!(r#"model {}: 1 duplicate primary key(s); nothing was emitted. Sample keys: {{"id":2}}. Fix: make the model's primary_key unique"#, f.model)),
-        "{text}"
-    );
-    assert!(read_settled(&sluice_core::naming::change_topic(&f.prefix, &f.model)).is_empty(), "nothing emitted");
+    refused_first_run("SELECT CASE WHEN id = 3 THEN NULL ELSE id END AS id, email, tier, ltv FROM {table}", |model| {
+        format!(r#"model {model}: 1 row(s) have NULL in a primary-key column (id); nothing was emitted. Sample keys: {{"id":null}}."#)
+    })
+    .await;
+}
 
-    let f = fixture("diff", Some("SELECT CASE WHEN id = 3 THEN NULL ELSE id END AS id, email, tier, ltv FROM {table}"), "").await;
-    for id in 1..=3 {
-        upsert(&f, id, "free", "1.00").await;
-    }
-    let (_stop, poller) = start_poller(&f.config, &[]);
-    let error = tokio::time::timeout(WAIT, poller).await.expect("the model stops").unwrap().unwrap_err();
-    let text = format!("{error:#}");
-    assert!(
-        text.contains(&format!(r#"model {}: 1 row(s) have NULL in a primary-key column (id); nothing was emitted. Sample keys: {{"id":null}}."#, f.model)),
-        "{text}"
-    );
+/// A diff model over `query` (rows 1-3 in the table) stops in its first run with the error
+/// `expected(model name)` and emits nothing.
+async fn refused_first_run(query: &str, expected: impl Fn(&str) -> String) {
+    let f = fixture("diff", Some(query), "").await;
+    seed(&f, 1..=3).await;
+    let text = run_error(&f.config).await;
+    assert!(text.contains(&expected(&f.model)), "{text}");
     assert!(read_settled(&sluice_core::naming::change_topic(&f.prefix, &f.model)).is_empty(), "nothing emitted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn change_volume_guard_halts_the_model_until_an_operator_confirms() {
     let f = fixture("diff", None, "gates = { max_change_pct = 20.0 }").await;
-    for id in 1..=10 {
-        upsert(&f, id, "free", "1.00").await;
-    }
-    let (stop, poller) = start_poller(&f.config, &[]);
-    eventually("snapshot (exempt from the guard)", WAIT, || count(&decode_all(&f), "r") == 10).await;
-    stop.cancel();
-    poller.await.unwrap().unwrap();
+    seed(&f, 1..=10).await;
+    snapshot(&f, 10).await; // a snapshot is exempt from the guard
 
     // Someone truncates half the table upstream.
     f.db.execute(&format!("DELETE FROM {} WHERE id > 5", f.table), &[]).await.unwrap();
@@ -103,20 +58,15 @@ async fn change_volume_guard_halts_the_model_until_an_operator_confirms() {
 
     let (stop, poller) = start_poller(&f.config, &[f.model.as_str()]);
     eventually("confirmed deletes emitted", WAIT, || count(&decode_all(&f), "d") == 5).await;
-    stop.cancel();
-    poller.await.unwrap().unwrap();
+    stop_poller(stop, poller).await;
     assert_eq!(replay(&decode_all(&f)), table_state(&f).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn row_count_bounds_refuse_the_run() {
     let f = fixture("diff", None, "gates = { min_rows = 5, max_rows = 100 }").await;
-    for id in 1..=3 {
-        upsert(&f, id, "free", "1.00").await;
-    }
-    let (_stop, poller) = start_poller(&f.config, &[]);
-    let error = tokio::time::timeout(WAIT, poller).await.expect("the model stops").unwrap().unwrap_err();
-    let text = format!("{error:#}");
+    seed(&f, 1..=3).await;
+    let text = run_error(&f.config).await;
     assert!(text.contains(&format!("model {}: the run read 3 rows, fewer than min_rows = 5; nothing was emitted.", f.model)), "{text}");
     assert!(read_settled(&sluice_core::naming::change_topic(&f.prefix, &f.model)).is_empty(), "nothing emitted");
 }

@@ -9,20 +9,12 @@ use super::common::*;
 use sluice_core::config::Config;
 use sluice_integration_tests::eventually;
 
-async fn refusal(config: &Arc<Config>) -> String {
-    let (_stop, poller) = start_poller(config, &[]);
-    let error = tokio::time::timeout(WAIT, poller).await.expect("the model stops").unwrap().unwrap_err();
-    format!("{error:#}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_model_drifting_from_its_contract_is_refused_with_the_differences() {
     let dir = std::env::temp_dir().join(sluice_integration_tests::unique("contracts"));
     let path = dir.join("members.avsc");
     let f = fixture("diff", None, &format!("schema_contract = \"{}\"", path.display())).await;
-    for id in 1..=3 {
-        upsert(&f, id, "free", "1.00").await;
-    }
+    seed(&f, 1..=3).await;
     sluice_poller::contract::export_model(&f.config, &f.model, &path).await.unwrap();
     let exported: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let names: Vec<&str> = exported["fields"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
@@ -30,14 +22,11 @@ async fn a_model_drifting_from_its_contract_is_refused_with_the_differences() {
     assert_eq!(exported["fields"][0]["type"], "long");
 
     // Matching the contract: the model runs.
-    let (stop, poller) = start_poller(&f.config, &[]);
-    eventually("snapshot", WAIT, || count(&decode_all(&f), "r") == 3).await;
-    stop.cancel();
-    poller.await.unwrap().unwrap();
+    snapshot(&f, 3).await;
 
     // Someone retypes a column upstream: refused, nothing read.
     f.db.batch_execute(&format!("ALTER TABLE {} ALTER COLUMN tier TYPE int USING length(tier)", f.table)).await.unwrap();
-    let text = refusal(&f.config).await;
+    let text = run_error(&f.config).await;
     assert!(
         text.contains(&format!(
             "model {}: columns drift from its schema contract {}: column \"tier\" changed type from [\"null\",\"string\"] to [\"null\",\"int\"]. Fix: change the model back, or review the change and re-export the contract with `sluice schema export {}`",
@@ -54,7 +43,7 @@ async fn a_model_drifting_from_its_contract_is_refused_with_the_differences() {
     let mut contract = exported.clone();
     contract["fields"].as_array_mut().unwrap().retain(|f| f["name"] != "ltv");
     std::fs::write(&path, contract.to_string()).unwrap();
-    let text = refusal(&f.config).await;
+    let text = run_error(&f.config).await;
     assert!(
         text.contains(r#"column "ltv" added (["null",{"logicalType":"decimal","precision":10,"scale":2,"type":"bytes"}]; set allow_additions = true to accept additions)"#),
         "{text}"
@@ -65,7 +54,6 @@ async fn a_model_drifting_from_its_contract_is_refused_with_the_differences() {
     let (stop, poller) = start_poller(&allowing, &[]);
     upsert(&f, 4, "free", "1.00").await;
     eventually("the model runs with the addition allowed", WAIT, || count(&decode_all(&f), "c") == 1).await;
-    stop.cancel();
-    poller.await.unwrap().unwrap();
+    stop_poller(stop, poller).await;
     std::fs::remove_dir_all(dir).ok(); // best-effort cleanup of a temp dir
 }

@@ -86,8 +86,7 @@ async fn first_snapshot_is_read_in_key_chunks_and_resumes_after_the_last_committ
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     tokio::time::sleep(Duration::from_millis(800)).await;
-    stop.cancel();
-    poller.await.unwrap().unwrap();
+    stop_poller(stop, poller).await;
     assert_eq!(tokio::task::block_in_place(|| decode_all(&f)).len(), events.len(), "nothing after the update");
     assert_eq!(tokio::task::block_in_place(|| snapshot_ids(&f)), (1..=10).collect::<Vec<_>>(), "every row read exactly once");
     assert_eq!(ops(&events).len(), 11, "10 reads and 1 update: {:?}", ops(&events));
@@ -97,9 +96,7 @@ async fn first_snapshot_is_read_in_key_chunks_and_resumes_after_the_last_committ
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_snapshot_cli_takes_the_first_snapshot_then_says_it_is_done() {
     let f = fixture("diff", None, "").await;
-    for id in 1..=10 {
-        upsert(&f, id, "free", "1.00").await;
-    }
+    seed(&f, 1..=10).await;
     let config = std::env::temp_dir().join(format!("{}.toml", f.model));
     std::fs::write(&config, &f.config_text).unwrap();
     let run = || {

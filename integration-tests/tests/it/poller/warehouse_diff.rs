@@ -11,13 +11,8 @@ use sluice_integration_tests::eventually;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pending_snapshot_whose_run_never_reached_kafka_is_discarded() {
     let f = fixture("warehouse_diff", None, "").await;
-    for id in 1..=5 {
-        upsert(&f, id, "free", "1.00").await;
-    }
-    let (stop, poller) = start_poller(&f.config, &[]);
-    eventually("snapshot of 5 rows", WAIT, || count(&decode_all(&f), "r") == 5).await;
-    stop.cancel();
-    poller.await.unwrap().unwrap();
+    seed(&f, 1..=5).await;
+    snapshot(&f, 5).await;
     // A run crashed after building its pending snapshot (claiming id 1 was deleted), before
     // any Kafka commit: it must leave no trace.
     let model = &f.model;
@@ -32,40 +27,15 @@ async fn a_pending_snapshot_whose_run_never_reached_kafka_is_discarded() {
     let (stop, poller) = start_poller(&f.config, &[]);
     eventually("the real change", WAIT, || count(&decode_all(&f), "u") == 1).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    stop.cancel();
-    poller.await.unwrap().unwrap();
+    stop_poller(stop, poller).await;
     let events = decode_all(&f);
     assert_eq!(count(&events, "d"), 0, "the crashed run's phantom delete was never emitted: {:?}", ops(&events));
     assert_eq!(replay(&events), table_state(&f).await);
 }
 
+/// As `diff_killed_at_random_points_loses_and_duplicates_nothing`, with the diff computed in
+/// the warehouse.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn warehouse_diff_killed_at_random_points_loses_and_duplicates_nothing() {
-    use rand::Rng;
-    let f = fixture("warehouse_diff", None, "").await;
-    for id in 1..=60 {
-        upsert(&f, id, "free", "1.00").await;
-    }
-    let mut next_id = 61;
-    for round in 0..12 {
-        let (_stop, poller) = start_poller(&f.config, &[]);
-        let kill_after = Duration::from_millis(rand::rng().random_range(100..2500));
-        for _ in 0..5 {
-            upsert(&f, next_id, "free", "1.00").await;
-            next_id += 1;
-        }
-        let updated = rand::rng().random_range(1..next_id);
-        upsert(&f, updated, &format!("t{round}"), "2.00").await;
-        let deleted = rand::rng().random_range(1..next_id);
-        f.db.execute(&format!("DELETE FROM {} WHERE id = $1", f.table), &[&deleted]).await.unwrap();
-        tokio::time::sleep(kill_after).await;
-        poller.abort();
-        let _aborted = poller.await; // aborted mid-run on purpose
-    }
-    let (stop, poller) = start_poller(&f.config, &[]);
-    let expected = table_state(&f).await;
-    eventually("the topic's state equals the table", WAIT, || replay(&decode_all(&f)) == expected).await;
-    stop.cancel();
-    poller.await.unwrap().unwrap();
-    assert_eq!(replay(&decode_all(&f)), expected);
+    killed_at_random_points_loses_and_duplicates_nothing("warehouse_diff").await;
 }

@@ -62,10 +62,7 @@ async fn backfill_of_an_empty_destination_ends_equal_to_the_warehouse_while_live
 
     let want = warehouse_versions(&p).await;
     eventually("the destination equal to the warehouse", WAIT, || latest_versions(&received) == want).await;
-    sink_stop.cancel();
-    sink.await.unwrap().expect("the sink drains");
-    poller_stop.cancel();
-    poller.await.unwrap().unwrap();
+    sluice_integration_tests::stop_pipeline(sink_stop, sink, poller_stop, poller).await;
     assert_never_backwards(&received);
     let seen = history(&received, 0);
     for key in 31..=60 {

@@ -67,10 +67,7 @@ async fn the_breaker_halts_a_sink_that_refuses_everything_with_nothing_committed
     let want = 40 - committed_dead;
     eventually(&format!("the {want} rows not committed applied"), WAIT, || latest_versions(&received).len() == want).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    sink_stop.cancel();
-    sink.await.unwrap().expect("the sink drains");
-    poller_stop.cancel();
-    poller.await.unwrap().unwrap();
+    sluice_integration_tests::stop_pipeline(sink_stop, sink, poller_stop, poller).await;
     let applied: HashSet<i64> = latest_versions(&received).into_keys().collect();
     assert_eq!(applied.len(), want, "each row applied or dead-lettered and committed");
     assert_eq!(read_topic(&naming::dead_letter_topic(&p.prefix, "crm")).len(), 5, "no dead letter after the trip");

@@ -110,10 +110,7 @@ async fn redrive_after_a_fix_applies_exactly_the_not_superseded_dead_letters_onc
     let listed = sluice(&p, &["dlq", "list", "--destination", "crm", "--json"]).await;
     let by_status = |status: &str| listed.json["groups"].as_array().unwrap().iter().filter(|g| g["status"] == status).map(|g| g["count"].as_u64().unwrap()).sum::<u64>();
     assert_eq!((by_status("redriven"), by_status("superseded"), by_status("pending")), (7, 4, 1), "{}", listed.json);
-    sink_stop.cancel();
-    sink.await.unwrap().expect("the sink drains");
-    poller_stop.cancel();
-    poller.await.unwrap().unwrap();
+    sluice_integration_tests::stop_pipeline(sink_stop, sink, poller_stop, poller).await;
     assert_never_backwards(&received);
 }
 
@@ -179,8 +176,5 @@ async fn purge_with_a_filter_keeps_every_dead_letter_that_does_not_match() {
     assert_eq!(redrive.code, 0, "{redrive:?}");
     assert_eq!(count(&redrive.json, "selected"), 2, "purged dead letters are not redriven: {}", redrive.json);
     dead_letters(&p, 8).await;
-    sink_stop.cancel();
-    sink.await.unwrap().expect("the sink drains");
-    poller_stop.cancel();
-    poller.await.unwrap().unwrap();
+    sluice_integration_tests::stop_pipeline(sink_stop, sink, poller_stop, poller).await;
 }

@@ -174,10 +174,7 @@ async fn a_replay_meeting_live_updates_never_moves_a_key_backwards() {
     }
     let latest = warehouse_versions(&p).await;
     eventually("every key at its latest version", WAIT, || latest_versions(&received) == latest).await;
-    sink_stop.cancel();
-    sink.await.unwrap().expect("the sink drains");
-    poller_stop.cancel();
-    poller.await.unwrap().unwrap();
+    sluice_integration_tests::stop_pipeline(sink_stop, sink, poller_stop, poller).await;
 
     assert_never_backwards(&received);
     for (key, seen) in history(&received, before) {

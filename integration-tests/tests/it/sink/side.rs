@@ -102,10 +102,7 @@ async fn side_records_apply_when_current_are_superseded_when_older_and_keep_orde
     let want = warehouse_versions(&p).await;
     eventually("every key at its latest version", WAIT, || latest_versions(&received) == want).await;
     side_drained(&p).await;
-    sink_stop.cancel();
-    sink.await.unwrap().expect("the sink drains");
-    poller_stop.cancel();
-    poller.await.unwrap().unwrap();
+    sluice_integration_tests::stop_pipeline(sink_stop, sink, poller_stop, poller).await;
     assert_never_backwards(&received);
     assert!(read_topic(&naming::dead_letter_topic(&p.prefix, "crm")).is_empty(), "nothing dead-lettered");
 }
@@ -153,8 +150,5 @@ async fn a_redriven_record_that_fails_again_returns_with_its_attempts_raised() {
     assert_eq!(third.header("sluice.error.class"), Some("decode"));
     assert!(third.header("sluice.error.message").unwrap().contains("no UTF-8 `sluice.original.topic` header"), "{third:?}");
     assert_eq!(third.header("sluice.original.topic"), Some(naming::side_topic(&p.prefix, "crm").as_str()), "where it can be found");
-    sink_stop.cancel();
-    sink.await.unwrap().expect("the sink drains");
-    poller_stop.cancel();
-    poller.await.unwrap().unwrap();
+    sluice_integration_tests::stop_pipeline(sink_stop, sink, poller_stop, poller).await;
 }

@@ -17,7 +17,7 @@ use sluice_core::config::Config;
 use sluice_core::naming;
 use sluice_integration_tests::receiver::{self, Received};
 use sluice_integration_tests::suppression::{redis_url, require_redis};
-use sluice_integration_tests::{eventually, kafka_bootstrap, postgres_url, read_topic, require_kafka, require_postgres, telemetry, unique, ReadRecord};
+use sluice_integration_tests::{eventually, kafka_bootstrap, postgres_url, read_topic, require_kafka, require_postgres, telemetry, toml_text, unique, ReadRecord};
 use sluice_telemetry::ops::Health;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +52,17 @@ pub(crate) trait Vendor: Send + Sync {
     /// Assert the vendor ends as its kind's doc page says for the case `name`, after the
     /// snapshot and the changes of the test (`redis`: a connection to the real Redis).
     fn check<'a>(&'a self, name: &'a str, redis: &'a mut redis::aio::MultiplexedConnection) -> Check<'a>;
+}
+
+/// A vendor whose end state is the shared state of a contract server (or webhook receiver),
+/// checked by its kind's function: every kind but Redis, which reads the real server.
+pub(crate) struct Checked<T>(pub Arc<T>, pub fn(&str, &T));
+
+impl<T: Send + Sync> Vendor for Checked<T> {
+    fn check<'a>(&'a self, name: &'a str, _: &'a mut redis::aio::MultiplexedConnection) -> Check<'a> {
+        let (state, check) = (&self.0, self.1);
+        Box::pin(async move { check(name, state) })
+    }
 }
 
 /// One (destination, mode) case: a configured destination with its one sync.
@@ -205,32 +216,16 @@ fn committed_past(consumer: &BaseConsumer, topic: &str, ends: &HashMap<i32, i64>
 /// destination with one sync of the model.
 fn config_text(prefix: &str, table: &str, destinations: &[(&str, &str, &str)]) -> String {
     let mut text = format!(
-        r#"[kafka]
-bootstrap_servers = "{kafka}"
-topic_prefix = "{prefix}"
-partitions = 2
-
-[warehouse]
-kind = "postgres"
-url = {{ env = "SLUICE_MODES_WAREHOUSE_URL" }}
-
-[[models]]
-name = "customers"
-table = "{table}"
-primary_key = ["id"]
-columns = ["id", "email", "phone", "name", "plan", "opt_in"]
-detection = {{ mode = "diff" }}
-poll_interval_ms = 200
-"#,
-        kafka = kafka_bootstrap()
+        "{}\n{}",
+        toml_text::services_on(&kafka_bootstrap(), prefix, "partitions = 2", "SLUICE_MODES_WAREHOUSE_URL"),
+        toml_text::Model::table("customers", table, &["id", "email", "phone", "name", "plan", "opt_in"], r#"{ mode = "diff" }"#).poll_interval_ms(200)
     );
     for (name, kind_table, _) in destinations {
-        text.push_str(&format!(
-            "\n[[destinations]]\nname = \"{name}\"\nbatch_linger_ms = 20\nmax_concurrency = 2\nretry = {{ initial_backoff_ms = 20, max_backoff_ms = 200, max_attempts = 5 }}\n{kind_table}\n"
-        ));
+        let settings = "batch_linger_ms = 20\nmax_concurrency = 2\nretry = { initial_backoff_ms = 20, max_backoff_ms = 200, max_attempts = 5 }";
+        text.push_str(&format!("\n{}", toml_text::destination(name, settings, kind_table)));
     }
     for (name, _, sync) in destinations {
-        text.push_str(&format!("\n[[syncs]]\nmodel = \"customers\"\ndestination = \"{name}\"\n{sync}\n"));
+        text.push_str(&format!("\n{}", toml_text::sync("customers", name, sync)));
     }
     text
 }

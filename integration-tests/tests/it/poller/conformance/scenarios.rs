@@ -121,8 +121,7 @@ impl<B: Backend> Fixture<B> {
     async fn run_until(&self, what: &str, done: impl Fn(&[(ReadRecord, Decoded)]) -> bool) -> Vec<(ReadRecord, Decoded)> {
         let (stop, poller) = start_poller(&self.config, &[]);
         self.wait_for(what, done).await;
-        stop.cancel();
-        poller.await.unwrap().unwrap();
+        stop_poller(stop, poller).await;
         self.events()
     }
 
@@ -193,8 +192,7 @@ pub(crate) async fn snapshot_mode_round_trip<B: Backend>(mode: &str) {
         }
     }
     assert_eq!(replay(&events), f.members_state().await, "the compacted topic's state equals the table");
-    stop.cancel();
-    poller.await.unwrap().unwrap();
+    stop_poller(stop, poller).await;
     if mode == "warehouse_diff" {
         let snapshot = f.count_of(&format!("SELECT CAST(count(*) AS VARCHAR) FROM sluice_state.\"{}_snapshot\"", f.model)).await;
         assert_eq!(snapshot, 9, "the swapped-in snapshot holds the table's rows");
@@ -207,8 +205,7 @@ pub(crate) async fn snapshot_mode_round_trip<B: Backend>(mode: &str) {
     let (stop, poller) = start_poller(&f.config, &[]);
     f.wait_for("the change made while stopped", of("u", 3)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await; // several more runs: nothing new
-    stop.cancel();
-    poller.await.unwrap().unwrap();
+    stop_poller(stop, poller).await;
     let after_restart = f.events();
     assert_eq!(after_restart.len(), events.len() + 1, "exactly one new event after the restart: {:?}", ops(&after_restart));
     assert_eq!(replay(&after_restart), f.members_state().await);
@@ -231,8 +228,7 @@ pub(crate) async fn cursor_mode_sees_inserts_and_updates<B: Backend>() {
     f.exec("INSERT INTO {table} (id, email, tier, ltv) VALUES (6, 'six@example.com', 'free', 2)").await;
     let events = f.wait_for("an update and an insert", |events| events.len() >= 7).await;
     assert_eq!((count(&events, "u"), count(&events, "c")), (1, 1), "{:?}", ops(&events));
-    stop.cancel();
-    poller.await.unwrap().unwrap();
+    stop_poller(stop, poller).await;
 }
 
 /// `sluice plan` of a `warehouse_diff` model: before the first run every row is a snapshot read;
@@ -251,9 +247,7 @@ pub(crate) async fn plan_of_a_warehouse_diff_model_is_read_only<B: Backend>() {
     f.exec("INSERT INTO {table} (id, email, tier, ltv) VALUES (7, 'seven@example.com', 'free', 1)").await;
     f.exec("UPDATE {table} SET tier = 'pro' WHERE id = 2").await;
     f.exec("DELETE FROM {table} WHERE id = 5").await;
-    let report = sluice_poller::plan::plan(&f.config, &f.model, 5).await.unwrap();
-    let text = report.to_string();
-    assert_eq!((report.counts.inserts, report.counts.updates, report.counts.deletes), (1, 1, 1), "{text}");
+    let (_, text) = plan(&f.config, &f.model, 5, (1, 1, 1)).await;
     assert!(text.contains(&format!("model {}: 6 rows read, 6 rows emitted so far", f.model)), "{text}");
     assert!(text.contains("  inserts (c): 1\n    {\"id\":7}\n  updates (u): 1\n    {\"id\":2}\n  deletes (d): 1\n    {\"id\":5}\n"), "{text}");
     assert!(text.ends_with("the run would emit 3 events; nothing was emitted by this plan"), "{text}");
@@ -313,9 +307,7 @@ pub(crate) async fn an_unmapped_type_is_refused_by_name<B: Backend>() {
     let expected = format!("model {}: column \"tags\" has {}", f.model, types.refusal);
     let refused = f.warehouse().await.describe(&f.config.models[0]).await.unwrap_err().to_string();
     assert!(refused.contains(&expected), "{refused}");
-    let (_stop, poller) = start_poller(&f.config, &[]);
-    let error = tokio::time::timeout(WAIT, poller).await.expect("the model stops").unwrap().unwrap_err();
-    let text = format!("{error:#}");
+    let text = run_error(&f.config).await;
     assert!(text.contains(&expected), "{text}");
 }
 
