@@ -13,8 +13,9 @@ pub(crate) const EXIT_ERROR: u8 = 1;
 pub(crate) const EXIT_CONFIG: u8 = 2;
 /// Exit code: nothing matched what was asked for (`sluice dlq show` with no dead letter).
 pub(crate) const EXIT_NOTHING_MATCHED: u8 = 3;
-/// Exit code: refused because the group has live members (`sluice replay --execute`).
-pub(crate) const EXIT_LIVE_MEMBERS: u8 = 4;
+/// Exit code: refused (`sluice replay --execute`: the group has live members; `sluice resync`:
+/// the model's first snapshot is not complete, or a key gate or its contract refuses it).
+pub(crate) const EXIT_REFUSED: u8 = 4;
 
 /// Why a command stopped.
 #[derive(Debug)]
@@ -23,7 +24,7 @@ pub(crate) enum Failure {
     Config(String),
     /// Nothing matched: exit 3.
     NothingMatched(String),
-    /// Refused while the group has live members: exit 4.
+    /// Refused (live group members, a model not ready to resync): exit 4.
     Refused(String),
     /// Kafka or another runtime error: exit 1.
     Error(String),
@@ -35,7 +36,7 @@ impl Failure {
         match self {
             Failure::Config(_) => EXIT_CONFIG,
             Failure::NothingMatched(_) => EXIT_NOTHING_MATCHED,
-            Failure::Refused(_) => EXIT_LIVE_MEMBERS,
+            Failure::Refused(_) => EXIT_REFUSED,
             Failure::Error(_) => EXIT_ERROR,
         }
     }

@@ -34,11 +34,21 @@
 //!   destination's consumer group so its sink re-applies (or skips) changes; shows the plan and
 //!   changes nothing without `--execute` (exit 0 done, 1 error, 2 config, 4 live members refused;
 //!   docs/operations.md).
+//! - `sluice resync MODEL [--execute] [--json] --config FILE`: a fresh snapshot of one model on
+//!   its change topic (`r` for every row, `d` and a tombstone for keys the warehouse no longer
+//!   has) through the poller's transactional path; shows the plan without `--execute` (exit 0
+//!   done, 1 error, 2 config, 4 refused; docs/operations.md).
+//! - `sluice inspect --model MODEL --key JSON [--show-values] [--json] --config FILE`: one key's
+//!   history on its change topic, where each destination's group stands relative to it, and its
+//!   dead letters (exit 0 shown, 1 error, 2 config or bad key, 3 no record of the key;
+//!   docs/operations.md).
 
 mod backfill;
 mod dlq;
 mod failure;
+mod inspect;
 mod replay;
+mod resync;
 mod scope;
 
 use std::net::SocketAddr;
@@ -138,6 +148,42 @@ enum Command {
         #[arg(long, default_value_t = std::num::NonZeroU32::new(backfill::DEFAULT_RATE).expect("non-zero"))]
         rate: std::num::NonZeroU32,
         /// The summary (and any error) as JSON on stdout, for scripts; no progress bar.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "SLUICE_CONFIG", default_value = "sluice.toml")]
+        config: PathBuf,
+    },
+    /// A fresh snapshot of one model on its change topic: `r` for every current row, `d` (and a
+    /// tombstone) for keys the warehouse no longer has. Shows the plan without --execute. Exit
+    /// codes: 0 done or plan shown, 1 error, 2 bad config or unknown model, 4 refused (first
+    /// snapshot not complete, NULL or duplicate keys, contract drift).
+    Resync {
+        /// The model's name in the config.
+        model: String,
+        /// Emit the snapshot (fences the model's own running poller); without it the plan is
+        /// shown only.
+        #[arg(long)]
+        execute: bool,
+        /// The plan or summary (and any error) as JSON on stdout, for scripts.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "SLUICE_CONFIG", default_value = "sluice.toml")]
+        config: PathBuf,
+    },
+    /// One key's history on its change topic, where each destination stands relative to it, and
+    /// its dead letters. Exit codes: 0 shown, 1 error, 2 bad config, unknown model or bad key, 3
+    /// no record of the key.
+    Inspect {
+        /// The model's name in the config.
+        #[arg(long)]
+        model: String,
+        /// The key: a JSON object of the model's key columns, e.g. '{"id":42}'.
+        #[arg(long)]
+        key: String,
+        /// Print row values (personal data); masked otherwise.
+        #[arg(long)]
+        show_values: bool,
+        /// The report (and any error) as JSON on stdout, for scripts.
         #[arg(long)]
         json: bool,
         #[arg(long, env = "SLUICE_CONFIG", default_value = "sluice.toml")]
@@ -316,6 +362,8 @@ async fn main() -> std::process::ExitCode {
             replay::run(config, request).await
         }
         Command::Backfill { destination, model, rate, json, config } => backfill::run(config, backfill::Request { destination, model, rate, json }).await,
+        Command::Resync { model, execute, json, config } => resync::run(config, resync::Request { model, execute, json }).await,
+        Command::Inspect { model, key, show_values, json, config } => inspect::run(config, inspect::Request { model, key, show_values, json }).await,
         Command::Dlq { command } => dlq::run(command).await,
         Command::DemoReceiver { listen } => match demo_receiver(listen).await {
             Ok(()) => std::process::ExitCode::SUCCESS,

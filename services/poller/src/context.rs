@@ -47,15 +47,7 @@ impl<'a, W: Warehouse> ModelContext<'a, W> {
     /// state: what every incarnation of a model's loop (and `sluice snapshot`) starts from.
     pub async fn open(config: &'a Config, warehouse: &'a W, model: &'a ModelConfig) -> Result<ModelContext<'a, W>, ModelError> {
         let name = model.name.get_ref().as_str();
-        let schema = warehouse.describe(model).await?;
-        crate::contract::check(model, &schema)?;
-        let expiry = Expiry::of(model, &schema)?;
-        let mut codec = ModelCodec::new(name, schema)?;
-        if codec.key_fingerprints_differ() && crate::state::keys_written_with_legacy_fingerprint(config, &codec).await? {
-            // A row's key bytes must never change (see `with_legacy_key_fingerprint`).
-            codec = codec.with_legacy_key_fingerprint();
-            tracing::info!(model = %name, "keys keep their legacy schema fingerprint: this model's topic was written before standard fingerprints");
-        }
+        let (codec, expiry) = describe(config, warehouse, model).await?;
         // Fence first: once this returns, no older instance can commit, so the state read next is final.
         let producer = TransactionalProducer::new(&config.kafka, &naming::poller_transactional_id(&config.kafka.topic_prefix, name)).await?;
         let state = load_state(config, name).await?.unwrap_or(PollerState {
@@ -69,6 +61,22 @@ impl<'a, W: Warehouse> ModelContext<'a, W> {
         let committer = Committer::new(config, producer, &codec, state);
         Ok(ModelContext { config, warehouse, model, codec, committer, expiry })
     }
+}
+
+/// Describe the model and check its schema contract and `expire` column: its codec (keeping
+/// the key bytes its topic was written with) and expiry rule. Reads only; fences nothing.
+pub async fn describe<W: Warehouse>(config: &Config, warehouse: &W, model: &ModelConfig) -> Result<(ModelCodec, Option<Expiry>), ModelError> {
+    let name = model.name.get_ref().as_str();
+    let schema = warehouse.describe(model).await?;
+    crate::contract::check(model, &schema)?;
+    let expiry = Expiry::of(model, &schema)?;
+    let mut codec = ModelCodec::new(name, schema)?;
+    if codec.key_fingerprints_differ() && crate::state::keys_written_with_legacy_fingerprint(config, &codec).await? {
+        // A row's key bytes must never change (see `with_legacy_key_fingerprint`).
+        codec = codec.with_legacy_key_fingerprint();
+        tracing::info!(model = %name, "keys keep their legacy schema fingerprint: this model's topic was written before standard fingerprints");
+    }
+    Ok((codec, expiry))
 }
 
 impl<'a, W> ModelContext<'a, W> {

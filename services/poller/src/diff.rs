@@ -31,7 +31,7 @@ use sluice_warehouse::Warehouse;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use crate::changes::{emit, DiffPlan};
+pub use crate::changes::{emit, DiffPlan, Unchanged};
 use crate::changes::scan_keys;
 use crate::clock::now_ms;
 use crate::context::{ModelContext, ModelOptions};
@@ -54,11 +54,23 @@ pub async fn compute<W: Warehouse>(
     codec: &ModelCodec,
     tracked: &mut Tracked,
 ) -> Result<DiffPlan, ModelError> {
+    compare(warehouse, model, codec, tracked, Unchanged::Skip).await
+}
+
+/// [`compute`], keeping or skipping the unchanged rows as `unchanged` says.
+pub async fn compare<W: Warehouse>(
+    warehouse: &W,
+    model: &ModelConfig,
+    codec: &ModelCodec,
+    tracked: &mut Tracked,
+    unchanged: Unchanged,
+) -> Result<DiffPlan, ModelError> {
     let name = model.name.get_ref().as_str();
     let schema = Arc::clone(codec.row_schema());
     let tracked_before = tracked.len() as u64;
     let mut inserts = Vec::new();
     let mut updates = Vec::new();
+    let mut same = Vec::new();
     let mut new_keys: KeyMap<()> = KeyMap::default();
     let (mut null_keys, mut null_samples) = (0u64, Vec::new());
     let (mut duplicates, mut duplicate_samples) = (0u64, Vec::new());
@@ -84,6 +96,8 @@ pub async fn compute<W: Warehouse>(
             Some((entry, false)) => {
                 if entry.row_hash != row_hash(&row, &mut hash_buf) {
                     updates.push((row.clone(), entry.loc()));
+                } else if unchanged == Unchanged::Keep {
+                    same.push(row.clone());
                 }
                 false
             }
@@ -118,7 +132,7 @@ pub async fn compute<W: Warehouse>(
     if duplicates > 0 {
         return Err(GateError::DuplicateKey { model: name.to_string(), count: duplicates, samples: samples(&duplicate_samples) }.into());
     }
-    Ok(DiffPlan { rows, tracked: tracked_before, inserts, updates, deletes })
+    Ok(DiffPlan { rows, tracked: tracked_before, inserts, updates, unchanged: same, deletes })
 }
 
 /// Run the model in `diff` mode (its first snapshot done) until shutdown or a fatal error.

@@ -50,8 +50,8 @@
 //! | | `state` | the model's topics, reading its committed state back |
 //! | | [`contract`] | schema contract check and export |
 //! | | [`tracked`] | the change topic's committed state (24 bytes a key), images read back |
-//! | | `changes` | the key scan and the emission of a change plan, shared by `diff`, reconciliation and the expiry sweep |
-//! | | `context` | [`ModelContext`]: a model's config, warehouse, codec and committer; [`ModelOptions`] |
+//! | | `changes` | the key scan and the emission of a change plan, shared by `diff`, reconciliation, the expiry sweep and `resync` |
+//! | | `context` | [`ModelContext`]: a model's config, warehouse, codec and committer; [`ModelOptions`]; describing a model without fencing |
 //! | | [`triggers`] | when a model runs: interval, cron, `POST /run/<model>`, NOTIFY |
 //! | modes | `cursor` | cursor mode: rules, a page's changes and their previous images, plain loop, look-back window, reconciliation, expiry sweep |
 //! | | [`diff`] | `diff` mode's runs |
@@ -59,6 +59,7 @@
 //! | | [`snapshot`] | the first snapshot in key chunks (service and `sluice snapshot`) |
 //! | top | `model_loop` | one model's loop: open, dispatch on the position, retry with backoff |
 //! | | [`plan`] | `sluice plan` |
+//! | | [`resync`] | `sluice resync`: a fresh snapshot of one model through the committer |
 
 mod changes;
 mod clock;
@@ -75,6 +76,7 @@ mod keys;
 mod model_loop;
 pub mod plan;
 pub mod position;
+pub mod resync;
 pub mod snapshot;
 mod state;
 mod telemetry;

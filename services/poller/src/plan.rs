@@ -13,12 +13,12 @@
 use std::collections::HashSet;
 
 use anyhow::Context as _;
-use sluice_avro::{decoder_for, KeyDecoder, ModelCodec, PollerState};
+use sluice_avro::{decoder_for, ModelCodec, PollerState};
 use sluice_core::config::{Config, Detection, ModelConfig};
 use sluice_core::{naming, Op};
 use sluice_warehouse::{cursor_indexes, cursor_of, AnyWarehouse, SnapshotStore as _, Warehouse};
 
-use crate::changes::image_of;
+use crate::changes::{image_of, stored_keys};
 use crate::clock::now_ms;
 use crate::cursor::{find_deletes, micros, window_start, CursorRules, Known, OpCounts, PollContext};
 use crate::diff::compute;
@@ -173,12 +173,7 @@ impl Planner<'_> {
 
     /// Keys of the records at `locs` among `previous` (the sample keys of deletes).
     fn stored_keys<'l>(&self, previous: &KeyMap<Stored>, locs: impl Iterator<Item = &'l u64>) -> anyhow::Result<Vec<serde_json::Value>> {
-        let key_decoder = KeyDecoder::new(&self.codec.schemas()[0].json)?;
-        Ok(locs
-            .filter_map(|loc| previous.get(loc))
-            .filter_map(|stored| key_decoder.decode(&stored.key).ok())
-            .map(|fields| serde_json::Value::Object(fields.into_iter().map(|(k, v)| (k, v.to_json())).collect()))
-            .collect())
+        Ok(stored_keys(&self.codec, previous, locs)?)
     }
 
     /// `warehouse_diff`: the key gates and the comparison with the kept snapshot, both inside

@@ -31,11 +31,15 @@ pub fn spec(sync: &str) -> Spec<'_> {
 
 /// Insert rows `first..=last` at version 1, emails `c<id>@example.com`.
 pub async fn insert(p: &Pipeline, first: i64, last: i64) {
-    p.db.execute(
+    insert_into(&p.db, &p.table, first, last).await;
+}
+
+/// [`insert`] into `table` (of [`COLUMNS`]), another model's.
+pub async fn insert_into(db: &tokio_postgres::Client, table: &str, first: i64, last: i64) {
+    db.execute(
         &format!(
-            "INSERT INTO {} (id, email, v, updated_at, created_at) \
-             SELECT g, 'c' || g || '@example.com', 1, clock_timestamp(), clock_timestamp() FROM generate_series($1::bigint, $2::bigint) g",
-            p.table
+            "INSERT INTO {table} (id, email, v, updated_at, created_at) \
+             SELECT g, 'c' || g || '@example.com', 1, clock_timestamp(), clock_timestamp() FROM generate_series($1::bigint, $2::bigint) g"
         ),
         &[&first, &last],
     )

@@ -1,5 +1,6 @@
 //! The sink service against the real broker: delivery, back-pressure, rebalances and kills; the
-//! order guard under replays, side records and compaction.
+//! order guard under replays, side records and compaction; the `sluice` commands that act on
+//! them (`dlq`, `replay`, `backfill`, `resync`, `inspect`).
 
 mod backfill;
 mod breaker;
@@ -9,5 +10,7 @@ mod delivery;
 mod dlq;
 mod failures;
 mod faults;
+mod inspect;
 mod replay;
+mod resync;
 mod side;

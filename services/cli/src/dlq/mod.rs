@@ -20,10 +20,10 @@
 //! Exit codes (`crate::failure`): 0 done, 1 Kafka error, 2 bad config or arguments (unknown
 //! destination, bad filter), 3 `show` found no dead letter.
 
-mod decode;
+pub(crate) mod decode;
 mod filter;
 mod ledger;
-mod letters;
+pub(crate) mod letters;
 mod redrive;
 mod render;
 
@@ -205,6 +205,52 @@ fn select<'a>(context: &Context, letters: &'a [Letter], ledger: &Ledger, mut dec
 }
 
 const VISIBLE: [Status; 3] = [Status::Pending, Status::Redriven, Status::Superseded];
+
+/// One dead letter of a key, as `sluice inspect` shows it.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyLetter {
+    /// `<partition>:<offset>` on the dead-letter topic.
+    pub id: String,
+    pub class: String,
+    /// The reason the sink gave (never personal data).
+    pub message: String,
+    /// `pending`, `redriven` or `superseded` (purged ones are left out, as `show` does).
+    pub status: &'static str,
+    pub attempts: u64,
+    /// The change it carries: its offset on the change topic's partition.
+    pub original_offset: Option<i64>,
+    pub failed_at_ms: Option<i64>,
+}
+
+/// The dead letters of `destination` that carry a change of `key` (a JSON object of key
+/// columns, as `--key` takes it) from the change topic `change_topic`, read and selected
+/// exactly as `sluice dlq show --key` does.
+pub(crate) async fn letters_of_key(config: &Config, destination: &str, change_topic: &str, key: &str) -> Result<Vec<KeyLetter>, Failure> {
+    let filter = Filter::parse(&FilterArgs { key: Some(key.to_string()), ..FilterArgs::default() }).map_err(Failure::Config)?;
+    let topics = scope::destination_topics(config, destination, None)?;
+    let context = Context { config: config.clone(), destination: destination.to_string(), topics, filter, json: true };
+    let mut book = book(&context, true).await?;
+    let selected = select(&context, &book.letters, &book.ledger, book.decoders.as_mut(), &VISIBLE);
+    Ok(selected
+        .into_iter()
+        .filter_map(|s| {
+            let original = s.letter.original().ok();
+            // A destination with several models: keep the letters of this model's topic.
+            if original.as_ref().is_some_and(|o| o.topic != change_topic) {
+                return None;
+            }
+            Some(KeyLetter {
+                id: s.letter.id.to_string(),
+                class: s.letter.class().to_string(),
+                message: s.letter.message().to_string(),
+                status: s.status.label(),
+                attempts: s.letter.attempts(),
+                original_offset: original.map(|o| o.offset),
+                failed_at_ms: s.letter.failed_at_ms(),
+            })
+        })
+        .collect())
+}
 
 async fn list(context: &Context) -> Result<String, Failure> {
     let mut book = book(context, false).await?;

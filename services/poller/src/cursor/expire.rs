@@ -75,7 +75,7 @@ pub(super) async fn sweep<W>(ctx: &mut ModelContext<'_, W>) -> Result<(), ModelE
     let span = tracing::info_span!("poller.expire", model = %name, run_id = %run_id);
     async {
         let started = Instant::now();
-        let plan = DiffPlan { rows: tracked, tracked, inserts: Vec::new(), updates: Vec::new(), deletes: due };
+        let plan = DiffPlan { rows: tracked, tracked, inserts: Vec::new(), updates: Vec::new(), unchanged: Vec::new(), deletes: due };
         let deletes = emit(ctx, plan, &run_id).await?;
         metrics::counter!("sluice_poller_expired_total", "model" => name.to_string()).increment(deletes);
         metrics::histogram!("sluice_poller_run_seconds", "model" => name.to_string(), "mode" => "expire").record(started.elapsed().as_secs_f64());

@@ -111,7 +111,7 @@ impl Reconciler {
             let counts = found.counts();
             self.confirmation.check_volume(name, &ctx.model.gates, counts, false, "reconciliation")?;
             let plan =
-                DiffPlan { rows: found.rows, tracked: found.tracked, inserts: Vec::new(), updates: Vec::new(), deletes: found.deletes };
+                DiffPlan { rows: found.rows, tracked: found.tracked, inserts: Vec::new(), updates: Vec::new(), unchanged: Vec::new(), deletes: found.deletes };
             emit(ctx, plan, &run_id).await?;
             metrics::counter!("sluice_poller_reconcile_deletes_total", "model" => name.to_string()).increment(counts.deletes);
             metrics::histogram!("sluice_poller_run_seconds", "model" => name.to_string(), "mode" => "reconcile")
