@@ -19,11 +19,11 @@ use crate::{canonical, fingerprint_bytes, CodecError, HEADER_LEN};
 pub struct RunRecord {
     /// `poller` or `sink`.
     pub service: String,
-    /// The poller's run id, or the sink's batch id.
+    /// A fresh id of the run or batch (the sink's is its outcomes' `batch_id`).
     pub id: String,
     pub started_ms: i64,
     pub finished_ms: i64,
-    /// `ok`, `refused` or `failed`.
+    /// `ok`, `failed`, or (poller) `refused`.
     pub outcome: String,
     /// What went wrong, without personal data.
     pub error: Option<String>,
@@ -37,7 +37,8 @@ pub struct PollerRun {
     pub model: String,
     pub mode: String,
     pub warehouse: String,
-    pub rows_read: i64,
+    /// The `sluice.run.id` of each transaction the run committed, in order.
+    pub run_ids: Vec<String>,
     pub reads: i64,
     pub creates: i64,
     pub updates: i64,
@@ -51,11 +52,10 @@ pub struct SinkBatch {
     pub destination: String,
     pub kind: String,
     pub run_ids: Vec<String>,
+    /// Records sent to the destination.
+    pub records: i64,
     pub applied: i64,
     pub refused: i64,
-    pub dead_lettered: i64,
-    pub skipped: i64,
-    pub superseded: i64,
     pub oldest_record_ms: i64,
 }
 
@@ -163,7 +163,7 @@ mod tests {
                 model: "customers".into(),
                 mode: "cursor".into(),
                 warehouse: "warehouse".into(),
-                rows_read: 10,
+                run_ids: vec!["r1".into(), "r2".into()],
                 reads: 7,
                 creates: 1,
                 updates: 1,
@@ -188,11 +188,9 @@ mod tests {
                 destination: "crm".into(),
                 kind: "webhook".into(),
                 run_ids: vec!["a".into(), "b".into()],
+                records: 5,
                 applied: 3,
                 refused: 2,
-                dead_lettered: 0,
-                skipped: 1,
-                superseded: 1,
                 oldest_record_ms: 5,
             }),
             ..poller

@@ -7,8 +7,9 @@
 //!   `message.timeout.ms` = 5 minutes, so a broker restart is ridden out) happens on librdkafka's
 //!   threads. A full queue (100 000 records) drops the record rather than wait.
 //! - **A loss is seen.** Every record that is dropped or whose delivery finally fails is counted
-//!   in `sluice_audit_records_lost_total{producer,stage}` and logged (at most once every ten
-//!   seconds per producer, with how many were lost meanwhile): never silently.
+//!   in `sluice_poller_audit_records_lost_total{stage}` or `sluice_sink_audit_records_lost_total{stage}`
+//!   (by the [`Service`] producing) and logged (at most once every ten seconds per producer, with
+//!   how many were lost meanwhile): never silently.
 //! - **Order per key**: one partition per key, and idempotence keeps retries in order.
 //! - [`BackgroundProducer::flush`] waits (bounded) for what is queued, for a graceful stop.
 
@@ -28,10 +29,28 @@ use crate::{client_config, KafkaError};
 /// How often a producer logs its losses at most.
 const LOG_EVERY_MS: i64 = 10_000;
 
+/// Which service produces, so its losses are counted in its own metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// `sluice-poller` (run records).
+    Poller,
+    /// `sluice-sink` (batch run records, outcomes).
+    Sink,
+}
+
+impl Service {
+    fn label(self) -> &'static str {
+        match self {
+            Service::Poller => "poller",
+            Service::Sink => "sink",
+        }
+    }
+}
+
 /// Counts and logs what a background producer loses; forwards connection problems.
 struct LossContext {
     connection: ConnectionContext,
-    label: &'static str,
+    service: Service,
     /// Losses since the last log line, and when that was (ms since the epoch).
     unlogged: AtomicU64,
     logged_at_ms: AtomicI64,
@@ -40,13 +59,16 @@ struct LossContext {
 impl LossContext {
     /// One lost record: counted, and logged unless a line went out in the last ten seconds.
     fn lost(&self, stage: &'static str, topic: &str, error: &rdkafka::error::KafkaError) {
-        metrics::counter!("sluice_audit_records_lost_total", "producer" => self.label, "stage" => stage).increment(1);
+        match self.service {
+            Service::Poller => metrics::counter!("sluice_poller_audit_records_lost_total", "stage" => stage).increment(1),
+            Service::Sink => metrics::counter!("sluice_sink_audit_records_lost_total", "stage" => stage).increment(1),
+        }
         let unlogged = self.unlogged.fetch_add(1, Ordering::Relaxed) + 1;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         let last = self.logged_at_ms.load(Ordering::Relaxed);
         if now - last >= LOG_EVERY_MS && self.logged_at_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
             self.unlogged.store(0, Ordering::Relaxed);
-            tracing::warn!(producer = self.label, stage, %topic, %error, lost = unlogged, "audit records lost; the work they describe is not affected");
+            tracing::warn!(producer = self.service.label(), stage, %topic, %error, lost = unlogged, "audit records lost; the work they describe is not affected");
         }
     }
 }
@@ -78,9 +100,9 @@ pub struct BackgroundProducer {
 }
 
 impl BackgroundProducer {
-    /// A producer whose losses are labelled `label` (`producer` label of the loss counter).
-    pub fn new(kafka: &KafkaConfig, label: &'static str) -> Result<BackgroundProducer, KafkaError> {
-        let context = LossContext { connection: ConnectionContext::default(), label, unlogged: AtomicU64::new(0), logged_at_ms: AtomicI64::new(0) };
+    /// A producer of `service`, whose losses its loss counter counts.
+    pub fn new(kafka: &KafkaConfig, service: Service) -> Result<BackgroundProducer, KafkaError> {
+        let context = LossContext { connection: ConnectionContext::default(), service, unlogged: AtomicU64::new(0), logged_at_ms: AtomicI64::new(0) };
         let producer = client_config(kafka)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -111,7 +133,7 @@ impl BackgroundProducer {
         let producer = Arc::clone(&self.producer);
         let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await.expect("flush does not panic");
         if let Err(error) = flushed {
-            tracing::warn!(producer = self.producer.context().label, %error, in_flight = self.in_flight(), "audit records still queued at shutdown are lost");
+            tracing::warn!(producer = self.producer.context().service.label(), %error, in_flight = self.in_flight(), "audit records still queued at shutdown are lost");
         }
     }
 }

@@ -52,7 +52,8 @@ pub enum KafkaError {
 }
 
 impl KafkaError {
-    pub(crate) fn classify(operation: &'static str, source: rdkafka::error::KafkaError) -> KafkaError {
+    /// Classify an rdkafka error of `operation` (retryable, fatal, connection).
+    pub fn classify(operation: &'static str, source: rdkafka::error::KafkaError) -> KafkaError {
         use rdkafka::error::RDKafkaErrorCode as Code;
         let fatal = match &source {
             // Abortable transaction errors are retried by aborting and redoing the batch.
