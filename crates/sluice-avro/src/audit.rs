@@ -59,23 +59,8 @@ pub struct SinkBatch {
     pub oldest_record_ms: i64,
 }
 
-/// What a sink did with one record (for the warehouse writeback).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SyncOutcome {
-    pub destination: String,
-    pub record_id: String,
-    pub model: String,
-    /// The primary key as a JSON object.
-    pub record_key: Option<String>,
-    pub op: Option<String>,
-    pub action: Option<String>,
-    pub status: String,
-    pub error_class: Option<String>,
-    pub vendor_status: Option<i32>,
-    pub run_id: Option<String>,
-    pub batch_id: String,
-    pub at_ms: i64,
-}
+/// What a sink did with one record (for the warehouse writeback): the core type, encoded here.
+pub use sluice_core::SyncOutcome;
 
 /// A fixed schema: parsed once, with its single-object header.
 struct Fixed {

@@ -28,24 +28,7 @@ use crate::sql::{ident, Dialect, Statement};
 use crate::{value_text, WarehouseError};
 
 /// One row of the sync log: what a sink did with one record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SyncLogRow {
-    pub destination: String,
-    /// `topic/partition/offset` of the change record.
-    pub record_id: String,
-    pub model: String,
-    /// The record's primary key, as a JSON object.
-    pub record_key: Option<String>,
-    pub op: Option<String>,
-    pub action: Option<String>,
-    pub status: String,
-    pub error_class: Option<String>,
-    pub vendor_status: Option<i32>,
-    pub run_id: Option<String>,
-    pub batch_id: String,
-    /// When the sink finished the record, ms since the epoch.
-    pub at_ms: i64,
-}
+pub use sluice_core::SyncOutcome as SyncLogRow;
 
 /// The sync-log table's name, `name` or `schema.name`, quoted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,23 +171,8 @@ pub(crate) async fn write_sync_log(session: &mut impl Session, dialect: &Dialect
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sql::RowComparison;
+    use crate::sql::pg_like;
 
-    fn pg_like() -> Dialect {
-        Dialect {
-            text_type: "text",
-            text_param: |n| format!("${n}::text"),
-            cast_type: |ty| match ty {
-                ColumnType::Int => "integer".into(),
-                ColumnType::TimestampMicros { .. } => "timestamptz".into(),
-                _ => "text".into(),
-            },
-            reads_text: |_| false,
-            row_values: true,
-            row_comparison: RowComparison::Md5RowText,
-            changes_primary_key: true,
-        }
-    }
 
     fn row(record: &str, status: &str) -> SyncLogRow {
         SyncLogRow {

@@ -136,7 +136,7 @@ mod tests {
             assert!(period >= std::time::Duration::from_micros(1), "{period:?}");
         }
         let far = std::time::Instant::now();
-        assert!(WRITEBACK_BATCH_MAX_RECORDS.max * 12.0 <= 65_535.0, "one statement's parameters");
+        const { assert!(WRITEBACK_BATCH_MAX_RECORDS.max * 12.0 <= 65_535.0, "one statement's parameters") };
         for ms in [BATCH_LINGER_MS.max, WRITEBACK_BATCH_LINGER_MS.max, MAX_BACKOFF_MS.max, POLL_INTERVAL_MS.max, RECONCILE_INTERVAL_MS.max, TIMEOUT_MS.max, VENDOR_WAIT_MS.max] {
             let _ = far + std::time::Duration::from_millis(ms as u64);
         }
