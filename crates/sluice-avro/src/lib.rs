@@ -1,4 +1,4 @@
-//! Avro encoding of change events and poller state.
+//! Avro encoding of change events, poller state and the audit records ([`audit`]).
 //!
 //! Wire format: every key and value is an Avro *single-object encoding* (the Avro spec's own
 //! framing: `C3 01`, the 8-byte CRC-64-AVRO fingerprint of the writer schema, then the datum).
@@ -17,6 +17,7 @@
 //! 80–90% of encode time, see apache/avro-rs issues 310 and 371). Decoding uses
 //! `GenericSingleObjectReader`, which resolves its schema once.
 
+pub mod audit;
 pub mod canonical;
 mod model_schema;
 mod poller_state;

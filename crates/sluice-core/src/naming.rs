@@ -64,6 +64,24 @@ pub fn poller_transactional_id(prefix: &str, model: &str) -> String {
     format!("{prefix}.poller.{model}")
 }
 
+/// Append-only topic of run records (`schemas/audit/run_record.avsc`): one per poller run and
+/// one per sink batch, for operators and auditors (`docs/audit.md`).
+pub fn runs_topic(prefix: &str) -> String {
+    format!("{prefix}.runs")
+}
+
+/// Append-only topic of one destination's row-level outcomes (`schemas/audit/sync_outcome.avsc`),
+/// written by its sink when the destination has `writeback = true` and read by the writeback,
+/// which copies them into the warehouse: `<prefix>.outcomes.<destination>`.
+pub fn outcomes_topic(prefix: &str, destination: &str) -> String {
+    format!("{prefix}.outcomes.{destination}")
+}
+
+/// Consumer group of the warehouse writeback (one for every destination's outcomes).
+pub fn writeback_group(prefix: &str) -> String {
+    format!("{prefix}.writeback")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,9 @@ use crate::{client_config, KafkaError};
 /// large backfill does not stay on disk forever. Raise it per topic with `kafka-configs.sh`.
 pub const SIDE_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
 
+/// One day in milliseconds, for the audit logs' retentions.
+const DAY_MS: i64 = 86_400_000;
+
 /// What a topic is for, which decides its settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopicRole {
@@ -50,9 +53,18 @@ pub enum TopicRole {
     /// A destination's side topic (backfill, redrive): not compacted (two side records of one
     /// key are two requests), kept [`SIDE_RETENTION_MS`].
     Side,
+    /// Audit logs (`<prefix>.runs`, `<prefix>.outcomes.<destination>`): append-only (two records
+    /// of one key are two events), kept `retention_ms`.
+    Log { retention_ms: i64 },
 }
 
 impl TopicRole {
+    /// `<prefix>.runs`: run records, kept 30 days.
+    pub const RUNS: TopicRole = TopicRole::Log { retention_ms: 30 * DAY_MS };
+    /// `<prefix>.outcomes.<destination>`: row-level outcomes, kept 7 days (the writeback must
+    /// catch up within that; its lag alert fires long before).
+    pub const OUTCOMES: TopicRole = TopicRole::Log { retention_ms: 7 * DAY_MS };
+
     /// The settings a topic of this role is created with.
     pub fn settings(self, kafka: &KafkaConfig) -> Vec<(&'static str, String)> {
         match self {
@@ -68,6 +80,7 @@ impl TopicRole {
             ],
             TopicRole::DeadLetter => vec![("cleanup.policy", "delete".to_string()), ("retention.ms", "-1".to_string())],
             TopicRole::Side => vec![("cleanup.policy", "delete".to_string()), ("retention.ms", SIDE_RETENTION_MS.to_string())],
+            TopicRole::Log { retention_ms } => vec![("cleanup.policy", "delete".to_string()), ("retention.ms", retention_ms.to_string())],
         }
     }
 
@@ -79,7 +92,7 @@ impl TopicRole {
                 ("min.compaction.lag.ms", kafka.min_compaction_lag_ms.to_string()),
                 ("delete.retention.ms", kafka.delete_retention_ms.to_string()),
             ],
-            TopicRole::Compacted | TopicRole::DeadLetter | TopicRole::Side => Vec::new(),
+            TopicRole::Compacted | TopicRole::DeadLetter | TopicRole::Side | TopicRole::Log { .. } => Vec::new(),
         }
     }
 }

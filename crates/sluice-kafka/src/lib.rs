@@ -8,6 +8,7 @@
 //!   producer with the same transactional id fences the first.
 //! - [`dead_letter::DeadLetterWriter::write`] returns only after the broker acknowledged the
 //!   record with `acks=all` (idempotent producer), so callers can move offsets past it.
+//! - [`background::BackgroundProducer::send`] never waits; what it loses is counted and logged.
 //! - [`compacted::read_to_end`] returns every committed record of a topic up to the high
 //!   watermarks observed when it started; [`compacted::scan`] visits every committed record of
 //!   ranges of its partitions, in offset order.
@@ -20,6 +21,7 @@
 //!   ([`connection::retry_until_connected`]).
 
 pub mod admin;
+pub mod background;
 pub mod compacted;
 pub mod connection;
 pub mod dead_letter;
@@ -50,7 +52,8 @@ pub enum KafkaError {
 }
 
 impl KafkaError {
-    pub(crate) fn classify(operation: &'static str, source: rdkafka::error::KafkaError) -> KafkaError {
+    /// Classify an rdkafka error of `operation` (retryable, fatal, connection).
+    pub fn classify(operation: &'static str, source: rdkafka::error::KafkaError) -> KafkaError {
         use rdkafka::error::RDKafkaErrorCode as Code;
         let fatal = match &source {
             // Abortable transaction errors are retried by aborting and redoing the batch.

@@ -12,6 +12,7 @@
 //! the `diff` modes.
 
 pub mod sql;
+pub mod writeback;
 
 mod backends;
 mod notifications;
@@ -22,6 +23,7 @@ use std::future::Future;
 // The backends (`postgres`, `duckdb`) and `AnyWarehouse`, listed in one place.
 pub use backends::*;
 pub use notifications::{ChangeNotifications, Notifications};
+pub use writeback::{SyncLog, SyncLogRow, SyncLogTable};
 
 use sluice_core::config::ModelConfig;
 use sluice_core::{ColumnType, Row, RowSchema, Value};

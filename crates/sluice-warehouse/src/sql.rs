@@ -395,26 +395,30 @@ pub fn table_exists(schema: &str, name: &str) -> String {
     )
 }
 
+/// A PostgreSQL-like dialect for unit tests of statements built from a [`Dialect`].
+#[cfg(test)]
+pub(crate) fn pg_like() -> Dialect {
+    Dialect {
+        text_type: "text",
+        text_param: |n| format!("${n}::text"),
+        cast_type: |ty| match ty {
+            ColumnType::Int => "integer".into(),
+            ColumnType::Long => "bigint".into(),
+            ColumnType::TimestampMicros { .. } => "timestamptz".into(),
+            _ => "text".into(),
+        },
+        reads_text: |ty| matches!(ty, ColumnType::Decimal { .. } | ColumnType::DecimalText),
+        row_values: true,
+        row_comparison: RowComparison::Md5RowText,
+        changes_primary_key: true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use sluice_core::Value;
 
-    fn pg_like() -> Dialect {
-        Dialect {
-            text_type: "text",
-            text_param: |n| format!("${n}::text"),
-            cast_type: |ty| match ty {
-                ColumnType::Long => "bigint".into(),
-                ColumnType::TimestampMicros { .. } => "timestamptz".into(),
-                _ => "text".into(),
-            },
-            reads_text: |ty| matches!(ty, ColumnType::Decimal { .. } | ColumnType::DecimalText),
-            row_values: true,
-            row_comparison: RowComparison::Md5RowText,
-            changes_primary_key: true,
-        }
-    }
 
     fn duck_like() -> Dialect {
         Dialect { text_type: "VARCHAR", text_param: |n| format!("${n}"), row_values: false, row_comparison: RowComparison::Columns, changes_primary_key: false, ..pg_like() }

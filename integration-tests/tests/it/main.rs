@@ -7,6 +7,7 @@
 //! (`ops/kafka-secure.sh`); a missing service fails the test with the command that starts it.
 //! Filter by area as usual: `cargo test -p sluice-integration-tests --test it poller::cursor`.
 
+mod audit;
 mod destinations;
 mod identifier_change;
 mod no_leak;

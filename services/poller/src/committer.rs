@@ -21,14 +21,17 @@
 //! instances is what makes the state read back final), the "schemas already published" flag
 //! and the tracked keys, so no caller threads any of them through its calls.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use sluice_avro::{encode_state, ModelCodec, PollerState, PublishedSchema};
 use sluice_core::config::Config;
-use sluice_core::naming;
+use sluice_core::{naming, Op};
+use rdkafka::message::Headers as _;
 use sluice_kafka::headers;
 use sluice_kafka::producer::{OutRecord, TransactionalProducer};
 
+use crate::audit::ModelRun;
 use crate::clock::now_ms;
 use crate::error::ModelError;
 use crate::tracked::{pack_loc, Committed, Keys};
@@ -49,6 +52,8 @@ pub struct Committer {
     change_topic: String,
     /// The change topic's keys, when a mode keeps them ([`Committer::track`]).
     keys: Option<Keys>,
+    /// The model's run record, told of every committed transaction ([`crate::audit`]).
+    run: Option<Arc<ModelRun>>,
 }
 
 impl Committer {
@@ -66,7 +71,18 @@ impl Committer {
             state,
             change_topic: naming::change_topic(prefix, codec.model()),
             keys: None,
+            run: None,
         }
+    }
+
+    /// Tell `run` of every transaction committed from now on.
+    pub fn record_runs(&mut self, run: Arc<ModelRun>) {
+        self.run = Some(run);
+    }
+
+    /// The model's run record, when kept.
+    pub fn run(&self) -> Option<&ModelRun> {
+        self.run.as_deref()
     }
 
     /// Keep `keys` (the change topic's committed state, just rebuilt from it) current from now
@@ -121,6 +137,7 @@ impl Committer {
                 .filter_map(|(i, record)| Some((i, Committed::read(record.key.as_deref()?, record.payload.is_some(), Some(&record.headers)))))
                 .collect(),
         };
+        let events = self.run.as_ref().map(|_| events_by_op(&records, &self.change_topic));
         let started = Instant::now();
         let locations = self.producer.send_transaction(records).await?;
         self.schemas_published = true;
@@ -132,6 +149,9 @@ impl Committer {
             metrics::gauge!("sluice_poller_tracked_rows", "model" => self.model.clone()).set(keys.len() as f64);
         }
         let name = new_state.model.as_str();
+        if let (Some(run), Some(events)) = (&self.run, events) {
+            run.committed(&new_state.run_id, &events);
+        }
         metrics::histogram!("sluice_poller_transaction_seconds", "model" => name.to_string()).record(started.elapsed().as_secs_f64());
         metrics::gauge!("sluice_poller_last_commit_timestamp_seconds", "model" => name.to_string())
             .set(new_state.committed_at_ms as f64 / 1000.0);
@@ -159,4 +179,16 @@ impl Committer {
         };
         self.commit(records, next).await
     }
+}
+
+/// The change events among `records` (values, not tombstones) by their `sluice.op` header.
+fn events_by_op(records: &[OutRecord], change_topic: &str) -> Vec<(Op, u64)> {
+    let mut counts = [(Op::Read, 0), (Op::Create, 0), (Op::Update, 0), (Op::Delete, 0)];
+    for record in records.iter().filter(|r| r.topic == change_topic && r.payload.is_some()) {
+        let op = record.headers.iter().find(|h| h.key == headers::OP).and_then(|h| h.value);
+        if let Some((_, n)) = counts.iter_mut().find(|(op_, _)| Some(op_.code().as_bytes()) == op) {
+            *n += 1;
+        }
+    }
+    counts.to_vec()
 }

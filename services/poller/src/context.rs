@@ -13,6 +13,9 @@ use sluice_core::naming;
 use sluice_kafka::producer::TransactionalProducer;
 use sluice_warehouse::Warehouse;
 
+use std::sync::Arc;
+
+use crate::audit::{ModelRun, RunEnd};
 use crate::committer::Committer;
 use crate::error::ModelError;
 use crate::expiry::Expiry;
@@ -40,6 +43,8 @@ pub struct ModelOptions {
     pub confirm_large_change: bool,
     /// When runs start (interval or cron, plus wake-ups).
     pub schedule: Schedule,
+    /// Where the model's run records go (`None`: nowhere, e.g. in tools).
+    pub run: Option<Arc<ModelRun>>,
 }
 
 impl<'a, W: Warehouse> ModelContext<'a, W> {
@@ -94,6 +99,14 @@ impl<'a, W> ModelContext<'a, W> {
     pub fn position(&self) -> Result<Position, PositionError> {
         let state = self.state();
         Position::parse(self.name(), &self.model.detection, state.snapshot_done, state.position.as_deref())
+    }
+
+    /// A run finished without error: the freshness clock moves, the run's record is queued.
+    pub fn run_succeeded(&self) {
+        crate::telemetry::run_succeeded(self.name());
+        if let Some(run) = self.committer.run() {
+            run.ended(RunEnd::Ok, None);
+        }
     }
 
     /// The model's change topic.

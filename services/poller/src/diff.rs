@@ -165,7 +165,7 @@ pub async fn poll<W: Warehouse>(ctx: &mut ModelContext<'_, W>, options: &ModelOp
         }
         .instrument(span)
         .await?;
-        crate::telemetry::run_succeeded(name);
+        ctx.run_succeeded();
         if !options.schedule.wait(shutdown).await {
             return Ok(());
         }

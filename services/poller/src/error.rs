@@ -50,6 +50,29 @@ impl ModelError {
             ModelError::Codec(_) | ModelError::Position(_) | ModelError::Gate(_) | ModelError::Contract(_) => false,
         }
     }
+
+    /// What went wrong, for a run record (`crate::audit`): the kind of failure, with a gate's
+    /// counts or a contract's column differences, never a row value (a gate's sample keys and a
+    /// warehouse's message may quote one).
+    pub fn summary(&self) -> String {
+        match self {
+            ModelError::Warehouse(WarehouseError::Unavailable(_)) => "warehouse unavailable".into(),
+            ModelError::Warehouse(_) => "the warehouse refused the model (see the poller's log)".into(),
+            ModelError::Kafka(KafkaError::Fatal { operation, .. }) => format!("kafka {operation} failed (fatal)"),
+            ModelError::Kafka(KafkaError::Retryable { operation, .. }) => format!("kafka {operation} failed (retryable)"),
+            ModelError::Kafka(KafkaError::Connection { operation, .. }) => format!("kafka {operation}: cannot connect"),
+            ModelError::Codec(_) => "a row cannot be encoded as Avro (see the poller's log)".into(),
+            ModelError::State(_) => "stored poller state unreadable".into(),
+            ModelError::Position(_) => "stored position unusable".into(),
+            ModelError::Gate(gate) => gate.summary(),
+            ModelError::Contract(contract) => format!("schema contract drift: {}", contract.differences.join("; ")),
+        }
+    }
+
+    /// Whether a gate or the schema contract refused the run (nothing of it was emitted).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, ModelError::Gate(_) | ModelError::Contract(_))
+    }
 }
 
 /// Why a model does not match its schema contract (see `contract`).

@@ -35,6 +35,22 @@ pub enum GateError {
 }
 
 impl GateError {
+    /// The refusal without its sample keys (which may be personal values): the gate and its
+    /// counts, for a run record.
+    pub fn summary(&self) -> String {
+        match self {
+            GateError::NullKey { count, columns, .. } => format!("gate null_key: {count} row(s) with NULL in {columns}"),
+            GateError::DuplicateKey { count, .. } => format!("gate duplicate_key: {count} duplicate primary key(s)"),
+            GateError::TooFewRows { rows, min, .. } => format!("gate min_rows: {rows} rows, fewer than {min}"),
+            GateError::TooManyRows { rows, max, .. } => format!("gate max_rows: {rows} rows, more than {max}"),
+            GateError::ChangeVolume { changes, tracked, pct, max_pct, .. } => {
+                format!("gate max_change_pct: {changes} changes, {pct:.1}% of {tracked} tracked rows, above {max_pct}")
+            }
+        }
+    }
+}
+
+impl GateError {
     /// Short name of the gate, the `gate` label of the refusal metric.
     pub fn gate(&self) -> &'static str {
         match self {

@@ -44,6 +44,7 @@
 //! | | [`expiry`] | when a row of a model with `expire` stops being live, and its header |
 //! | | [`position`] | what a stored position means: parsed in one place, written by its forms |
 //! | | [`gates`] | the data-quality checks (pure), their error, the operator's confirmation |
+//! | | [`audit`] | run records on `<prefix>.runs`, fire-and-forget |
 //! | | `telemetry` | sync-health events: freshness, run outcomes, schedule, volatility (uses `gates`' counts) |
 //! | I/O | `emit` | change records of every mode (`ChangeWriter`), event counters |
 //! | | `committer` | [`Committer`]: the producer, the published-schemas flag, the committed state, the tracked keys kept current |
@@ -60,7 +61,9 @@
 //! | top | `model_loop` | one model's loop: open, dispatch on the position, retry with backoff |
 //! | | [`plan`] | `sluice plan` |
 //! | | [`resync`] | `sluice resync`: a fresh snapshot of one model through the committer |
+//! | | `writeback` | the warehouse writeback: outcomes topics into the sync-log table |
 
+pub mod audit;
 mod changes;
 mod clock;
 mod committer;
@@ -83,6 +86,7 @@ mod telemetry;
 pub mod tracked;
 pub mod triggers;
 pub mod warehouse_diff;
+mod writeback;
 
 use std::sync::Arc;
 
@@ -140,6 +144,7 @@ pub async fn run_with(
     {
         return Ok(());
     }
+    let run_log = Arc::new(audit::RunLog::new(&config).context("creating the run-record producer")?);
 
     let wakers = Arc::new(triggers::Wakers::new(&models));
     let mut schedules = std::collections::HashMap::new();
@@ -155,6 +160,8 @@ pub async fn run_with(
 
     let warehouse = Arc::new(AnyWarehouse::connect(&config.warehouse).await.context("connecting to the warehouse")?);
     triggers::spawn_notify_listener(&config, &models, &warehouse, Arc::clone(&wakers), shutdown.clone());
+    let writeback = writeback::Writeback::new(&config, Arc::clone(&warehouse)).context("starting the warehouse writeback")?;
+    let writeback = writeback.map(|w| tokio::spawn(w.run(shutdown.clone())));
     health.set_ready();
     tracing::info!(models = ?models, warehouse = warehouse.kind(), "poller started");
 
@@ -164,12 +171,37 @@ pub async fn run_with(
         let options = ModelOptions {
             confirm_large_change: options.confirm_large_change.contains(&model),
             schedule: schedules.remove(&model).expect("one schedule per model"),
+            run: Some(Arc::new(audit::ModelRun::new(Arc::clone(&run_log), config.model(&model).expect("model names come from the config")))),
         };
         tasks.spawn(async move {
             let result = model_loop::run_model(&config, warehouse.as_ref(), &model, options, shutdown).await;
             (model, result)
         });
     }
+    let failed = join_models(tasks, &health).await?;
+    if let Some(writeback) = writeback {
+        // On shutdown it stops by itself (a batch not written is read again next start).
+        if !shutdown.is_cancelled() {
+            writeback.abort();
+        }
+        if let Err(error) = writeback.await {
+            if error.is_panic() {
+                tracing::error!(%error, "the warehouse writeback panicked");
+            }
+        }
+    }
+    run_log.flush().await;
+    if failed.is_empty() {
+        tracing::info!("poller stopped");
+        Ok(())
+    } else {
+        anyhow::bail!("models stopped on errors: {}", failed.join("; "))
+    }
+}
+
+/// Wait for every model's task; the models that stopped on an error (`model: error`), each
+/// logged and named in `/readyz`.
+async fn join_models(mut tasks: tokio::task::JoinSet<(String, Result<(), ModelError>)>, health: &Health) -> anyhow::Result<Vec<String>> {
     let mut failed = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         let (model, result) = joined.context("model task panicked")?;
@@ -179,10 +211,5 @@ pub async fn run_with(
             failed.push(format!("{model}: {error}"));
         }
     }
-    if failed.is_empty() {
-        tracing::info!("poller stopped");
-        Ok(())
-    } else {
-        anyhow::bail!("models stopped on errors: {}", failed.join("; "))
-    }
+    Ok(failed)
 }

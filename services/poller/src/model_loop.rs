@@ -14,6 +14,7 @@ use sluice_core::config::{Config, ModelConfig};
 use sluice_warehouse::{SnapshotStore, Warehouse};
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::RunEnd;
 use crate::context::{ModelContext, ModelOptions};
 use crate::error::ModelError;
 use crate::position::Position;
@@ -42,6 +43,7 @@ pub async fn run_model<W: Warehouse + SnapshotStore>(
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                 metrics::counter!("sluice_poller_errors_total", "model" => name.to_string(), "class" => "retryable").increment(1);
                 telemetry::run_failed(name, Outcome::RetryableError);
+                run_ended(&options, &error);
                 tracing::warn!(model = %name, error = %error, delay_ms = delay.as_millis() as u64, "poll failed, retrying from the committed position");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -54,6 +56,7 @@ pub async fn run_model<W: Warehouse + SnapshotStore>(
                 }
                 metrics::counter!("sluice_poller_errors_total", "model" => name.to_string(), "class" => "fatal").increment(1);
                 telemetry::run_failed(name, Outcome::FatalError);
+                run_ended(&options, &error);
                 return Err(error);
             }
         }
@@ -73,6 +76,10 @@ async fn poll_model<W: Warehouse + SnapshotStore>(
 ) -> Result<(), ModelError> {
     let name = model.name.get_ref().as_str();
     let mut ctx = ModelContext::open(config, warehouse, model).await?;
+    if let Some(run) = &options.run {
+        run.opened();
+        ctx.committer.record_runs(std::sync::Arc::clone(run));
+    }
     telemetry::model_opened(name, ctx.state().committed_at_ms);
     let state = ctx.state();
     tracing::info!(model = %name, mode = model.detection.mode(), position = state.position.as_deref().unwrap_or("start"), snapshot_done = state.snapshot_done, "model state recovered");
@@ -84,7 +91,7 @@ async fn poll_model<W: Warehouse + SnapshotStore>(
             if !ctx.state().snapshot_done {
                 return Ok(()); // shut down between chunks; the next start resumes
             }
-            telemetry::run_succeeded(name);
+            ctx.run_succeeded();
             // The snapshot was this run: the first comparison waits for the schedule like any run.
             if !options.schedule.wait(shutdown).await {
                 return Ok(());
@@ -93,5 +100,12 @@ async fn poll_model<W: Warehouse + SnapshotStore>(
         }
         Position::None => crate::diff::poll(&mut ctx, options, shutdown).await,
         Position::WarehouseDiff(committed) => crate::warehouse_diff::poll(&mut ctx, committed, options, shutdown).await,
+    }
+}
+
+/// The run that `error` ended: its record says how.
+fn run_ended(options: &ModelOptions, error: &ModelError) {
+    if let Some(run) = &options.run {
+        run.ended(if error.is_refusal() { RunEnd::Refused } else { RunEnd::Failed }, Some(error.summary()));
     }
 }

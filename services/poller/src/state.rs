@@ -28,6 +28,9 @@ pub(crate) fn model_topics(config: &Config, models: &[String]) -> Vec<(String, T
     let mut topics: Vec<(String, TopicRole)> = models.iter().map(|m| (naming::change_topic(prefix, m), TopicRole::Changes)).collect();
     topics.push((naming::schema_topic(prefix), TopicRole::Compacted));
     topics.push((naming::poller_state_topic(prefix), TopicRole::Compacted));
+    // The run records it writes and the outcomes its writeback reads.
+    topics.push((naming::runs_topic(prefix), TopicRole::RUNS));
+    topics.extend(config.writeback_destinations().map(|d| (naming::outcomes_topic(prefix, d.name.get_ref()), TopicRole::OUTCOMES)));
     topics
 }
 

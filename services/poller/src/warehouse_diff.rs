@@ -67,7 +67,7 @@ pub async fn poll<W: Warehouse + SnapshotStore>(
         }
         .instrument(span)
         .await?;
-        crate::telemetry::run_succeeded(name);
+        ctx.run_succeeded();
         if !options.schedule.wait(shutdown).await {
             return Ok(());
         }

@@ -38,6 +38,7 @@ use sluice_destinations::{DeliveryError, Destination, OutboundRecord, RecordFail
 use sluice_kafka::KafkaError;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::{self, Audit, Refusal};
 use crate::breaker::Breaker;
 use crate::dead_letters::{self, Attempts, Cause, DeadLetterSink, Failure};
 use crate::membership::{Pending, Presence};
@@ -60,6 +61,19 @@ pub enum SinkError {
     /// Kafka failed, including a dead-letter write that was not acknowledged.
     #[error(transparent)]
     Kafka(KafkaError),
+}
+
+impl SinkError {
+    /// What stopped the sink, for a run record: the kind and the status, never a vendor's
+    /// message (which may quote a record).
+    pub(crate) fn summary(&self) -> String {
+        match self {
+            SinkError::Config(_) => "configuration error".into(),
+            SinkError::Fatal { status, .. } => format!("destination failed fatally (status {})", status.map_or("none".to_string(), |s| s.to_string())),
+            SinkError::Breaker(_) => "dead-letter circuit breaker tripped".into(),
+            SinkError::Kafka(_) => "kafka failed (dead-letter write)".into(),
+        }
+    }
 }
 
 /// Why a batch was not finished.
@@ -116,6 +130,8 @@ pub(crate) struct Deliverer<D, L> {
     pub clock: Clock,
     /// Asked before every dead letter; shared by every lane of the destination.
     pub breaker: Arc<Breaker>,
+    /// Where each batch's run record and its records' outcomes go ([`crate::audit`]).
+    pub audit: Arc<Audit>,
 }
 
 /// What the answer to one request means for the records it carried.
@@ -139,16 +155,32 @@ enum Next {
 
 impl<D: Destination, L: DeadLetterSink> Deliverer<D, L> {
     /// Deliver `records` (parallel to their source `messages`); returns once each is applied
-    /// or dead-lettered (and the dead letter acknowledged).
+    /// or dead-lettered (and the dead letter acknowledged). The batch's audit records follow
+    /// ([`crate::audit`]).
     pub(crate) async fn deliver(&self, messages: &[Arc<OwnedMessage>], records: &[OutboundRecord]) -> Result<(), Stop> {
+        let started_ms = (self.clock)();
+        let result = self.apply(messages, records).await;
+        let batch = audit::Batch { messages, records, started_ms, finished_ms: (self.clock)() };
+        match &result {
+            Ok(refused) => self.audit.finished(self.target.kind(), &batch, refused),
+            Err(Stop::Failed(error)) => self.audit.failed(self.target.kind(), &batch, error.summary()),
+            Err(Stop::Interrupted) => {}
+        }
+        result.map(|_| ())
+    }
+
+    /// [`Deliverer::deliver`] without its audit: the records refused, once dead-lettered.
+    async fn apply(&self, messages: &[Arc<OwnedMessage>], records: &[OutboundRecord]) -> Result<Vec<(usize, Refusal)>, Stop> {
         let refused = self.attempt(records, (0..records.len()).collect()).await?;
         self.count("delivered", (records.len() - refused.len()) as u64);
         self.breaker.applied((records.len() - refused.len()) as u64);
         crate::telemetry::applied(&self.destination, records, refused.iter().map(|(i, _)| *i), (self.clock)());
+        let mut refusals = Vec::with_capacity(refused.len());
         for (i, failure) in refused {
-            self.dead_letter_refused(&messages[i], &failure).await.map_err(Stop::Failed)?;
+            let class = self.dead_letter_refused(&messages[i], &failure).await.map_err(Stop::Failed)?;
+            refusals.push((i, Refusal { class, status: failure.cause.status }));
         }
-        Ok(())
+        Ok(refusals)
     }
 
     /// Send the records at `indexes` until each is applied or refused for good; returns the
@@ -307,14 +339,15 @@ impl<D: Destination, L: DeadLetterSink> Deliverer<D, L> {
         }
     }
 
-    async fn dead_letter_refused(&self, message: &OwnedMessage, failure: &Failure) -> Result<(), SinkError> {
+    /// Dead-letter a refused record; the class it was dead-lettered as.
+    async fn dead_letter_refused(&self, message: &OwnedMessage, failure: &Failure) -> Result<DeadLetterClass, SinkError> {
         let failure = &Failure { class: dead_letters::refused_class(message, failure.class), ..failure.clone() };
         tracing::warn!(
             destination = %self.destination, topic = message.topic(), partition = message.partition(), offset = message.offset(),
             class = failure.class.label(), status = ?failure.cause.status, attempts = failure.attempts.made, error = %failure.cause.message,
             "record dead-lettered"
         );
-        self.dead_letter(message, failure).await
+        self.dead_letter(message, failure).await.map(|()| failure.class)
     }
 
     /// An unreadable message: dead-letter it as [`DeadLetterClass::Undecodable`].
@@ -326,7 +359,9 @@ impl<D: Destination, L: DeadLetterSink> Deliverer<D, L> {
             cause: cause(reason.to_string(), None, String::new()),
             attempts: Attempts { made: 0, first_failure_ms: now, last_failure_ms: now },
         };
-        self.dead_letter(message, &failure).await
+        self.dead_letter(message, &failure).await?;
+        self.audit.unreadable(message, now);
+        Ok(())
     }
 
     async fn dead_letter(&self, message: &OwnedMessage, failure: &Failure) -> Result<(), SinkError> {

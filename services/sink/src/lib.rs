@@ -70,6 +70,7 @@
 //!   change they carry; a process that does not receive every list partition stops
 //!   (`SinkContext::post_rebalance`).
 
+mod audit;
 mod breaker;
 #[cfg(test)]
 mod config_fuzz;
@@ -313,6 +314,8 @@ struct Sink {
     lanes: Vec<LaneSender>,
     lane_tasks: JoinSet<()>,
     max_buffered_records: usize,
+    /// The batches' audit records, flushed (bounded) at the end of the drain.
+    audit: Arc<audit::Audit>,
 }
 
 impl Sink {
@@ -357,6 +360,7 @@ impl Sink {
             %destination, kind = deliverer.target.kind(), topics = ?syncs.keys().collect::<Vec<_>>(), lanes = lane_count,
             rate_limited = deliverer.limits.is_limited(), "sink started"
         );
+        let audit = Arc::clone(&deliverer.audit);
         let lane_context = Arc::new(lanes::LaneContext {
             destination: destination.to_string(),
             syncs,
@@ -384,6 +388,7 @@ impl Sink {
             lanes,
             lane_tasks,
             max_buffered_records: dest.max_buffered_records,
+            audit,
         }))
     }
 
@@ -457,7 +462,7 @@ impl Sink {
     /// synchronously. Whatever was not finished is delivered again after the restart. A lane's
     /// fatal error wins over a clean stop.
     async fn drain(self, stopped: Result<(), SinkError>) -> Result<(), SinkError> {
-        let Sink { destination, consumer, shared, guard, lanes, mut lane_tasks, .. } = self;
+        let Sink { destination, consumer, shared, guard, lanes, mut lane_tasks, audit, .. } = self;
         // Before the lanes see their input close, so none starts a request on the way out.
         shared.stop.cancel();
         drop(lanes);
@@ -471,6 +476,7 @@ impl Sink {
             while lane_tasks.join_next().await.is_some() {}
         }
         commit(&consumer, &shared, &guard, CommitMode::Sync);
+        audit.flush().await;
         let result = match (stopped, shared.fatal.lock().expect("fatal lock").take()) {
             (Ok(()), Some(error)) => Err(error),
             (result, _) => result,
@@ -540,6 +546,10 @@ async fn ensure_sink_topics(
     topics.push((naming::dead_letter_topic(prefix, destination), TopicRole::DeadLetter, created));
     topics.push((naming::schema_topic(prefix), TopicRole::Compacted, created));
     topics.push((side.0.to_string(), TopicRole::Side, side.1));
+    topics.push((naming::runs_topic(prefix), TopicRole::RUNS, created));
+    if config.destination(destination).is_some_and(|d| d.writeback) {
+        topics.push((naming::outcomes_topic(prefix, destination), TopicRole::OUTCOMES, created));
+    }
     admin.ensure(&topics).await.map_err(SinkError::Kafka)
 }
 
@@ -570,6 +580,7 @@ fn build_deliverer(
         shutdown: lane_stop,
         clock: deliver::system_clock,
         breaker: Arc::new(breaker::Breaker::new(&dest.dead_letter_breaker)),
+        audit: Arc::new(audit::Audit::new(config, dest).map_err(SinkError::Kafka)?),
     };
     Ok((deliverer, batch_limits))
 }

@@ -151,6 +151,7 @@ pub(crate) fn deliverer(retry: RetryConfig, answers: impl IntoIterator<Item = An
         shutdown: CancellationToken::new(),
         clock: paused_clock,
         breaker: Arc::new(crate::breaker::Breaker::new(&sluice_core::config::DeadLetterBreakerConfig::default())),
+        audit: Arc::new(crate::audit::Audit::off()),
     }
 }
 

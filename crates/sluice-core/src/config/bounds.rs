@@ -102,6 +102,11 @@ pub const BREAKER_MAX_CONSECUTIVE: Bounded = range(0.0, 1_000_000_000.0, "dead_l
 pub const BREAKER_MAX_RATIO: Bounded = range(0.0, 1.0, "dead_letter_breaker = { max_ratio = 0.5 }");
 /// `dead_letter_breaker.window_records`: the window is held in memory, one bit-sized entry each.
 pub const BREAKER_WINDOW_RECORDS: Bounded = range(1.0, 10_000_000.0, "dead_letter_breaker = { window_records = 1000 }");
+/// `writeback.batch_max_records`: outcomes per warehouse transaction. Each is one row of
+/// twelve bound parameters, and PostgreSQL takes at most 65535 parameters per statement.
+pub const WRITEBACK_BATCH_MAX_RECORDS: Bounded = range(1.0, 5_000.0, "batch_max_records = 1000");
+/// `writeback.batch_linger_ms`: 0 writes at once; up to 10 minutes (added to an `Instant`).
+pub const WRITEBACK_BATCH_LINGER_MS: Bounded = range(0.0, 600_000.0, "batch_linger_ms = 1000");
 /// A destination kind's `timeout_ms`: up to 10 minutes per request.
 pub const TIMEOUT_MS: Bounded = range(1.0, 600_000.0, "timeout_ms = 10000");
 /// A destination kind's waits named by the vendor's behaviour (`ten_secondly_backoff_ms`):
@@ -131,7 +136,8 @@ mod tests {
             assert!(period >= std::time::Duration::from_micros(1), "{period:?}");
         }
         let far = std::time::Instant::now();
-        for ms in [BATCH_LINGER_MS.max, MAX_BACKOFF_MS.max, POLL_INTERVAL_MS.max, RECONCILE_INTERVAL_MS.max, TIMEOUT_MS.max, VENDOR_WAIT_MS.max] {
+        const { assert!(WRITEBACK_BATCH_MAX_RECORDS.max * 12.0 <= 65_535.0, "one statement's parameters") };
+        for ms in [BATCH_LINGER_MS.max, WRITEBACK_BATCH_LINGER_MS.max, MAX_BACKOFF_MS.max, POLL_INTERVAL_MS.max, RECONCILE_INTERVAL_MS.max, TIMEOUT_MS.max, VENDOR_WAIT_MS.max] {
             let _ = far + std::time::Duration::from_millis(ms as u64);
         }
         assert!(REPLICATION_FACTOR.max <= f64::from(i16::MAX) && PARTITIONS.max <= f64::from(i32::MAX));

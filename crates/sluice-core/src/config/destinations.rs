@@ -45,6 +45,10 @@ pub struct DestinationConfig {
     pub rate_limit: RateLimitConfig,
     /// When the sink halts rather than dead-letter more.
     pub dead_letter_breaker: DeadLetterBreakerConfig,
+    /// Write each record's outcome back to the warehouse (`sluice_sync_log`, see
+    /// `docs/audit.md`): the sink publishes row-level outcomes to `<prefix>.outcomes.<name>`
+    /// and the poller's writeback copies them into the warehouse. Off by default.
+    pub writeback: bool,
     /// The kind's table (`[destinations.<kind>]`), unparsed.
     pub kind: KindTable,
     /// Where each common key is written, so an error about one names its line.
@@ -61,7 +65,7 @@ impl DestinationConfig {
 
 /// The common keys of a `[[destinations]]` entry; any other key must be the kind's table.
 pub const COMMON_KEYS: &[&str] =
-    &["name", "batch_max_records", "batch_linger_ms", "retry", "batch_max_bytes", "max_concurrency", "max_buffered_records", "rate_limit", "dead_letter_breaker"];
+    &["name", "batch_max_records", "batch_linger_ms", "retry", "batch_max_bytes", "max_concurrency", "max_buffered_records", "rate_limit", "dead_letter_breaker", "writeback"];
 
 /// A destination kind's table as written: its name, where it is, and each top-level key and
 /// value with their places, so the kind's parser can say which line is wrong.
@@ -197,6 +201,7 @@ impl<'de> de::Visitor<'de> for EntryVisitor {
         let mut max_buffered_records = None;
         let mut rate_limit = None;
         let mut dead_letter_breaker = None;
+        let mut writeback = None;
         let mut kind: Option<KindTable> = None;
         let mut keys = Vec::new();
         while let Some(key) = map.next_key::<Spanned<String>>()? {
@@ -213,6 +218,7 @@ impl<'de> de::Visitor<'de> for EntryVisitor {
                 "max_buffered_records" => max_buffered_records = Some(map.next_value()?),
                 "rate_limit" => rate_limit = Some(map.next_value()?),
                 "dead_letter_breaker" => dead_letter_breaker = Some(map.next_value()?),
+                "writeback" => writeback = Some(map.next_value()?),
                 _ => {
                     // The seed refuses (so toml gives the error this value's line): a non-table,
                     // or a second table.
@@ -237,6 +243,7 @@ impl<'de> de::Visitor<'de> for EntryVisitor {
             max_buffered_records: max_buffered_records.unwrap_or_else(defaults::max_buffered_records),
             rate_limit: rate_limit.unwrap_or_default(),
             dead_letter_breaker: dead_letter_breaker.unwrap_or_default(),
+            writeback: writeback.unwrap_or(false),
             kind,
             keys,
         })
@@ -331,6 +338,8 @@ mod tests {
         let d = parse("name = \"d\"\nbatch_max_records = 7\n[hubspot]\naccess_token = { env = \"UNSET_IS_FINE_HERE\" }\nid_property = \"email\"\n").unwrap();
         assert_eq!((d.name.get_ref().as_str(), d.batch_max_records, d.batch_linger_ms), ("d", 7, 100));
         assert_eq!(d.kind.name(), "hubspot");
+        assert!(!d.writeback, "writeback is opt-in");
+        assert!(parse("name = \"d\"\nwriteback = true\n[webhook]\nurl = \"u\"\n").unwrap().writeback);
         assert!(d.kind.key_span("id_property").is_some() && d.kind.key_span("nope").is_none());
         #[derive(Deserialize, Debug)]
         #[serde(deny_unknown_fields)]

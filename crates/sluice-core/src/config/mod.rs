@@ -69,6 +69,9 @@ pub struct Config {
     /// Models whose rows keep people out of the syncs that name them ([`suppression`]).
     #[serde(default)]
     pub suppression_lists: Vec<SuppressionListConfig>,
+    /// How outcomes of destinations with `writeback = true` are written to the warehouse.
+    #[serde(default)]
+    pub writeback: WritebackConfig,
     /// The file and its text, so an error found after parsing still names its line.
     #[serde(skip)]
     source: Source,
@@ -272,6 +275,7 @@ pub mod secret;
 pub mod suppression;
 pub mod syncs;
 mod validate;
+pub mod writeback;
 pub use delivery::*;
 pub use destinations::*;
 pub use kafka::*;
@@ -280,6 +284,7 @@ pub use scope::*;
 pub use secret::*;
 pub use suppression::*;
 pub use syncs::*;
+pub use writeback::*;
 
 pub(crate) mod defaults {
     pub fn topic_prefix() -> String {
@@ -327,6 +332,15 @@ pub(crate) mod defaults {
     }
     pub fn yes() -> bool {
         true
+    }
+    pub fn writeback_table() -> String {
+        "sluice_sync_log".into()
+    }
+    pub fn writeback_batch_max_records() -> usize {
+        1_000
+    }
+    pub fn writeback_batch_linger_ms() -> u64 {
+        1_000
     }
 }
 
@@ -421,6 +435,11 @@ impl Config {
             })?;
         }
         Ok(())
+    }
+
+    /// The destinations whose outcomes are written back to the warehouse (`writeback = true`).
+    pub fn writeback_destinations(&self) -> impl Iterator<Item = &DestinationConfig> + '_ {
+        self.destinations.iter().filter(|d| d.writeback)
     }
 
     /// The syncs delivering into one destination.

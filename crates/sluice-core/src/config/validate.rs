@@ -40,6 +40,7 @@ impl Config {
             }
             self.validate_destination(destination)?;
         }
+        self.validate_writeback()?;
         let mut pairs = HashSet::new();
         for sync in &self.syncs {
             self.validate_sync(sync)?;
@@ -90,6 +91,27 @@ impl Config {
         if given.iter().any(|&(key, is_set)| is_set != (key == setting)) {
             let others: Vec<String> = given.iter().filter(|(key, _)| *key != setting).map(|(key, _)| format!("`{}`", key.key())).collect();
             return Err(self.whole(format!("[warehouse] kind = \"{}\" needs `{}` and no {}", kind.name(), setting.key(), others.join(" or ")), example));
+        }
+        Ok(())
+    }
+
+    /// `[writeback]`: a table name the writeback can quote, and batches within their bounds.
+    fn validate_writeback(&self) -> Result<(), ConfigError> {
+        let writeback = &self.writeback;
+        if writeback.table_parts().is_none() {
+            return Err(self.whole(
+                format!("writeback.table {:?} is not a table name", writeback.table),
+                format!("use `name` or `schema.name`, letters, digits and '_' (see {})", reference("writeback")),
+            ));
+        }
+        let numbers = [
+            ("batch_max_records", writeback.batch_max_records as f64, bounds::WRITEBACK_BATCH_MAX_RECORDS),
+            ("batch_linger_ms", writeback.batch_linger_ms as f64, bounds::WRITEBACK_BATCH_LINGER_MS),
+        ];
+        for (key, value, bound) in numbers {
+            if let Err(range) = bound.check(value) {
+                return Err(self.whole(format!("writeback.{key} = {} {range}", bounds::show(value)), format!("e.g. {} (see {})", bound.example, reference("writeback"))));
+            }
         }
         Ok(())
     }
@@ -211,6 +233,7 @@ impl Config {
             return Err(self.error_at(destination.name.span(), format!("destination name {name:?} cannot name a topic"), "use letters, digits, '_' and '-' only"));
         }
         self.topic_fits(destination.name.span(), &format!("destination {name:?}"), crate::naming::dead_letter_topic(&self.kafka.topic_prefix, name))?;
+        self.topic_fits(destination.name.span(), &format!("destination {name:?}"), crate::naming::outcomes_topic(&self.kafka.topic_prefix, name))?;
         let at = |key: &str| destination.key_span(key);
         let what = |key: &str| format!("destination {name:?}: {key}");
         let numbers = [
@@ -428,6 +451,31 @@ mod tests {
         assert!(error.message.contains("is synced to destination \"crm\" twice"), "{error}");
         let long = "x".repeat(240);
         refused("name = \"customers\"", &format!("name = \"{long}\""), "longer than Kafka's 249 characters", 10);
+    }
+
+    #[test]
+    fn writeback_settings_are_checked_and_default_when_absent() {
+        let config = with("", "").unwrap();
+        assert_eq!((config.writeback.table.as_str(), config.writeback.batch_max_records), ("sluice_sync_log", 1000));
+        assert_eq!(config.writeback_destinations().count(), 0, "opt-in");
+        let name = "name = \"crm\"";
+        assert_eq!(with(name, &format!("{name}\nwriteback = true")).unwrap().writeback_destinations().count(), 1);
+        let sync = "[[syncs]]";
+        for (section, expected) in [
+            ("[writeback]\ntable = \"a.b.c\"", "writeback.table \"a.b.c\" is not a table name"),
+            ("[writeback]\ntable = \"log; drop\"", "is not a table name"),
+            ("[writeback]\nbatch_max_records = 0", "writeback.batch_max_records = 0 is out of range"),
+            ("[writeback]\nbatch_max_records = 6000", "it must be between 1 and 5000"),
+            ("[writeback]\nbatch_linger_ms = 9223372036854775807", "writeback.batch_linger_ms"),
+        ] {
+            let error = with(sync, &format!("{section}\n\n{sync}")).expect_err(section);
+            assert!(error.message.contains(expected), "{section}: {error}");
+            assert!(error.fix.contains("docs/configuration.md#writeback"), "{error}");
+        }
+        let error = with(sync, &format!("[writeback]\ntabel = \"x\"\n\n{sync}")).expect_err("unknown key");
+        assert!(error.message.contains("unknown field `tabel`"), "{error}");
+        let config = with(sync, &format!("[writeback]\ntable = \"analytics.sync_log\"\nbatch_max_records = 5\nbatch_linger_ms = 0\n\n{sync}")).unwrap();
+        assert_eq!((config.writeback.table_parts(), config.writeback.batch_linger_ms), (Some(vec!["analytics", "sync_log"]), 0));
     }
 }
 

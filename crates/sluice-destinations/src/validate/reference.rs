@@ -17,7 +17,7 @@ use std::fmt;
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use sluice_core::config::{
     Config, ConsentRule, ConstantValue, DeadLetterBreakerConfig, Detection, Expire, Gates, IdentifierConfig, KafkaConfig, ModelConfig, RateLimitConfig, RetryConfig,
-    SecretRef, SuppressionListConfig, SyncConfig, TemplateText, TransformedColumn, WarehouseConfig, COMMON_KEYS,
+    SecretRef, SuppressionListConfig, SyncConfig, TemplateText, TransformedColumn, WarehouseConfig, WritebackConfig, COMMON_KEYS,
 };
 
 /// The field names serde knows for `T`, a struct deriving `Deserialize`.
@@ -87,6 +87,7 @@ fn accepted() -> BTreeMap<String, Vec<String>> {
     sections.insert("rate-limits".into(), owned(fields_of::<RateLimitConfig>()));
     sections.insert("dead-letter-breaker".into(), owned(fields_of::<DeadLetterBreakerConfig>()));
     sections.insert("syncs".into(), owned(fields_of::<SyncConfig>()));
+    sections.insert("writeback".into(), owned(fields_of::<WritebackConfig>()));
     sections.insert("consent".into(), owned(fields_of::<ConsentRule>()));
     sections.insert("suppression-lists".into(), owned(fields_of::<SuppressionListConfig>()));
     sections.insert("identifier".into(), owned(fields_of::<IdentifierConfig>()));

@@ -1,6 +1,6 @@
 //! The warehouses this build supports, listed in one place: a module per backend, each with the
 //! same split (`mod.rs`: connection, session, `Warehouse`; `types.rs`: type mapping, value
-//! reading, the SQL dialect; `snapshot.rs`: `SnapshotStore`), and [`AnyWarehouse`], the
+//! reading, the SQL dialect; `snapshot.rs`: `SnapshotStore`; `sync_log.rs`: `SyncLog`), and [`AnyWarehouse`], the
 //! configured one as a concrete type, so services and tools never name a backend.
 //!
 //! Guarantee: every `AnyWarehouse` method is its backend's own, passed through unchanged.
@@ -15,6 +15,7 @@ pub mod duckdb;
 pub mod postgres;
 
 use postgres::Postgres;
+use crate::writeback::{SyncLog, SyncLogRow, SyncLogTable};
 use crate::{ChangeNotifications, KeyCheck, Notifications, Page, PreparedSnapshot, SnapshotChange, SnapshotPlan, SnapshotStore, Warehouse, WarehouseError};
 
 /// One of the warehouses this build supports.
@@ -126,6 +127,12 @@ impl SnapshotStore for AnyWarehouse {
 
     async fn discard_snapshot(&self, model: &ModelConfig) -> Result<(), WarehouseError> {
         on_backend!(self, w => w.discard_snapshot(model).await)
+    }
+}
+
+impl SyncLog for AnyWarehouse {
+    async fn write_sync_log(&self, table: &SyncLogTable, rows: &[SyncLogRow]) -> Result<(), WarehouseError> {
+        on_backend!(self, w => w.write_sync_log(table, rows).await)
     }
 }
 

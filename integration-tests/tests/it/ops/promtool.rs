@@ -52,7 +52,7 @@ fn every_alert_fires_on_a_failing_series_and_stays_silent_on_a_healthy_one() {
 #[test]
 fn every_alert_has_a_severity_and_a_runbook_that_exists() {
     let alerts = alert_rules();
-    // The alerts but "writeback behind", which comes with the writeback's metrics.
+    // The alerts.
     let expected = [
         "SluiceAudienceSwing",
         "SluiceConsumerLagGrowing",
@@ -61,6 +61,7 @@ fn every_alert_has_a_severity_and_a_runbook_that_exists() {
         "SluiceModelFreshnessSlaBreached",
         "SluiceModelRunFailing",
         "SluiceRejectRateSpike",
+        "SluiceWritebackBehind",
     ];
     assert_eq!(alerts.keys().map(String::as_str).collect::<Vec<_>>(), expected, "the alerts of ops/prometheus/rules.yml");
     for (name, rule) in &alerts {

@@ -87,7 +87,7 @@ impl Between<'_> {
         // present, so an expiry is never the reconciliation's (gated) business.
         expire::sweep(ctx).await?;
         // The poll and its sweep are the run; the reconciliation is its own (gated) pass.
-        crate::telemetry::run_succeeded(ctx.name());
+        ctx.run_succeeded();
         self.reconciler.run_if_due(ctx).await?;
         Ok(self.schedule.wait(self.shutdown).await)
     }

@@ -18,7 +18,8 @@
 //! pages) are the shared ones ([`crate::sql`]); DuckDB's choices are in [`types`].
 //!
 //! Layout, the same for every warehouse: `mod.rs` (connection, session, [`Warehouse`]),
-//! `types.rs` (type mapping, value reading, dialect), `snapshot.rs` ([`crate::SnapshotStore`]).
+//! `types.rs` (type mapping, value reading, dialect), `snapshot.rs` ([`crate::SnapshotStore`]),
+//! `sync_log.rs` ([`crate::SyncLog`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ use sluice_core::config::ModelConfig;
 use sluice_core::{Column, Row, RowSchema};
 
 mod snapshot;
+mod sync_log;
 mod types;
 
 use crate::notifications::ChangeNotifications;

@@ -13,7 +13,8 @@
 //!   2 s after it drops ([`ChangeNotifications`]).
 //!
 //! Layout, the same for every warehouse: `mod.rs` (connection, session, [`Warehouse`]),
-//! `types.rs` (type mapping, value reading, dialect), `snapshot.rs` ([`crate::SnapshotStore`]).
+//! `types.rs` (type mapping, value reading, dialect), `snapshot.rs` ([`crate::SnapshotStore`]),
+//! `sync_log.rs` ([`crate::SyncLog`]).
 
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 mod snapshot;
+mod sync_log;
 mod types;
 
 use crate::notifications::{ChangeNotifications, Notifications};
