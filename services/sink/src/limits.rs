@@ -108,7 +108,7 @@ impl RateLimits {
 
     /// Wait until a request would find room in the requests-per-second window now, without
     /// taking it (at once without that limit). A lane asks this before sending a batch that is
-    /// not full, and keeps filling the batch meanwhile ([`crate::lanes`]). The even pacing
+    /// not full, and keeps filling the batch meanwhile (the `lanes` module). The even pacing
     /// may still hold the request a fraction of a period in [`RateLimits::acquire`].
     pub(crate) async fn until_request_room(&self) {
         if let Some(window) = &self.requests {
