@@ -272,7 +272,7 @@ mod tests {
     fn a_key_must_name_exactly_the_key_columns() {
         let config = Config::parse(
             "t.toml",
-            "[kafka]\nbootstrap_servers = \"x:1\"\n[warehouse]\nkind = \"postgres\"\nurl = \"postgres://x\"\n[[models]]\nname = \"m\"\ntable = \"t\"\nprimary_key = [\"id\"]\ndetection = { mode = \"diff\" }\n",
+            "[kafka]\nbootstrap_servers = \"x:1\"\n[warehouse]\nkind = \"postgres\"\nurl = { env = \"SLUICE_IT_NONE\" }\n[[models]]\nname = \"m\"\ntable = \"t\"\nprimary_key = [\"id\"]\ncolumns = [\"id\", \"email\"]\ndetection = { mode = \"diff\" }\n",
         )
         .unwrap();
         let model = config.model("m").unwrap();
