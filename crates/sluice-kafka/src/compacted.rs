@@ -19,12 +19,23 @@ pub struct StoredRecord {
     pub payload: Option<Vec<u8>>,
 }
 
+/// What [`read_to_end`] makes of a topic the broker does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfMissing {
+    /// Nothing was written yet: no records. For readers that may come first (`sluice plan`
+    /// before a model's first run, a tool before the services created their topics).
+    Empty,
+    /// A retryable error: the reader needs records that must be there (the sink's schemas, whose
+    /// topic a poller created), and must not conclude that they do not exist.
+    Fail,
+}
+
 /// Every committed record of `topic`, in offset order per partition, up to the end offsets seen
 /// at the start. `read_committed`, so aborted transactions are never seen. Blocking: call from
 /// `spawn_blocking`. Gives up (retryable) after `deadline`, e.g. while another producer holds a
-/// transaction open on the topic. A topic the broker does not know or cannot serve (deleted, not
-/// created yet, no leader) fails (retryable) rather than reading as empty.
-pub fn read_to_end(kafka: &KafkaConfig, topic: &str, deadline: Duration) -> Result<Vec<StoredRecord>, KafkaError> {
+/// transaction open on the topic. A topic the broker does not know is as `missing` says; one it
+/// knows but cannot serve (no leader) fails (retryable) rather than reading as empty.
+pub fn read_to_end(kafka: &KafkaConfig, topic: &str, deadline: Duration, missing: IfMissing) -> Result<Vec<StoredRecord>, KafkaError> {
     let consumer: BaseConsumer = client_config(kafka)
         .set("group.id", format!("sluice-reader-{}", std::process::id()))
         .set("enable.auto.commit", "false")
@@ -35,10 +46,12 @@ pub fn read_to_end(kafka: &KafkaConfig, topic: &str, deadline: Duration) -> Resu
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(|e| KafkaError::classify("fetch metadata", e))?;
-    // A topic the broker does not know (deleted, not created yet) or cannot serve is an error,
-    // not an empty topic: a reader must not conclude that the records it needs do not exist.
     if let Some(code) = metadata.topics().iter().find_map(|t| t.error()) {
-        let source = rdkafka::error::KafkaError::MetadataFetch(code.into());
+        let code: rdkafka::types::RDKafkaErrorCode = code.into();
+        if missing == IfMissing::Empty && code == rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition {
+            return Ok(Vec::new());
+        }
+        let source = rdkafka::error::KafkaError::MetadataFetch(code);
         return Err(KafkaError::Retryable { operation: "read topic metadata", source });
     }
     let mut assignment = TopicPartitionList::new();

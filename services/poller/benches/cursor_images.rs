@@ -30,7 +30,7 @@ use common::{model, rebuild, Bench};
 /// Events a model committed so far, from its last state record.
 fn events_committed(config: &Config, model: &str) -> i64 {
     let topic = naming::poller_state_topic(&config.kafka.topic_prefix);
-    let records = sluice_kafka::compacted::read_to_end(&config.kafka, &topic, Duration::from_secs(60)).unwrap_or_default();
+    let records = sluice_kafka::compacted::read_to_end(&config.kafka, &topic, Duration::from_secs(60), sluice_kafka::compacted::IfMissing::Empty).unwrap_or_default();
     records
         .iter()
         .rev()

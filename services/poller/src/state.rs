@@ -13,7 +13,7 @@ use sluice_avro::PollerState;
 use sluice_core::config::Config;
 use sluice_core::naming;
 use sluice_kafka::admin::{ensure_topics, TopicRole};
-use sluice_kafka::compacted::read_to_end;
+use sluice_kafka::compacted::{read_to_end, IfMissing};
 
 use crate::error::ModelError;
 
@@ -39,7 +39,7 @@ pub async fn load_state(config: &Config, model: &str) -> Result<Option<PollerSta
     let kafka = config.kafka.clone();
     let topic = naming::poller_state_topic(&config.kafka.topic_prefix);
     let records =
-        tokio::task::spawn_blocking(move || read_to_end(&kafka, &topic, Duration::from_secs(90))).await.expect("reader does not panic")?;
+        tokio::task::spawn_blocking(move || read_to_end(&kafka, &topic, Duration::from_secs(90), IfMissing::Empty)).await.expect("reader does not panic")?;
     let mut last = None;
     for record in records {
         if record.key.as_deref() == Some(model.as_bytes()) {
@@ -60,7 +60,7 @@ pub async fn keys_written_with_legacy_fingerprint(config: &Config, codec: &sluic
     let kafka = config.kafka.clone();
     let topic = naming::schema_topic(&config.kafka.topic_prefix);
     let records =
-        tokio::task::spawn_blocking(move || read_to_end(&kafka, &topic, Duration::from_secs(90))).await.expect("reader does not panic")?;
+        tokio::task::spawn_blocking(move || read_to_end(&kafka, &topic, Duration::from_secs(90), IfMissing::Empty)).await.expect("reader does not panic")?;
     let standard = codec.schemas()[0].fingerprint.clone();
     let legacy = codec.legacy_fingerprints()[0].clone();
     let published = |fingerprint: &str| records.iter().any(|r| r.key.as_deref() == Some(fingerprint.as_bytes()) && r.payload.is_some());

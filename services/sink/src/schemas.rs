@@ -20,7 +20,7 @@ use std::time::Duration;
 use sluice_avro::{fingerprint_bytes, fingerprint_hex, DecodedEvent, EventDecoder, KeyDecoder};
 use sluice_core::config::{ConfigError, KafkaConfig};
 use sluice_destinations::validate::ConsentCheck;
-use sluice_kafka::compacted::{read_to_end, StoredRecord};
+use sluice_kafka::compacted::{read_to_end, IfMissing, StoredRecord};
 use sluice_kafka::KafkaError;
 use tokio_util::sync::CancellationToken;
 
@@ -167,7 +167,7 @@ impl SchemaCache {
         let mut backoff = READ_BACKOFF_MIN;
         loop {
             let (kafka, topic) = (self.kafka.clone(), self.topic.clone());
-            let error = match tokio::task::spawn_blocking(move || read_to_end(&kafka, &topic, Duration::from_secs(90))).await.expect("reader does not panic") {
+            let error = match tokio::task::spawn_blocking(move || read_to_end(&kafka, &topic, Duration::from_secs(90), IfMissing::Fail)).await.expect("reader does not panic") {
                 Ok(records) => return Ok(records),
                 Err(error @ KafkaError::Fatal { .. }) => return Err(error),
                 Err(error) => error,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Map, Value as Json};
 use sluice_avro::{fingerprint_of, EventDecoder, KeyDecoder};
 use sluice_core::config::KafkaConfig;
-use sluice_kafka::compacted::read_to_end;
+use sluice_kafka::compacted::{read_to_end, IfMissing};
 use sluice_kafka::KafkaError;
 
 /// What a masked value prints as.
@@ -24,7 +24,7 @@ pub(crate) struct Decoders {
 impl Decoders {
     /// Every writer schema on the schema topic `topic`. Blocking.
     pub(crate) fn load(kafka: &KafkaConfig, topic: &str) -> Result<Decoders, KafkaError> {
-        let json = read_to_end(kafka, topic, Duration::from_secs(600))?
+        let json = read_to_end(kafka, topic, Duration::from_secs(600), IfMissing::Empty)?
             .into_iter()
             .filter_map(|r| Some((String::from_utf8(r.key?).ok()?, String::from_utf8(r.payload?).ok()?)))
             .collect();
