@@ -258,8 +258,28 @@ pub async fn stop_pipeline(
     poller_stop: tokio_util::sync::CancellationToken,
     poller: tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
-    sink_stop.cancel();
-    sink.await.unwrap().expect("the sink drains");
+    stop_sinks_then_poller(vec![(sink_stop, sink)], poller_stop, poller).await;
+}
+
+/// Assert that no destination dead-lettered anything, given `(destination, dead letters)` as a
+/// run's `finish` returns them.
+pub fn assert_nothing_dead_lettered(dead: Vec<(&str, usize)>) {
+    for (destination, count) in dead {
+        assert_eq!(count, 0, "nothing dead-lettered at {destination}");
+    }
+}
+
+/// [`stop_pipeline`] with several sinks: every sink is told to stop first (they drain
+/// together), each must drain cleanly, then the poller stops.
+pub async fn stop_sinks_then_poller(
+    sinks: Vec<(tokio_util::sync::CancellationToken, tokio::task::JoinHandle<Result<(), sluice_sink::SinkError>>)>,
+    poller_stop: tokio_util::sync::CancellationToken,
+    poller: tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    sinks.iter().for_each(|(stop, _)| stop.cancel());
+    for (_, sink) in sinks {
+        sink.await.unwrap().expect("the sink drains");
+    }
     poller_stop.cancel();
     poller.await.unwrap().unwrap();
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use sluice_avro::audit::{decode_run_record, decode_sync_outcome, RunRecord};
 use sluice_core::naming;
 use sluice_integration_tests::receiver::{self, Received};
-use sluice_integration_tests::{eventually, pipeline, postgres_url, read_topic, start_poller, start_sink, unique, Pipeline, Spec};
+use sluice_integration_tests::{eventually, pipeline, postgres_url, read_topic, start_poller, start_sink, stop_pipeline, unique, Pipeline, Spec};
 use sluice_telemetry::ops::Health;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -123,10 +123,7 @@ async fn runs_and_batches_leave_exact_records_and_each_record_one_sync_log_row()
     let (sink_stop, sink) = start_sink(&f.config, Health::new());
     eventually("rows 1, 2, 4, 5 delivered", WAIT, || delivered(&received).len() == 4).await;
     let log = sync_log_reaches(&table, 5).await;
-    poller_stop.cancel();
-    sink_stop.cancel();
-    poller.await.unwrap().expect("poller stops cleanly");
-    sink.await.unwrap().expect("sink stops cleanly");
+    stop_pipeline(sink_stop, sink, poller_stop, poller).await;
 
     assert_eq!(log, expected_log(&f.prefix, 1..=5), "one row per record, statuses as delivered");
     let records = run_records(&f.prefix);
@@ -207,10 +204,7 @@ async fn a_locked_sync_log_holds_up_no_delivery_and_the_writeback_catches_up_exa
     insert(&f, 6..=7).await;
     eventually("rows 6 and 7 delivered", WAIT, || delivered(&received).len() == 6).await;
     let log = sync_log_reaches(&table, 7).await;
-    poller_stop.cancel();
-    sink_stop.cancel();
-    poller.await.unwrap().expect("poller stops cleanly");
-    sink.await.unwrap().expect("sink stops cleanly");
+    stop_pipeline(sink_stop, sink, poller_stop, poller).await;
     assert_eq!(log, expected_log(&f.prefix, 1..=7), "exactly one row per record");
     let db = sluice_integration_tests::require_postgres().await;
     let count: i64 = db.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0);

@@ -221,9 +221,7 @@ async fn email_change(restart_between: bool) {
     assert_eq!(update.event.before.as_ref().map(|b| b[1].clone()), Some(Value::String(OLD.into())), "before holds the old email");
     assert_eq!(update.event.changed.as_deref(), Some(&["email".to_string(), "updated_at".to_string()][..]));
 
-    for (destination, dead) in p.finish().await {
-        assert_eq!(dead, 0, "nothing dead-lettered at {destination}");
-    }
+    sluice_integration_tests::assert_nothing_dead_lettered(p.finish().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

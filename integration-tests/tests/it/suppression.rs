@@ -154,9 +154,7 @@ mod holds {
         assert!(run.meta_operations(NEVER).iter().all(|op| op == "DELETE"), "never added: {:?}", run.meta_operations(NEVER));
         assert!(!run.in_redis(NEVER).await && run.braze_user(NEVER).is_none());
 
-        for (destination, dead) in run.finish().await {
-            assert_eq!(dead, 0, "nothing dead-lettered at {destination}");
-        }
+        sluice_integration_tests::assert_nothing_dead_lettered(run.finish().await);
     }
 
     /// A side record (a backfill, a redrive) of a synced row goes through the membership stage
@@ -189,9 +187,7 @@ mod holds {
         assert!(everywhere(&run, BUYER, true).await);
         assert_eq!(run.meta_operations(BUYER).last().map(String::as_str), Some("POST"));
 
-        for (destination, dead) in run.finish().await {
-            assert_eq!(dead, 0, "nothing dead-lettered at {destination}");
-        }
+        sluice_integration_tests::assert_nothing_dead_lettered(run.finish().await);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

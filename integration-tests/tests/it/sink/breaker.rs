@@ -3,32 +3,22 @@
 //! past them; after the fix, a restart delivers every record the breaker held back.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::naming;
-use sluice_integration_tests::receiver::{self, Behaviour, Reply};
+use sluice_integration_tests::receiver;
 use sluice_integration_tests::{eventually, pipeline, read_topic, start_poller, start_sink, Spec};
 use sluice_telemetry::ops::Health;
 
-use super::common::{committed, insert, latest_versions, spec, WAIT};
+use super::common::{committed, insert, latest_versions, refusing, spec, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_breaker_halts_a_sink_that_refuses_everything_with_nothing_committed_past_the_dead_letters_it_allowed() {
     let (url, received) = receiver::start().await;
-    let refuse = Arc::new(AtomicBool::new(true));
-    let script = {
-        let refuse = Arc::clone(&refuse);
-        move |_: usize, records: &[serde_json::Value]| {
-            if refuse.load(Ordering::SeqCst) {
-                Reply { body: "{\"error\":\"unknown property\"}".into(), ..Reply::error(422, None) }
-            } else {
-                Reply::ok(records.len())
-            }
-        }
-    };
-    received.set_behaviour(Behaviour::Script(Arc::new(script)));
+    let (refuse, behaviour) = refusing(true, "unknown property", |on, _| on);
+    received.set_behaviour(behaviour);
     let p = pipeline(&url, Spec { destination_extra: "batch_max_records = 1\nbatch_linger_ms = 0\ndead_letter_breaker = { max_consecutive = 5 }", ..spec("fields = { v = \"v\" }") }).await;
     insert(&p, 1, 40).await;
     let (poller_stop, poller) = start_poller(&p.config);

@@ -2,10 +2,12 @@
 //! receiver saw per key, the group's offsets, and the `sluice` command line.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::naming;
-use sluice_integration_tests::receiver::Received;
+use sluice_integration_tests::receiver::{Behaviour, Received, Reply};
 use sluice_integration_tests::{binary, Pipeline, Spec};
 use sluice_kafka::groups::{self, Committed, Partition};
 
@@ -131,4 +133,21 @@ pub async fn sluice(p: &Pipeline, args: &[&str]) -> CliRun {
         json: serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null),
         stderr: String::from_utf8_lossy(&output.stderr).to_string(),
     }
+}
+
+/// A destination that answers 422 with `{"error":"<error>"}` to every batch holding a record
+/// `refuses` picks (given whether the returned switch, starting at `on`, is on), and accepts
+/// every other batch: a mapping the vendor does not accept, fixed by turning the switch off.
+pub fn refusing(on: bool, error: &'static str, refuses: impl Fn(bool, &serde_json::Value) -> bool + Send + Sync + 'static) -> (Arc<AtomicBool>, Behaviour) {
+    let switch = Arc::new(AtomicBool::new(on));
+    let flag = Arc::clone(&switch);
+    let script = move |_: usize, records: &[serde_json::Value]| {
+        let on = flag.load(Ordering::SeqCst);
+        if records.iter().any(|r| refuses(on, r)) {
+            Reply { body: format!("{{\"error\":\"{error}\"}}"), ..Reply::error(422, None) }
+        } else {
+            Reply::ok(records.len())
+        }
+    };
+    (switch, Behaviour::Script(Arc::new(script)))
 }

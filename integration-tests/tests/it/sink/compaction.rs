@@ -11,7 +11,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, Top
 use rdkafka::client::DefaultClientContext;
 use sluice_core::naming;
 use sluice_integration_tests::receiver::{self, Behaviour, Reply};
-use sluice_integration_tests::{decode_events, eventually, pipeline, read_topic, start_poller, start_sink, start_sink_of, Spec};
+use sluice_integration_tests::{decode_events, eventually, pipeline, read_topic, start_poller, start_sink, start_sink_of, stop_sinks_then_poller, Spec};
 use sluice_telemetry::ops::Health;
 
 use super::common::{bump, history, insert, spec, WAIT};
@@ -107,12 +107,7 @@ async fn a_delete_whose_event_was_compacted_away_while_the_sinks_were_stopped_st
     eventually("row 3 deleted at the destination keyed by id", WAIT, || history(&received, before).get(&3).is_some_and(|s| s.iter().any(|s| s.action == "delete"))).await;
     let dlq = naming::dead_letter_topic(&p.prefix, "ids");
     eventually("the delete dead-lettered at the destination keyed by email", WAIT, || !read_topic(&dlq).is_empty()).await;
-    crm_stop.cancel();
-    ids_stop.cancel();
-    crm.await.unwrap().expect("drains");
-    ids_sink.await.unwrap().expect("drains");
-    poller_stop.cancel();
-    poller.await.unwrap().unwrap();
+    stop_sinks_then_poller(vec![(crm_stop, crm), (ids_stop, ids_sink)], poller_stop, poller).await;
 
     let delete = received.records().into_iter().skip(before).find(|r| r["key"]["id"] == 3).unwrap();
     assert_eq!((delete["action"].as_str(), delete["op"].as_str()), (Some("delete"), Some("d")), "{delete}");

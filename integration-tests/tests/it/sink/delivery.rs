@@ -35,6 +35,14 @@ async fn bump(p: &Pipeline, ids: impl IntoIterator<Item = i64>) {
 }
 
 /// Versions applied per id, in arrival order.
+/// A pipeline whose `crm` webhook takes `destination_extra` and syncs `email` and `v`, with rows
+/// `1..=rows` inserted under plain emails.
+async fn email_pipeline(url: &str, destination_extra: &str, rows: i64) -> Pipeline {
+    let p = pipeline(url, spec(destination_extra, "", "fields = { email = \"email\", v = \"v\" }")).await;
+    insert_rows(&p, 1..=rows, |id| format!("c{id}@example.com")).await;
+    p
+}
+
 fn versions(received: &Received) -> HashMap<i64, Vec<i64>> {
     let mut out: HashMap<i64, Vec<i64>> = HashMap::new();
     for r in received.records() {
@@ -160,16 +168,7 @@ async fn chaos_at_the_destination_loses_nothing_and_keeps_key_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rate_limits_are_never_exceeded_in_any_second() {
     let (url, received) = receiver::start().await;
-    let p = pipeline(
-        &url,
-        spec(
-            "batch_max_records = 10\nbatch_linger_ms = 5\nmax_concurrency = 8\nrate_limit = { requests_per_second = 10, records_per_second = 80 }",
-            "",
-            "fields = { email = \"email\", v = \"v\" }",
-        ),
-    )
-    .await;
-    insert_rows(&p, 1..=320, |id| format!("c{id}@example.com")).await;
+    let p = email_pipeline(&url, "batch_max_records = 10\nbatch_linger_ms = 5\nmax_concurrency = 8\nrate_limit = { requests_per_second = 10, records_per_second = 80 }", 320).await;
     let (poller_stop, poller) = start_poller(&p.config);
     let (sink_stop, sink) = start_sink(&p.config, Health::new());
     eventually("every row applied", WAIT, || versions(&received).len() == 320).await;
@@ -199,16 +198,7 @@ async fn rate_limits_are_never_exceeded_in_any_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn batches_fill_when_the_request_rate_limit_is_the_bottleneck() {
     let (url, received) = receiver::start().await;
-    let p = pipeline(
-        &url,
-        spec(
-            "batch_max_records = 200\nbatch_linger_ms = 2000\nmax_concurrency = 8\nrate_limit = { requests_per_second = 1 }",
-            "",
-            "fields = { email = \"email\", v = \"v\" }",
-        ),
-    )
-    .await;
-    insert_rows(&p, 1..=300, |id| format!("c{id}@example.com")).await;
+    let p = email_pipeline(&url, "batch_max_records = 200\nbatch_linger_ms = 2000\nmax_concurrency = 8\nrate_limit = { requests_per_second = 1 }", 300).await;
     let (poller_stop, poller) = start_poller(&p.config);
     let topic = naming::change_topic(&p.prefix, "customers");
     eventually("the 300 records on the change topic", WAIT, || read_topic(&topic).len() >= 300).await;

@@ -4,16 +4,15 @@
 //! fails again comes back with its attempts raised; purge with a filter keeps every dead letter
 //! that does not match, and list, show and redrive honour it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sluice_core::naming;
-use sluice_integration_tests::receiver::{self, Behaviour, Reply};
+use sluice_integration_tests::receiver;
 use sluice_integration_tests::{eventually, pipeline, read_topic, start_poller, start_sink};
 use sluice_telemetry::ops::Health;
 
-use super::common::{assert_never_backwards, bump, history, insert, latest_versions, sluice, spec, warehouse_versions, WAIT};
+use super::common::{assert_never_backwards, bump, history, insert, latest_versions, refusing, sluice, spec, warehouse_versions, WAIT};
 
 /// Wait until the dead-letter topic of `crm` holds `n` records.
 async fn dead_letters(p: &sluice_integration_tests::Pipeline, n: usize) {
@@ -30,22 +29,10 @@ async fn redrive_after_a_fix_applies_exactly_the_not_superseded_dead_letters_onc
     let (url, received) = receiver::start().await;
     // The destination refuses keys 1..=6 until it is fixed (a mapping it did not accept), and
     // always refuses emails starting with `reject`.
-    let broken = Arc::new(AtomicBool::new(true));
-    let script = {
-        let broken = Arc::clone(&broken);
-        move |_: usize, records: &[serde_json::Value]| {
-            let refused = records.iter().any(|r| {
-                let id = r["key"]["id"].as_i64().unwrap_or(0);
-                (broken.load(Ordering::SeqCst) && id <= 6) || r["fields"]["email"].as_str().is_some_and(|e| e.starts_with("reject"))
-            });
-            if refused {
-                Reply { body: "{\"error\":\"unknown field\"}".into(), ..Reply::error(422, None) }
-            } else {
-                Reply::ok(records.len())
-            }
-        }
-    };
-    received.set_behaviour(Behaviour::Script(Arc::new(script)));
+    let (broken, behaviour) = refusing(true, "unknown field", |on, r| {
+        (on && r["key"]["id"].as_i64().unwrap_or(0) <= 6) || r["fields"]["email"].as_str().is_some_and(|e| e.starts_with("reject"))
+    });
+    received.set_behaviour(behaviour);
     let p = pipeline(&url, spec("fields = { email = \"email\", v = \"v\" }")).await;
     insert(&p, 1, 10).await;
     p.db.execute(&format!("UPDATE {} SET email = 'reject-7@invalid', updated_at = clock_timestamp() WHERE id = 7", p.table), &[]).await.unwrap();

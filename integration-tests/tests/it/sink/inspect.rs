@@ -5,32 +5,21 @@
 //! values masked unless `--show-values`; and the documented exit codes for a key with no
 //! record, a key that does not parse and an unknown model.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use sluice_core::naming;
-use sluice_integration_tests::receiver::{self, Behaviour, Reply};
+use sluice_integration_tests::receiver;
 use sluice_integration_tests::{eventually, pipeline, read_topic, start_poller, start_sink};
 use sluice_telemetry::ops::Health;
 
-use super::common::{bump, committed, insert, latest_versions, sluice, spec, WAIT};
+use super::common::{bump, committed, insert, latest_versions, refusing, sluice, spec, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn inspect_prints_a_keys_history_its_dead_letter_and_each_groups_position() {
     let (url, received) = receiver::start().await;
     // While `broken`, the destination refuses key 4 (a mapping it does not accept).
-    let broken = Arc::new(AtomicBool::new(false));
-    let script = {
-        let broken = Arc::clone(&broken);
-        move |_: usize, records: &[serde_json::Value]| {
-            if broken.load(Ordering::SeqCst) && records.iter().any(|r| r["key"]["id"].as_i64() == Some(4)) {
-                Reply { body: "{\"error\":\"unknown field\"}".into(), ..Reply::error(422, None) }
-            } else {
-                Reply::ok(records.len())
-            }
-        }
-    };
-    received.set_behaviour(Behaviour::Script(Arc::new(script)));
+    let (broken, behaviour) = refusing(false, "unknown field", |on, r| on && r["key"]["id"].as_i64() == Some(4));
+    received.set_behaviour(behaviour);
     let p = pipeline(&url, spec("fields = { email = \"email\", v = \"v\" }")).await;
     let topic = naming::change_topic(&p.prefix, "customers");
     let dead_letter_topic = naming::dead_letter_topic(&p.prefix, "crm");

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use sluice_integration_tests::receiver;
-use sluice_integration_tests::{eventually, pipeline, start_poller, start_sink, start_sink_of};
+use sluice_integration_tests::{eventually, pipeline, start_poller, start_sink, start_sink_of, stop_sinks_then_poller};
 use sluice_telemetry::ops::Health;
 
 use super::common::{assert_never_backwards, bump, committed, history, insert, latest_versions, sluice, spec, warehouse_versions, WAIT};
@@ -39,12 +39,7 @@ async fn replay_to_a_time_reapplies_exactly_the_changes_after_it_and_moves_no_ot
     applied_at_both(&p, &received, &other).await;
     bump(&p, &[5, 6, 7]).await;
     applied_at_both(&p, &received, &other).await;
-    sink_stop.cancel();
-    other_stop.cancel();
-    sink.await.unwrap().expect("the sink drains");
-    other_sink.await.unwrap().expect("the other sink drains");
-    poller_stop.cancel();
-    poller.await.unwrap().unwrap();
+    stop_sinks_then_poller(vec![(sink_stop, sink), (other_stop, other_sink)], poller_stop, poller).await;
     let other_before = committed(&p, "other");
     let crm_before = committed(&p, "crm");
 
