@@ -5,6 +5,12 @@ pub fn change_topic(prefix: &str, model: &str) -> String {
     format!("{prefix}.changes.{model}")
 }
 
+/// The model whose change topic `topic` is under `prefix` ([`change_topic`] read backwards), or
+/// `None` for any other topic. Takes the prefix, since a prefix may itself contain dots.
+pub fn change_topic_model<'t>(prefix: &str, topic: &'t str) -> Option<&'t str> {
+    topic.strip_prefix(prefix)?.strip_prefix(".changes.").filter(|model| !model.is_empty())
+}
+
 /// Dead-letter topic of one destination: `<prefix>.dlq.<destination>`.
 pub fn dead_letter_topic(prefix: &str, destination: &str) -> String {
     format!("{prefix}.dlq.{destination}")
@@ -85,6 +91,16 @@ pub fn writeback_group(prefix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_change_topic_gives_back_its_model_whatever_dots_the_prefix_has() {
+        for prefix in ["sluice", "acme.prod"] {
+            assert_eq!(change_topic_model(prefix, &change_topic(prefix, "customers")), Some("customers"));
+            assert_eq!(change_topic_model(prefix, &dead_letter_topic(prefix, "crm")), None);
+            assert_eq!(change_topic_model(prefix, &side_topic(prefix, "crm")), None);
+        }
+        assert_eq!(change_topic_model("other", &change_topic("sluice", "customers")), None);
+    }
 
     #[test]
     fn side_topics_are_told_apart_from_every_other_topic() {

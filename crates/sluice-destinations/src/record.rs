@@ -99,6 +99,17 @@ pub enum Action {
 }
 
 impl Action {
+    /// The action's name, as serialised (`schemas/audit/sync_outcome.avsc`, the webhook body).
+    pub fn label(self) -> &'static str {
+        match self {
+            Action::Upsert => "upsert",
+            Action::Update => "update",
+            Action::Create => "create",
+            Action::Delete => "delete",
+            Action::Event => "event",
+        }
+    }
+
     /// The action of a change under a sync mode, or `None` when the mode ignores the change.
     /// `consented` is false when the row fails its sync's consent condition: the row is then
     /// treated as leaving the destination, so a revocation propagates.
@@ -142,6 +153,13 @@ pub(crate) fn test_record(id: &str, action: Action, fields: serde_json::Value, p
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_actions_label_is_its_serialised_name() {
+        for action in [Action::Upsert, Action::Update, Action::Create, Action::Delete, Action::Event] {
+            assert_eq!(serde_json::to_value(action).unwrap(), action.label(), "{action:?}");
+        }
+    }
 
     #[test]
     fn op_is_serialised_as_its_code_and_an_event_of_a_delete_removes() {

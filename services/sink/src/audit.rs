@@ -51,6 +51,8 @@ pub(crate) struct Audit {
     /// Set when the destination has `writeback = true`.
     outcomes_topic: Option<String>,
     destination: String,
+    /// The topic prefix, to read a model back from its change topic.
+    prefix: String,
 }
 
 impl Audit {
@@ -63,13 +65,14 @@ impl Audit {
             runs_topic: naming::runs_topic(prefix),
             outcomes_topic: destination.writeback.then(|| naming::outcomes_topic(prefix, name)),
             destination: name.clone(),
+            prefix: prefix.clone(),
         })
     }
 
     /// No audit records at all.
     #[cfg(test)]
     pub(crate) fn off() -> Audit {
-        Audit { producer: None, runs_topic: String::new(), outcomes_topic: None, destination: String::new() }
+        Audit { producer: None, runs_topic: String::new(), outcomes_topic: None, destination: String::new(), prefix: String::new() }
     }
 
     /// `batch` finished: records at `refused` (indexes) were dead-lettered, the others applied.
@@ -99,7 +102,7 @@ impl Audit {
         let record_id = format!("{}/{}/{}", message.topic(), message.partition(), message.offset());
         let outcome = SyncOutcome {
             destination: self.destination.clone(),
-            model: model_of(message.topic()),
+            model: naming::change_topic_model(&self.prefix, message.topic()).unwrap_or_default().to_string(),
             record_key: None,
             op: None,
             action: None,
@@ -149,7 +152,7 @@ impl Audit {
             model: record.model.clone(),
             record_key: Some(serde_json::Value::Object(record.key.clone()).to_string()),
             op: Some(record.op.code().into()),
-            action: Some(action_label(record)),
+            action: Some(record.action.label().into()),
             status: if refusal.is_some() { "refused" } else { "applied" }.into(),
             error_class: refusal.map(|r| r.class.label().to_string()),
             vendor_status: refusal.and_then(|r| r.status).map(i32::from),
@@ -167,24 +170,10 @@ impl Audit {
     }
 }
 
-/// The action's name, as in `schemas/audit/sync_outcome.avsc` (its serde name).
-fn action_label(record: &OutboundRecord) -> String {
-    serde_json::to_value(record.action).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
-}
-
 /// The poller run that emitted `message` (its `sluice.run.id` header).
 fn run_id(message: &OwnedMessage) -> Option<String> {
     let headers = message.headers()?;
     headers.iter().find(|h| h.key == headers::RUN_ID).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
-}
-
-/// The model of a change topic `<prefix>.changes.<model>`; empty for another topic.
-fn model_of(topic: &str) -> String {
-    let mut segments = topic.splitn(3, '.');
-    match (segments.next(), segments.next(), segments.next()) {
-        (Some(_), Some("changes"), Some(model)) => model.to_string(),
-        _ => String::new(),
-    }
 }
 
 /// "refused: permanent/422 x2, retries_exhausted/503 x1", or `None` when nothing was.
@@ -203,7 +192,7 @@ mod tests {
     use crate::testing::{batch, message};
 
     fn audit() -> Audit {
-        Audit { producer: None, runs_topic: "p.runs".into(), outcomes_topic: Some("p.outcomes.crm".into()), destination: "crm".into() }
+        Audit { producer: None, runs_topic: "p.runs".into(), outcomes_topic: Some("p.outcomes.crm".into()), destination: "crm".into(), prefix: "p".into() }
     }
 
     #[test]
@@ -226,6 +215,6 @@ mod tests {
         assert_eq!((outcome.record_id.as_str(), outcome.status.as_str(), outcome.action.as_deref()), ("t/0/0", "refused", Some("upsert")));
         assert_eq!((outcome.error_class.as_deref(), outcome.vendor_status, outcome.record_key.as_deref()), (Some(DeadLetterClass::RetriesExhausted.label()), Some(503), Some("{}")));
         assert_eq!(audit().outcome("b", &message("k", 1), &records[0], None, 7).status, "applied");
-        assert_eq!((model_of("p.changes.customers"), model_of("p.side.crm")), ("customers".to_string(), String::new()));
+        assert_eq!((naming::change_topic_model("p", "p.changes.customers"), naming::change_topic_model("p", "p.side.crm")), (Some("customers"), None));
     }
 }

@@ -27,7 +27,7 @@
 use std::collections::HashMap;
 
 use sluice_core::DeadLetterClass;
-use sluice_destinations::{Action, OutboundRecord};
+use sluice_destinations::OutboundRecord;
 
 /// `records` were sent to `destination` and acknowledged, except those at `refused` (indexes
 /// into `records`), which are dead-lettered. `now_ms` is the acknowledgement time.
@@ -41,7 +41,7 @@ pub(crate) fn applied(destination: &str, records: &[OutboundRecord], refused: im
     let mut newest = None;
     for record in records.iter().zip(&acknowledged).filter(|(_, &ok)| ok).map(|(record, _)| record) {
         latency.record(latency_seconds(record.ts_ms, now_ms));
-        *by_action.entry(action_label(record.action)).or_default() += 1;
+        *by_action.entry(record.action.label()).or_default() += 1;
         newest = newest.max(Some(record.ts_ms));
     }
     for (action, n) in by_action {
@@ -69,16 +69,6 @@ pub(crate) fn dead_lettered(destination: &str, class: DeadLetterClass) {
 /// ours reads as 0, not as a negative latency.
 fn latency_seconds(ts_ms: i64, now_ms: i64) -> f64 {
     now_ms.saturating_sub(ts_ms).max(0) as f64 / 1000.0
-}
-
-fn action_label(action: Action) -> &'static str {
-    match action {
-        Action::Upsert => "upsert",
-        Action::Update => "update",
-        Action::Create => "create",
-        Action::Delete => "delete",
-        Action::Event => "event",
-    }
 }
 
 #[cfg(test)]
