@@ -83,7 +83,7 @@ pub trait Kind: RetryLogic + Send + Sync + Sized {
 /// Run one full replace of `kind`'s members ([`Kind::plan_replace`]) through the delivery loop:
 /// its requests in order, the first failure ending the session (the caller starts a new session:
 /// a vendor session left open is never closed, so it never replaces anything).
-pub(crate) async fn replace<K: Kind>(kind: &K, members: &[OutboundRecord], session_id: i64) -> Result<Vec<RecordFailure>, DeliveryError> {
+pub async fn replace<K: Kind>(kind: &K, members: &[OutboundRecord], session_id: i64) -> Result<Vec<RecordFailure>, DeliveryError> {
     let Some(plan) = kind.plan_replace(members, session_id) else {
         return Err(DeliveryError::unanswered(sluice_core::ErrorClass::Permanent, format!("the {} destination has no full replace", K::NAME)));
     };
