@@ -149,7 +149,7 @@ struct Checked {
 
 /// Record the request, then check it as Meta does (token, injected faults, audience, session,
 /// schema, row limit) and sort its rows into valid members and invalid entries.
-fn check(state: &MetaState, method: &Method, edge: &str, audience: String, query: Option<String>, headers: &HeaderMap, body: &str) -> Result<Checked, axum::response::Response> {
+fn check(state: &MetaState, method: &Method, edge: &str, audience: String, query: Option<String>, headers: &HeaderMap, body: &str) -> Result<Checked, Box<axum::response::Response>> {
     let body = parse_body(headers, body);
     state.requests.lock().unwrap().push(Recorded {
         method: method.to_string(),
@@ -166,7 +166,7 @@ fn check(state: &MetaState, method: &Method, edge: &str, audience: String, query
         .map(str::to_string);
     let bearer_token = authorization(headers).and_then(|a| a.strip_prefix("Bearer ").map(str::to_string));
     if query_token.or(bearer_token).as_deref() != Some(state.token.as_str()) {
-        return Err(graph_error(400, 190, None, "Invalid OAuth access token - Cannot parse access token", vec![]));
+        return Err(Box::new(graph_error(400, 190, None, "Invalid OAuth access token - Cannot parse access token", vec![])));
     }
     if let Some(Fault::Error { status, code, subcode, regain_minutes }) = state.faults.next() {
         let usage = serde_json::json!({"1234567890": [{"type": "custom_audience", "call_count": 100, "total_cputime": 20, "total_time": 20,
@@ -175,22 +175,22 @@ fn check(state: &MetaState, method: &Method, edge: &str, audience: String, query
             80000..=80014 => format!("(#{code}) There have been too many calls from this ad-account. Wait a bit and try again."),
             _ => format!("(#{code}) injected error"),
         };
-        return Err(graph_error(status, code, subcode, &message, vec![("x-business-use-case-usage", usage.to_string())]));
+        return Err(Box::new(graph_error(status, code, subcode, &message, vec![("x-business-use-case-usage", usage.to_string())])));
     }
     if audience != state.audience_id {
-        return Err(graph_error(400, 100, Some(33), &format!("Unsupported post request. Object with ID '{audience}' does not exist"), vec![]));
+        return Err(Box::new(graph_error(400, 100, Some(33), &format!("Unsupported post request. Object with ID '{audience}' does not exist"), vec![])));
     }
     if !body["session"]["session_id"].is_i64() && !body["session"]["session_id"].is_u64() {
-        return Err(graph_error(400, 100, None, "(#100) session is required", vec![]));
+        return Err(Box::new(graph_error(400, 100, None, "(#100) session is required", vec![])));
     }
     let schema: Vec<String> = match &body["payload"]["schema"] {
         serde_json::Value::String(s) => vec![s.clone()],
         serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-        _ => return Err(graph_error(400, 100, None, "(#100) payload.schema is required", vec![])),
+        _ => return Err(Box::new(graph_error(400, 100, None, "(#100) payload.schema is required", vec![]))),
     };
     let rows = body["payload"]["data"].as_array().cloned().unwrap_or_default();
     if rows.len() > 10_000 {
-        return Err(graph_error(400, 100, None, "(#100) Too many rows: at most 10000 per request", vec![]));
+        return Err(Box::new(graph_error(400, 100, None, "(#100) Too many rows: at most 10000 per request", vec![])));
     }
     let mut checked = Checked { audience, session: body["session"].clone(), members: Vec::new(), received: rows.len(), invalid: 0, samples: serde_json::Map::new() };
     for row in &rows {
@@ -247,7 +247,7 @@ async fn users(
 ) -> axum::response::Response {
     let mut checked = match check(&state, &method, "users", audience, query, &headers, &body) {
         Ok(checked) => checked,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     for member in std::mem::take(&mut checked.members) {
         let mut members = state.members.lock().unwrap();
@@ -278,7 +278,7 @@ async fn users_replace(
 ) -> axum::response::Response {
     let mut checked = match check(&state, &method, "usersreplace", audience, query, &headers, &body) {
         Ok(checked) => checked,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let id = checked.session["session_id"].to_string();
     let seq = checked.session["batch_seq"].as_u64();

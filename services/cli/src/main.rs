@@ -20,7 +20,7 @@
 //!   data contract) to `schemas/models/MODEL.avsc`; point `schema_contract` at it. With
 //!   `--writer DIR`: write the model's full key and value writer schemas instead (the exact
 //!   text published on the schema topic, for consumers in other languages; docs/consumers.md).
-//! - `sluice backfill --destination NAME [--model MODEL] [--rate N] [--json] --config FILE`:
+//! - `sluice backfill --destination NAME [--model MODEL | --replace] [--rate N] [--json] --config FILE`:
 //!   send the current state of every row of the destination's change topics through its side
 //!   topic, at most N records/s, while the live sync runs; the sink's order guard keeps every key
 //!   moving forwards (exit 0 done, 1 error, 2 config, 130 interrupted; docs/operations.md).

@@ -1,4 +1,4 @@
-//! `sluice backfill --destination NAME [--model MODEL] [--rate N/s]`: bring a new or repaired
+//! `sluice backfill --destination NAME [--model MODEL | --replace] [--rate N/s]`: bring a new or repaired
 //! destination up to the current state of every row, from the compacted change topics, while
 //! the live sync keeps running.
 //!
