@@ -10,8 +10,9 @@
 //! as key of `invalid_entry_samples`; the others applied (set semantics: adding a present member
 //! changes nothing; removing matches any shared identifier). `POST .../usersreplace`, checked
 //! the same way, collects a replace session's batches (`batch_seq` from 1, in order) and on
-//! `last_batch_flag: true` makes the audience exactly the session's valid rows. Throttling is answered as Meta
-//! does, HTTP 400 with the code (4, 17, 32, 613, 80000-80014) and an
+//! `last_batch_flag: true` makes the audience exactly the session's valid rows (its faults are
+//! queued apart, `replace_faults`, so a test can fail a session while `users` keeps working).
+//! Throttling is answered as Meta does, HTTP 400 with the code (4, 17, 32, 613, 80000-80014) and an
 //! `X-Business-Use-Case-Usage` header carrying `estimated_time_to_regain_access`.
 
 use std::sync::{Arc, Mutex};
@@ -55,6 +56,8 @@ pub struct MetaState {
     /// Every valid row applied, in order, with its receipt time.
     pub applied: Mutex<Vec<Applied>>,
     pub faults: Faults<Fault>,
+    /// Faults for `usersreplace` requests only (the `users` edge keeps answering normally).
+    pub replace_faults: Faults<Fault>,
     /// `usersreplace` sessions by `session_id`.
     replace_sessions: Mutex<std::collections::HashMap<String, ReplaceSession>>,
 }
@@ -98,6 +101,7 @@ pub async fn start(token: &str, audience_id: &str) -> (String, Arc<MetaState>) {
         requests: Mutex::default(),
         applied: Mutex::default(),
         faults: Faults::default(),
+        replace_faults: Faults::default(),
         replace_sessions: Mutex::default(),
     });
     let router = Router::new()
@@ -136,6 +140,30 @@ fn graph_error(status: u16, code: i64, subcode: Option<i64>, message: &str, head
     json(status, headers, serde_json::json!({"error": error}))
 }
 
+/// The audience's edges.
+#[derive(Clone, Copy)]
+enum Edge {
+    Users,
+    Replace,
+}
+
+impl Edge {
+    fn name(self) -> &'static str {
+        match self {
+            Edge::Users => "users",
+            Edge::Replace => "usersreplace",
+        }
+    }
+
+    /// The faults its requests are answered with.
+    fn faults(self, state: &MetaState) -> &Faults<Fault> {
+        match self {
+            Edge::Users => &state.faults,
+            Edge::Replace => &state.replace_faults,
+        }
+    }
+}
+
 /// What a request to either edge carries, once authenticated and checked.
 struct Checked {
     audience: String,
@@ -149,11 +177,11 @@ struct Checked {
 
 /// Record the request, then check it as Meta does (token, injected faults, audience, session,
 /// schema, row limit) and sort its rows into valid members and invalid entries.
-fn check(state: &MetaState, method: &Method, edge: &str, audience: String, query: Option<String>, headers: &HeaderMap, body: &str) -> Result<Checked, Box<axum::response::Response>> {
+fn check(state: &MetaState, method: &Method, edge: Edge, audience: String, query: Option<String>, headers: &HeaderMap, body: &str) -> Result<Checked, Box<axum::response::Response>> {
     let body = parse_body(headers, body);
     state.requests.lock().unwrap().push(Recorded {
         method: method.to_string(),
-        path: format!("/{audience}/{edge}"),
+        path: format!("/{audience}/{}", edge.name()),
         query: query.clone(),
         authorization: authorization(headers),
         body: body.clone(),
@@ -168,7 +196,7 @@ fn check(state: &MetaState, method: &Method, edge: &str, audience: String, query
     if query_token.or(bearer_token).as_deref() != Some(state.token.as_str()) {
         return Err(Box::new(graph_error(400, 190, None, "Invalid OAuth access token - Cannot parse access token", vec![])));
     }
-    if let Some(Fault::Error { status, code, subcode, regain_minutes }) = state.faults.next() {
+    if let Some(Fault::Error { status, code, subcode, regain_minutes }) = edge.faults(state).next() {
         let usage = serde_json::json!({"1234567890": [{"type": "custom_audience", "call_count": 100, "total_cputime": 20, "total_time": 20,
             "estimated_time_to_regain_access": regain_minutes, "ads_api_access_tier": "standard_access"}]});
         let message = match code {
@@ -245,7 +273,7 @@ async fn users(
     headers: HeaderMap,
     body: String,
 ) -> axum::response::Response {
-    let mut checked = match check(&state, &method, "users", audience, query, &headers, &body) {
+    let mut checked = match check(&state, &method, Edge::Users, audience, query, &headers, &body) {
         Ok(checked) => checked,
         Err(refused) => return *refused,
     };
@@ -276,7 +304,7 @@ async fn users_replace(
     headers: HeaderMap,
     body: String,
 ) -> axum::response::Response {
-    let mut checked = match check(&state, &method, "usersreplace", audience, query, &headers, &body) {
+    let mut checked = match check(&state, &method, Edge::Replace, audience, query, &headers, &body) {
         Ok(checked) => checked,
         Err(refused) => return *refused,
     };
