@@ -13,6 +13,9 @@
 //! a retry re-sends them, which every kind makes idempotent); the failures returned are sorted
 //! by index with one entry per record (the first reported), so the sink never retries or
 //! dead-letters a record twice.
+//!
+//! A kind whose vendor can replace all of its members at once ([`Kind::check_replace`]) plans
+//! that session in [`Kind::plan_replace`]; [`replace`] runs it through the same loop.
 
 use std::future::Future;
 
