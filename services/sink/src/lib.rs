@@ -89,6 +89,7 @@ mod recompute;
 mod retries;
 mod schemas;
 mod side;
+pub mod snapshot;
 mod telemetry;
 #[cfg(test)]
 mod testing;

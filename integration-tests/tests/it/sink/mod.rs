@@ -11,6 +11,7 @@ mod dlq;
 mod failures;
 mod faults;
 mod inspect;
+mod replace;
 mod replay;
 mod resync;
 mod side;
