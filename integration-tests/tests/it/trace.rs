@@ -89,6 +89,7 @@ async fn the_run_the_produce_the_consume_and_the_request_of_a_change_are_one_tra
             model_extra: "",
             destination_extra: "batch_linger_ms = 20",
             webhook_extra: "",
+            kind: None,
             sync: "mode = \"upsert\"\nfields = { email = \"email\" }",
             detection: None,
         },
