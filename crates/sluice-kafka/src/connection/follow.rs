@@ -1,9 +1,12 @@
 //! [`follow_brokers`]: readiness that follows the brokers going away mid-run and coming back.
 //!
 //! Guarantees:
-//! - Once every broker a watched client knows is down (librdkafka's all-brokers-down event),
-//!   `/readyz` is 503 with the reason ([`Health::set_away`]) until a metadata request to the
-//!   brokers succeeds again; then it is ready again ([`Health::set_back`]), without a restart.
+//! - Once every broker is down — librdkafka's all-brokers-down event from a watched client, or
+//!   [`AWAY_AFTER`] metadata requests in a row unanswered (the event does not come while a
+//!   client holds a broker entry it never connected to, such as the bootstrap one) — `/readyz`
+//!   is 503 with the reason ([`Health::set_away`]) until a metadata request to the brokers
+//!   succeeds again; then it is ready again ([`Health::set_back`]), without a restart. So the
+//!   brokers going is noticed within about `AWAY_AFTER × (PROBE_EVERY + PROBE_TIMEOUT)` (9 s).
 //! - It never touches the service's own readiness: a fatal stop stays not ready, whatever the
 //!   brokers do (see [`Health`]).
 //! - The services' own clients keep retrying by themselves meanwhile; nothing here ends or
@@ -21,8 +24,11 @@ use tokio_util::sync::CancellationToken;
 use super::ConnectionContext;
 use crate::{client_config, KafkaError};
 
-/// How often the brokers are asked for metadata while they are away.
+/// How often the brokers are asked for metadata.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How many metadata requests in a row must go unanswered before the brokers count as away:
+/// one slow answer is no outage.
+pub const AWAY_AFTER: u32 = 3;
 /// How long one such request may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -55,6 +61,28 @@ async fn fetch_metadata(client: &Arc<ThreadedProducer<ConnectionContext>>) -> Re
         .map_err(|e| KafkaError::classify("fetch metadata", e))
 }
 
+/// Ask the brokers every [`PROBE_EVERY`]; resolves once [`AWAY_AFTER`] requests in a row failed,
+/// with the last failure.
+async fn unanswered<F, Fut>(probe: &mut F) -> String
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), KafkaError>>,
+{
+    let mut failed = 0;
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        match probe().await {
+            Ok(()) => failed = 0,
+            Err(error) => {
+                failed += 1;
+                if failed >= AWAY_AFTER {
+                    return format!("{failed} metadata requests in a row unanswered: {error}");
+                }
+            }
+        }
+    }
+}
+
 /// The loop of [`follow_brokers`], with the request that says the brokers are back.
 async fn follow<F, Fut>(context: &ConnectionContext, health: &Health, shutdown: &CancellationToken, mut probe: F)
 where
@@ -64,6 +92,7 @@ where
     loop {
         let reason = tokio::select! {
             reason = context.brokers_down() => reason,
+            reason = unanswered(&mut probe) => reason,
             _ = shutdown.cancelled() => return,
         };
         health.set_away(format!("kafka: every broker is down ({reason}); waiting for one to answer"));
@@ -87,7 +116,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use rdkafka::types::RDKafkaErrorCode;
 
@@ -101,42 +130,62 @@ mod tests {
         KafkaError::Retryable { operation: "fetch metadata", source: rdkafka::error::KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure) }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn not_ready_with_the_reason_while_the_brokers_are_away_and_ready_once_a_request_succeeds() {
-        let (context, health, shutdown) = (ConnectionContext::default(), Health::new(), CancellationToken::new());
-        health.set_ready();
-        let failures_left = Arc::new(AtomicUsize::new(3));
-        let follower = tokio::spawn({
-            let (context, health, shutdown, failures_left) = (context.clone(), Arc::clone(&health), shutdown.clone(), Arc::clone(&failures_left));
-            async move {
-                follow(&context, &health, &shutdown, || {
-                    let failed = failures_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
-                    std::future::ready(if failed { Err(unreachable()) } else { Ok(()) })
-                })
-                .await
-            }
-        });
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        assert_eq!(health.not_ready_reason(), None, "no event, no change");
+    /// A follower whose metadata requests succeed while `up` is set.
+    fn spawn_follower(context: &ConnectionContext, health: &Arc<Health>, shutdown: &CancellationToken, up: &Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+        let (context, health, shutdown, up) = (context.clone(), Arc::clone(health), shutdown.clone(), Arc::clone(up));
+        tokio::spawn(async move {
+            follow(&context, &health, &shutdown, || std::future::ready(if up.load(Ordering::SeqCst) { Ok(()) } else { Err(unreachable()) })).await
+        })
+    }
 
+    #[tokio::test(start_paused = true)]
+    async fn not_ready_with_the_reason_from_the_event_until_a_request_succeeds_and_never_over_a_fatal_stop() {
+        let (context, health, shutdown, up) = (ConnectionContext::default(), Health::new(), CancellationToken::new(), Arc::new(AtomicBool::new(true)));
+        health.set_ready();
+        let follower = spawn_follower(&context, &health, &shutdown, &up);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(health.not_ready_reason(), None, "brokers answering: no change");
+
+        up.store(false, Ordering::SeqCst);
         all_down(&context);
         tokio::time::sleep(Duration::from_millis(10)).await;
-        let reason = health.not_ready_reason().expect("not ready while every broker is down");
+        let reason = health.not_ready_reason().expect("not ready at the event, before any request failed");
         assert!(reason.contains("every broker is down") && reason.contains("1/1 brokers are down"), "{reason}");
-        // Three failed requests, one a second: still away after them.
-        tokio::time::sleep(PROBE_EVERY * 3).await;
-        assert!(health.not_ready_reason().is_some());
-        tokio::time::sleep(PROBE_EVERY * 2).await;
+        tokio::time::sleep(PROBE_EVERY * 5).await;
+        assert!(health.not_ready_reason().is_some(), "still away while requests fail");
+        up.store(true, Ordering::SeqCst);
+        tokio::time::sleep(PROBE_EVERY + Duration::from_millis(10)).await;
         assert_eq!(health.not_ready_reason(), None, "a request succeeded: ready again");
 
         // Away again, and a fatal stop meanwhile: the recovery does not hide it.
-        failures_left.store(1, Ordering::SeqCst);
+        up.store(false, Ordering::SeqCst);
         all_down(&context);
         tokio::time::sleep(Duration::from_millis(10)).await;
         health.set_not_ready("model m stopped: fenced");
+        up.store(true, Ordering::SeqCst);
         tokio::time::sleep(PROBE_EVERY * 4).await;
         assert_eq!(health.not_ready_reason().as_deref(), Some("model m stopped: fenced"));
 
+        shutdown.cancel();
+        follower.await.expect("the follower ends on shutdown");
+    }
+
+    /// No event (librdkafka keeps a broker entry it never connected to, so it never counts all
+    /// of them down): requests unanswered [`AWAY_AFTER`] times in a row say it instead.
+    #[tokio::test(start_paused = true)]
+    async fn requests_unanswered_in_a_row_count_as_the_brokers_away_without_the_event() {
+        let (context, health, shutdown, up) = (ConnectionContext::default(), Health::new(), CancellationToken::new(), Arc::new(AtomicBool::new(true)));
+        health.set_ready();
+        let follower = spawn_follower(&context, &health, &shutdown, &up);
+        up.store(false, Ordering::SeqCst);
+        tokio::time::sleep(PROBE_EVERY * (AWAY_AFTER - 1) + Duration::from_millis(10)).await;
+        assert_eq!(health.not_ready_reason(), None, "fewer than AWAY_AFTER failures are no outage");
+        tokio::time::sleep(PROBE_EVERY).await;
+        let reason = health.not_ready_reason().expect("away after AWAY_AFTER failures");
+        assert!(reason.contains("every broker is down") && reason.contains("3 metadata requests in a row unanswered"), "{reason}");
+        up.store(true, Ordering::SeqCst);
+        tokio::time::sleep(PROBE_EVERY + Duration::from_millis(10)).await;
+        assert_eq!(health.not_ready_reason(), None);
         shutdown.cancel();
         follower.await.expect("the follower ends on shutdown");
     }
