@@ -48,7 +48,10 @@ pub async fn follow_brokers(kafka: &KafkaConfig, context: ConnectionContext, hea
         }
     };
     // A first round trip, so the client holds a connection whose loss it reports.
-    let _ = fetch_metadata(&client).await;
+    if let Err(error) = fetch_metadata(&client).await {
+        // Not yet a reason to be not ready: the probes decide that, a few failures in a row.
+        tracing::debug!(%error, "the broker follower's first metadata request failed");
+    }
     follow(&context, &health, &shutdown, || fetch_metadata(&client)).await;
 }
 
