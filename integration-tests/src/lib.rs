@@ -7,6 +7,7 @@
 
 pub mod contract;
 pub mod membership;
+pub mod private_broker;
 pub mod process;
 pub mod receiver;
 pub mod suppression;
