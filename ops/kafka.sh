@@ -8,10 +8,11 @@
 #   ops/kafka.sh restart   stop + start (broker-restart tests use this)
 #   ops/kafka.sh status    exit 0 iff running and answering metadata requests
 #
-# KAFKA_INSTANCE picks the broker: `plain` (default), the PLAINTEXT broker every test uses, or
+# KAFKA_INSTANCE picks the broker: `plain` (default), the PLAINTEXT broker every test uses,
 # `secure`, a second broker with TLS and SASL_SSL listeners (ops/kafka-secure.sh sets it; the
-# listeners, certificates and SCRAM user are in ops/kafka/secure.sh). Each has its own state dir,
-# log and ports, so the two never disturb each other.
+# listeners, certificates and SCRAM user are in ops/kafka/secure.sh), or `private`, a PLAINTEXT
+# broker a test starts, stops and restarts itself (ops/kafka-private.sh). Each has its own state
+# dir, log and ports, so they never disturb each other.
 #
 # Env: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_HEAP_OPTS,
 #      SLUICE_STATE_DIR, SLUICE_CACHE_DIR.
@@ -32,7 +33,8 @@ instance_format_args() { :; }  # extra StorageTool format arguments, one per lin
 case "${KAFKA_INSTANCE:-plain}" in
     plain) ;;
     secure) . "$OPS_DIR/kafka/secure.sh" ;;
-    *) die "KAFKA_INSTANCE=${KAFKA_INSTANCE} is neither plain nor secure" ;;
+    private) NAME=kafka-private ;;
+    *) die "KAFKA_INSTANCE=${KAFKA_INSTANCE} is none of plain, secure, private" ;;
 esac
 
 STATE="$SLUICE_STATE_DIR/$NAME"

@@ -7,6 +7,7 @@
 
 pub mod contract;
 pub mod membership;
+pub mod private_broker;
 pub mod process;
 pub mod receiver;
 pub mod suppression;
@@ -191,6 +192,8 @@ pub struct Spec<'a> {
     pub model_extra: &'a str,
     pub destination_extra: &'a str,
     pub webhook_extra: &'a str,
+    /// The destination's kind table instead of the webhook's (e.g. [`toml_text::meta_audience`]).
+    pub kind: Option<&'a str>,
     /// The `[[syncs]]` body after `model` and `destination`.
     pub sync: &'a str,
     /// The model's `detection` table; default: cursor on `updated_at` with `created_at`.
@@ -199,7 +202,8 @@ pub struct Spec<'a> {
 
 /// Create a table and a config for it; see [`Pipeline`].
 pub async fn pipeline(hook_url: &str, spec: Spec<'_>) -> Pipeline {
-    let Spec { bootstrap_servers, kafka_extra, columns_sql, columns, model_extra, destination_extra, webhook_extra, sync, detection } = spec;
+    let Spec { bootstrap_servers, kafka_extra, columns_sql, columns, model_extra, destination_extra, webhook_extra, kind, sync, detection } = spec;
+    let kind = kind.map_or_else(|| format!("[destinations.webhook]\nurl = \"{hook_url}\"\n{webhook_extra}"), str::to_string);
     let detection = detection.unwrap_or(toml_text::CURSOR);
     telemetry();
     require_kafka();
@@ -217,9 +221,7 @@ pub async fn pipeline(hook_url: &str, spec: Spec<'_>) -> Pipeline {
 [[destinations]]
 name = "crm"
 {destination_extra}
-[destinations.webhook]
-url = "{hook_url}"
-{webhook_extra}
+{kind}
 
 {sync}"#,
         services = toml_text::services_on(&kafka, &prefix, kafka_extra, "SLUICE_IT_WAREHOUSE_URL"),

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sluice_core::ErrorClass;
+use tracing::Instrument as _;
 
 use crate::destination::DeliveryError;
 use crate::settings::Invalid;
@@ -149,12 +150,23 @@ impl Answer {
 
 /// Send a JSON API request and read its whole answer; no answer at all is a
 /// [`transport_error`]. One place for what every vendor module did the same way.
+/// Traced as `destination.request` (a child of the current span: the sink's batch), with the
+/// answer's status; never the URL, which may carry a key.
 pub async fn send_json(vendor: &str, request: reqwest::RequestBuilder) -> Result<Answer, DeliveryError> {
-    let response = request.send().await.map_err(|e| transport_error(vendor, &e))?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let text = response.text().await.unwrap_or_default();
-    Ok(Answer::new(status, headers, text, Utc::now()))
+    let span = tracing::info_span!("destination.request", otel.kind = "client", vendor, http.response.status_code = tracing::field::Empty);
+    let answer = async {
+        let response = request.send().await.map_err(|e| transport_error(vendor, &e))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        Ok(Answer::new(status, headers, text, Utc::now()))
+    }
+    .instrument(span.clone())
+    .await;
+    if let Ok(answer) = &answer {
+        span.record("http.response.status_code", answer.status);
+    }
+    answer
 }
 
 /// A whole-request failure with the vendor's answer attached.

@@ -13,6 +13,9 @@
 //! a retry re-sends them, which every kind makes idempotent); the failures returned are sorted
 //! by index with one entry per record (the first reported), so the sink never retries or
 //! dead-letters a record twice.
+//!
+//! A kind whose vendor can replace all of its members at once ([`Kind::check_replace`]) plans
+//! that session in [`Kind::plan_replace`]; [`replace`] runs it through the same loop.
 
 use std::future::Future;
 
@@ -61,6 +64,33 @@ pub trait Kind: RetryLogic + Send + Sync + Sized {
 
     /// Record what an answer reports besides its verdict (quota gauges, vendor counts).
     fn observe(&self, _request: &Self::Request, _answer: &Self::Answer) {}
+
+    /// Whether these settings allow a **full replace**: one vendor operation after which the
+    /// destination holds exactly the members sent (`sluice backfill --replace`). Most vendors
+    /// have none; a kind that has one overrides this and [`Kind::plan_replace`].
+    fn check_replace(_config: &Self::Config) -> Result<(), ModeRefusal> {
+        Err(ModeRefusal::new(
+            format!("the {} destination's API has no operation that replaces all of its members", Self::NAME),
+            "run `sluice backfill` without --replace: it re-sends every current state and every delete that is still in the change topics",
+        ))
+    }
+
+    /// The requests of one full replace whose result is exactly the members among `members`
+    /// (records that leave are not members and are not sent), under the vendor session
+    /// `session_id`; `None` when the kind has no full replace ([`Kind::check_replace`]).
+    fn plan_replace(&self, _members: &[OutboundRecord], _session_id: i64) -> Option<Plan<Self::Request>> {
+        None
+    }
+}
+
+/// Run one full replace of `kind`'s members ([`Kind::plan_replace`]) through the delivery loop:
+/// its requests in order, the first failure ending the session (the caller starts a new session:
+/// a vendor session left open is never closed, so it never replaces anything).
+pub async fn replace<K: Kind>(kind: &K, members: &[OutboundRecord], session_id: i64) -> Result<Vec<RecordFailure>, DeliveryError> {
+    let Some(plan) = kind.plan_replace(members, session_id) else {
+        return Err(DeliveryError::unanswered(sluice_core::ErrorClass::Permanent, format!("the {} destination has no full replace", K::NAME)));
+    };
+    deliver_plan(kind, plan).await
 }
 
 impl<K: Kind> Destination for K {
@@ -79,7 +109,11 @@ impl<K: Kind> Destination for K {
 
 /// Plan a batch, send its requests in order, and classify each answer.
 async fn deliver<K: Kind>(kind: &K, batch: &[OutboundRecord]) -> Result<Vec<RecordFailure>, DeliveryError> {
-    let plan = kind.plan(batch);
+    deliver_plan(kind, kind.plan(batch)).await
+}
+
+/// Send a plan's requests in order and classify each answer.
+async fn deliver_plan<K: Kind>(kind: &K, plan: Plan<K::Request>) -> Result<Vec<RecordFailure>, DeliveryError> {
     let metrics = kind.metrics();
     for reason in &plan.skipped {
         metrics.delete_skipped(*reason);
@@ -194,6 +228,15 @@ macro_rules! registry {
         }
 
         impl KindConfig {
+            /// Whether these settings allow a full replace ([`Kind::check_replace`]).
+            ///
+            /// [`Kind::check_replace`]: $crate::kind::Kind::check_replace
+            pub fn check_replace(&self) -> Result<(), $crate::modes::ModeRefusal> {
+                match self {
+                    $(KindConfig::$kind(settings) => <$module::$kind as $crate::kind::Kind>::check_replace(settings),)+
+                }
+            }
+
             /// The mapped fields every record must carry ([`Validate::identifier_fields`]).
             ///
             /// [`Validate::identifier_fields`]: $crate::settings::Validate::identifier_fields
@@ -265,6 +308,23 @@ macro_rules! registry {
                 build(config, destination)?;
             }
             Ok(())
+        }
+
+        impl AnyDestination {
+            /// Replace every member of the destination with the members among `members`, in
+            /// one vendor session `session_id` ([`Kind::plan_replace`]); refused (permanent)
+            /// for kinds without a full replace. Records refused by the vendor are returned.
+            ///
+            /// [`Kind::plan_replace`]: $crate::kind::Kind::plan_replace
+            pub async fn replace(
+                &self,
+                members: &[$crate::record::OutboundRecord],
+                session_id: i64,
+            ) -> Result<Vec<$crate::destination::RecordFailure>, $crate::destination::DeliveryError> {
+                match self {
+                    $(AnyDestination::$kind(d) => $crate::kind::replace(d, members, session_id).await,)+
+                }
+            }
         }
 
         impl $crate::destination::Destination for AnyDestination {

@@ -11,6 +11,7 @@ use futures::future::join_all;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tracing::Instrument as _;
 use sluice_core::config::KafkaConfig;
 
 use crate::connection::ConnectionContext;
@@ -64,7 +65,13 @@ impl TransactionalProducer {
     /// Produce `records` in one transaction and commit it; returns where each record landed
     /// (partition, offset), in the order of `records` — committed, so a reader can find them
     /// there. On any failure the transaction is aborted and nothing of it becomes visible.
+    /// Traced as `kafka.produce`, a child of the current span (the poller's run).
     pub async fn send_transaction(&self, records: Vec<OutRecord>) -> Result<Vec<(i32, i64)>, KafkaError> {
+        let span = tracing::info_span!("kafka.produce", otel.kind = "producer", records = records.len());
+        self.transaction(records).instrument(span).await
+    }
+
+    async fn transaction(&self, records: Vec<OutRecord>) -> Result<Vec<(i32, i64)>, KafkaError> {
         self.producer.begin_transaction().map_err(|e| KafkaError::classify("begin transaction", e))?;
         match self.produce_and_commit(records).await {
             Ok(locations) => Ok(locations),

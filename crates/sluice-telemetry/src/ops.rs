@@ -21,29 +21,51 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
 /// Readiness of a service, shared between its work loop and the `/readyz` endpoint.
+///
+/// Two conditions, kept apart so neither undoes the other: the service's own state (starting,
+/// running, stopped on a fatal error: [`Health::set_ready`], [`Health::set_not_ready`]) and a
+/// dependency gone away mid-run ([`Health::set_away`], [`Health::set_back`]), which comes and
+/// goes by itself. Ready only when both are clear; a dependency coming back never hides a
+/// fatal stop, and a fatal stop is named first.
 #[derive(Debug)]
 pub struct Health {
     /// `None` when ready, else why not.
     not_ready: Mutex<Option<String>>,
+    /// `None` unless a dependency went away mid-run; why, then.
+    away: Mutex<Option<String>>,
 }
 
 impl Health {
     /// A service starts not ready until it says otherwise.
     pub fn new() -> Arc<Health> {
-        Arc::new(Health { not_ready: Mutex::new(Some("starting".into())) })
+        Arc::new(Health { not_ready: Mutex::new(Some("starting".into())), away: Mutex::new(None) })
     }
 
+    /// The service itself is doing its job (ready unless a dependency is away).
     pub fn set_ready(&self) {
         *self.not_ready.lock().expect("health lock") = None;
     }
 
+    /// The service itself is not doing its job, and why.
     pub fn set_not_ready(&self, reason: impl Into<String>) {
         *self.not_ready.lock().expect("health lock") = Some(reason.into());
     }
 
-    /// `None` when ready, else the reason.
+    /// A dependency the service cannot work without went away mid-run (e.g. every Kafka
+    /// broker), and why: not ready until [`Health::set_back`].
+    pub fn set_away(&self, reason: impl Into<String>) {
+        *self.away.lock().expect("health lock") = Some(reason.into());
+    }
+
+    /// The dependency of [`Health::set_away`] answers again.
+    pub fn set_back(&self) {
+        *self.away.lock().expect("health lock") = None;
+    }
+
+    /// `None` when ready, else the reason (the service's own first).
     pub fn not_ready_reason(&self) -> Option<String> {
-        self.not_ready.lock().expect("health lock").clone()
+        let own = self.not_ready.lock().expect("health lock").clone();
+        own.or_else(|| self.away.lock().expect("health lock").clone())
     }
 }
 
@@ -151,6 +173,21 @@ pub fn cancel_on_signals(token: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dependency_away_and_back_neither_hides_nor_clears_the_services_own_state() {
+        let health = Health::new();
+        health.set_away("kafka away");
+        assert_eq!(health.not_ready_reason().as_deref(), Some("starting"), "the service's own reason first");
+        health.set_ready();
+        assert_eq!(health.not_ready_reason().as_deref(), Some("kafka away"));
+        health.set_back();
+        assert_eq!(health.not_ready_reason(), None);
+        health.set_not_ready("model m stopped");
+        health.set_away("kafka away");
+        health.set_back();
+        assert_eq!(health.not_ready_reason().as_deref(), Some("model m stopped"), "a recovery never clears a fatal stop");
+    }
 
     #[test]
     fn a_timestamp_gauge_moves_only_forwards_per_gauge_and_label() {

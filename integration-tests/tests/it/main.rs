@@ -19,4 +19,5 @@ mod secure_kafka;
 mod sink;
 mod suppression;
 mod sync_modes;
+mod trace;
 mod walking_skeleton;

@@ -71,6 +71,7 @@ async fn debug_logs_and_metrics_carry_no_secret_and_no_raw_email_or_phone() {
             destination_extra: "batch_max_records = 4\nbatch_linger_ms = 20\nretry = { initial_backoff_ms = 20, max_backoff_ms = 200, max_attempts = 5 }",
             webhook_extra: "signing_secret = { env = \"SLUICE_IT_LEAK_SIGNING_SECRET\" }",
             sync: "mode = \"upsert\"\nfields = { email = \"email\", phone = \"phone\" }",
+            kind: None,
             detection: None,
         },
     )

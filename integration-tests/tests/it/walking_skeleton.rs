@@ -32,6 +32,7 @@ pub(crate) async fn fixture_with(hook_url: &str, bootstrap_servers: Option<&str>
             destination_extra: "batch_max_records = 5\nbatch_linger_ms = 50\nretry = { initial_backoff_ms = 20, max_backoff_ms = 200, max_attempts = 5 }",
             webhook_extra: "timeout_ms = 5000",
             sync: "mode = \"upsert\"\nfields = { email = \"email\", name = \"name\" }",
+            kind: None,
             detection: None,
         },
     )

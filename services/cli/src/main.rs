@@ -20,7 +20,7 @@
 //!   data contract) to `schemas/models/MODEL.avsc`; point `schema_contract` at it. With
 //!   `--writer DIR`: write the model's full key and value writer schemas instead (the exact
 //!   text published on the schema topic, for consumers in other languages; docs/consumers.md).
-//! - `sluice backfill --destination NAME [--model MODEL] [--rate N] [--json] --config FILE`:
+//! - `sluice backfill --destination NAME [--model MODEL | --replace] [--rate N] [--json] --config FILE`:
 //!   send the current state of every row of the destination's change topics through its side
 //!   topic, at most N records/s, while the live sync runs; the sink's order guard keeps every key
 //!   moving forwards (exit 0 done, 1 error, 2 config, 130 interrupted; docs/operations.md).
@@ -150,6 +150,11 @@ enum Command {
         /// The summary (and any error) as JSON on stdout, for scripts; no progress bar.
         #[arg(long)]
         json: bool,
+        /// Replace all of the destination's members with the current ones in one vendor
+        /// operation (kinds that have one, e.g. a Meta audience), so members who left while it
+        /// was broken are removed even when their deletes were compacted away.
+        #[arg(long, conflicts_with = "model")]
+        replace: bool,
         #[arg(long, env = "SLUICE_CONFIG", default_value = "sluice.toml")]
         config: PathBuf,
     },
@@ -361,7 +366,7 @@ async fn main() -> std::process::ExitCode {
             let request = replay::Request { destination, target: to, model, execute, force, wait: std::time::Duration::from_secs(wait_secs), json };
             replay::run(config, request).await
         }
-        Command::Backfill { destination, model, rate, json, config } => backfill::run(config, backfill::Request { destination, model, rate, json }).await,
+        Command::Backfill { destination, model, rate, json, replace, config } => backfill::run(config, backfill::Request { destination, model, rate, json, replace }).await,
         Command::Resync { model, execute, json, config } => resync::run(config, resync::Request { model, execute, json }).await,
         Command::Inspect { model, key, show_values, json, config } => inspect::run(config, inspect::Request { model, key, show_values, json }).await,
         Command::Dlq { command } => dlq::run(command).await,

@@ -17,7 +17,9 @@
 //!   listener, the cause and the fix (e.g. a rejected SCRAM password, an untrusted broker
 //!   certificate) and the start is retried with backoff
 //!   (`sluice_kafka::connection::retry_until_connected`); later failures of a model's Kafka
-//!   work are retried by its loop, from its committed position.
+//!   work are retried by its loop, from its committed position. Every broker going away
+//!   mid-run turns `/readyz` to 503 with the reason until one answers again
+//!   (`sluice_kafka::connection::follow_brokers`), without a restart.
 //!
 //! Modes (a model picks one with `detection`):
 //! - **`cursor`** (`cursor`): rows whose cursor moved past the position, updates and deletes
@@ -164,6 +166,12 @@ pub async fn run_with(
     let writeback = writeback.map(|w| tokio::spawn(w.run(shutdown.clone())));
     health.set_ready();
     tracing::info!(models = ?models, warehouse = warehouse.kind(), "poller started");
+    // Every broker going away mid-run: not ready until one answers; the models' loops retry
+    // their work from the committed position meanwhile.
+    let brokers = tokio::spawn({
+        let (kafka, health, shutdown) = (config.kafka.clone(), Arc::clone(&health), shutdown.clone());
+        async move { sluice_kafka::connection::follow_brokers(&kafka, sluice_kafka::connection::ConnectionContext::default(), health, shutdown).await }
+    });
 
     let mut tasks = tokio::task::JoinSet::new();
     for model in models {
@@ -178,7 +186,9 @@ pub async fn run_with(
             (model, result)
         });
     }
-    let failed = join_models(tasks, &health).await?;
+    let failed = join_models(tasks, &health).await;
+    brokers.abort();
+    let failed = failed?;
     if let Some(writeback) = writeback {
         // On shutdown it stops by itself (a batch not written is read again next start).
         if !shutdown.is_cancelled() {

@@ -319,12 +319,7 @@ impl<D: Destination, L: DeadLetterSink> LaneContext<D, L> {
             tracing::info!(records = foreign, "dropping records of revoked partitions");
         }
         let span = tracing::info_span!("sink.batch", destination = %self.destination, records = batch.records.len());
-        if let Some(first) = batch.messages.first() {
-            let pairs = sluice_kafka::headers::pairs(first.headers());
-            if let Err(error) = span.set_parent(sluice_telemetry::propagation::context_from(&pairs)) {
-                tracing::trace!(?error, "trace context not attached");
-            }
-        }
+        sluice_telemetry::propagation::join(&span, batch.messages.iter().map(|m| record_context(m)));
         if let Some(stage) = &self.stage {
             // Membership is decided here, at send time, in the key's lane (`membership`); a
             // side record by the change topic it carries.
@@ -352,7 +347,14 @@ impl<D: Destination, L: DeadLetterSink> LaneContext<D, L> {
     /// Admit a consumed record, or read a recompute's row back.
     async fn take(&self, input: LaneInput) -> Result<Option<Item>, SinkError> {
         match input {
-            LaneInput::Message(message) => self.admit(message).await,
+            LaneInput::Message(message) => {
+                // The record's own span, in the trace of the run that produced it.
+                let span = tracing::info_span!("sink.consume", otel.kind = "consumer", topic = message.topic(), partition = message.partition(), offset = message.offset());
+                if let Err(error) = span.set_parent(record_context(&message)) {
+                    tracing::trace!(?error, "trace context not attached");
+                }
+                self.admit(message).instrument(span).await
+            }
             LaneInput::Recompute(recompute) => self.recompute(recompute).await,
         }
     }
@@ -365,6 +367,11 @@ impl<D: Destination, L: DeadLetterSink> LaneContext<D, L> {
             self.shared.failed.cancel();
         }
     }
+}
+
+/// The trace context a record carries in its headers (empty when it carries none).
+fn record_context(message: &OwnedMessage) -> opentelemetry::Context {
+    sluice_telemetry::propagation::context_from(&sluice_kafka::headers::pairs(message.headers()))
 }
 
 /// When a batch that is not full leaves: once its linger is over and a request would find room

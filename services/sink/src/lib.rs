@@ -24,7 +24,10 @@
 //!   `sluice_sink_stopped` to 1 at once (before the drain), and dead-letters nothing.
 //! - **Kafka refusing or away at start is waited out**: not ready, `/readyz` naming the listener,
 //!   the cause and the fix (a rejected SCRAM password, an untrusted broker certificate), retried
-//!   with backoff until it works (`sluice_kafka::connection::retry_until_connected`).
+//!   with backoff until it works (`sluice_kafka::connection::retry_until_connected`). **Kafka
+//!   away mid-run** (every broker down) turns `/readyz` false with the reason until a request
+//!   to the brokers succeeds, then true again without a restart
+//!   (`sluice_kafka::connection::follow_brokers`); consuming and committing resume by themselves.
 //! - **SIGTERM stops within a bound**: reading stops, no request starts, every retry and
 //!   rate-limit wait ends, what lanes hold is not sent; a request in flight gets up to
 //!   `DRAIN_TIMEOUT`; the finished prefix — only it — is committed synchronously.
@@ -89,6 +92,7 @@ mod recompute;
 mod retries;
 mod schemas;
 mod side;
+pub mod snapshot;
 mod telemetry;
 #[cfg(test)]
 mod testing;
@@ -270,9 +274,15 @@ async fn run_inner(config: Arc<Config>, instance_id: Option<&str>, stopped: &Sto
     let Some(sink) = Sink::start(&config, stopped.destination, instance_id, stopped.health, &shutdown).await? else {
         return Ok(());
     };
-    // Ready once subscribed with lanes running; a fatal error turns it false again.
+    // Ready once subscribed with lanes running; a fatal error turns it false again, and so
+    // does every broker going away until one answers (`follow_brokers`).
     stopped.health.set_ready();
+    let brokers = tokio::spawn({
+        let (kafka, connection, health, shutdown) = (config.kafka.clone(), sink.consumer.context().connection.clone(), Arc::clone(stopped.health), shutdown.clone());
+        async move { sluice_kafka::connection::follow_brokers(&kafka, connection, health, shutdown).await }
+    });
     let outcome = sink.consume(&shutdown).await;
+    brokers.abort();
     // At once, not after the drain: an operator (and an orchestrator's probe) must see a
     // fatal answer the moment it arrives, and the drain of a failed sink can take seconds.
     if let Err(error) = &outcome {
@@ -284,7 +294,7 @@ async fn run_inner(config: Arc<Config>, instance_id: Option<&str>, stopped: &Sto
 /// Marks the sink stopped by a failure, once: `/readyz` false with the reason, the
 /// `sluice_sink_stopped` gauge at 1, one error log.
 struct Stopped<'a> {
-    health: &'a Health,
+    health: &'a Arc<Health>,
     destination: &'a str,
     marked: std::sync::Once,
 }

@@ -18,6 +18,13 @@
 //! batch the last action per row wins (membership is a set), so one request never both adds
 //! and removes a row; removes are sent before adds.
 //!
+//! Full replace (`audience` mode only, [`Meta::check_replace`]): one `usersreplace` session
+//! (`POST <base_url>/<api_version>/<audience_id>/usersreplace`, same body) of every current
+//! member, `batch_seq` from 1, `last_batch_flag` on the last request and `estimated_num_total`
+//! the session's row count; when Meta closes the session the audience is exactly those rows, so
+//! members who left while nothing was synced are removed too. A suppression list cannot be
+//! replaced: its rows say who to remove, not who the audience holds.
+//!
 //! Answers (`classify.rs`):
 //! - 200 `{num_received, num_invalid_entries, invalid_entry_samples}`: both counts become
 //!   metrics (`sluice_destination_vendor_rows_received_total`, `..._invalid_total`). A sample
@@ -49,6 +56,8 @@ use crate::{DeliveryError, Invalid, Kind, Metrics, OutboundRecord, Plan};
 pub struct Meta {
     /// The audience's `users` edge; the token in the query or as a bearer header.
     endpoint: Endpoint,
+    /// The audience's `usersreplace` edge, authenticated the same way.
+    replace_endpoint: Endpoint,
     /// (mapped field, schema key), in schema order.
     columns: Vec<(String, MetaKey)>,
     mode: AudienceMode,
@@ -77,15 +86,19 @@ impl Kind for Meta {
     }
 
     fn new(config: &MetaConfig, metrics: Metrics) -> Result<Meta, Invalid> {
-        Ok(Meta {
-            endpoint: Endpoint::new(
+        let edge = |name: &str| -> Result<Endpoint, Invalid> {
+            Endpoint::new(
                 config.timeout_ms,
-                format!("{}/{}/{}/users", config.base_url.trim_end_matches('/'), config.api_version.trim_matches('/'), config.audience_id.trim()),
+                format!("{}/{}/{}/{name}", config.base_url.trim_end_matches('/'), config.api_version.trim_matches('/'), config.audience_id.trim()),
                 match config.token_placement {
                     TokenPlacement::Query => Auth::Query("access_token", config.access_token.expose().to_string()),
                     TokenPlacement::Bearer => Auth::Bearer(bearer(config.access_token.expose(), "access_token")?),
                 },
-            )?,
+            )
+        };
+        Ok(Meta {
+            endpoint: edge("users")?,
+            replace_endpoint: edge("usersreplace")?,
             columns: config.columns()?,
             mode: config.mode,
             max_rows: config.max_rows_per_request,
@@ -106,7 +119,27 @@ impl Kind for Meta {
     }
 
     async fn call(&self, request: &request::Request) -> Result<Answer, DeliveryError> {
-        self.endpoint.send_json(Self::NAME, request.operation.method(), &self.body(request)).await
+        let endpoint = match request.operation {
+            request::Operation::Add | request::Operation::Remove => &self.endpoint,
+            request::Operation::Replace => &self.replace_endpoint,
+        };
+        endpoint.send_json(Self::NAME, request.operation.method(), &self.body(request)).await
+    }
+
+    /// An audience can be replaced (`usersreplace`); a suppression list cannot: its rows are
+    /// the people to remove, so no set of them says who the audience holds.
+    fn check_replace(config: &MetaConfig) -> Result<(), ModeRefusal> {
+        if Self::check_replace_mode(config.mode) {
+            return Ok(());
+        }
+        Err(ModeRefusal::new(
+            "a Meta destination in suppression mode removes the people of its rows; its rows do not say who the audience holds, so it cannot be replaced",
+            "run `sluice backfill` without --replace",
+        ))
+    }
+
+    fn plan_replace(&self, members: &[OutboundRecord], session_id: i64) -> Option<Plan<request::Request>> {
+        Self::check_replace_mode(self.mode).then(|| self.plan_replace_session(members, session_id))
     }
 
     /// Meta's own counts of an accepted request, and the invalid rows no record can answer for.
@@ -119,6 +152,13 @@ impl Kind for Meta {
         self.metrics.vendor_rows(operation, answer.body["num_received"].as_u64().unwrap_or(0), invalid);
         let traced = classify::invalid_entries(request, answer).traced_rows;
         self.metrics.vendor_rows_untraceable(operation, invalid.saturating_sub(traced));
+    }
+}
+
+impl Meta {
+    /// Whether a destination in `mode` has a full replace (the rule of [`Meta::check_replace`]).
+    fn check_replace_mode(mode: AudienceMode) -> bool {
+        mode == AudienceMode::Audience
     }
 }
 

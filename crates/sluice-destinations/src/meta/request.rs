@@ -5,11 +5,12 @@ use crate::identifiers::{meta_value, MetaKey};
 use crate::plan::{Keyed, RefusalReason, SkipReason};
 use crate::{batch_digest, OutboundRecord, Plan};
 
-/// Add or remove.
+/// Add, remove, or one batch of a replace session (`usersreplace`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Operation {
     Add,
     Remove,
+    Replace,
 }
 
 impl Operation {
@@ -18,24 +19,44 @@ impl Operation {
         match self {
             Operation::Add => "add",
             Operation::Remove => "remove",
+            Operation::Replace => "replace",
         }
     }
 
-    /// `POST` adds, `DELETE` removes.
+    /// `POST` adds (to `users`) and replaces (to `usersreplace`), `DELETE` removes.
     pub(super) fn method(self) -> reqwest::Method {
         match self {
-            Operation::Add => reqwest::Method::POST,
+            Operation::Add | Operation::Replace => reqwest::Method::POST,
             Operation::Remove => reqwest::Method::DELETE,
         }
     }
 }
 
-/// One add or remove request: its rows, which records each row carries, and its session.
+/// One request: its rows, which records each row carries, and its place in its session.
 pub struct Request {
     pub(super) operation: Operation,
     pub(super) rows: Vec<Vec<String>>,
     pub(super) owners: Vec<Vec<usize>>,
-    session_id: i64,
+    session: Session,
+}
+
+/// A request's `session` object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Session {
+    id: i64,
+    /// From 1, one more per request of the session.
+    batch_seq: usize,
+    /// The session's last request: Meta closes it (for a replace: applies it).
+    last: bool,
+    /// Rows of the whole session.
+    total: usize,
+}
+
+impl Session {
+    /// An add or remove: a session of its own, of one request.
+    fn single(id: i64, rows: usize) -> Session {
+        Session { id, batch_seq: 1, last: true, total: rows }
+    }
 }
 
 /// Each row and what to do with it, with the records it carries, in first-seen order.
@@ -55,9 +76,40 @@ impl Meta {
                     operation,
                     rows: chunk.iter().map(|(row, _)| (*row).clone()).collect(),
                     owners: chunk.iter().map(|(_, owners)| (*owners).clone()).collect(),
-                    session_id: session_id(batch, operation),
+                    session: Session::single(session_id(batch, operation), chunk.len()),
                 });
             }
+        }
+        plan
+    }
+
+    /// One `usersreplace` session holding every member among `members` (a record that leaves
+    /// is not a member and is not sent; one without a usable identifier is refused), chunked to
+    /// `max_rows`, `batch_seq` from 1, `last_batch_flag` on the last request, and
+    /// `estimated_num_total` the session's row count. No members at all is still one (empty)
+    /// request: the replace then empties the audience, as the members say.
+    pub(super) fn plan_replace_session(&self, members: &[OutboundRecord], session_id: i64) -> Plan<Request> {
+        let mut plan = Plan::default();
+        let mut rows: Keyed<Vec<String>, Vec<String>> = Keyed::default();
+        for (index, record) in members.iter().enumerate().filter(|(_, record)| !record.removes()) {
+            let Some(row) = self.row(|field, key| plan.identifier(field, record.text(field), |raw| meta_value(key, raw))) else {
+                plan.refuse(index, RefusalReason::NoIdentifier, "record has no usable identifier after normalisation");
+                continue;
+            };
+            if rows.existing(&row, index).is_none() {
+                rows.push(row.clone(), index, row);
+            }
+        }
+        let (total, size) = (rows.items.len(), self.max_rows.max(1));
+        let count = total.div_ceil(size).max(1);
+        for seq in 0..count {
+            let chunk = seq * size..((seq + 1) * size).min(total);
+            plan.requests.push(Request {
+                operation: Operation::Replace,
+                rows: rows.items[chunk.clone()].to_vec(),
+                owners: rows.owners[chunk].to_vec(),
+                session: Session { id: session_id, batch_seq: seq + 1, last: seq + 1 == count, total },
+            });
         }
         plan
     }
@@ -108,7 +160,7 @@ impl Meta {
         let schema: Vec<&str> = self.columns.iter().map(|(_, key)| key.name()).collect();
         serde_json::json!({
             "payload": {"schema": schema, "data": request.rows},
-            "session": {"session_id": request.session_id, "batch_seq": 1, "last_batch_flag": true, "estimated_num_total": request.rows.len()},
+            "session": {"session_id": request.session.id, "batch_seq": request.session.batch_seq, "last_batch_flag": request.session.last, "estimated_num_total": request.session.total},
         })
     }
 }
@@ -121,7 +173,8 @@ fn session_id(batch: &[OutboundRecord], operation: Operation) -> i64 {
     let id = (u64::from_be_bytes(bytes) >> 2) as i64;
     match operation {
         Operation::Add => id,
-        Operation::Remove => id ^ 1,
+        // A replace session's id is its caller's (`plan_replace_session`), never derived.
+        Operation::Remove | Operation::Replace => id ^ 1,
     }
 }
 
@@ -134,7 +187,11 @@ pub(super) mod tests {
     use sluice_core::config::Secret;
 
     pub(in super::super) fn meta(mode: AudienceMode) -> Meta {
-        let config = MetaConfig {
+        Meta::new(&config_of(mode), Metrics::new("test", Meta::NAME)).unwrap()
+    }
+
+    fn config_of(mode: AudienceMode) -> MetaConfig {
+        MetaConfig {
             base_url: "http://127.0.0.1:1".into(),
             api_version: "v21.0".into(),
             access_token: Secret::literal("t"),
@@ -144,8 +201,7 @@ pub(super) mod tests {
             mode,
             max_rows_per_request: 10_000,
             timeout_ms: 1000,
-        };
-        Meta::new(&config, Metrics::new("test", Meta::NAME)).unwrap()
+        }
     }
 
     pub(in super::super) use crate::record::test_record as record;
@@ -222,5 +278,57 @@ pub(super) mod tests {
         assert_eq!(body["session"]["session_id"], session_id(&batch, Operation::Add));
         assert_eq!(body["session"]["estimated_num_total"], 2);
         assert_ne!(session_id(&batch, Operation::Add), session_id(&batch, Operation::Remove));
+    }
+
+    #[test]
+    fn a_replace_is_one_session_of_every_member_in_order_with_the_last_batch_flagged() {
+        let mut m = meta(AudienceMode::Audience);
+        m.max_rows = 2;
+        let batch = [
+            record("t/0/1", Action::Upsert, serde_json::json!({"email": "a@x.com"}), None),
+            record("t/0/2", Action::Delete, serde_json::json!({"email": "gone@x.com"}), None),
+            record("t/0/3", Action::Upsert, serde_json::json!({"email": "b@x.com"}), None),
+            record("t/0/4", Action::Upsert, serde_json::json!({"email": "A@x.com "}), None),
+            record("t/0/5", Action::Upsert, serde_json::json!({"email": "no-at-sign"}), None),
+            record("t/0/6", Action::Upsert, serde_json::json!({"email": "c@x.com"}), None),
+        ];
+        let plan = m.plan_replace_session(&batch, 77);
+        assert_eq!(plan.refused_indexes(), [4], "no usable identifier: refused, not silently left out");
+        let bodies: Vec<serde_json::Value> = plan.requests.iter().map(|r| m.body(r)).collect();
+        let sessions: Vec<serde_json::Value> = bodies.iter().map(|b| b["session"].clone()).collect();
+        assert_eq!(
+            sessions,
+            [
+                serde_json::json!({"session_id": 77, "batch_seq": 1, "last_batch_flag": false, "estimated_num_total": 3}),
+                serde_json::json!({"session_id": 77, "batch_seq": 2, "last_batch_flag": true, "estimated_num_total": 3}),
+            ]
+        );
+        let rows: Vec<serde_json::Value> = bodies.iter().map(|b| b["payload"]["data"].clone()).collect();
+        let row = |email: &str| serde_json::json!([sha256_hex(email), ""]);
+        assert_eq!(rows, [serde_json::json!([row("a@x.com"), row("b@x.com")]), serde_json::json!([row("c@x.com")])], "the leaving record is no member; a duplicate row once");
+        assert_eq!(plan.requests[0].owners, [vec![0, 3], vec![2]]);
+        assert!(plan.requests.iter().all(|r| r.operation == Operation::Replace));
+    }
+
+    #[test]
+    fn a_replace_without_members_is_one_empty_closing_request() {
+        let m = meta(AudienceMode::Audience);
+        let plan = m.plan_replace_session(&[record("t/0/1", Action::Delete, serde_json::json!({"email": "a@x.com"}), None)], 5);
+        assert_eq!(plan.requests.len(), 1);
+        assert_eq!(m.body(&plan.requests[0])["session"], serde_json::json!({"session_id": 5, "batch_seq": 1, "last_batch_flag": true, "estimated_num_total": 0}));
+    }
+
+    #[test]
+    fn only_an_audience_can_be_replaced() {
+        use crate::Kind;
+        assert!(m_replace(AudienceMode::Audience).is_some());
+        assert!(m_replace(AudienceMode::Suppression).is_none());
+        let refusal = <Meta as Kind>::check_replace(&config_of(AudienceMode::Suppression)).unwrap_err();
+        assert!(refusal.reason.contains("suppression mode"), "{refusal:?}");
+        assert!(<Meta as Kind>::check_replace(&config_of(AudienceMode::Audience)).is_ok());
+    }
+
+    fn m_replace(mode: AudienceMode) -> Option<Plan<Request>> {
+        crate::Kind::plan_replace(&meta(mode), &[record("t/0/1", Action::Upsert, serde_json::json!({"email": "a@x.com"}), None)], 1)
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::producer::{NoCustomPartitioner, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use tokio::sync::watch;
 
@@ -24,11 +25,13 @@ pub struct ConnectionContext {
     /// When each problem was last logged: librdkafka reports one failure as two events, and a
     /// producer's context hears each event twice.
     logged: Arc<Mutex<HashMap<ConnectionProblem, Instant>>>,
+    /// librdkafka's words from the last all-brokers-down event, until [`Self::clear_brokers_down`].
+    brokers_down: Arc<watch::Sender<Option<String>>>,
 }
 
 impl Default for ConnectionContext {
     fn default() -> Self {
-        ConnectionContext { problems: Arc::new(watch::Sender::new(None)), logged: Arc::default() }
+        ConnectionContext { problems: Arc::new(watch::Sender::new(None)), logged: Arc::default(), brokers_down: Arc::new(watch::Sender::new(None)) }
     }
 }
 
@@ -49,6 +52,22 @@ impl ConnectionContext {
         }
     }
 
+    /// Resolves with librdkafka's words once every broker the client knows is down (an
+    /// all-brokers-down event came and was not cleared since); never otherwise.
+    pub async fn brokers_down(&self) -> String {
+        let mut down = self.brokers_down.subscribe();
+        match down.wait_for(Option::is_some).await.map(|reason| reason.clone()) {
+            Ok(reason) => reason.expect("waited for Some"),
+            // The sender lives in `self`, so it is never dropped while this waits.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Forget the last all-brokers-down event: [`Self::brokers_down`] waits for the next one.
+    pub fn clear_brokers_down(&self) {
+        self.brokers_down.send_replace(None);
+    }
+
     /// Run a request of this context's client; a decisive problem ends it early with
     /// [`KafkaError::Connection`].
     pub async fn or_problem<T>(&self, operation: &'static str, request: impl Future<Output = Result<T, KafkaError>>) -> Result<T, KafkaError> {
@@ -61,6 +80,14 @@ impl ConnectionContext {
     /// Record an error event (what [`ClientContext::error`] does; public so other contexts,
     /// such as a consumer's, can forward to it).
     pub fn record(&self, error: &rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            // Not a problem of one listener: the brokers stopped (or the network went), which
+            // time fixes; `super::follow_brokers` turns it into not-ready until one answers.
+            if self.brokers_down.send_replace(Some(reason.to_string())).is_none() {
+                tracing::warn!(target: "librdkafka", reason, "every kafka broker is down; retrying until one answers");
+            }
+            return;
+        }
         let problem = error.rdkafka_error_code().and_then(|code| ConnectionProblem::from_event(code, reason));
         let Some(problem) = problem else {
             tracing::warn!(target: "librdkafka", %error, reason, "kafka client error");
@@ -116,4 +143,20 @@ impl ClientContext for ConnectionContext {
 impl ProducerContext<NoCustomPartitioner> for ConnectionContext {
     type DeliveryOpaque = ();
     fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_all_brokers_down_event_is_kept_until_cleared_and_is_not_a_connection_problem() {
+        let context = ConnectionContext::default();
+        context.record(&rdkafka::error::KafkaError::Global(RDKafkaErrorCode::AllBrokersDown), "2/2 brokers are down");
+        assert_eq!(context.brokers_down().await, "2/2 brokers are down");
+        assert_eq!(context.last_problem(), None, "no listener refused anything");
+        context.clear_brokers_down();
+        let waited = tokio::time::timeout(Duration::from_millis(50), context.brokers_down()).await;
+        assert!(waited.is_err(), "cleared: waits for the next event");
+    }
 }

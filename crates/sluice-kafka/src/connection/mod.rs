@@ -16,8 +16,11 @@
 //!   jittered exponential backoff (1 s to 30 s) until it succeeds or the service shuts down.
 //!   Each attempt builds new clients, so fixed TLS files on disk are picked up without a
 //!   restart; secrets are resolved once at start, so a fixed password needs a restart.
+//! - [`follow_brokers`]: once running, every broker going away turns `/readyz` to 503 with the
+//!   reason until a request to the brokers succeeds again.
 
 mod context;
+mod follow;
 mod problem;
 
 use std::future::Future;
@@ -32,6 +35,7 @@ use sluice_telemetry::ops::Health;
 use tokio_util::sync::CancellationToken;
 
 pub use context::ConnectionContext;
+pub use follow::follow_brokers;
 pub use problem::{Cause, ConnectionProblem};
 
 use crate::{client_config, KafkaError};

@@ -231,3 +231,51 @@ fn check_meta(name: &str, server: &MetaState) {
         assert!(rows.contains(&("POST".into(), serde_json::json!([ada.0, ada.1]))), "Ada's phone normalised and hashed once");
     }
 }
+
+/// `usersreplace`: members 1..10 are in the audience; 2, 5 and 8 left while nothing was synced.
+/// One replace session of the current states leaves exactly the seven current members, in
+/// batches of the row limit with `batch_seq`, `last_batch_flag` and `estimated_num_total` as
+/// the contract says; a closed session cannot be reused.
+#[tokio::test]
+async fn meta_replace_leaves_exactly_the_current_members() {
+    let (url, server) = contract::meta::start("EAAB-token", "23851234567890").await;
+    let destination = Meta::new(
+        &MetaConfig {
+            base_url: url.clone(),
+            api_version: "v21.0".into(),
+            access_token: Secret::literal("EAAB-token"),
+            token_placement: TokenPlacement::Query,
+            audience_id: "23851234567890".into(),
+            identifiers: BTreeMap::from([("email".to_string(), "EMAIL".to_string())]),
+            mode: AudienceMode::Audience,
+            max_rows_per_request: 4,
+            timeout_ms: 5_000,
+        },
+        metrics::<Meta>(),
+    )
+    .unwrap();
+    let email = |n: u32| serde_json::json!({ "email": format!("member{n}@example.com") });
+    let all: Vec<_> = (1..=10).map(|n| record(n, Action::Upsert, email(n))).collect();
+    assert!(destination.send(&all).await.unwrap().is_empty());
+    assert_eq!(server.member_count(), 10);
+
+    let left = [2, 5, 8];
+    let current: Vec<_> = (1..=10).map(|n| record(n, if left.contains(&n) { Action::Delete } else { Action::Upsert }, email(n))).collect();
+    assert!(sluice_destinations::kind::replace(&destination, &current, 4242).await.unwrap().is_empty());
+
+    let expected: BTreeSet<String> = (1..=10).filter(|n| !left.contains(n)).map(|n| sha256_hex(&format!("member{n}@example.com"))).collect();
+    let members: BTreeSet<String> = server.members.lock().unwrap().iter().map(|m| m["EMAIL"].clone()).collect();
+    assert_eq!(members, expected, "the audience is exactly the current members");
+    assert_eq!(server.member_count(), 7);
+    let sessions: Vec<serde_json::Value> = server.requests().iter().filter(|r| r.path.ends_with("/usersreplace")).map(|r| r.body["session"].clone()).collect();
+    assert_eq!(
+        sessions,
+        [
+            serde_json::json!({"session_id": 4242, "batch_seq": 1, "last_batch_flag": false, "estimated_num_total": 7}),
+            serde_json::json!({"session_id": 4242, "batch_seq": 2, "last_batch_flag": true, "estimated_num_total": 7}),
+        ]
+    );
+    let reused = sluice_destinations::kind::replace(&destination, &current, 4242).await.unwrap_err();
+    assert_eq!(reused.class, ErrorClass::Permanent, "a closed session is refused: {reused:?}");
+    assert_eq!(server.member_count(), 7, "a refused session changes nothing");
+}

@@ -1,4 +1,4 @@
-//! `sluice backfill --destination NAME [--model MODEL] [--rate N/s]`: bring a new or repaired
+//! `sluice backfill --destination NAME [--model MODEL | --replace] [--rate N/s]`: bring a new or repaired
 //! destination up to the current state of every row, from the compacted change topics, while
 //! the live sync keeps running.
 //!
@@ -17,6 +17,10 @@
 //! delivered meanwhile, is superseded; one newer than the live consumer's position is applied,
 //! and the live records of its key below it are then superseded. The backfill itself only
 //! writes states that were current when it read them; it never decides.
+//!
+//! With `--replace` (kinds with a full replace, e.g. a Meta audience: [`replace`]), the
+//! current members are sent in one vendor session that replaces every member, then every key
+//! changed meanwhile is re-sent through the side topic.
 //!
 //! Exit codes (`crate::failure`): 0 done, 1 Kafka error, 2 bad config or arguments, 130
 //! interrupted (Ctrl-C: what was written is applied; run it again to finish — re-sent states are
@@ -42,13 +46,15 @@ use tracing::Instrument;
 use crate::failure::Failure;
 use crate::scope::{self, Topic};
 
+mod replace;
+
 /// The default `--rate`: well under every vendor's documented limit, so live traffic keeps most
 /// of it.
 pub(crate) const DEFAULT_RATE: u32 = 200;
 /// Side records awaiting the broker's acknowledgement at once.
 const IN_FLIGHT: usize = 500;
 /// How long one pass over a partition may take.
-const READ_DEADLINE: Duration = Duration::from_secs(6 * 3600);
+pub(super) const READ_DEADLINE: Duration = Duration::from_secs(6 * 3600);
 
 /// What the operator asked for.
 #[derive(Debug, Clone)]
@@ -58,6 +64,14 @@ pub(crate) struct Request {
     /// Side records per second, at most.
     pub rate: NonZeroU32,
     pub json: bool,
+    /// `--replace`: one full replace of the destination's members ([`check_replace`]).
+    pub replace: bool,
+}
+
+/// What a run did: per change topic (a plain backfill), or the replace's summary.
+enum Summary {
+    States(Vec<(String, TopicSummary)>),
+    Replace(replace::ReplaceSummary),
 }
 
 /// The latest state and tombstone of a key in one partition (offsets).
@@ -71,8 +85,8 @@ struct Latest {
 
 /// One partition's plan: which offset to send per key, and the counts.
 #[derive(Debug, Default)]
-struct PartitionPlan {
-    send: HashMap<u128, i64>,
+pub(super) struct PartitionPlan {
+    pub(super) send: HashMap<u128, i64>,
     keys: u64,
     /// Keys whose latest record is a tombstone without its `d` event: not sent.
     compacted_deletes: u64,
@@ -111,7 +125,7 @@ fn op_of(message: &impl Message) -> Option<&[u8]> {
     message.headers()?.iter().find(|h| h.key == sluice_kafka::headers::OP)?.value
 }
 
-fn key_hash(key: &[u8]) -> u128 {
+pub(super) fn key_hash(key: &[u8]) -> u128 {
     xxhash_rust::xxh3::xxh3_128(key)
 }
 
@@ -132,13 +146,21 @@ pub(crate) async fn run(config_path: std::path::PathBuf, request: Request) -> Ex
     let result = async {
         let config = scope::load(&config_path)?;
         let topics = scope::destination_topics(&config, &request.destination, request.model.as_deref())?;
-        backfill(&config, &topics, &request, &stop).await
+        if request.replace {
+            check_replace(&config, &request.destination)?;
+            return replace::replace(&config, &topics, &request, &stop).await.map(|(summary, elapsed)| (Summary::Replace(summary), elapsed));
+        }
+        backfill(&config, &topics, &request, &stop).await.map(|(summary, elapsed)| (Summary::States(summary), elapsed))
     }
     .instrument(span)
     .await;
     match result {
         Ok((summary, elapsed)) => {
-            println!("{}", render(&request, &summary, elapsed, stop.is_cancelled()));
+            let text = match summary {
+                Summary::States(summary) => render(&request, &summary, elapsed, stop.is_cancelled()),
+                Summary::Replace(summary) => summary.render(&request, elapsed, stop.is_cancelled()),
+            };
+            println!("{text}");
             if stop.is_cancelled() {
                 ExitCode::from(130)
             } else {
@@ -186,8 +208,27 @@ async fn backfill(config: &Config, topics: &[Topic], request: &Request, stop: &C
     Ok((summary, started.elapsed()))
 }
 
+/// Whether `--replace` can run for `destination`: its kind has a full replace with these
+/// settings ([`sluice_destinations::KindConfig::check_replace`]), and no sync into it names
+/// suppression lists (the replace set would need the sink's membership stage, which the
+/// backfill does not run yet). Errors are config errors (exit 2) with the reason and the fix.
+fn check_replace(config: &Config, destination: &str) -> Result<(), Failure> {
+    let dest = config.destination(destination).expect("destination_topics checked it exists");
+    let settings = sluice_destinations::parse(config, dest).map_err(|error| Failure::Config(error.to_string()))?;
+    settings
+        .check_replace()
+        .map_err(|refusal| Failure::Config(format!("destination {destination:?} cannot be replaced: {}; {}", refusal.reason, refusal.fix)))?;
+    if let Some(sync) = config.syncs_to(destination).find(|sync| !sync.suppressed_by.is_empty()) {
+        return Err(Failure::Config(format!(
+            "destination {destination:?} cannot be replaced yet: the sync of model {:?} names suppression lists, and --replace does not apply them; run it without --replace",
+            sync.model.get_ref()
+        )));
+    }
+    Ok(())
+}
+
 /// Each key's latest state and tombstone in `range`. Blocking.
-fn first_pass(kafka: &sluice_core::config::KafkaConfig, topic: &str, range: Range) -> Result<PartitionPlan, KafkaError> {
+pub(super) fn first_pass(kafka: &sluice_core::config::KafkaConfig, topic: &str, range: Range) -> Result<PartitionPlan, KafkaError> {
     let mut index: HashMap<u128, Latest> = HashMap::new();
     let read = scan(kafka, topic, &[range], READ_DEADLINE, |message| {
         let Some(key) = message.key() else { return };
@@ -204,17 +245,17 @@ fn first_pass(kafka: &sluice_core::config::KafkaConfig, topic: &str, range: Rang
 
 /// What every partition's second pass writes with: the side topic's producer, the one rate
 /// limiter of the whole backfill, the progress bar and the interrupt.
-struct Writer<'a> {
-    config: &'a Config,
-    producer: &'a SideProducer,
-    limiter: &'a governor::DefaultDirectRateLimiter,
-    bar: &'a indicatif::ProgressBar,
-    stop: &'a CancellationToken,
+pub(super) struct Writer<'a> {
+    pub(super) config: &'a Config,
+    pub(super) producer: &'a SideProducer,
+    pub(super) limiter: &'a governor::DefaultDirectRateLimiter,
+    pub(super) bar: &'a indicatif::ProgressBar,
+    pub(super) stop: &'a CancellationToken,
 }
 
 /// Write the planned states of one partition to the side topic, at the limiter's rate, many in
 /// flight. Returns (sent, of which deletes).
-async fn second_pass(writer: &Writer<'_>, topic: &str, range: Range, send: HashMap<u128, i64>) -> Result<(u64, u64), Failure> {
+pub(super) async fn second_pass(writer: &Writer<'_>, topic: &str, range: Range, send: HashMap<u128, i64>) -> Result<(u64, u64), Failure> {
     let Writer { config, producer, limiter, bar, stop } = *writer;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<SideRecord>(IN_FLIGHT);
     let reader = {
