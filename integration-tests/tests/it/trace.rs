@@ -109,7 +109,22 @@ async fn the_run_the_produce_the_consume_and_the_request_of_a_change_are_one_tra
     let trace_id = traceparent.split('-').nth(1).expect("W3C traceparent: version-trace-span-flags").to_string();
     let of_trace = || spans.lock().unwrap().iter().filter(|s| s.trace_id == trace_id).cloned().collect::<Vec<_>>();
     let names = ["poller.run", "kafka.produce", "sink.consume", "sink.batch", "destination.request"];
-    eventually("the five spans of the change exported", WAIT, || names.iter().all(|name| of_trace().iter().any(|s| s.name == *name))).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !names.iter().all(|name| of_trace().iter().any(|s| s.name == *name)) {
+        if tokio::time::Instant::now() >= deadline {
+            // Say which span is missing, what else arrived and what the services logged.
+            let all = spans.lock().unwrap().clone();
+            let seen: Vec<(String, String)> = all.iter().map(|s| (s.service.clone(), s.name.clone())).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+            panic!(
+                "timed out after {WAIT:?} waiting for the five spans of trace {trace_id}: has {:?}; {} spans in all, of (service, name) {seen:?}\n--- poller log:\n{}\n--- sink log:\n{}",
+                of_trace().iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+                all.len(),
+                poller.output(),
+                sink.output()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop((poller, sink));
 
     let trace = of_trace();
