@@ -118,8 +118,8 @@ impl Admin {
 
     /// [`ensure_topics`], with each topic's partition count for when it is created. Checks the
     /// connection first ([`check_connection`]), so rejected credentials or certificates fail at
-    /// once with the listener and the cause rather than as a request timeout; returns once the
-    /// topics it created have leaders ([`Admin::await_visible`]).
+    /// once with the listener and the cause rather than as a request timeout; returns once
+    /// every one of the topics has leaders ([`Admin::await_visible`]).
     pub async fn ensure(&self, topics: &[(String, TopicRole, i32)]) -> Result<(), KafkaError> {
         let kafka = &self.kafka;
         check_connection(kafka).await?;
@@ -147,7 +147,9 @@ impl Admin {
                 }
             }
         }
-        self.await_visible(created).await?;
+        // Existing topics too: another service may have created one a moment ago (the poller
+        // and a sink starting together), and it is not in every broker's metadata yet either.
+        self.await_visible(created.iter().chain(&existing).cloned().collect()).await?;
         let reconciled: Vec<(&str, Vec<(&'static str, String)>)> = topics
             .iter()
             .filter(|(name, _, _)| existing.contains(name))
@@ -171,8 +173,8 @@ impl Admin {
         Ok(())
     }
 
-    /// Wait until each of `topics` (just created) is in the brokers' metadata with a leader for
-    /// every partition. The controller knows a new topic before the brokers' metadata caches do,
+    /// Wait until each of `topics` (just created, here or by another service) is in the brokers'
+    /// metadata with a leader for every partition. The controller knows a new topic before the brokers' metadata caches do,
     /// and a consumer that subscribes in between is told "unknown topic or partition" and does
     /// not ask again until its next metadata refresh (`topic.metadata.refresh.interval.ms`, five
     /// minutes by default): a sink would then not read its side topic for minutes. Bounded by

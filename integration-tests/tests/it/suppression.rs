@@ -82,10 +82,17 @@ mod holds {
     const NEVER: i64 = 4;
     const PURCHASE: i64 = 100;
 
-    async fn until<F: Future<Output = bool>>(what: &str, mut condition: impl FnMut() -> F) {
+    /// Wait until `condition` holds; past [`WAIT`], fail saying where each customer stands.
+    async fn until<F: Future<Output = bool>>(run: &Run, what: &str, mut condition: impl FnMut() -> F) {
         let deadline = tokio::time::Instant::now() + WAIT;
         while !condition().await {
-            assert!(tokio::time::Instant::now() < deadline, "timed out after {WAIT:?} waiting for: {what}");
+            if tokio::time::Instant::now() >= deadline {
+                let mut state = Vec::new();
+                for id in [BUYER, PROSPECT, REVOKER, NEVER] {
+                    state.push(format!("{id}: meta {}, redis {}, braze {:?}", run.in_meta(id), run.in_redis(id).await, run.braze_subscription(id)));
+                }
+                panic!("timed out after {WAIT:?} waiting for: {what}; customers now: {}", state.join("; "));
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -109,7 +116,7 @@ mod holds {
         for (id, name, opt_in) in [(BUYER, "Ada", true), (PROSPECT, "Bob", true), (REVOKER, "Cy", true), (NEVER, "Di", false)] {
             run.add_customer(id, name, opt_in).await;
         }
-        until("consented customers are members everywhere", || async {
+        until(&run, "consented customers are members everywhere", || async {
             everywhere(&run, BUYER, true).await && everywhere(&run, PROSPECT, true).await && everywhere(&run, REVOKER, true).await
         })
         .await;
@@ -118,7 +125,7 @@ mod holds {
 
         // A purchase: the buyer leaves every prospecting destination.
         run.purchase(PURCHASE, BUYER).await;
-        until("the buyer removed everywhere", || everywhere(&run, BUYER, false)).await;
+        until(&run, "the buyer removed everywhere", || everywhere(&run, BUYER, false)).await;
         if meta_restarts {
             run.kill_meta();
         }
@@ -138,14 +145,14 @@ mod holds {
 
         // The purchase row goes: the buyer comes back, with their current attributes.
         run.delete_purchase(PURCHASE).await;
-        until("the buyer back everywhere", || everywhere(&run, BUYER, true)).await;
+        until(&run, "the buyer back everywhere", || everywhere(&run, BUYER, true)).await;
         assert_eq!(run.braze_user(BUYER).unwrap()["first_name"], "Ada Lovelace", "re-added with the attributes of now");
         let meta = run.meta_operations(BUYER);
         assert_eq!(meta.last().map(String::as_str), Some("POST"), "re-added at Meta: {meta:?}");
 
         // Consent revoked: removed everywhere it applies.
         run.set_consent(REVOKER, false).await;
-        until("the revoker removed everywhere", || everywhere(&run, REVOKER, false)).await;
+        until(&run, "the revoker removed everywhere", || everywhere(&run, REVOKER, false)).await;
 
         // The prospect who never bought stayed in throughout; the one who never consented never came in.
         assert!(everywhere(&run, PROSPECT, true).await);
@@ -166,9 +173,9 @@ mod holds {
         for (id, name) in [(BUYER, "Ada"), (PROSPECT, "Bob")] {
             run.add_customer(id, name, true).await;
         }
-        until("both customers are members everywhere", || async { everywhere(&run, BUYER, true).await && everywhere(&run, PROSPECT, true).await }).await;
+        until(&run, "both customers are members everywhere", || async { everywhere(&run, BUYER, true).await && everywhere(&run, PROSPECT, true).await }).await;
         run.purchase(PURCHASE, BUYER).await;
-        until("the buyer removed everywhere", || everywhere(&run, BUYER, false)).await;
+        until(&run, "the buyer removed everywhere", || everywhere(&run, BUYER, false)).await;
         let (buyer_ops, prospect_ops) = (run.meta_operations(BUYER).len(), run.meta_operations(PROSPECT).len());
 
         run.backfill(BUYER, WAIT).await;
@@ -182,7 +189,7 @@ mod holds {
 
         // Released: the buyer's next backfill is a member again.
         run.delete_purchase(PURCHASE).await;
-        until("the buyer back everywhere", || everywhere(&run, BUYER, true)).await;
+        until(&run, "the buyer back everywhere", || everywhere(&run, BUYER, true)).await;
         run.backfill(BUYER, WAIT).await;
         assert!(everywhere(&run, BUYER, true).await);
         assert_eq!(run.meta_operations(BUYER).last().map(String::as_str), Some("POST"));
