@@ -23,7 +23,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 /// propagates exactly as in production.
 pub fn telemetry() {
     static GUARD: std::sync::OnceLock<sluice_telemetry::TelemetryGuard> = std::sync::OnceLock::new();
-    GUARD.get_or_init(|| sluice_telemetry::setup_telemetry("sluice-integration-tests", false));
+    GUARD.get_or_init(|| sluice_telemetry::setup_telemetry("sluice-integration-tests", false, sluice_telemetry::Spans::Always));
 }
 
 /// Kafka address for tests (`SLUICE_TEST_KAFKA`, default the local broker of `ops/kafka.sh`).

@@ -4,8 +4,10 @@
 //!   only when stderr is a terminal and `NO_COLOR` is unset, plain in a file or pipe), a
 //!   W3C trace-context propagator, and an OpenTelemetry tracer whose OTLP exporter is switched on
 //!   by the standard `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
-//!   variables (and off by `OTEL_SDK_DISABLED=true`). Spans get real trace ids even without an
-//!   exporter, so trace context still travels from the poller to the sinks.
+//!   variables (and off by `OTEL_SDK_DISABLED=true`). With [`Spans::Always`] (the poller, the
+//!   CLI) spans get real trace ids even without an exporter, so trace context still travels
+//!   from the poller to the sinks; with [`Spans::WhenExported`] (a sink) they are made only
+//!   when exported.
 //! - [`propagation`]: trace context in and out of string headers (Kafka headers).
 //! - [`ops`]: the `/healthz`, `/readyz` and Prometheus `/metrics` endpoints and the readiness
 //!   state behind them.
@@ -37,6 +39,26 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// Whether a process makes OpenTelemetry spans when it exports none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spans {
+    /// Always: the process writes its spans' trace context into the records it produces (the
+    /// poller, the CLI), which needs real trace ids whether or not it exports them.
+    Always,
+    /// Only when an OTLP exporter is configured: the process passes no context of its own on
+    /// (a sink: dead letters and side records keep the original record's), and its spans per
+    /// record cost about 30% of its throughput at 100k records/s (`ops/bench-sink.sh`, logs
+    /// at `info`) for nothing when no one receives them.
+    WhenExported,
+}
+
+impl Spans {
+    /// Whether OpenTelemetry spans are made, given whether they are exported.
+    fn made(self, exporting: bool) -> bool {
+        exporting || self == Spans::Always
+    }
+}
+
 fn otlp_requested() -> bool {
     let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
     let endpoint = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
@@ -56,7 +78,7 @@ fn colour_logs() -> bool {
 /// OpenTelemetry `service.name` (unless `OTEL_SERVICE_NAME` overrides it). Log filter from
 /// `RUST_LOG` (default `info`). Safe to call more than once (tests): later calls only return a
 /// guard.
-pub fn setup_telemetry(service: &str, json_logs: bool) -> TelemetryGuard {
+pub fn setup_telemetry(service: &str, json_logs: bool, spans: Spans) -> TelemetryGuard {
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     let service_name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_string());
     let resource = Resource::builder()
@@ -65,9 +87,13 @@ pub fn setup_telemetry(service: &str, json_logs: bool) -> TelemetryGuard {
         .build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     let mut exporter_error = None;
+    let mut exporting = false;
     if otlp_requested() {
         match opentelemetry_otlp::SpanExporter::builder().with_http().build() {
-            Ok(exporter) => builder = builder.with_batch_exporter(exporter),
+            Ok(exporter) => {
+                builder = builder.with_batch_exporter(exporter);
+                exporting = true;
+            }
             Err(error) => exporter_error = Some(error.to_string()),
         }
     }
@@ -76,7 +102,7 @@ pub fn setup_telemetry(service: &str, json_logs: bool) -> TelemetryGuard {
     opentelemetry::global::set_tracer_provider(provider.clone());
 
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    let otel = spans.made(exporting).then(|| tracing_opentelemetry::layer().with_tracer(tracer));
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let ansi = colour_logs();
     let installed = if json_logs {
@@ -90,4 +116,17 @@ pub fn setup_telemetry(service: &str, json_logs: bool) -> TelemetryGuard {
         }
     }
     TelemetryGuard { provider }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Spans;
+
+    #[test]
+    fn a_sink_makes_spans_only_to_export_them_and_the_poller_always() {
+        assert!(!Spans::WhenExported.made(false), "a sink without an exporter makes no spans");
+        assert!(Spans::WhenExported.made(true));
+        assert!(Spans::Always.made(false), "the poller's records carry a trace context without an exporter");
+        assert!(Spans::Always.made(true));
+    }
 }

@@ -177,6 +177,9 @@ fn span_rate(log: &[(Instant, usize)]) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Logging and tracing as `sluice-sink` installs them, so the spans it opens per record and
+    // per batch cost here what they cost in the service (`RUST_LOG`, `OTEL_*` apply).
+    let _telemetry = sluice_telemetry::setup_telemetry("sluice-sink", false, sluice_telemetry::Spans::WhenExported);
     require_kafka();
     let n = env_usize("SLUICE_BENCH_RECORDS", 200_000);
     let rate = env_usize("SLUICE_BENCH_RATE", 20_000);

@@ -35,7 +35,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let _telemetry = sluice_telemetry::setup_telemetry("sluice-poller", args.log_json);
+    let _telemetry = sluice_telemetry::setup_telemetry("sluice-poller", args.log_json, sluice_telemetry::Spans::Always);
     // The one validation, for the poller's scope: Kafka's and the warehouse's secrets only.
     let config = match sluice_destinations::load_for_service(&args.config, &sluice_core::config::Scope::Poller) {
         Ok(config) => config,

@@ -46,7 +46,7 @@ fn instance_id(value: &str) -> Result<String, String> {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let _telemetry = sluice_telemetry::setup_telemetry(&format!("sluice-sink-{}", args.destination), args.log_json);
+    let _telemetry = sluice_telemetry::setup_telemetry(&format!("sluice-sink-{}", args.destination), args.log_json, sluice_telemetry::Spans::WhenExported);
     // The one validation, for this sink's scope: its destination's secrets and Kafka's only.
     let scope = sluice_core::config::Scope::Sink(args.destination.clone());
     let config = match sluice_destinations::load_for_service(&args.config, &scope) {

@@ -131,7 +131,7 @@ pub(super) fn key_hash(key: &[u8]) -> u128 {
 
 /// Run `sluice backfill` with the config at `config_path`.
 pub(crate) async fn run(config_path: std::path::PathBuf, request: Request) -> ExitCode {
-    let _telemetry = sluice_telemetry::setup_telemetry("sluice", false);
+    let _telemetry = sluice_telemetry::setup_telemetry("sluice", false, sluice_telemetry::Spans::Always);
     let span = tracing::info_span!("backfill", destination = %request.destination, rate = request.rate.get());
     let stop = CancellationToken::new();
     tokio::spawn({

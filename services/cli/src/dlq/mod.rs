@@ -133,7 +133,7 @@ impl Context {
 
 /// Run a `sluice dlq` subcommand.
 pub(crate) async fn run(command: DlqCommand) -> ExitCode {
-    let _telemetry = sluice_telemetry::setup_telemetry("sluice", false);
+    let _telemetry = sluice_telemetry::setup_telemetry("sluice", false, sluice_telemetry::Spans::Always);
     let (common, action) = match &command {
         DlqCommand::List { common } => (common, "list"),
         DlqCommand::Show { common, .. } => (common, "show"),
