@@ -14,6 +14,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 use tokio::time::Instant;
 
+/// What a [`Behaviour::Script`] runs: the request's number (from 0) and its records to the reply.
+pub type ScriptFn = Arc<dyn Fn(usize, &[serde_json::Value]) -> Reply + Send + Sync>;
+
 /// How the receiver answers.
 #[derive(Clone)]
 pub enum Behaviour {
@@ -24,7 +27,7 @@ pub enum Behaviour {
     /// 503 with `Retry-After: 0` to the next `n` requests, then `Normal`.
     FailNext(usize),
     /// A script decides per request.
-    Script(Arc<dyn Fn(usize, &[serde_json::Value]) -> Reply + Send + Sync>),
+    Script(ScriptFn),
 }
 
 /// One scripted answer.

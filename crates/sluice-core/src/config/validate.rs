@@ -347,6 +347,32 @@ fn is_avro_name(name: &str) -> bool {
     chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+impl Config {
+    /// `expire` on a model: a column of the model, a positive duration, a mode that can emit
+    /// expiries (the column's type is checked by the poller, which knows it).
+    fn validate_expire(&self, model: &ModelConfig, expire: &Expire) -> Result<(), ConfigError> {
+        let name = model.name.get_ref();
+        let err = |message: String, fix: &str| self.error_at(model.name.span(), message, fix);
+        if !model.columns.contains(&expire.column) {
+            return Err(err(format!("model {name:?}: expire.column {:?} is not in `columns`", expire.column), "add it to `columns`"));
+        }
+        if expire.after_ms == 0 {
+            return Err(err(format!("model {name:?}: expire.after_ms must be positive"), "e.g. expire = { column = \"purchased_at\", after_ms = 1209600000 } (14 days)"));
+        }
+        match &model.detection {
+            Detection::WarehouseDiff {} => Err(err(
+                format!("model {name:?}: expire is not available in mode = \"warehouse_diff\": its previous snapshot lives in the warehouse, so the poller cannot treat a row that expires between runs as absent"),
+                "write the filter in the model's query (query = \"select ... where purchased_at > now() - interval '14 days'\"): each run then deletes the rows that left it; or use mode = \"diff\" or \"cursor\" with expire",
+            )),
+            Detection::Cursor { before_images: false, .. } => Err(err(
+                format!("model {name:?}: expire needs the change topic's state that cursor mode keeps for before images, and before_images = false turns it off"),
+                "remove before_images = false (or remove expire)",
+            )),
+            Detection::Cursor { .. } | Detection::Diff {} => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::{Config, ConfigError};
@@ -476,31 +502,5 @@ mod tests {
         assert!(error.message.contains("unknown field `tabel`"), "{error}");
         let config = with(sync, &format!("[writeback]\ntable = \"analytics.sync_log\"\nbatch_max_records = 5\nbatch_linger_ms = 0\n\n{sync}")).unwrap();
         assert_eq!((config.writeback.table_parts(), config.writeback.batch_linger_ms), (Some(vec!["analytics", "sync_log"]), 0));
-    }
-}
-
-impl Config {
-    /// `expire` on a model: a column of the model, a positive duration, a mode that can emit
-    /// expiries (the column's type is checked by the poller, which knows it).
-    fn validate_expire(&self, model: &ModelConfig, expire: &Expire) -> Result<(), ConfigError> {
-        let name = model.name.get_ref();
-        let err = |message: String, fix: &str| self.error_at(model.name.span(), message, fix);
-        if !model.columns.contains(&expire.column) {
-            return Err(err(format!("model {name:?}: expire.column {:?} is not in `columns`", expire.column), "add it to `columns`"));
-        }
-        if expire.after_ms == 0 {
-            return Err(err(format!("model {name:?}: expire.after_ms must be positive"), "e.g. expire = { column = \"purchased_at\", after_ms = 1209600000 } (14 days)"));
-        }
-        match &model.detection {
-            Detection::WarehouseDiff {} => Err(err(
-                format!("model {name:?}: expire is not available in mode = \"warehouse_diff\": its previous snapshot lives in the warehouse, so the poller cannot treat a row that expires between runs as absent"),
-                "write the filter in the model's query (query = \"select ... where purchased_at > now() - interval '14 days'\"): each run then deletes the rows that left it; or use mode = \"diff\" or \"cursor\" with expire",
-            )),
-            Detection::Cursor { before_images: false, .. } => Err(err(
-                format!("model {name:?}: expire needs the change topic's state that cursor mode keeps for before images, and before_images = false turns it off"),
-                "remove before_images = false (or remove expire)",
-            )),
-            Detection::Cursor { .. } | Detection::Diff {} => Ok(()),
-        }
     }
 }
