@@ -175,9 +175,19 @@ struct Checked {
     samples: serde_json::Map<String, serde_json::Value>,
 }
 
+/// What an edge's handler reads of a request besides its body.
+type Call = (Method, Path<(String, String)>, RawQuery, HeaderMap);
+
+/// [`check_request`] on a handler's [`Call`]: the method, and the checked request.
+fn check(state: &MetaState, edge: Edge, call: Call, body: &str) -> Result<(Method, Checked), Box<axum::response::Response>> {
+    let (method, Path((_version, audience)), RawQuery(query), headers) = call;
+    let checked = check_request(state, &method, edge, audience, query, &headers, body)?;
+    Ok((method, checked))
+}
+
 /// Record the request, then check it as Meta does (token, injected faults, audience, session,
 /// schema, row limit) and sort its rows into valid members and invalid entries.
-fn check(state: &MetaState, method: &Method, edge: Edge, audience: String, query: Option<String>, headers: &HeaderMap, body: &str) -> Result<Checked, Box<axum::response::Response>> {
+fn check_request(state: &MetaState, method: &Method, edge: Edge, audience: String, query: Option<String>, headers: &HeaderMap, body: &str) -> Result<Checked, Box<axum::response::Response>> {
     let body = parse_body(headers, body);
     state.requests.lock().unwrap().push(Recorded {
         method: method.to_string(),
@@ -265,15 +275,8 @@ impl Checked {
     }
 }
 
-async fn users(
-    State(state): State<Arc<MetaState>>,
-    method: Method,
-    Path((_version, audience)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: String,
-) -> axum::response::Response {
-    let mut checked = match check(&state, &method, Edge::Users, audience, query, &headers, &body) {
+async fn users(State(state): State<Arc<MetaState>>, call: Call, body: String) -> axum::response::Response {
+    let (method, mut checked) = match check(&state, Edge::Users, call, &body) {
         Ok(checked) => checked,
         Err(refused) => return *refused,
     };
@@ -296,15 +299,8 @@ async fn users(
 /// of a re-sent batch is UNCONFIRMED); `last_batch_flag: true` closes the session and the
 /// audience becomes exactly the session's valid rows. Until then the audience is untouched, and
 /// `users` edits keep applying to it (and are then replaced: the worst case for a live sync).
-async fn users_replace(
-    State(state): State<Arc<MetaState>>,
-    method: Method,
-    Path((_version, audience)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: String,
-) -> axum::response::Response {
-    let mut checked = match check(&state, &method, Edge::Replace, audience, query, &headers, &body) {
+async fn users_replace(State(state): State<Arc<MetaState>>, call: Call, body: String) -> axum::response::Response {
+    let (_method, mut checked) = match check(&state, Edge::Replace, call, &body) {
         Ok(checked) => checked,
         Err(refused) => return *refused,
     };

@@ -171,10 +171,16 @@ pub(crate) async fn run(config_path: std::path::PathBuf, request: Request) -> Ex
     }
 }
 
+/// The destination's side topic (created if missing, [`scope::ensure_side_topic`]) and a
+/// producer to it.
+async fn side_producer(config: &Config, topics: &[Topic], request: &Request) -> Result<SideProducer, Failure> {
+    let side_topic = scope::ensure_side_topic(config, &request.destination, topics, &[]).await?;
+    Ok(SideProducer::new(&config.kafka, side_topic)?)
+}
+
 async fn backfill(config: &Config, topics: &[Topic], request: &Request, stop: &CancellationToken) -> Result<(Vec<(String, TopicSummary)>, Duration), Failure> {
     let started = Instant::now();
-    let side_topic = scope::ensure_side_topic(config, &request.destination, topics, &[]).await?;
-    let producer = SideProducer::new(&config.kafka, side_topic)?;
+    let producer = side_producer(config, topics, request).await?;
     // The first pass over every partition, so the progress bar knows its length.
     let mut plans = Vec::new();
     for topic in topics {

@@ -36,13 +36,12 @@ use sluice_core::ErrorClass;
 use sluice_destinations::{AnyDestination, DeliveryError, OutboundRecord};
 use sluice_kafka::compacted::{scan, Range};
 use sluice_kafka::groups;
-use sluice_kafka::side::SideProducer;
 use sluice_sink::snapshot::{Mapped, Mapper};
 use tokio_util::sync::CancellationToken;
 
 use super::{first_pass, key_hash, progress, second_pass, Request, Writer, READ_DEADLINE};
 use crate::failure::Failure;
-use crate::scope::{self, Topic};
+use crate::scope::Topic;
 
 /// Sessions tried before the replace gives up (each retryable failure starts a new one).
 const ATTEMPTS: u32 = 5;
@@ -67,8 +66,7 @@ pub(super) struct ReplaceSummary {
 pub(super) async fn replace(config: &Config, topics: &[Topic], request: &Request, stop: &CancellationToken) -> Result<(ReplaceSummary, Duration), Failure> {
     let started = Instant::now();
     // First, so that a side topic that cannot be made refuses before anything is replaced.
-    let side_topic = scope::ensure_side_topic(config, &request.destination, topics, &[]).await?;
-    let producer = SideProducer::new(&config.kafka, side_topic)?;
+    let producer = super::side_producer(config, topics, request).await?;
     let mut ranges = Vec::new();
     for topic in topics {
         for (partition, low, high) in groups::watermarks(&config.kafka, &topic.name)? {
