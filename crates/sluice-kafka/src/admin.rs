@@ -180,12 +180,19 @@ impl Admin {
     /// minutes by default): a sink would then not read its side topic for minutes. Bounded by
     /// [`VISIBLE_WITHIN`]; past it the error is retryable (the services retry their start).
     async fn await_visible(&self, topics: Vec<String>) -> Result<(), KafkaError> {
+        self.await_visible_within(topics, VISIBLE_WITHIN).await
+    }
+
+    /// [`Admin::await_visible`] with a bound of the caller's: `Ok` once every one of `topics`
+    /// has a leader for each partition, a [`KafkaError::Retryable`] once `within` has passed
+    /// without.
+    pub async fn await_visible_within(&self, topics: Vec<String>, within: Duration) -> Result<(), KafkaError> {
         if topics.is_empty() {
             return Ok(());
         }
         let client = Arc::clone(&self.client);
         tokio::task::spawn_blocking(move || {
-            let deadline = std::time::Instant::now() + VISIBLE_WITHIN;
+            let deadline = std::time::Instant::now() + within;
             let mut pending = topics;
             loop {
                 pending.retain(|topic| !has_leaders(client.inner(), topic));
@@ -193,7 +200,7 @@ impl Admin {
                     return Ok(());
                 }
                 if std::time::Instant::now() >= deadline {
-                    tracing::warn!(topics = ?pending, within_s = VISIBLE_WITHIN.as_secs(), "created topics are not in the brokers' metadata yet");
+                    tracing::warn!(topics = ?pending, within_s = within.as_secs_f64(), "created topics are not in the brokers' metadata yet");
                     return Err(KafkaError::Retryable {
                         operation: "wait for created topics to have leaders",
                         source: rdkafka::error::KafkaError::AdminOp(RDKafkaErrorCode::LeaderNotAvailable),

@@ -10,6 +10,7 @@
 mod audit;
 mod destinations;
 mod identifier_change;
+mod kafka_admin;
 mod no_leak;
 mod ops;
 mod outside_decoder;
