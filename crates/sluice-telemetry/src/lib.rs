@@ -52,6 +52,16 @@ pub enum Spans {
     WhenExported,
 }
 
+/// What the installed subscriber decided ([`Spans::made`]); `true` until [`setup_telemetry`]
+/// installs one, so code running without it (unit tests) behaves as before.
+static SPANS_MADE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Whether this process makes OpenTelemetry spans: when it does not, reading a record's trace
+/// context to parent a span on it is wasted work (a sink skips it per record).
+pub fn spans_made() -> bool {
+    SPANS_MADE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 impl Spans {
     /// Whether OpenTelemetry spans are made, given whether they are exported.
     fn made(self, exporting: bool) -> bool {
@@ -102,7 +112,8 @@ pub fn setup_telemetry(service: &str, json_logs: bool, spans: Spans) -> Telemetr
     opentelemetry::global::set_tracer_provider(provider.clone());
 
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let otel = spans.made(exporting).then(|| tracing_opentelemetry::layer().with_tracer(tracer));
+    let made = spans.made(exporting);
+    let otel = made.then(|| tracing_opentelemetry::layer().with_tracer(tracer));
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let ansi = colour_logs();
     let installed = if json_logs {
@@ -111,6 +122,7 @@ pub fn setup_telemetry(service: &str, json_logs: bool, spans: Spans) -> Telemetr
         registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).try_init()
     };
     if installed.is_ok() {
+        SPANS_MADE.store(made, std::sync::atomic::Ordering::Relaxed);
         if let Some(error) = exporter_error {
             tracing::warn!(%error, "otlp exporter not started; spans are not exported");
         }

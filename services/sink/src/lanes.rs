@@ -369,8 +369,12 @@ impl<D: Destination, L: DeadLetterSink> LaneContext<D, L> {
     }
 }
 
-/// The trace context a record carries in its headers (empty when it carries none).
+/// The trace context a record carries in its headers (empty when it carries none, or when this
+/// process makes no spans to parent on it: the headers are then not read at all).
 fn record_context(message: &OwnedMessage) -> opentelemetry::Context {
+    if !sluice_telemetry::spans_made() {
+        return opentelemetry::Context::new();
+    }
     sluice_telemetry::propagation::context_from(&sluice_kafka::headers::pairs(message.headers()))
 }
 
